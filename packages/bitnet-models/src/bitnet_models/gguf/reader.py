@@ -1,0 +1,355 @@
+"""A fast, defensive GGUF reader: memory-mapped, zero-copy tensor views, typed errors.
+
+Hand-written rather than `gguf.GGUFReader` because (1) that reader refuses bitnet.cpp's I2_S (type 36),
+(2) it builds numpy objects for every metadata field, which makes a 280k-merge vocabulary slow to open, and
+(3) every count and length in the header is checked here against the bytes that remain before anything is
+allocated, so a forged file cannot make us allocate memory in proportion to a number it claims.
+"""
+
+from __future__ import annotations
+
+import enum
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bitnet_models.errors import GGUFError
+from bitnet_quantization import QuantType, QuantTypeError, quant_type_by_id
+
+GGUF_MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)
+DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4
+MAX_NESTING = 4
+
+
+class ValueType(enum.IntEnum):
+    UINT8 = 0
+    INT8 = 1
+    UINT16 = 2
+    INT16 = 3
+    UINT32 = 4
+    INT32 = 5
+    FLOAT32 = 6
+    BOOL = 7
+    STRING = 8
+    ARRAY = 9
+    UINT64 = 10
+    INT64 = 11
+    FLOAT64 = 12
+
+
+_SCALAR = {
+    ValueType.UINT8: "<B",
+    ValueType.INT8: "<b",
+    ValueType.UINT16: "<H",
+    ValueType.INT16: "<h",
+    ValueType.UINT32: "<I",
+    ValueType.INT32: "<i",
+    ValueType.FLOAT32: "<f",
+    ValueType.BOOL: "<?",
+    ValueType.UINT64: "<Q",
+    ValueType.INT64: "<q",
+    ValueType.FLOAT64: "<d",
+}
+_NUMPY = {vt: np.dtype(fmt.replace("?", "u1").replace("<B", "u1").replace("<b", "i1")) for vt, fmt in _SCALAR.items()}
+_NUMPY[ValueType.BOOL] = np.dtype(np.bool_)
+_STRUCTS = {vt: struct.Struct(fmt) for vt, fmt in _SCALAR.items()}
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    ne: tuple[int, ...]  # ggml order: ne[0] is the contiguous (input) dimension
+    qtype: QuantType
+    offset: int  # absolute byte offset in the file
+    nbytes: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """numpy order: (out, in) for a matrix."""
+        return tuple(reversed(self.ne))
+
+    @property
+    def n_elements(self) -> int:
+        n = 1
+        for d in self.ne:
+            n *= d
+        return n
+
+
+class _Cursor:
+    """Bounds-checked little-endian reads over the mapped header."""
+
+    __slots__ = ("buf", "pos", "end", "path")
+
+    def __init__(self, buf: memoryview, path: str):
+        self.buf = buf
+        self.pos = 0
+        self.end = len(buf)
+        self.path = path
+
+    def fail(self, problem: str, fix: str | None = None, at: int | None = None) -> GGUFError:
+        return GGUFError(self.path, self.pos if at is None else at, problem, fix)
+
+    def need(self, n: int, what: str) -> None:
+        if n < 0 or self.pos + n > self.end:
+            raise self.fail(
+                f"truncated file: {what} needs {n} bytes but only {self.end - self.pos} remain",
+                "the file is incomplete; download it again",
+            )
+
+    def u32(self, what: str) -> int:
+        self.need(4, what)
+        (v,) = _U32.unpack_from(self.buf, self.pos)
+        self.pos += 4
+        return v
+
+    def u64(self, what: str) -> int:
+        self.need(8, what)
+        (v,) = _U64.unpack_from(self.buf, self.pos)
+        self.pos += 8
+        return v
+
+    def string(self, what: str) -> str:
+        start = self.pos
+        n = self.u64(f"length of {what}")
+        self.need(n, f"{what} ({n} bytes)")
+        raw = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise self.fail(f"{what} is not valid UTF-8 ({e.reason})", at=start) from None
+
+
+class GGUFFile:
+    """An open GGUF file. Tensor data are read-only views into the memory map (no copies)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        p = str(self.path)
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except FileNotFoundError:
+            raise GGUFError(p, None, "no such file", "check the path, or set BITNET_GGUF") from None
+        except IsADirectoryError:
+            raise GGUFError(p, None, "is a directory, not a GGUF file") from None
+        except PermissionError:
+            raise GGUFError(p, None, "permission denied") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size < 24:
+                raise GGUFError(p, 0, f"file is {size} bytes, too small for a GGUF header (24 bytes)")
+            self._mmap = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        self.file_size = size
+        self._buf = memoryview(self._mmap)
+        try:
+            self._parse()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- parsing -------------------------------------------------------------------------------------------
+
+    def _parse(self) -> None:
+        c = _Cursor(self._buf, str(self.path))
+        magic = bytes(self._buf[:4])
+        if magic != GGUF_MAGIC:
+            raise c.fail(f"bad magic {magic!r}, expected b'GGUF'", "this is not a GGUF file", at=0)
+        c.pos = 4
+        version = c.u32("version")
+        if version not in SUPPORTED_VERSIONS:
+            if version & 0xFFFF == 0 and (version >> 24) in SUPPORTED_VERSIONS:
+                raise c.fail("big-endian GGUF is not supported", "convert the file on a little-endian machine", at=4)
+            raise c.fail(f"unsupported GGUF version {version}; supported: 2, 3", "re-convert with a current converter", at=4)
+        self.version = version
+        n_tensors = c.u64("tensor count")
+        n_kv = c.u64("metadata count")
+        # every key-value pair takes at least 8 (key length) + 4 (type) + 1 bytes; every tensor info 8+4+8+4+8
+        if n_kv * 13 > c.end - c.pos:
+            raise c.fail(f"absurd metadata count {n_kv} for a file of {self.file_size} bytes", at=16)
+        if n_tensors * 32 > c.end - c.pos:
+            raise c.fail(f"absurd tensor count {n_tensors} for a file of {self.file_size} bytes", at=8)
+
+        self.metadata: dict[str, Any] = {}
+        self.metadata_types: dict[str, ValueType] = {}
+        for _ in range(n_kv):
+            key_at = c.pos
+            key = c.string("metadata key")
+            if key in self.metadata:
+                raise c.fail(f"duplicate metadata key {key!r}", at=key_at)
+            vtype = self._value_type(c, c.u32(f"type of {key!r}"), key)
+            self.metadata_types[key] = vtype
+            self.metadata[key] = self._value(c, vtype, key, 0)
+
+        alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+            raise c.fail(f"general.alignment {alignment!r} is not a power of two")
+        self.alignment = alignment
+
+        infos = []
+        seen: set[str] = set()
+        for _ in range(n_tensors):
+            at = c.pos
+            name = c.string("tensor name")
+            if name in seen:
+                raise c.fail(f"duplicate tensor {name!r}", at=at)
+            seen.add(name)
+            n_dims = c.u32(f"dimension count of {name!r}")
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise c.fail(f"tensor {name!r} has {n_dims} dimensions; GGUF allows 1 to {MAX_DIMS}", at=at)
+            ne = tuple(c.u64(f"dimension of {name!r}") for _ in range(n_dims))
+            if any(d == 0 or d > 1 << 40 for d in ne):
+                raise c.fail(f"tensor {name!r} has an impossible shape {ne}", at=at)
+            type_id = c.u32(f"type of {name!r}")
+            try:
+                qtype = quant_type_by_id(type_id)
+            except QuantTypeError as e:
+                raise c.fail(f"tensor {name!r}: {e}", at=at) from None
+            rel = c.u64(f"offset of {name!r}")
+            infos.append((name, ne, qtype, rel, at))
+
+        self.data_offset = -(-c.pos // alignment) * alignment
+        self.tensors: dict[str, TensorInfo] = {}
+        for name, ne, qtype, rel, at in infos:
+            n = 1
+            for d in ne:
+                n *= d
+            try:
+                nbytes = qtype.nbytes(n)
+            except QuantTypeError as e:
+                raise GGUFError(self.path, at, f"tensor {name!r} of shape {ne}: {e}") from None
+            if rel % alignment:
+                raise GGUFError(self.path, at, f"tensor {name!r} offset {rel} is not aligned to {alignment}")
+            start = self.data_offset + rel
+            if start + nbytes > self.file_size:
+                raise GGUFError(
+                    self.path,
+                    at,
+                    f"tensor {name!r} ({qtype.name}, {nbytes} bytes at {start}) runs past the end of the "
+                    f"file ({self.file_size} bytes)",
+                    "the file is truncated; download it again",
+                )
+            self.tensors[name] = TensorInfo(name, ne, qtype, start, nbytes)
+
+    def _value_type(self, c: _Cursor, raw: int, key: str) -> ValueType:
+        try:
+            return ValueType(raw)
+        except ValueError:
+            raise c.fail(f"unknown metadata value type {raw} for {key!r}", at=c.pos - 4) from None
+
+    def _value(self, c: _Cursor, vtype: ValueType, key: str, depth: int) -> Any:
+        if vtype == ValueType.STRING:
+            return c.string(f"value of {key!r}")
+        if vtype != ValueType.ARRAY:
+            st = _STRUCTS[vtype]
+            c.need(st.size, f"value of {key!r}")
+            (v,) = st.unpack_from(c.buf, c.pos)
+            c.pos += st.size
+            return v
+        if depth >= MAX_NESTING:
+            raise c.fail(f"arrays nested more than {MAX_NESTING} deep in {key!r}")
+        etype = self._value_type(c, c.u32(f"array type of {key!r}"), key)
+        count = c.u64(f"array length of {key!r}")
+        if etype == ValueType.STRING:
+            return self._string_array(c, count, key)
+        if etype == ValueType.ARRAY:
+            if count * 12 > c.end - c.pos:
+                raise c.fail(f"array {key!r} claims {count} nested arrays, more than the file can hold")
+            return [self._value(c, ValueType.ARRAY, key, depth + 1) for _ in range(count)]
+        dt = _NUMPY[etype]
+        c.need(count * dt.itemsize, f"array {key!r} of {count} {etype.name}")
+        arr = np.frombuffer(c.buf, dtype=dt, count=count, offset=c.pos).copy()
+        c.pos += count * dt.itemsize
+        return arr
+
+    def _string_array(self, c: _Cursor, count: int, key: str) -> list[str]:
+        # Each string is at least its 8-byte length: check the claim before building the list.
+        if count * 8 > c.end - c.pos:
+            raise c.fail(f"array {key!r} claims {count} strings, more than the file can hold")
+        buf, pos, end = c.buf, c.pos, c.end
+        unpack = _U64.unpack_from
+        out = [""] * count
+        mv = self._mmap
+        try:
+            for i in range(count):
+                (n,) = unpack(buf, pos)
+                pos += 8
+                if pos + n > end:
+                    c.pos = pos - 8
+                    raise c.fail(f"string {i} of {key!r} ({n} bytes) runs past the end of the file")
+                out[i] = mv[pos : pos + n].decode("utf-8")
+                pos += n
+        except struct.error:
+            c.pos = pos
+            raise c.fail(f"truncated file inside array {key!r}") from None
+        except UnicodeDecodeError as e:
+            c.pos = pos
+            raise c.fail(f"string {i} of {key!r} is not valid UTF-8 ({e.reason})") from None
+        c.pos = pos
+        return out
+
+    # -- access --------------------------------------------------------------------------------------------
+
+    @property
+    def architecture(self) -> str | None:
+        v = self.metadata.get("general.architecture")
+        return v if isinstance(v, str) else None
+
+    def raw(self, name: str) -> np.ndarray:
+        """The tensor's bytes as a read-only uint8 view into the map."""
+        info = self.info(name)
+        return np.frombuffer(self._mmap, dtype=np.uint8, count=info.nbytes, offset=info.offset)
+
+    def array(self, name: str) -> np.ndarray:
+        """F32/F16 tensors as a typed zero-copy view in numpy shape; others as their raw bytes."""
+        info = self.info(name)
+        dt = info.qtype.numpy_dtype
+        if dt is None:
+            return self.raw(name)
+        return np.frombuffer(self._mmap, dtype=dt, count=info.n_elements, offset=info.offset).reshape(info.shape)
+
+    def dequantize(self, name: str) -> np.ndarray:
+        """Any tensor as float32 in numpy shape (a copy: this is the slow reference path)."""
+        info = self.info(name)
+        return info.qtype.decode(self.raw(name), info.n_elements).reshape(info.shape)
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise GGUFError(self.path, None, f"no tensor named {name!r}") from None
+
+    def close(self) -> None:
+        buf = getattr(self, "_buf", None)
+        if buf is not None:
+            buf.release()
+            self._buf = None
+        m = getattr(self, "_mmap", None)
+        if m is not None:
+            try:
+                m.close()
+            except BufferError:
+                # numpy views of tensors are still alive; the map is freed when they are
+                pass
+            self._mmap = None
+
+    def __enter__(self) -> "GGUFFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_gguf(path: str | os.PathLike) -> GGUFFile:
+    return GGUFFile(path)
