@@ -97,6 +97,7 @@ def i2s_encode(w: np.ndarray) -> np.ndarray:
 
 # --- TQ2_0 ----------------------------------------------------------------------------------------------------
 
+@np.errstate(all="ignore")  # subnormal blocks overflow 1/d exactly as in ggml; no warnings
 def tq2_0_encode(x: np.ndarray) -> np.ndarray:
     """llama.cpp's TQ2_0 quantizer (per-256 absmax scale, values rounded to the nearest of -1, 0, +1)."""
     blocks = _as_blocks(x, QK_K, "TQ2_0")
@@ -132,6 +133,7 @@ def _trits_to_byte(codes: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return ((v * 256 + 242) // 243).astype(np.uint8)
 
 
+@np.errstate(all="ignore")  # subnormal blocks overflow 1/d exactly as in ggml; no warnings
 def tq1_0_encode(x: np.ndarray) -> np.ndarray:
     """llama.cpp's TQ1_0 quantizer: 5 trits a byte (qs[48]), 4 trits a byte (qh[4]), fp16 scale."""
     blocks = _as_blocks(x, QK_K, "TQ1_0")

@@ -30,6 +30,7 @@ def _bf16_dec(raw: np.ndarray, n: int) -> np.ndarray:
     return (np.asarray(raw).view("<u2")[:n].astype(np.uint32) << 16).view(np.float32)
 
 
+@np.errstate(all="ignore")
 def _bf16_enc(x: np.ndarray) -> np.ndarray:
     # round to nearest even, quiet NaNs kept NaN (what gguf-py and ggml do)
     u = np.ascontiguousarray(x, dtype=np.float32).reshape(-1).view(np.uint32)
@@ -38,6 +39,7 @@ def _bf16_enc(x: np.ndarray) -> np.ndarray:
     return u.astype(np.uint16).view(np.uint8)
 
 
+@np.errstate(all="ignore")  # subnormal blocks overflow 1/d exactly as in ggml
 def _q8_0_enc(x: np.ndarray) -> np.ndarray:
     blocks = t._as_blocks(x, 32, "Q8_0")
     d = (np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)).astype(np.float32)
