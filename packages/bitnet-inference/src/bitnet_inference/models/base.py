@@ -1,0 +1,101 @@
+"""The BitNet transformer shared by every architecture; arch modules choose the FFN activation.
+
+Reads top to bottom: weights attached from the memory-mapped GGUF, a static KV cache, one forward pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bitnet_inference.args import ModelArgs
+from bitnet_inference.errors import ContextOverflowError, EngineError
+from bitnet_inference.kv_cache import KVCache
+from bitnet_inference.linear import Linear, make_linear
+from bitnet_inference.numerics import Numerics, RopeTable
+
+F32 = np.float32
+PROJ = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+class Layer:
+    def __init__(self, gguf, i: int, numerics: Numerics, use_kernels: bool, uses_scales: bool):
+        p = f"blk.{i}."
+        self.attn_norm = gguf.array(p + "attn_norm.weight").astype(F32)  # (n_embd,)
+        self.attn_sub_norm = gguf.array(p + "attn_sub_norm.weight").astype(F32)  # (n_embd,)
+        self.ffn_norm = gguf.array(p + "ffn_norm.weight").astype(F32)  # (n_embd,)
+        self.ffn_sub_norm = gguf.array(p + "ffn_sub_norm.weight").astype(F32)  # (n_ff,)
+        self.proj: dict[str, Linear] = {}
+        for name in PROJ:
+            lin = make_linear(gguf, p + name + ".weight", numerics, use_kernels)
+            scale_name = p + name + ".scale"
+            if uses_scales and scale_name in gguf.tensors:
+                lin.out_scale = F32(gguf.dequantize(scale_name).reshape(-1)[0])
+            self.proj[name] = lin
+
+
+class Transformer:
+    ffn_act = None  # set by the architecture module: (gate, up) -> activation
+    uses_scales = False
+
+    def __init__(self, gguf, args: ModelArgs, numerics: Numerics, n_ctx: int, use_kernels: bool = True):
+        if n_ctx <= 0:
+            raise EngineError(f"context size must be positive, got {n_ctx}")
+        self.args = args
+        self.numerics = numerics
+        self.n_ctx = n_ctx
+        self.tok_embd = gguf.array("token_embd.weight")  # (n_vocab, n_embd) f16, zero-copy view
+        if self.tok_embd.dtype != np.float16:
+            self.tok_embd = gguf.dequantize("token_embd.weight").astype(np.float16)
+        self.output = self.tok_embd if args.tied_head else gguf.dequantize("output.weight").astype(np.float16)
+        self.output_norm = gguf.array("output_norm.weight").astype(F32)  # (n_embd,)
+        self.layers = [Layer(gguf, i, numerics, use_kernels, self.uses_scales) for i in range(args.n_layer)]
+        self.rope = RopeTable(args.n_rot, args.rope_base, n_ctx)
+        self.cache = KVCache(args.n_layer, args.n_head_kv, n_ctx, args.head_dim)
+
+    # -- the forward pass ----------------------------------------------------------------------------------
+
+    def forward(self, tokens: np.ndarray, pos0: int, logits: str = "all", capture=None) -> np.ndarray:
+        """Evaluate tokens (T,) at positions pos0.. and return logits (T, V) ("all") or (1, V) ("last").
+
+        `capture(name, layer, array)` (optional) receives intermediate values for layer-by-layer checks.
+        """
+        a = self.args
+        nm = self.numerics
+        tokens = np.asarray(tokens, dtype=np.int64)
+        t = tokens.shape[0]
+        if t == 0:
+            raise EngineError("no tokens to evaluate")
+        if pos0 + t > self.n_ctx:
+            raise ContextOverflowError(
+                f"{pos0 + t} tokens do not fit the context of {self.n_ctx}; raise -c/--ctx-size or shorten the input"
+            )
+        if tokens.min() < 0 or tokens.max() >= a.n_vocab:
+            raise EngineError(f"token id out of range 0..{a.n_vocab - 1}")
+        pos = np.arange(pos0, pos0 + t)
+        cos, sin = self.rope.get(pos)
+        x = self.tok_embd[tokens].astype(F32)  # (T, n_embd)
+        for i, L in enumerate(self.layers):
+            P = L.proj
+            h = nm.rmsnorm(x, L.attn_norm, a.norm_eps)  # (T, n_embd)
+            q = P["attn_q"](h).reshape(t, a.n_head, a.head_dim)  # (T, n_head, head_dim)
+            k = P["attn_k"](h).reshape(t, a.n_head_kv, a.head_dim)  # (T, n_head_kv, head_dim)
+            v = P["attn_v"](h).reshape(t, a.n_head_kv, a.head_dim)
+            q = nm.rope(q, cos, sin)
+            k = nm.rope(k, cos, sin)
+            self.cache.store(i, pos0, k.astype(np.float16), v.astype(np.float16))
+            attn = nm.attention(q, self.cache.k[i], self.cache.v[i], pos0, self.n_ctx)  # (T, n_embd)
+            attn = nm.rmsnorm(attn, L.attn_sub_norm, a.norm_eps)
+            x = (x + P["attn_output"](attn)).astype(F32)
+            if capture:
+                capture("attn_out", i, x)
+            h = nm.rmsnorm(x, L.ffn_norm, a.norm_eps)
+            f = self.ffn_act(P["ffn_gate"](h), P["ffn_up"](h))  # (T, n_ff)
+            f = nm.rmsnorm(f, L.ffn_sub_norm, a.norm_eps)
+            x = (x + P["ffn_down"](f)).astype(F32)
+            if capture:
+                capture("layer_out", i, x)
+        self.cache.pos = pos0 + t
+        if logits == "last":
+            x = x[-1:]
+        h = nm.rmsnorm(x, self.output_norm, a.norm_eps)
+        return nm.lm_head(h, self.output).astype(F32)

@@ -1,0 +1,90 @@
+"""Bit-faithful emulation of bitnet.cpp's x86 AVX-512 float path (spec §5b), for cross-validation.
+
+Every detail below was read from ggml and confirmed against bitnet.cpp's recorded outputs:
+- RMSNorm: float squares summed one by one in double; mean cast to float; y = x * (1/sqrtf(mean + eps)).
+- RoPE: libm cosf/sinf of iteratively built float angles; the rotation contracted to FMA.
+- Q K^T: q rounded to F16 against the F16 K cache with ggml_vec_dot_f16's accumulation order.
+- Softmax: ggml_v_expf; 16-lane float tree sums, chunks added in double; one multiply by (float)(1/sum).
+- P V: a batch of 2+ tokens keeps P in F32 (tinyBLAS: one 16-lane FMA accumulator, then the tree); a single
+  token rounds P to F16 and uses ggml_vec_dot_f16. The KV length is padded to a multiple of 32 (masked).
+- LM head and F32 weights: tinyBLAS with F32 activations for 2+ rows; one row is rounded to F16 and goes
+  through ggml_vec_dot_f16 (LM head).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bitnet_inference.numerics.base import Numerics
+from bitnet_inference.numerics.simd import fma32, hsum16, tinyblas_dot, v_expf, vec_dot_f16
+
+F32 = np.float32
+F64 = np.float64
+F16 = np.float16
+KV_PAD = 32
+
+
+class GgmlNumerics(Numerics):
+    name = "ggml"
+
+    def rmsnorm(self, x, w, eps):
+        sq = (x * x).astype(F32).astype(F64)
+        total = np.cumsum(sq, axis=-1)[..., -1]  # sequential, as the C loop
+        mean = (total / x.shape[-1]).astype(F32)
+        scale = (F32(1.0) / np.sqrt((mean + F32(eps)).astype(F32))).astype(F32)
+        return ((x * scale[..., None]).astype(F32) * w).astype(F32)
+
+    def rope(self, x, cos, sin):
+        half = cos.shape[-1]
+        out = x.copy()
+        x0 = x[..., :half]
+        x1 = x[..., half : 2 * half]
+        c = cos[:, None, :]
+        s = sin[:, None, :]
+        out[..., :half] = fma32(x0, c, -(x1 * s).astype(F32))
+        out[..., half : 2 * half] = fma32(x0, s, (x1 * c).astype(F32))
+        return out
+
+    def attention(self, q, k_cache, v_cache, pos0, n_ctx):
+        t, h, d = q.shape
+        hkv, size, _ = k_cache.shape
+        g = h // hkv
+        used = pos0 + t
+        n_kv = min(size, max(KV_PAD, -(-used // KV_PAD) * KV_PAD))
+        k = k_cache[:, :n_kv]  # (Hkv, n_kv, D) f16
+        v = v_cache[:, :n_kv]
+        q16 = q.astype(F16).reshape(t, hkv, g, d)
+        # (T, Hkv, G, n_kv): dot of q[t, kvh, g] with k[kvh, j]
+        kq = vec_dot_f16(q16[:, :, :, None, :], k[None, :, None, :, :])
+        scale = F32(1.0) / np.sqrt(F32(d))
+        qpos = pos0 + np.arange(t)
+        masked = np.arange(n_kv)[None, :] > qpos[:, None]  # (T, n_kv)
+        x = (kq * scale).astype(F32)
+        x = np.where(masked[:, None, None, :], F32(-np.inf), x)
+        mx = x.max(axis=-1, keepdims=True)
+        e = v_expf((x - mx).astype(F32))
+        chunks = hsum16(e.reshape(e.shape[:-1] + (n_kv // 16, 16))).astype(F64)
+        total = np.cumsum(chunks, axis=-1)[..., -1]
+        p = (e * (1.0 / total).astype(F32)[..., None]).astype(F32)  # (T, Hkv, G, n_kv)
+        vt = np.swapaxes(v, 1, 2)  # (Hkv, D, n_kv)
+        if t >= 2:
+            out = tinyblas_dot(vt[None, :, None, :, :].astype(F32), p[:, :, :, None, :])
+        else:
+            out = vec_dot_f16(vt[None, :, None, :, :], p.astype(F16)[:, :, :, None, :])
+        return out.reshape(t, h * d).astype(F32)
+
+    def lm_head(self, x, emb):
+        if x.shape[0] >= 2:
+            return _rows_tinyblas(x, emb.astype(F32))
+        return vec_dot_f16(emb[None, :, :], x.astype(F16)[:, None, :])
+
+    def dense(self, x, w):
+        return _rows_tinyblas(x, w)
+
+
+def _rows_tinyblas(x: np.ndarray, w: np.ndarray, block: int = 512) -> np.ndarray:
+    """(T, K) x (N, K) -> (T, N) with tinyBLAS's per-element order, in blocks of rows to bound memory."""
+    out = np.empty((x.shape[0], w.shape[0]), F32)
+    for n0 in range(0, w.shape[0], block):
+        out[:, n0 : n0 + block] = tinyblas_dot(w[None, n0 : n0 + block, :], x[:, None, :])
+    return out
