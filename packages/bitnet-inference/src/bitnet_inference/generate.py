@@ -1,0 +1,141 @@
+"""Loading and generation, layered as mlx-lm does it:
+generate_step (token ids) -> stream_generate (response records) -> generate (a string)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from bitnet_inference.args import ModelArgs
+from bitnet_inference.errors import EngineError
+from bitnet_inference.models import ARCHS
+from bitnet_inference.numerics import get_numerics
+from bitnet_inference.sampling import LogitsProcessor, Sampler, greedy
+from bitnet_models import ModelConfigError, read_gguf
+
+PREFILL_BATCH = 512
+
+
+class Model:
+    """A loaded model: the GGUF file (memory-mapped), its args, and the transformer with its KV cache."""
+
+    def __init__(self, path: str | Path, numerics: str = "fast", n_ctx: int | None = None, use_kernels: bool = True):
+        self.path = Path(path)
+        self.gguf = read_gguf(self.path)
+        try:
+            self.args = ModelArgs.from_gguf(self.gguf)
+        except ModelConfigError as e:
+            raise EngineError(str(e)) from None
+        arch = ARCHS.get(self.args.arch)
+        if arch is None:
+            raise EngineError(f"architecture {self.args.arch!r} has no engine module; supported: {', '.join(ARCHS)}")
+        self.n_ctx = n_ctx or min(self.args.n_ctx_train, 4096)
+        self.numerics = get_numerics(numerics)
+        self.net = arch.Model(self.gguf, self.args, self.numerics, self.n_ctx, use_kernels=use_kernels)
+
+    @property
+    def cache(self):
+        return self.net.cache
+
+    def forward(self, tokens, pos0: int, logits: str = "all", capture=None) -> np.ndarray:
+        return self.net.forward(tokens, pos0, logits=logits, capture=capture)
+
+    def prefill(self, tokens: Sequence[int], pos0: int = 0) -> np.ndarray:
+        """Evaluate a prompt in batches; returns the last position's logits (V,)."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        last = None
+        for s in range(0, len(tokens), PREFILL_BATCH):
+            last = self.forward(tokens[s : s + PREFILL_BATCH], pos0 + s, logits="last")
+        return last[0]
+
+
+def load(path: str | Path, numerics: str = "fast", n_ctx: int | None = None, tokenizer_path: str | None = None,
+         use_kernels: bool = True):
+    """Load a GGUF model and its tokenizer: `model, tokenizer = load("model.gguf")`."""
+    from bitnet_tokenizers import load_tokenizer
+
+    model = Model(path, numerics=numerics, n_ctx=n_ctx, use_kernels=use_kernels)
+    return model, load_tokenizer(model.gguf, tokenizer_path)
+
+
+def generate_step(model: Model, prompt: Sequence[int], sampler: Sampler = greedy,
+                  logits_processors: Sequence[LogitsProcessor] = (), max_tokens: int = 256) -> Iterator[int]:
+    """Yield sampled token ids one at a time; the caller decides when to stop."""
+    if len(prompt) == 0:
+        raise EngineError("the prompt is empty: give at least one token (or let the tokenizer add BOS)")
+    if len(prompt) >= model.n_ctx:
+        raise EngineError(f"the prompt has {len(prompt)} tokens but the context holds {model.n_ctx}; raise -c")
+    tokens = list(prompt)
+    model.cache.reset()
+    logits = model.prefill(tokens)
+    for _ in range(max_tokens):
+        for proc in logits_processors:
+            logits = proc(tokens, logits)
+        tok = sampler(logits)
+        yield tok
+        tokens.append(tok)
+        if len(tokens) >= model.n_ctx:
+            return
+        logits = model.forward([tok], len(tokens) - 1, logits="last")[0]
+
+
+@dataclass
+class GenerationResponse:
+    text: str  # the new text since the previous response (never half a UTF-8 character)
+    token: int
+    prompt_tokens: int
+    prompt_tps: float
+    generation_tokens: int
+    generation_tps: float
+    finish_reason: str | None  # None while generating, then "stop" (EOS/stop string) or "length"
+
+
+def stream_generate(model: Model, tokenizer, prompt: str | Sequence[int], max_tokens: int = 256,
+                    sampler: Sampler = greedy, logits_processors: Sequence[LogitsProcessor] = (),
+                    stop: Sequence[str] = ()) -> Iterator[GenerationResponse]:
+    from bitnet_tokenizers import IncrementalDetokenizer
+
+    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    detok = IncrementalDetokenizer(tokenizer)
+    t0 = time.perf_counter()
+    t_first = None
+    text_so_far = ""
+    n = 0
+    steps = generate_step(model, ids, sampler, logits_processors, max_tokens)
+    for tok in steps:
+        if t_first is None:
+            t_first = time.perf_counter()
+        n += 1
+        now = time.perf_counter()
+        prompt_tps = len(ids) / max(t_first - t0, 1e-9)
+        gen_tps = (n - 1) / max(now - t_first, 1e-9) if n > 1 else 0.0
+        if tokenizer.is_eog(tok):
+            yield GenerationResponse(detok.flush(), tok, len(ids), prompt_tps, n, gen_tps, "stop")
+            return
+        piece = detok.add(tok)
+        finish = None
+        if stop and piece:
+            text_so_far += piece
+            for s in stop:
+                at = text_so_far.find(s)
+                if at >= 0:
+                    keep = at - (len(text_so_far) - len(piece))
+                    piece = piece[: max(keep, 0)]
+                    finish = "stop"
+                    break
+        if finish is None and n >= max_tokens:
+            piece += detok.flush()
+            finish = "length"
+        yield GenerationResponse(piece, tok, len(ids), prompt_tps, n, gen_tps, finish)
+        if finish:
+            return
+    rest = detok.flush()
+    yield GenerationResponse(rest, -1, len(ids), 0.0, n, 0.0, "length")
+
+
+def generate(model: Model, tokenizer, prompt: str | Sequence[int], max_tokens: int = 256, **kwargs) -> str:
+    return "".join(r.text for r in stream_generate(model, tokenizer, prompt, max_tokens, **kwargs))

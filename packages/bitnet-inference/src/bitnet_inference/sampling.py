@@ -1,0 +1,102 @@
+"""Samplers and logits processors as small callables (llama.cpp's order: penalties, top-k, top-p, min-p, temp).
+
+`make_sampler(...)` returns `sampler(logits (V,) f32) -> token id`; `make_logits_processors(...)` returns a
+list of `processor(tokens so far, logits) -> logits`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from bitnet_inference.errors import EngineError
+
+Sampler = Callable[[np.ndarray], int]
+LogitsProcessor = Callable[[Sequence[int], np.ndarray], np.ndarray]
+
+
+def validate(temp: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float) -> None:
+    if not temp >= 0:
+        raise EngineError(f"--temp must be >= 0 (0 = greedy), got {temp}")
+    if top_k < 0:
+        raise EngineError(f"--top-k must be >= 0 (0 = off), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise EngineError(f"--top-p must be in (0, 1], got {top_p}")
+    if not 0 <= min_p <= 1:
+        raise EngineError(f"--min-p must be in [0, 1], got {min_p}")
+    if not repeat_penalty > 0:
+        raise EngineError(f"--repeat-penalty must be > 0 (1 = off), got {repeat_penalty}")
+
+
+def greedy(logits: np.ndarray) -> int:
+    return int(np.argmax(logits))
+
+
+def apply_top_k(logits: np.ndarray, k: int) -> np.ndarray:
+    if k <= 0 or k >= logits.size:
+        return logits
+    kth = np.partition(logits, -k)[-k]
+    return np.where(logits >= kth, logits, -np.inf)
+
+
+def _probs(logits: np.ndarray) -> np.ndarray:
+    l = logits.astype(np.float64)
+    e = np.exp(l - l.max())
+    return e / e.sum()
+
+
+def apply_top_p(logits: np.ndarray, p: float) -> np.ndarray:
+    if p >= 1.0:
+        return logits
+    probs = _probs(logits)
+    order = np.argsort(-probs, kind="stable")
+    cum = np.cumsum(probs[order])
+    keep_n = int(np.searchsorted(cum, p) + 1)  # smallest set whose mass reaches p
+    out = np.full_like(logits, -np.inf)
+    out[order[:keep_n]] = logits[order[:keep_n]]
+    return out
+
+
+def apply_min_p(logits: np.ndarray, min_p: float) -> np.ndarray:
+    if min_p <= 0:
+        return logits
+    probs = _probs(logits)
+    return np.where(probs >= min_p * probs.max(), logits, -np.inf)
+
+
+def make_sampler(temp: float = 0.0, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+                 seed: int | None = None) -> Sampler:
+    validate(temp, top_k, top_p, min_p, 1.0)
+    if temp == 0:
+        return greedy
+    rng = np.random.default_rng(seed)
+
+    def sample(logits: np.ndarray) -> int:
+        l = apply_min_p(apply_top_p(apply_top_k(logits, top_k), top_p), min_p)
+        probs = _probs(l / temp)
+        return int(rng.choice(probs.size, p=probs))
+
+    return sample
+
+
+def make_repetition_penalty(penalty: float, context_size: int = 64) -> LogitsProcessor:
+    """llama.cpp's repeat penalty: divide positive logits (multiply negative ones) of recent tokens."""
+
+    def process(tokens: Sequence[int], logits: np.ndarray) -> np.ndarray:
+        recent = np.unique(np.asarray(tokens[-context_size:], dtype=np.int64))
+        if recent.size == 0:
+            return logits
+        out = logits.copy()
+        sel = out[recent]
+        out[recent] = np.where(sel > 0, sel / penalty, sel * penalty)
+        return out
+
+    return process
+
+
+def make_logits_processors(repeat_penalty: float = 1.0, repeat_last_n: int = 64) -> list[LogitsProcessor]:
+    validate(0.0, 0, 1.0, 0.0, repeat_penalty)
+    if repeat_penalty == 1.0:
+        return []
+    return [make_repetition_penalty(repeat_penalty, repeat_last_n)]
