@@ -11,9 +11,11 @@ from __future__ import annotations
 import enum
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -85,6 +87,96 @@ class TensorInfo:
         return n
 
 
+class StringArray(Sequence[str]):
+    """A GGUF string array (e.g. 280k BPE merges), validated up front and decoded without a per-string loop.
+
+    The strings' bytes are copied out of the map once (so the array outlives the file) and checked as UTF-8 in a
+    single call; element i is a slice of one decoded str. Behaves as a read-only list of str.
+    """
+
+    __slots__ = ("_text", "_bounds", "_list")
+
+    def __init__(self, items: Sequence[str] = ()):
+        items = list(items)
+        self._text = "".join(items)
+        self._bounds = np.cumsum([0] + [len(t) for t in items], dtype=np.int64)
+        self._list: list[str] | None = items
+
+    @classmethod
+    def _from_region(cls, buf, region_start: int, region_end: int, starts: list[int], c: "_Cursor", key: str):
+        n = len(starts)
+        region = np.frombuffer(buf, dtype=np.uint8, count=region_end - region_start, offset=region_start)
+        rel = np.asarray(starts, dtype=np.int64) - region_start  # first byte of each string in the region
+        keep = np.ones(region.size, dtype=bool)
+        if n:
+            keep[(rel - 8)[:, None] + np.arange(8)] = False  # drop the 8-byte length fields
+        data = region[keep]
+        # where each string starts in `data`: subtract the length fields before it
+        dstart = rel - 8 * np.arange(1, n + 1, dtype=np.int64)
+        dend = np.append(dstart[1:], data.size)
+        # A string may not start with a UTF-8 continuation byte; then the whole run is valid UTF-8 exactly when
+        # every string is (no multi-byte sequence can straddle two strings).
+        bad_start = np.zeros(n, dtype=bool)
+        if data.size:
+            bad_start = (dend > dstart) & ((data[np.minimum(dstart, data.size - 1)] & 0xC0) == 0x80)
+        err_at = None
+        text = ""
+        if bad_start.any():
+            err_at = int(np.argmax(bad_start))
+            reason = "starts in the middle of a UTF-8 sequence"
+        else:
+            try:
+                text = data.tobytes().decode("utf-8")
+            except UnicodeDecodeError as e:
+                err_at = int(np.searchsorted(dstart, e.start, side="right")) - 1
+                reason = f"is not valid UTF-8 ({e.reason})"
+        if err_at is not None:
+            raise c.fail(f"string {err_at} of {key!r} {reason}", at=int(starts[err_at]) - 8)
+        lead = np.empty(data.size + 1, dtype=np.int64)
+        lead[0] = 0
+        np.cumsum((data & 0xC0) != 0x80, out=lead[1:])
+        self = cls.__new__(cls)
+        self._text = text
+        self._bounds = lead[np.append(dstart, data.size)] if n else np.zeros(1, dtype=np.int64)
+        self._list = None
+        return self
+
+    def __len__(self) -> int:
+        return len(self._bounds) - 1
+
+    def __getitem__(self, i):
+        if self._list is not None:
+            return self._list[i]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("string array index out of range")
+        return self._text[self._bounds[i] : self._bounds[i + 1]]
+
+    def tolist(self) -> list[str]:
+        if self._list is None:
+            t, b = self._text, self._bounds.tolist()
+            self._list = [t[b[i] : b[i + 1]] for i in range(len(b) - 1)]
+        return self._list
+
+    def __iter__(self):
+        return iter(self.tolist())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (StringArray, list, tuple)):
+            return len(self) == len(other) and self.tolist() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        head = ", ".join(repr(self[i]) for i in range(min(3, len(self))))
+        return f"StringArray([{head}{', ...' if len(self) > 3 else ''}], n={len(self)})"
+
+
 class _Cursor:
     """Bounds-checked little-endian reads over the mapped header."""
 
@@ -144,11 +236,25 @@ class GGUFFile:
             raise GGUFError(p, None, "is a directory, not a GGUF file") from None
         except PermissionError:
             raise GGUFError(p, None, "permission denied") from None
+        except OSError as e:
+            raise GGUFError(p, None, f"cannot open: {e.strerror}") from None
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise GGUFError(p, None, "is a directory or device, not a GGUF file")
+            size = st.st_size
             if size < 24:
-                raise GGUFError(p, 0, f"file is {size} bytes, too small for a GGUF header (24 bytes)")
-            self._mmap = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                head = os.pread(fd, 4, 0)
+                if len(head) == 4 and head != GGUF_MAGIC:
+                    raise GGUFError(p, 0, f"bad magic {head!r}, expected b'GGUF'", "this is not a GGUF file")
+                raise GGUFError(
+                    p, size, f"truncated file: {size} bytes, too small for a GGUF header (24 bytes)",
+                    "the file is incomplete; download it again",
+                )
+            try:
+                self._mmap = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            except OSError as e:
+                raise GGUFError(p, None, f"cannot memory-map the file: {e.strerror}") from None
         finally:
             os.close(fd)
         self.file_size = size
@@ -176,13 +282,14 @@ class GGUFFile:
         n_tensors = c.u64("tensor count")
         n_kv = c.u64("metadata count")
         # every key-value pair takes at least 8 (key length) + 4 (type) + 1 bytes; every tensor info 8+4+8+4+8
-        if n_kv * 13 > c.end - c.pos:
-            raise c.fail(f"absurd metadata count {n_kv} for a file of {self.file_size} bytes", at=16)
         if n_tensors * 32 > c.end - c.pos:
             raise c.fail(f"absurd tensor count {n_tensors} for a file of {self.file_size} bytes", at=8)
+        if n_kv * 13 + n_tensors * 32 > c.end - c.pos:
+            raise c.fail(f"absurd metadata count {n_kv} for a file of {self.file_size} bytes", at=16)
 
         self.metadata: dict[str, Any] = {}
         self.metadata_types: dict[str, ValueType] = {}
+        key_offsets: dict[str, int] = {}
         for _ in range(n_kv):
             key_at = c.pos
             key = c.string("metadata key")
@@ -190,11 +297,17 @@ class GGUFFile:
                 raise c.fail(f"duplicate metadata key {key!r}", at=key_at)
             vtype = self._value_type(c, c.u32(f"type of {key!r}"), key)
             self.metadata_types[key] = vtype
+            key_offsets[key] = key_at
             self.metadata[key] = self._value(c, vtype, key, 0)
 
         alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-            raise c.fail(f"general.alignment {alignment!r} is not a power of two")
+        if (
+            isinstance(alignment, bool)
+            or not isinstance(alignment, int)
+            or not 0 < alignment <= 1 << 30
+            or alignment & (alignment - 1)
+        ):
+            raise c.fail(f"general.alignment {alignment!r} is not a power of two (up to 2^30)", at=key_offsets.get("general.alignment"))
         self.alignment = alignment
 
         infos = []
@@ -216,6 +329,12 @@ class GGUFFile:
                 qtype = quant_type_by_id(type_id)
             except QuantTypeError as e:
                 raise c.fail(f"tensor {name!r}: {e}", at=at) from None
+            if qtype.tail_bytes == 0 and ne[0] % qtype.block_size:
+                raise c.fail(
+                    f"tensor {name!r}: rows of {ne[0]} values are not whole {qtype.name} blocks of "
+                    f"{qtype.block_size}",
+                    at=at,
+                )
             rel = c.u64(f"offset of {name!r}")
             infos.append((name, ne, qtype, rel, at))
 
@@ -241,6 +360,17 @@ class GGUFFile:
                     "the file is truncated; download it again",
                 )
             self.tensors[name] = TensorInfo(name, ne, qtype, start, nbytes)
+        # tensor data may not overlap (a forged offset could alias one tensor's bytes into another)
+        prev = None
+        for t in sorted(self.tensors.values(), key=lambda t: t.offset):
+            if prev is not None and t.offset < prev.offset + prev.nbytes:
+                raise GGUFError(
+                    self.path,
+                    t.offset,
+                    f"tensor {t.name!r} overlaps tensor {prev.name!r} ({prev.nbytes} bytes at {prev.offset})",
+                    "the file is corrupt",
+                )
+            prev = t
 
     def _value_type(self, c: _Cursor, raw: int, key: str) -> ValueType:
         try:
@@ -273,31 +403,31 @@ class GGUFFile:
         c.pos += count * dt.itemsize
         return arr
 
-    def _string_array(self, c: _Cursor, count: int, key: str) -> list[str]:
-        # Each string is at least its 8-byte length: check the claim before building the list.
+    def _string_array(self, c: _Cursor, count: int, key: str) -> "StringArray":
+        # Each string is at least its 8-byte length: check the claim before reading any of them.
         if count * 8 > c.end - c.pos:
             raise c.fail(f"array {key!r} claims {count} strings, more than the file can hold")
         buf, pos, end = c.buf, c.pos, c.end
         unpack = _U64.unpack_from
-        out = [""] * count
-        mv = self._mmap
-        try:
-            for i in range(count):
-                (n,) = unpack(buf, pos)
-                pos += 8
-                if pos + n > end:
-                    c.pos = pos - 8
-                    raise c.fail(f"string {i} of {key!r} ({n} bytes) runs past the end of the file")
-                out[i] = mv[pos : pos + n].decode("utf-8")
-                pos += n
-        except struct.error:
-            c.pos = pos
-            raise c.fail(f"truncated file inside array {key!r}") from None
-        except UnicodeDecodeError as e:
-            c.pos = pos
-            raise c.fail(f"string {i} of {key!r} is not valid UTF-8 ({e.reason})") from None
+        starts: list[int] = []  # grows with strings really read, never with the claimed count
+        append = starts.append
+        for i in range(count):
+            if pos + 8 > end:
+                c.pos = pos
+                raise c.fail(f"truncated file: string {i} of {count} in {key!r} has no room for its length")
+            (n,) = unpack(buf, pos)
+            pos += 8
+            if n > end - pos:
+                c.pos = pos - 8
+                raise c.fail(
+                    f"string {i} of {key!r} claims {n} bytes but only {end - pos} remain",
+                    "the file is truncated or corrupt",
+                )
+            append(pos)
+            pos += n
+        region_start = c.pos
         c.pos = pos
-        return out
+        return StringArray._from_region(buf, region_start, pos, starts, c, key)
 
     # -- access --------------------------------------------------------------------------------------------
 
