@@ -20,10 +20,6 @@ PROVIDERS = {
     "generate": ("bitnet_inference.commands", "inference"),
     "chat": ("bitnet_inference.commands", "inference"),
     "perplexity": ("bitnet_inference.commands", "inference"),
-    "bench": ("bitnet_inference.commands", "inference"),
-    "serve": ("bitnet_inference.commands", "inference"),
-    "convert": ("bitnet_models.commands", "convert"),
-    "crossval": ("bitnet_crossval.commands", "crossval"),
 }
 
 

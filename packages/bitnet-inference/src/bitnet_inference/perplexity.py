@@ -179,3 +179,52 @@ def chunks_of(tokens: np.ndarray, n_ctx: int, n_chunks: int | None, bos_id: int 
             ch[0] = bos_id
         out.append(ch)
     return out
+
+
+def _pct(a: np.ndarray, q: float) -> float:
+    return float(np.percentile(a, q))
+
+
+def format_kld_report(stats: Stats) -> str:
+    """The statistics block llama-perplexity prints after a --kl-divergence run (same wording)."""
+    n = len(stats.kld)
+    if n < 100:
+        return f"(only {n} tokens scored: llama-perplexity prints statistics from 100 tokens on)"
+    q, qe = Stats.ppl(stats.nll)
+    b, be = Stats.ppl(stats.nll_base)
+    nll = np.asarray(stats.nll)
+    nllb = np.asarray(stats.nll_base)
+    diff = nll - nllb
+    kld = np.asarray(stats.kld)
+    dp = np.asarray(stats.dp) * 100
+    same = np.asarray(stats.same_top, dtype=np.float64)
+    sem = lambda a: float(np.std(a, ddof=1) / np.sqrt(len(a)))  # noqa: E731
+    lines = [
+        "====== Perplexity statistics ======",
+        f"Mean PPL(Q)                   : {q:10.6f} ± {qe:10.6f}",
+        f"Mean PPL(base)                : {b:10.6f} ± {be:10.6f}",
+        f"Cor(ln(PPL(Q)), ln(PPL(base))): {100 * np.corrcoef(nll, nllb)[0, 1]:6.2f}%",
+        f"Mean ln(PPL(Q)/PPL(base))     : {diff.mean():10.6f} ± {sem(diff):10.6f}",
+        f"Mean PPL(Q)/PPL(base)         : {np.exp(diff.mean()):10.6f} ± {np.exp(diff.mean()) * sem(diff):10.6f}",
+        f"Mean PPL(Q)-PPL(base)         : {q - b:10.6f}",
+        "",
+        "====== KL divergence statistics ======",
+        f"Mean    KLD: {kld.mean():10.6f} ± {sem(kld):10.6f}",
+        f"Maximum KLD: {kld.max():10.6f}",
+        f"99.9%   KLD: {_pct(kld, 99.9):10.6f}",
+        f"99.0%   KLD: {_pct(kld, 99.0):10.6f}",
+        f"Median  KLD: {np.median(kld):10.6f}",
+        f"10.0%   KLD: {_pct(kld, 10):10.6f}",
+        f" 5.0%   KLD: {_pct(kld, 5):10.6f}",
+        f" 1.0%   KLD: {_pct(kld, 1):10.6f}",
+        f"Minimum KLD: {kld.min():10.6f}",
+        "",
+        "====== Token probability statistics ======",
+        f"Mean    Δp: {dp.mean():6.3f} ± {sem(dp):5.3f} %",
+        f"Maximum Δp: {dp.max():6.3f}%",
+        f"Median  Δp: {np.median(dp):6.3f}%",
+        f"Minimum Δp: {dp.min():6.3f}%",
+        f"RMS Δp    : {np.sqrt(np.mean(dp ** 2)):6.3f} %",
+        f"Same top p: {100 * same.mean():6.3f} ± {100 * sem(same):5.3f} %",
+    ]
+    return "\n".join(lines)
