@@ -175,7 +175,10 @@ def _fetch(
     url = resolve_url(settings.hf_endpoint, repo, revision, file)
     part = dest.with_name(dest.name + ".part")
     headers = build_hf_headers(token=settings.hf_token)
-    get_kwargs = {"_nb_retries": 0} if "_nb_retries" in inspect.signature(http_get).parameters else {}
+    # Our loop does the retrying (with its own backoff); the bar class is ours. Both keywords are passed only where
+    # this huggingface_hub version has them.
+    accepted = inspect.signature(http_get).parameters
+    get_kwargs = {k: v for k, v in (("_nb_retries", 0), ("tqdm_class", _progress_bar_class(progress))) if k in accepted}
     what = f"{repo}/{file} (revision {revision}) from {settings.hf_endpoint}"
     tries = settings.download_retries + 1
     for attempt in range(1, tries + 1):
@@ -200,7 +203,6 @@ def _fetch(
                     headers=get_headers,
                     expected_size=meta.size,
                     displayed_filename=Path(file).name,
-                    tqdm_class=_progress_bar_class(progress),
                     **get_kwargs,
                 )
             break
