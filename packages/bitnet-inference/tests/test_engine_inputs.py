@@ -1,0 +1,117 @@
+"""Bad input gets a clear typed error; sampling callables behave; KLD base files round-trip."""
+
+import numpy as np
+import pytest
+
+from bitnet_inference import EngineError, Model, generate_step, make_logits_processors, make_sampler
+from bitnet_inference.errors import ContextOverflowError
+from bitnet_inference.perplexity import (
+    KLDFileError,
+    decode_logprobs,
+    encode_logprobs,
+    read_kld_base,
+    record_words,
+    write_kld_base,
+)
+from bitnet_models import write_gguf
+from bitnet_models.gguf import read_gguf
+
+pytestmark = pytest.mark.fast
+
+
+@pytest.fixture(scope="module")
+def model(fixtures):
+    return Model(fixtures / "b158-a-i2s.gguf", n_ctx=32)
+
+
+def test_context_overflow(model):
+    with pytest.raises(ContextOverflowError, match="-c"):
+        model.forward(np.ones(40, dtype=np.int64), 0)
+
+
+def test_empty_prompt_and_bad_tokens(model):
+    with pytest.raises(EngineError, match="empty"):
+        next(generate_step(model, []))
+    with pytest.raises(EngineError, match="out of range"):
+        model.forward([model.args.n_vocab], 0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"temp": -1}, "--temp"), ({"top_k": -2}, "--top-k"), ({"top_p": 0}, "--top-p"), ({"min_p": 2}, "--min-p")],
+)
+def test_invalid_sampling_values(kwargs, match):
+    with pytest.raises(EngineError, match=match):
+        make_sampler(**{"temp": 0.7, **kwargs})
+
+
+def test_invalid_repeat_penalty():
+    with pytest.raises(EngineError, match="--repeat-penalty"):
+        make_logits_processors(repeat_penalty=0)
+
+
+def test_unknown_arch_and_missing_tensor(tmp_path, fixtures):
+    src = read_gguf(fixtures / "b158-a-f32.gguf")
+    md = {k: (v if isinstance(v, (int, float, str, np.ndarray)) else list(v))
+          for k, v in src.metadata.items() if not k.startswith("GGUF.")}
+    tensors = [(n, src.array(n), src.info(n).qtype.name) for n in src.tensors]
+    bad_arch = tmp_path / "arch.gguf"
+    write_gguf(bad_arch, "llama", {k.replace("bitnet-b1.58.", "llama."): v for k, v in md.items()}, tensors)
+    with pytest.raises(EngineError, match="architecture 'llama' is not supported"):
+        Model(bad_arch)
+    missing = tmp_path / "missing.gguf"
+    write_gguf(missing, "bitnet-b1.58", md, [t for t in tensors if t[0] != "blk.2.ffn_up.weight"])
+    with pytest.raises(EngineError, match="blk.2.ffn_up.weight"):
+        Model(missing)
+
+
+def test_sampler_seeded_and_restricted():
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal(500).astype(np.float32)
+    s1, s2 = make_sampler(1.0, 0, 1.0, 0.0, seed=7), make_sampler(1.0, 0, 1.0, 0.0, seed=7)
+    assert [s1(logits) for _ in range(20)] == [s2(logits) for _ in range(20)]
+    top5 = set(np.argsort(-logits)[:5].tolist())
+    s = make_sampler(1.5, 5, 1.0, 0.0, seed=3)
+    assert {s(logits) for _ in range(200)} <= top5
+    assert make_sampler(0.0)(logits) == int(np.argmax(logits))
+    # top-p: with one dominant token and p small, only it is ever drawn
+    peaked = logits.copy()
+    peaked[42] = 50
+    s = make_sampler(1.0, 0, 0.5, 0.0, seed=0)
+    assert {s(peaked) for _ in range(50)} == {42}
+    # min-p removes tokens far below the best
+    s = make_sampler(1.0, 0, 1.0, 0.5, seed=0)
+    probs = np.exp(logits - logits.max())
+    allowed = set(np.nonzero(probs >= 0.5)[0].tolist())
+    assert {s(logits) for _ in range(200)} <= allowed
+
+
+def test_repetition_penalty():
+    (proc,) = make_logits_processors(repeat_penalty=2.0)
+    logits = np.array([2.0, -2.0, 1.0], np.float32)
+    out = proc([0, 1], logits)
+    assert out.tolist() == [1.0, -4.0, 1.0]
+
+
+def test_kld_file_round_trip(tmp_path, fixtures):
+    base = read_kld_base(fixtures / "b158-a-i2s.kld")
+    assert base.records.shape == (8, 63, record_words(4096))
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((63 * 2, 4096)).astype(np.float32) * 3
+    rec = encode_logprobs(logits)
+    lp = decode_logprobs(rec)
+    ref = logits - logits.max(1, keepdims=True)
+    ref = ref - np.log(np.exp(ref).sum(1, keepdims=True))
+    keep = ref > ref.max(1, keepdims=True) - 16
+    assert np.max(np.abs(lp - ref)[keep]) < 2e-3  # 16-bit codes over a 16-nat range
+    path = tmp_path / "x.kld"
+    toks = np.arange(2 * 128, dtype=np.int32)
+    write_kld_base(path, 128, 4096, toks, rec.reshape(2, 63, -1))
+    back = read_kld_base(path)
+    assert np.array_equal(back.tokens, toks) and np.array_equal(back.records.reshape(126, -1), rec)
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(KLDFileError, match="bytes"):
+        read_kld_base(path)
+    (tmp_path / "y.kld").write_bytes(b"not a kld file at all")
+    with pytest.raises(KLDFileError, match="magic"):
+        read_kld_base(tmp_path / "y.kld")
