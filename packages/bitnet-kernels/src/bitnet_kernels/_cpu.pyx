@@ -1,0 +1,558 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""CPU kernels: `cdef noexcept nogil` functions with OpenMP threads over rows (or tokens / heads).
+
+The SIMD inner loops live in bk_simd.h (per-function target attributes, runtime dispatch on `_isa`).
+The def functions at the bottom are raw entry points for bitnet_kernels.cpu, which checks every argument
+first; they take flat C-contiguous buffers and trust their sizes.
+"""
+from libc.stdint cimport int8_t, uint8_t, int16_t, uint16_t, int32_t, int64_t, uint64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset, memcpy
+from libc.math cimport powf, sqrtf
+from cython.parallel cimport prange, parallel
+
+cdef extern from "bk_simd.h" nogil:
+    int BK_PORTABLE, BK_AVX2, BK_VNNI
+    int BK_R512, BK_TW512, BK_R256, BK_TW256
+    void bk_detect(int* f)
+    uint64_t bk_stream_sum(int isa, const uint8_t* p, int64_t n)
+    void bk_quant_row(int isa, const float* x, int64_t K, int8_t* q, float* s, int32_t* qsum)
+    void bk_q8k_row(const float* x, int64_t K, int8_t* q, float* d, int16_t* bsums)
+    void bk_i2s_perm_act(const int8_t* q, int64_t K, int8_t* qp)
+    void bk_i2s_gemv_rows_512(const uint8_t* w, int64_t K, const int8_t* qp, int64_t n0, int64_t n1, int32_t* dot)
+    void bk_i2s_gemv_rows_256(const uint8_t* w, int64_t K, const int8_t* q, int64_t n0, int64_t n1, int32_t* dot)
+    void bk_i2s_gemv_rows_c(const uint8_t* w, int64_t K, const int8_t* q, int64_t n0, int64_t n1, int32_t* dot,
+                            uint8_t* codes)
+    void bk_prep_act_tiles(const int8_t* q, int64_t T, int64_t K, int64_t tw, int64_t vw, int32_t* at)
+    void bk_i2s_gemm_block_512(const uint8_t* w, int64_t N, int64_t K, int64_t n0, int64_t T, const int32_t* at,
+                               const int32_t* qsum, const float* s, float ws, int32_t* yi, float* yf, uint8_t* wu)
+    void bk_i2s_gemm_block_256(const uint8_t* w, int64_t N, int64_t K, int64_t n0, int64_t T, const int32_t* at,
+                               const int32_t* qsum, const float* s, float ws, int32_t* yi, float* yf, uint8_t* wu)
+    void bk_i2s_gemm_block_c(const uint8_t* w, int64_t N, int64_t K, int64_t n0, int64_t n1, int64_t T,
+                             const int8_t* q, const int32_t* qsum, const float* s, float ws, int32_t* yi,
+                             float* yf, uint8_t* codes)
+    void bk_tq2_unpack_row(const uint8_t* w, int64_t K, uint8_t* codes)
+    void bk_tq2_unpack_row_256(const uint8_t* w, int64_t K, uint8_t* codes)
+    void bk_tq1_unpack_row(const uint8_t* w, int64_t K, uint8_t* codes)
+    void bk_tq1_unpack_row_256(const uint8_t* w, int64_t K, uint8_t* codes)
+    float bk_tq_block_scale(const uint8_t* w, int qtype, int64_t b)
+    void bk_tq_row_c(const uint8_t* codes, const float* dw, int64_t K, const int8_t* q, const float* da,
+                     const int32_t* bq, float* y)
+    void bk_tq_row_256(const uint8_t* codes, const float* dw, int64_t K, const int8_t* q, const float* da,
+                       const int32_t* bq, float* y)
+    void bk_tq_row_512(const uint8_t* codes, const float* dw, int64_t K, const int8_t* q, const float* da,
+                       const int32_t* bq, float* y)
+    void bk_f16_rows_512(const uint16_t* w, int64_t K, const float* x, int64_t T, int64_t N, int64_t n0,
+                         int64_t n1, float* y)
+    void bk_f16_rows_256(const uint16_t* w, int64_t K, const float* x, int64_t T, int64_t N, int64_t n0,
+                         int64_t n1, float* y)
+    void bk_f16_rows_c(const uint16_t* w, int64_t K, const float* x, int64_t T, int64_t N, int64_t n0,
+                       int64_t n1, float* y, float* wf)
+    void bk_q8_prepare_rows(int isa, const uint16_t* w, int64_t K, int64_t n0, int64_t n1, int8_t* q,
+                            float* scale, float* wf)
+    void bk_q8_rows_512(const int8_t* w, const float* wscale, int64_t K, const uint8_t* xu, const float* s,
+                        int64_t T, int64_t N, int64_t n0, int64_t n1, float* y)
+    void bk_q8_rows_256(const int8_t* w, const float* wscale, int64_t K, const int8_t* xq, const float* s,
+                        int64_t T, int64_t N, int64_t n0, int64_t n1, float* y)
+    void bk_q8_rows_c(const int8_t* w, const float* wscale, int64_t K, const int8_t* xq, const float* s,
+                      int64_t T, int64_t N, int64_t n0, int64_t n1, float* y)
+    void bk_rmsnorm_row_c(const float* x, const float* w, int64_t K, float eps, float* y)
+    void bk_rmsnorm_row_256(const float* x, const float* w, int64_t K, float eps, float* y)
+    void bk_rmsnorm_row_512(const float* x, const float* w, int64_t K, float eps, float* y)
+    void bk_rope_cache(float pos, float theta_scale, int64_t half, float* c, float* s)
+    void bk_rope_apply_c(float* x, int64_t H, int64_t D, int64_t half, const float* c, const float* s)
+    void bk_rope_apply_256(float* x, int64_t H, int64_t D, int64_t half, const float* c, const float* s)
+    void bk_rope_apply_512(float* x, int64_t H, int64_t D, int64_t half, const float* c, const float* s)
+    void bk_relu2_mul_c(const float* g, const float* u, float* y, int64_t n)
+    void bk_relu2_mul_256(const float* g, const float* u, float* y, int64_t n)
+    void bk_relu2_mul_512(const float* g, const float* u, float* y, int64_t n)
+    void bk_silu_mul_c(const float* g, const float* u, float* y, int64_t n)
+    void bk_silu_mul_256(const float* g, const float* u, float* y, int64_t n)
+    void bk_silu_mul_512(const float* g, const float* u, float* y, int64_t n)
+    void bk_softmax_row_c(float* x, int64_t n)
+    void bk_softmax_row_256(float* x, int64_t n)
+    void bk_softmax_row_512(float* x, int64_t n)
+    void bk_attn_one_c(const float* q, const uint16_t* k, const uint16_t* v, int64_t D, int64_t n, float scale,
+                       float* sc, float* out)
+    void bk_attn_one_256(const float* q, const uint16_t* k, const uint16_t* v, int64_t D, int64_t n, float scale,
+                         float* sc, float* out)
+    void bk_attn_one_512(const float* q, const uint16_t* k, const uint16_t* v, int64_t D, int64_t n, float scale,
+                         float* sc, float* out)
+
+cdef extern from "omp.h" nogil:
+    int omp_get_max_threads()
+
+cdef int _features[8]
+bk_detect(_features)
+cdef int _isa
+cdef int _threads = 1
+
+DEF GEMV_CHUNK = 16  # rows per scheduling unit of the GEMVs
+
+FEATURE_NAMES = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni")
+ISA_NAMES = ("portable", "avx2", "avx512vnni")
+
+
+def features():
+    return {name: bool(_features[i]) for i, name in enumerate(FEATURE_NAMES)}
+
+
+def best_isa():
+    if all(_features[i] for i in range(8)):
+        return "avx512vnni"
+    if _features[0] and _features[1] and _features[2]:
+        return "avx2"
+    return "portable"
+
+
+_isa = ISA_NAMES.index(best_isa())
+
+
+def get_isa():
+    return ISA_NAMES[_isa]
+
+
+def set_isa(str name):
+    global _isa
+    _isa = ISA_NAMES.index(name)
+
+
+def set_threads(int n):
+    global _threads
+    _threads = n
+
+
+def get_threads():
+    return _threads
+
+
+def omp_max_threads():
+    return omp_get_max_threads()
+
+
+cdef inline int64_t _min(int64_t a, int64_t b) noexcept nogil:
+    return a if a < b else b
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# int8 activations
+
+cdef void quantize_act_k(const float* x, int64_t T, int64_t K, int8_t* q, float* s, int32_t* qsum) noexcept nogil:
+    cdef int64_t t
+    cdef int isa = _isa
+    if T == 1:
+        bk_quant_row(isa, x, K, q, s, qsum)
+        return
+    for t in prange(T, num_threads=_threads, schedule='static'):
+        bk_quant_row(isa, x + t * K, K, q + t * K, s + t, qsum + t)
+
+
+cdef void q8k_quantize_k(const float* x, int64_t T, int64_t K, int8_t* q, float* d, int16_t* bsums) noexcept nogil:
+    cdef int64_t t
+    for t in prange(T, num_threads=_threads, schedule='static'):
+        bk_q8k_row(x + t * K, K, q + t * K, d + t * (K // 256), bsums + t * (K // 16))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# I2_S
+
+cdef void _i2s_gemv(const uint8_t* w, int64_t N, int64_t K, const int8_t* q, int32_t qsum, float s, float ws,
+                    int32_t* yi, float* yf) noexcept nogil:
+    """One token: rows in chunks of GEMV_CHUNK, each thread streaming a contiguous range of rows."""
+    cdef int isa = _isa
+    cdef int64_t nchunks = (N + GEMV_CHUNK - 1) // GEMV_CHUNK
+    cdef int64_t c, n0, n1, i
+    cdef int8_t* qp = NULL
+    cdef int32_t* dots = <int32_t*>malloc(N * sizeof(int32_t))
+    cdef uint8_t* codes = NULL
+    if isa == BK_VNNI:
+        qp = <int8_t*>malloc(K)
+        bk_i2s_perm_act(q, K, qp)
+    with parallel(num_threads=_threads):
+        codes = NULL
+        if isa == BK_PORTABLE:
+            codes = <uint8_t*>malloc(K)
+        for c in prange(nchunks, schedule='static'):
+            n0 = c * GEMV_CHUNK
+            n1 = _min(N, n0 + GEMV_CHUNK)
+            if isa == BK_VNNI:
+                bk_i2s_gemv_rows_512(w, K, qp, n0, n1, dots + n0)
+            elif isa == BK_AVX2:
+                bk_i2s_gemv_rows_256(w, K, q, n0, n1, dots + n0)
+            else:
+                bk_i2s_gemv_rows_c(w, K, q, n0, n1, dots + n0, codes)
+            for i in range(n0, n1):
+                if yi != NULL:
+                    yi[i] = dots[i] - qsum
+                else:
+                    yf[i] = (<float>(dots[i] - qsum) / s) * ws
+        free(codes)
+    free(qp)
+    free(dots)
+
+
+cdef void _i2s_gemm(const uint8_t* w, int64_t N, int64_t K, const int8_t* q, const int32_t* qsum, const float* s,
+                    float ws, int64_t T, int32_t* yi, float* yf) noexcept nogil:
+    """Several tokens: activations transposed into tiles once, each unpacked row block reused by all tokens."""
+    cdef int isa = _isa
+    cdef int64_t R, TW, VW, nblk, b, ntile
+    cdef int32_t* at = NULL
+    cdef uint8_t* wu = NULL
+    if isa == BK_VNNI:
+        R = BK_R512
+        TW = BK_TW512
+        VW = 16
+    elif isa == BK_AVX2:
+        R = BK_R256
+        TW = BK_TW256
+        VW = 8
+    else:
+        R = 1
+        TW = 1
+        VW = 1
+    nblk = (N + R - 1) // R
+    if isa != BK_PORTABLE:
+        ntile = (T + TW - 1) // TW
+        at = <int32_t*>malloc(ntile * TW * K)
+        bk_prep_act_tiles(q, T, K, TW, VW, at)
+    with parallel(num_threads=_threads):
+        wu = <uint8_t*>malloc(R * K + 64)
+        for b in prange(nblk, schedule='static'):
+            if isa == BK_VNNI:
+                bk_i2s_gemm_block_512(w, N, K, b * R, T, at, qsum, s, ws, yi, yf, wu)
+            elif isa == BK_AVX2:
+                bk_i2s_gemm_block_256(w, N, K, b * R, T, at, qsum, s, ws, yi, yf, wu)
+            else:
+                bk_i2s_gemm_block_c(w, N, K, b, b + 1, T, q, qsum, s, ws, yi, yf, wu)
+        free(wu)
+    free(at)
+
+
+cdef void i2s_dot_k(const uint8_t* w, int64_t N, int64_t K, const int8_t* q, const int32_t* qsum,
+                    const float* s, float ws, int64_t T, int32_t* yi, float* yf) noexcept nogil:
+    if T == 1:
+        _i2s_gemv(w, N, K, q, qsum[0], s[0], ws, yi, yf)
+    else:
+        _i2s_gemm(w, N, K, q, qsum, s, ws, T, yi, yf)
+
+
+cdef void i2s_linear_k(const uint8_t* w, int64_t N, int64_t K, const float* x, int64_t T, float* y) noexcept nogil:
+    cdef int8_t* q = <int8_t*>malloc(T * K)
+    cdef float* s = <float*>malloc(T * sizeof(float))
+    cdef int32_t* qsum = <int32_t*>malloc(T * sizeof(int32_t))
+    cdef float ws
+    memcpy(&ws, w + N * K // 4, sizeof(float))
+    quantize_act_k(x, T, K, q, s, qsum)
+    i2s_dot_k(w, N, K, q, qsum, s, ws, T, NULL, y)
+    free(q)
+    free(s)
+    free(qsum)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TQ2_0 / TQ1_0 with Q8_K activations
+
+cdef void tq_linear_k(const uint8_t* w, int qtype, int64_t N, int64_t K, const float* x, int64_t T,
+                      float* y) noexcept nogil:
+    cdef int isa = _isa
+    cdef int64_t nb = K // 256
+    cdef int64_t bpb = 66 if qtype == 2 else 54
+    cdef int8_t* q = <int8_t*>malloc(T * K)
+    cdef float* da = <float*>malloc(T * nb * sizeof(float))
+    cdef int16_t* bs16 = <int16_t*>malloc(T * (K // 16) * sizeof(int16_t))
+    cdef int32_t* bq = <int32_t*>malloc(T * nb * sizeof(int32_t))
+    cdef int64_t t, b, j, n
+    cdef uint8_t* codes = NULL
+    cdef float* dw = NULL
+    cdef const uint8_t* wr
+    q8k_quantize_k(x, T, K, q, da, bs16)
+    for t in range(T):
+        for b in range(nb):
+            bq[t * nb + b] = 0
+            for j in range(16):
+                bq[t * nb + b] += bs16[t * (K // 16) + b * 16 + j]
+    with parallel(num_threads=_threads):
+        codes = <uint8_t*>malloc(K + 64)
+        dw = <float*>malloc(nb * sizeof(float))
+        for n in prange(N, schedule='static'):
+            wr = w + n * nb * bpb
+            for b in range(nb):
+                dw[b] = bk_tq_block_scale(wr, qtype, b)
+            if qtype == 2:
+                if isa == BK_PORTABLE:
+                    bk_tq2_unpack_row(wr, K, codes)
+                else:
+                    bk_tq2_unpack_row_256(wr, K, codes)
+            else:
+                if isa == BK_PORTABLE:
+                    bk_tq1_unpack_row(wr, K, codes)
+                else:
+                    bk_tq1_unpack_row_256(wr, K, codes)
+            for t in range(T):
+                if isa == BK_VNNI:
+                    bk_tq_row_512(codes, dw, K, q + t * K, da + t * nb, bq + t * nb, y + t * N + n)
+                elif isa == BK_AVX2:
+                    bk_tq_row_256(codes, dw, K, q + t * K, da + t * nb, bq + t * nb, y + t * N + n)
+                else:
+                    bk_tq_row_c(codes, dw, K, q + t * K, da + t * nb, bq + t * nb, y + t * N + n)
+        free(codes)
+        free(dw)
+    free(q)
+    free(da)
+    free(bs16)
+    free(bq)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LM head: F16 and int8
+
+cdef void f16_gemv_k(const uint16_t* w, int64_t N, int64_t K, const float* x, int64_t T, float* y) noexcept nogil:
+    cdef int isa = _isa
+    cdef int64_t nchunks = (N + GEMV_CHUNK - 1) // GEMV_CHUNK
+    cdef int64_t c, n0, n1
+    cdef float* wf = NULL
+    with parallel(num_threads=_threads):
+        wf = NULL
+        if isa == BK_PORTABLE:
+            wf = <float*>malloc(K * sizeof(float))
+        for c in prange(nchunks, schedule='static'):
+            n0 = c * GEMV_CHUNK
+            n1 = _min(N, n0 + GEMV_CHUNK)
+            if isa == BK_VNNI:
+                bk_f16_rows_512(w, K, x, T, N, n0, n1, y)
+            elif isa == BK_AVX2:
+                bk_f16_rows_256(w, K, x, T, N, n0, n1, y)
+            else:
+                bk_f16_rows_c(w, K, x, T, N, n0, n1, y, wf)
+        free(wf)
+
+
+cdef void q8_head_prepare_k(const uint16_t* w, int64_t N, int64_t K, int8_t* q, float* scale) noexcept nogil:
+    cdef int isa = _isa
+    cdef int64_t nchunks = (N + GEMV_CHUNK - 1) // GEMV_CHUNK
+    cdef int64_t c, n0
+    cdef float* wf = NULL
+    with parallel(num_threads=_threads):
+        wf = <float*>malloc(K * sizeof(float))
+        for c in prange(nchunks, schedule='static'):
+            n0 = c * GEMV_CHUNK
+            bk_q8_prepare_rows(isa, w, K, n0, _min(N, n0 + GEMV_CHUNK), q, scale, wf)
+        free(wf)
+
+
+cdef void q8_head_gemv_k(const int8_t* w, const float* scale, int64_t N, int64_t K, const float* x, int64_t T,
+                         float* y) noexcept nogil:
+    cdef int isa = _isa
+    cdef int64_t nchunks = (N + GEMV_CHUNK - 1) // GEMV_CHUNK
+    cdef int64_t c, n0, n1, i
+    cdef int8_t* xq = <int8_t*>malloc(T * K)
+    cdef float* s = <float*>malloc(T * sizeof(float))
+    cdef int32_t* qsum = <int32_t*>malloc(T * sizeof(int32_t))
+    quantize_act_k(x, T, K, xq, s, qsum)
+    if isa == BK_VNNI:
+        for i in range(T * K):
+            xq[i] = <int8_t>(<uint8_t>xq[i] ^ 0x80)  # q + 128 as unsigned
+    for c in prange(nchunks, num_threads=_threads, schedule='static'):
+        n0 = c * GEMV_CHUNK
+        n1 = _min(N, n0 + GEMV_CHUNK)
+        if isa == BK_VNNI:
+            bk_q8_rows_512(w, scale, K, <const uint8_t*>xq, s, T, N, n0, n1, y)
+        elif isa == BK_AVX2:
+            bk_q8_rows_256(w, scale, K, xq, s, T, N, n0, n1, y)
+        else:
+            bk_q8_rows_c(w, scale, K, xq, s, T, N, n0, n1, y)
+    free(xq)
+    free(s)
+    free(qsum)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# float parts
+
+cdef void rmsnorm_k(const float* x, const float* w, int64_t T, int64_t K, float eps, float* y) noexcept nogil:
+    cdef int isa = _isa
+    cdef int64_t t
+    cdef int nt = _threads if T > 1 else 1
+    for t in prange(T, num_threads=nt, schedule='static'):
+        if isa == BK_VNNI:
+            bk_rmsnorm_row_512(x + t * K, w, K, eps, y + t * K)
+        elif isa == BK_AVX2:
+            bk_rmsnorm_row_256(x + t * K, w, K, eps, y + t * K)
+        else:
+            bk_rmsnorm_row_c(x + t * K, w, K, eps, y + t * K)
+
+
+cdef void rope_neox_k(float* x, const int32_t* pos, int64_t T, int64_t H, int64_t D, float base,
+                      int64_t n_rot) noexcept nogil:
+    cdef int isa = _isa
+    cdef int64_t t, half = n_rot // 2
+    cdef float theta_scale = powf(base, <float>-2.0 / <float>n_rot)
+    cdef float* cs = NULL
+    cdef int nt = _threads if T > 1 else 1
+    with parallel(num_threads=nt):
+        cs = <float*>malloc(2 * half * sizeof(float) + 16)
+        for t in prange(T, schedule='static'):
+            bk_rope_cache(<float>pos[t], theta_scale, half, cs, cs + half)
+            if isa == BK_VNNI:
+                bk_rope_apply_512(x + t * H * D, H, D, half, cs, cs + half)
+            elif isa == BK_AVX2:
+                bk_rope_apply_256(x + t * H * D, H, D, half, cs, cs + half)
+            else:
+                bk_rope_apply_c(x + t * H * D, H, D, half, cs, cs + half)
+        free(cs)
+
+
+cdef void attention_k(const float* q, const uint16_t* k, const uint16_t* v, int64_t T, int64_t H, int64_t Hkv,
+                      int64_t S, int64_t D, int64_t pos0, int64_t n_kv, float* out) noexcept nogil:
+    cdef int isa = _isa
+    cdef int64_t i, t, h, kvh, n, group = H // Hkv
+    cdef float scale = <float>1.0 / sqrtf(<float>D)
+    cdef float* sc = NULL
+    with parallel(num_threads=_threads):
+        sc = <float*>malloc((n_kv + 16) * sizeof(float))
+        for i in prange(T * H, schedule='static'):
+            t = i // H
+            h = i % H
+            kvh = h // group
+            n = _min(pos0 + t + 1, n_kv)
+            if n <= 0:
+                memset(out + i * D, 0, D * sizeof(float))
+            elif isa == BK_VNNI:
+                bk_attn_one_512(q + i * D, k + kvh * S * D, v + kvh * S * D, D, n, scale, sc, out + i * D)
+            elif isa == BK_AVX2:
+                bk_attn_one_256(q + i * D, k + kvh * S * D, v + kvh * S * D, D, n, scale, sc, out + i * D)
+            else:
+                bk_attn_one_c(q + i * D, k + kvh * S * D, v + kvh * S * D, D, n, scale, sc, out + i * D)
+        free(sc)
+
+
+cdef void softmax_k(float* x, int64_t T, int64_t N) noexcept nogil:
+    cdef int isa = _isa
+    cdef int64_t t
+    cdef int nt = _threads if T > 1 else 1
+    for t in prange(T, num_threads=nt, schedule='static'):
+        if isa == BK_VNNI:
+            bk_softmax_row_512(x + t * N, N)
+        elif isa == BK_AVX2:
+            bk_softmax_row_256(x + t * N, N)
+        else:
+            bk_softmax_row_c(x + t * N, N)
+
+
+cdef void relu2_mul_k(const float* g, const float* u, float* y, int64_t n) noexcept nogil:
+    if _isa == BK_VNNI:
+        bk_relu2_mul_512(g, u, y, n)
+    elif _isa == BK_AVX2:
+        bk_relu2_mul_256(g, u, y, n)
+    else:
+        bk_relu2_mul_c(g, u, y, n)
+
+
+cdef void silu_mul_k(const float* g, const float* u, float* y, int64_t n) noexcept nogil:
+    if _isa == BK_VNNI:
+        bk_silu_mul_512(g, u, y, n)
+    elif _isa == BK_AVX2:
+        bk_silu_mul_256(g, u, y, n)
+    else:
+        bk_silu_mul_c(g, u, y, n)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# raw entry points (flat C-contiguous buffers; bitnet_kernels.cpu validates shapes before calling)
+
+def quantize_act_i8(const float[::1] x, int64_t T, int64_t K, int8_t[::1] q, float[::1] s, int32_t[::1] qsum):
+    with nogil:
+        quantize_act_k(&x[0], T, K, &q[0], &s[0], &qsum[0])
+
+
+def quantize_q8_k(const float[::1] x, int64_t T, int64_t K, int8_t[::1] q, float[::1] d, int16_t[::1] bsums):
+    with nogil:
+        q8k_quantize_k(&x[0], T, K, &q[0], &d[0], &bsums[0])
+
+
+def i2s_gemm_i32(const uint8_t[::1] w, int64_t N, int64_t K, const int8_t[::1] q, int64_t T, int32_t[::1] y):
+    cdef int32_t* qsum = <int32_t*>malloc(T * sizeof(int32_t))
+    cdef float* s = <float*>malloc(T * sizeof(float))
+    cdef int64_t t, k
+    with nogil:
+        for t in range(T):
+            qsum[t] = 0
+            s[t] = 1.0
+            for k in range(K):
+                qsum[t] += q[t * K + k]
+        i2s_dot_k(&w[0], N, K, &q[0], qsum, s, 1.0, T, &y[0], NULL)
+    free(qsum)
+    free(s)
+
+
+def i2s_linear(const uint8_t[::1] w, int64_t N, int64_t K, const float[::1] x, int64_t T, float[::1] y):
+    with nogil:
+        i2s_linear_k(&w[0], N, K, &x[0], T, &y[0])
+
+
+def tq_linear(const uint8_t[::1] w, int qtype, int64_t N, int64_t K, const float[::1] x, int64_t T, float[::1] y):
+    with nogil:
+        tq_linear_k(&w[0], qtype, N, K, &x[0], T, &y[0])
+
+
+def f16_gemv(const uint16_t[::1] w, int64_t N, int64_t K, const float[::1] x, int64_t T, float[::1] y):
+    with nogil:
+        f16_gemv_k(&w[0], N, K, &x[0], T, &y[0])
+
+
+def q8_head_prepare(const uint16_t[::1] w, int64_t N, int64_t K, int8_t[::1] q, float[::1] scale):
+    with nogil:
+        q8_head_prepare_k(&w[0], N, K, &q[0], &scale[0])
+
+
+def q8_head_gemv(const int8_t[::1] w, const float[::1] scale, int64_t N, int64_t K, const float[::1] x, int64_t T,
+                 float[::1] y):
+    with nogil:
+        q8_head_gemv_k(&w[0], &scale[0], N, K, &x[0], T, &y[0])
+
+
+def rmsnorm(const float[::1] x, const float[::1] w, int64_t T, int64_t K, float eps, float[::1] y):
+    with nogil:
+        rmsnorm_k(&x[0], &w[0], T, K, eps, &y[0])
+
+
+def rope_neox(float[::1] x, const int32_t[::1] pos, int64_t T, int64_t H, int64_t D, float base, int64_t n_rot):
+    with nogil:
+        rope_neox_k(&x[0], &pos[0], T, H, D, base, n_rot)
+
+
+def attention(const float[::1] q, const uint16_t[::1] k, const uint16_t[::1] v, int64_t T, int64_t H, int64_t Hkv,
+              int64_t S, int64_t D, int64_t pos0, int64_t n_kv, float[::1] out):
+    with nogil:
+        attention_k(&q[0], &k[0], &v[0], T, H, Hkv, S, D, pos0, n_kv, &out[0])
+
+
+def softmax(float[::1] x, int64_t T, int64_t N):
+    with nogil:
+        softmax_k(&x[0], T, N)
+
+
+def relu2_mul(const float[::1] g, const float[::1] u, float[::1] y, int64_t n):
+    with nogil:
+        relu2_mul_k(&g[0], &u[0], &y[0], n)
+
+
+def silu_mul(const float[::1] g, const float[::1] u, float[::1] y, int64_t n):
+    with nogil:
+        silu_mul_k(&g[0], &u[0], &y[0], n)
+
+
+def stream_read(const uint8_t[::1] buf, int nthreads, int reps):
+    """Bandwidth probe: sums the 64-bit words of buf, each thread a contiguous share (result defeats DCE)."""
+    cdef int64_t chunk = 1 << 20
+    cdef int64_t nchunks = buf.shape[0] // chunk
+    cdef const uint8_t* p = &buf[0]
+    cdef uint64_t total = 0
+    cdef int isa = _isa
+    cdef int r
+    cdef int64_t c
+    with nogil:
+        for r in range(reps):
+            for c in prange(nchunks, num_threads=nthreads, schedule='static'):
+                total += bk_stream_sum(isa, p + c * chunk, chunk)
+    return total

@@ -1,0 +1,1103 @@
+/* SIMD helpers of bitnet_kernels, included by _cpu.pyx.
+ *
+ * Portable build: the file is compiled WITHOUT -march flags. Each ISA-specific function carries its own
+ * __attribute__((target(...))) and is only called after __builtin_cpu_supports said yes (bk_detect), or
+ * after the caller forced that path on a CPU that has it (force_isa in Python checks this).
+ *
+ * Paths: BK_VNNI (AVX-512F/BW/VL + VNNI), BK_AVX2 (AVX2 + FMA + F16C), BK_PORTABLE (plain C).
+ * Every function here works on one unit (a row, a block of rows, a token); the threading is in _cpu.pyx.
+ * The build uses -ffp-contract=off: float results must not depend on whether the compiler fused a*b+c.
+ */
+#ifndef BK_SIMD_H
+#define BK_SIMD_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <immintrin.h>
+
+enum { BK_PORTABLE = 0, BK_AVX2 = 1, BK_VNNI = 2 };
+
+#define BK_T512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+#define BK_T256 __attribute__((target("avx2,fma,f16c")))
+
+typedef int32_t bk_i32u __attribute__((may_alias, aligned(1)));
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* CPU features                                                                                               */
+
+static void bk_detect(int *f) {
+    __builtin_cpu_init();
+    f[0] = __builtin_cpu_supports("avx2") != 0;
+    f[1] = __builtin_cpu_supports("fma") != 0;
+    f[2] = __builtin_cpu_supports("f16c") != 0;
+    f[3] = __builtin_cpu_supports("avx512f") != 0;
+    f[4] = __builtin_cpu_supports("avx512bw") != 0;
+    f[5] = __builtin_cpu_supports("avx512vl") != 0;
+    f[6] = __builtin_cpu_supports("avx512dq") != 0;
+    f[7] = __builtin_cpu_supports("avx512vnni") != 0;
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* fp16 <-> fp32 without F16C (exact)                                                                          */
+
+static inline float bk_h2f(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, f;
+    if (exp == 0) {
+        if (man == 0) {
+            f = sign;
+        } else {
+            int e = -1;
+            do { e++; man <<= 1; } while (!(man & 0x400u));
+            man &= 0x3ffu;
+            f = sign | ((uint32_t)(127 - 15 - e) << 23) | (man << 13);
+        }
+    } else if (exp == 31) {
+        f = sign | 0x7f800000u | (man << 13);
+    } else {
+        f = sign | ((exp + 112u) << 23) | (man << 13);
+    }
+    float r;
+    memcpy(&r, &f, 4);
+    return r;
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* exp for softmax / SiLU: Cody-Waite range reduction + degree-6 polynomial, about 2 ulp                        */
+
+BK_T512 static inline __m512 bk_exp512(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.7f)), _mm512_set1_ps(-104.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+BK_T256 static inline __m256 bk_exp256(__m256 x) {
+    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.7f)), _mm256_set1_ps(-87.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145752f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860677e-6f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    /* 2^n: n in [-126, 128] after the clamp; build the exponent bits (n = 128 only for x near 88.7) */
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(126)), 23);
+    return _mm256_mul_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), _mm256_set1_ps(2.0f));
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* per-token int8 activation quantization (bitnet.cpp): s = 127 / max(max|x|, 1e-5); q = rint(x * s)            */
+
+static void bk_quant_row_c(const float *x, int64_t K, int8_t *q, float *s_out, int32_t *qsum_out) {
+    float amax = 0.0f;
+    for (int64_t k = 0; k < K; k++) {
+        float a = fabsf(x[k]);
+        amax = a > amax ? a : amax;
+    }
+    if (amax < 1e-5f) amax = 1e-5f;
+    const float s = 127.0f / amax;
+    int32_t sum = 0;
+    for (int64_t k = 0; k < K; k++) {
+        float v = nearbyintf(x[k] * s);
+        v = v > 127.0f ? 127.0f : (v < -128.0f ? -128.0f : v);
+        q[k] = (int8_t)v;
+        sum += q[k];
+    }
+    *s_out = s;
+    *qsum_out = sum;
+}
+
+BK_T256 static void bk_quant_row_256(const float *x, int64_t K, int8_t *q, float *s_out, int32_t *qsum_out) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 vmax = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_loadu_ps(x + k), absmask));
+    float tmp[8];
+    _mm256_storeu_ps(tmp, vmax);
+    float amax = 0.0f;
+    for (int i = 0; i < 8; i++) amax = tmp[i] > amax ? tmp[i] : amax;
+    for (; k < K; k++) { float a = fabsf(x[k]); amax = a > amax ? a : amax; }
+    if (amax < 1e-5f) amax = 1e-5f;
+    const float s = 127.0f / amax;
+    const __m256 vs = _mm256_set1_ps(s);
+    __m256i vsum = _mm256_setzero_si256();
+    const __m256i lo = _mm256_set1_epi32(-128), hi = _mm256_set1_epi32(127);
+    int32_t it[8];
+    for (k = 0; k + 8 <= K; k += 8) {
+        __m256i i = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k), vs));
+        i = _mm256_max_epi32(_mm256_min_epi32(i, hi), lo);
+        vsum = _mm256_add_epi32(vsum, i);
+        _mm256_storeu_si256((__m256i *)it, i);
+        for (int j = 0; j < 8; j++) q[k + j] = (int8_t)it[j];
+    }
+    _mm256_storeu_si256((__m256i *)it, vsum);
+    int32_t sum = it[0] + it[1] + it[2] + it[3] + it[4] + it[5] + it[6] + it[7];
+    for (; k < K; k++) {
+        float v = nearbyintf(x[k] * s);
+        v = v > 127.0f ? 127.0f : (v < -128.0f ? -128.0f : v);
+        q[k] = (int8_t)v;
+        sum += q[k];
+    }
+    *s_out = s;
+    *qsum_out = sum;
+}
+
+BK_T512 static void bk_quant_row_512(const float *x, int64_t K, int8_t *q, float *s_out, int32_t *qsum_out) {
+    __m512 vmax = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
+    float amax = _mm512_reduce_max_ps(vmax);
+    for (; k < K; k++) { float a = fabsf(x[k]); amax = a > amax ? a : amax; }
+    if (amax < 1e-5f) amax = 1e-5f;
+    const float s = 127.0f / amax;
+    const __m512 vs = _mm512_set1_ps(s);
+    const __m512i lo = _mm512_set1_epi32(-128), hi = _mm512_set1_epi32(127);
+    __m512i vsum = _mm512_setzero_si512();
+    for (k = 0; k + 16 <= K; k += 16) {
+        __m512i i = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k), vs));
+        i = _mm512_max_epi32(_mm512_min_epi32(i, hi), lo);
+        vsum = _mm512_add_epi32(vsum, i);
+        _mm_storeu_si128((__m128i *)(q + k), _mm512_cvtepi32_epi8(i));
+    }
+    int32_t sum = _mm512_reduce_add_epi32(vsum);
+    for (; k < K; k++) {
+        float v = nearbyintf(x[k] * s);
+        v = v > 127.0f ? 127.0f : (v < -128.0f ? -128.0f : v);
+        q[k] = (int8_t)v;
+        sum += q[k];
+    }
+    *s_out = s;
+    *qsum_out = sum;
+}
+
+static void bk_quant_row(int isa, const float *x, int64_t K, int8_t *q, float *s, int32_t *qsum) {
+    if (isa == BK_VNNI) bk_quant_row_512(x, K, q, s, qsum);
+    else if (isa == BK_AVX2) bk_quant_row_256(x, K, q, s, qsum);
+    else bk_quant_row_c(x, K, q, s, qsum);
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* Q8_K quantization (llama.cpp): per 256 values, d = mx / -127 where mx is the first value of largest |x|      */
+
+static inline int bk_nearest_int(float v) {
+    float f = v + 12582912.0f;
+    int32_t i;
+    memcpy(&i, &f, 4);
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+static void bk_q8k_row(const float *x, int64_t K, int8_t *q, float *d, int16_t *bsums) {
+    for (int64_t b = 0; b < K / 256; b++) {
+        const float *xb = x + b * 256;
+        int8_t *qb = q + b * 256;
+        float amax = 0.0f, mx = 0.0f;
+        for (int j = 0; j < 256; j++) {
+            float a = fabsf(xb[j]);
+            if (a > amax) { amax = a; mx = xb[j]; }
+        }
+        if (amax == 0.0f) {
+            d[b] = 0.0f;
+            memset(qb, 0, 256);
+        } else {
+            const float iscale = -127.0f / mx;
+            for (int j = 0; j < 256; j++) {
+                int v = bk_nearest_int(iscale * xb[j]);
+                qb[j] = (int8_t)(v < 127 ? v : 127);
+            }
+            d[b] = 1.0f / iscale;
+        }
+        for (int j = 0; j < 16; j++) {
+            int s = 0;
+            for (int i = 0; i < 16; i++) s += qb[j * 16 + i];
+            bsums[b * 16 + j] = (int16_t)s;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* I2_S: 128-weight blocks of 32 bytes; byte p holds weights p, p+32, p+64, p+96 in bits 7:6, 5:4, 3:2, 1:0;     */
+/* code = w + 1. Kernels compute sum(code * q) and subtract sum(q). Code 3 (never written) counts as +2, as in  */
+/* bitnet.cpp's own kernels.                                                                                  */
+
+/* GEMV activations for the VNNI path: pairs of blocks are read as one 64-byte vector, so group g of the pair */
+/* (j, j+1) needs q[j*128 + g*32 .. +32] followed by q[(j+1)*128 + g*32 .. +32].                               */
+static void bk_i2s_perm_act(const int8_t *q, int64_t K, int8_t *qp) {
+    const int64_t nb = K / 128;
+    int64_t j = 0;
+    for (; j + 1 < nb; j += 2)
+        for (int g = 0; g < 4; g++) {
+            memcpy(qp + j * 128 + g * 64, q + j * 128 + g * 32, 32);
+            memcpy(qp + j * 128 + g * 64 + 32, q + (j + 1) * 128 + g * 32, 32);
+        }
+    if (j < nb) memcpy(qp + j * 128, q + j * 128, 128);
+}
+
+/* Masks instead of shifts: (b & 0xC0) = 64 * code of group 0, etc. Four accumulators hold exact multiples of  */
+/* 64, 16, 4, 1; they are shifted back once per row.                                                          */
+BK_T512 static inline int32_t bk_i2s_combine512(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
+    __m512i v = _mm512_add_epi32(_mm512_add_epi32(_mm512_srai_epi32(a0, 6), _mm512_srai_epi32(a1, 4)),
+                                 _mm512_add_epi32(_mm512_srai_epi32(a2, 2), a3));
+    return _mm512_reduce_add_epi32(v);
+}
+
+BK_T512 static void bk_i2s_gemv_rows_512(const uint8_t *w, int64_t K, const int8_t *qp, int64_t n0, int64_t n1,
+                                         int32_t *dot) {
+    const __m512i m0 = _mm512_set1_epi8((char)0xC0), m1 = _mm512_set1_epi8(0x30);
+    const __m512i m2 = _mm512_set1_epi8(0x0C), m3 = _mm512_set1_epi8(0x03);
+    const int64_t nb = K / 128, rb = K / 4;
+    int64_t n = n0;
+    for (; n + 2 <= n1; n += 2) {
+        const uint8_t *wa = w + n * rb, *wb = wa + rb;
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+        __m512i b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        int64_t j = 0;
+        for (; j + 1 < nb; j += 2) {
+            const int8_t *a = qp + j * 128;
+            const __m512i x0 = _mm512_loadu_si512(a), x1 = _mm512_loadu_si512(a + 64);
+            const __m512i x2 = _mm512_loadu_si512(a + 128), x3 = _mm512_loadu_si512(a + 192);
+            const __m512i va = _mm512_loadu_si512(wa + j * 32), vb = _mm512_loadu_si512(wb + j * 32);
+            a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(va, m0), x0);
+            a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(va, m1), x1);
+            a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(va, m2), x2);
+            a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(va, m3), x3);
+            b0 = _mm512_dpbusd_epi32(b0, _mm512_and_si512(vb, m0), x0);
+            b1 = _mm512_dpbusd_epi32(b1, _mm512_and_si512(vb, m1), x1);
+            b2 = _mm512_dpbusd_epi32(b2, _mm512_and_si512(vb, m2), x2);
+            b3 = _mm512_dpbusd_epi32(b3, _mm512_and_si512(vb, m3), x3);
+        }
+        if (j < nb) { /* one block left: 256-bit lanes, activations in natural order */
+            const int8_t *a = qp + j * 128;
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)a), x1 = _mm256_loadu_si256((const __m256i *)(a + 32));
+            const __m256i x2 = _mm256_loadu_si256((const __m256i *)(a + 64)), x3 = _mm256_loadu_si256((const __m256i *)(a + 96));
+            const __m256i va = _mm256_loadu_si256((const __m256i *)(wa + j * 32)), vb = _mm256_loadu_si256((const __m256i *)(wb + j * 32));
+            const __m256i z = _mm256_setzero_si256();
+            a0 = _mm512_add_epi32(a0, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(va, _mm512_castsi512_si256(m0)), x0)));
+            a1 = _mm512_add_epi32(a1, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(va, _mm512_castsi512_si256(m1)), x1)));
+            a2 = _mm512_add_epi32(a2, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(va, _mm512_castsi512_si256(m2)), x2)));
+            a3 = _mm512_add_epi32(a3, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(va, _mm512_castsi512_si256(m3)), x3)));
+            b0 = _mm512_add_epi32(b0, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(vb, _mm512_castsi512_si256(m0)), x0)));
+            b1 = _mm512_add_epi32(b1, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(vb, _mm512_castsi512_si256(m1)), x1)));
+            b2 = _mm512_add_epi32(b2, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(vb, _mm512_castsi512_si256(m2)), x2)));
+            b3 = _mm512_add_epi32(b3, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(vb, _mm512_castsi512_si256(m3)), x3)));
+        }
+        dot[n - n0] = bk_i2s_combine512(a0, a1, a2, a3);
+        dot[n + 1 - n0] = bk_i2s_combine512(b0, b1, b2, b3);
+    }
+    for (; n < n1; n++) {
+        const uint8_t *wa = w + n * rb;
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+        int64_t j = 0;
+        for (; j + 1 < nb; j += 2) {
+            const int8_t *a = qp + j * 128;
+            const __m512i va = _mm512_loadu_si512(wa + j * 32);
+            a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(va, m0), _mm512_loadu_si512(a));
+            a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(va, m1), _mm512_loadu_si512(a + 64));
+            a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(va, m2), _mm512_loadu_si512(a + 128));
+            a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(va, m3), _mm512_loadu_si512(a + 192));
+        }
+        if (j < nb) {
+            const int8_t *a = qp + j * 128;
+            const __m256i va = _mm256_loadu_si256((const __m256i *)(wa + j * 32));
+            const __m256i z = _mm256_setzero_si256();
+            a0 = _mm512_add_epi32(a0, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(va, _mm512_castsi512_si256(m0)), _mm256_loadu_si256((const __m256i *)a))));
+            a1 = _mm512_add_epi32(a1, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(va, _mm512_castsi512_si256(m1)), _mm256_loadu_si256((const __m256i *)(a + 32)))));
+            a2 = _mm512_add_epi32(a2, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(va, _mm512_castsi512_si256(m2)), _mm256_loadu_si256((const __m256i *)(a + 64)))));
+            a3 = _mm512_add_epi32(a3, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(va, _mm512_castsi512_si256(m3)), _mm256_loadu_si256((const __m256i *)(a + 96)))));
+        }
+        dot[n - n0] = bk_i2s_combine512(a0, a1, a2, a3);
+    }
+}
+
+/* AVX2: no VNNI; maddubs(u8 code, s8 q) pairs never saturate (|2 * 3 * 128| < 32767). Natural act order.   */
+BK_T256 static inline int32_t bk_hsum256(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+BK_T256 static void bk_i2s_gemv_rows_256(const uint8_t *w, int64_t K, const int8_t *q, int64_t n0, int64_t n1,
+                                         int32_t *dot) {
+    const __m256i m3 = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+    const int64_t nb = K / 128, rb = K / 4;
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *wa = w + n * rb;
+        __m256i acc0 = _mm256_setzero_si256(), acc1 = acc0;
+        for (int64_t j = 0; j < nb; j++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(wa + j * 32));
+            const int8_t *a = q + j * 128;
+            __m256i p0 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 6), m3), _mm256_loadu_si256((const __m256i *)a));
+            __m256i p1 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m3), _mm256_loadu_si256((const __m256i *)(a + 32)));
+            __m256i p2 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 2), m3), _mm256_loadu_si256((const __m256i *)(a + 64)));
+            __m256i p3 = _mm256_maddubs_epi16(_mm256_and_si256(v, m3), _mm256_loadu_si256((const __m256i *)(a + 96)));
+            /* int16 sums of two pairs stay below 4 * 768 */
+            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(_mm256_add_epi16(p0, p1), ones));
+            acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(_mm256_add_epi16(p2, p3), ones));
+        }
+        dot[n - n0] = bk_hsum256(_mm256_add_epi32(acc0, acc1));
+    }
+}
+
+static void bk_i2s_unpack_row_c(const uint8_t *w, int64_t K, uint8_t *codes) {
+    for (int64_t j = 0; j < K / 128; j++)
+        for (int p = 0; p < 32; p++) {
+            const uint8_t b = w[j * 32 + p];
+            codes[j * 128 + p] = (b >> 6) & 3;
+            codes[j * 128 + 32 + p] = (b >> 4) & 3;
+            codes[j * 128 + 64 + p] = (b >> 2) & 3;
+            codes[j * 128 + 96 + p] = b & 3;
+        }
+}
+
+static void bk_i2s_gemv_rows_c(const uint8_t *w, int64_t K, const int8_t *q, int64_t n0, int64_t n1, int32_t *dot,
+                               uint8_t *codes) {
+    for (int64_t n = n0; n < n1; n++) {
+        bk_i2s_unpack_row_c(w + n * (K / 4), K, codes);
+        int32_t s = 0;
+        for (int64_t k = 0; k < K; k++) s += (int32_t)codes[k] * q[k];
+        dot[n - n0] = s;
+    }
+}
+
+/* GEMM (prefill). Activations are transposed once into tiles: at[kq][lane] = the 4 bytes q[t0 + lane][4kq..] */
+/* (lanes past the last token are zero). Weights: BK_R rows unpacked to codes in natural order, reused by all */
+/* token tiles. Microkernel: broadcast 4 codes of a row, multiply with 16 (or 8) tokens' 4 activations.       */
+#define BK_R512 6
+#define BK_TW512 64 /* tokens per tile (4 vectors of 16) */
+#define BK_R256 4
+#define BK_TW256 16 /* tokens per tile (2 vectors of 8) */
+
+static void bk_prep_act_tiles(const int8_t *q, int64_t T, int64_t K, int64_t tw, int64_t vw, int32_t *at) {
+    const int64_t kq4 = K / 4;
+    for (int64_t t0 = 0; t0 < T; t0 += tw) {
+        const int64_t tn = T - t0 < tw ? T - t0 : tw;
+        const int64_t lanes = ((tn + vw - 1) / vw) * vw;
+        int32_t *dst = at + t0 * kq4;
+        for (int64_t kq = 0; kq < kq4; kq++)
+            for (int64_t l = 0; l < lanes; l++) {
+                int32_t v = 0;
+                if (l < tn) memcpy(&v, q + (t0 + l) * K + kq * 4, 4);
+                dst[kq * lanes + l] = v;
+            }
+    }
+}
+
+BK_T256 static void bk_i2s_unpack_rows_256(const uint8_t *w, int64_t K, int64_t rows, int64_t R, uint8_t *wu) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (int64_t r = 0; r < R; r++) {
+        uint8_t *dst = wu + r * K;
+        if (r >= rows) { memset(dst, 0, K); continue; }
+        const uint8_t *src = w + r * (K / 4);
+        for (int64_t j = 0; j < K / 128; j++) {
+            const __m256i b = _mm256_loadu_si256((const __m256i *)(src + j * 32));
+            _mm256_storeu_si256((__m256i *)(dst + j * 128), _mm256_and_si256(_mm256_srli_epi16(b, 6), m3));
+            _mm256_storeu_si256((__m256i *)(dst + j * 128 + 32), _mm256_and_si256(_mm256_srli_epi16(b, 4), m3));
+            _mm256_storeu_si256((__m256i *)(dst + j * 128 + 64), _mm256_and_si256(_mm256_srli_epi16(b, 2), m3));
+            _mm256_storeu_si256((__m256i *)(dst + j * 128 + 96), _mm256_and_si256(b, m3));
+        }
+    }
+}
+
+#define BK_DEF_MK512(NV)                                                                                          \
+    BK_T512 static void bk_mk512_nv##NV(const uint8_t *wu, int64_t K, const int32_t *at, __m512i *out) {          \
+        __m512i acc[BK_R512][NV];                                                                                 \
+        for (int r = 0; r < BK_R512; r++)                                                                          \
+            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_si512();                                      \
+        const bk_i32u *w0 = (const bk_i32u *)wu, *w1 = (const bk_i32u *)(wu + K), *w2 = (const bk_i32u *)(wu + 2 * K); \
+        const bk_i32u *w3 = (const bk_i32u *)(wu + 3 * K), *w4 = (const bk_i32u *)(wu + 4 * K), *w5 = (const bk_i32u *)(wu + 5 * K); \
+        const int64_t kq4 = K / 4;                                                                                \
+        for (int64_t kq = 0; kq < kq4; kq++) {                                                                    \
+            __m512i a[NV];                                                                                        \
+            for (int v = 0; v < NV; v++) a[v] = _mm512_loadu_si512(at + (kq * NV + v) * 16);                      \
+            __m512i b;                                                                                            \
+            b = _mm512_set1_epi32(w0[kq]); for (int v = 0; v < NV; v++) acc[0][v] = _mm512_dpbusd_epi32(acc[0][v], b, a[v]); \
+            b = _mm512_set1_epi32(w1[kq]); for (int v = 0; v < NV; v++) acc[1][v] = _mm512_dpbusd_epi32(acc[1][v], b, a[v]); \
+            b = _mm512_set1_epi32(w2[kq]); for (int v = 0; v < NV; v++) acc[2][v] = _mm512_dpbusd_epi32(acc[2][v], b, a[v]); \
+            b = _mm512_set1_epi32(w3[kq]); for (int v = 0; v < NV; v++) acc[3][v] = _mm512_dpbusd_epi32(acc[3][v], b, a[v]); \
+            b = _mm512_set1_epi32(w4[kq]); for (int v = 0; v < NV; v++) acc[4][v] = _mm512_dpbusd_epi32(acc[4][v], b, a[v]); \
+            b = _mm512_set1_epi32(w5[kq]); for (int v = 0; v < NV; v++) acc[5][v] = _mm512_dpbusd_epi32(acc[5][v], b, a[v]); \
+        }                                                                                                         \
+        for (int r = 0; r < BK_R512; r++)                                                                          \
+            for (int v = 0; v < NV; v++) out[r * NV + v] = acc[r][v];                                             \
+    }
+BK_DEF_MK512(1)
+BK_DEF_MK512(2)
+BK_DEF_MK512(3)
+BK_DEF_MK512(4)
+
+#define BK_DEF_MK256(NV)                                                                                          \
+    BK_T256 static void bk_mk256_nv##NV(const uint8_t *wu, int64_t K, const int32_t *at, __m256i *out) {          \
+        const __m256i ones = _mm256_set1_epi16(1);                                                                \
+        __m256i acc[BK_R256][NV];                                                                                 \
+        for (int r = 0; r < BK_R256; r++)                                                                          \
+            for (int v = 0; v < NV; v++) acc[r][v] = _mm256_setzero_si256();                                      \
+        const bk_i32u *w0 = (const bk_i32u *)wu, *w1 = (const bk_i32u *)(wu + K), *w2 = (const bk_i32u *)(wu + 2 * K); \
+        const bk_i32u *w3 = (const bk_i32u *)(wu + 3 * K);                                                        \
+        const int64_t kq4 = K / 4;                                                                                \
+        for (int64_t kq = 0; kq < kq4; kq++) {                                                                    \
+            __m256i a[NV];                                                                                        \
+            for (int v = 0; v < NV; v++) a[v] = _mm256_loadu_si256((const __m256i *)(at + (kq * NV + v) * 8));    \
+            __m256i b;                                                                                            \
+            b = _mm256_set1_epi32(w0[kq]); for (int v = 0; v < NV; v++) acc[0][v] = _mm256_add_epi32(acc[0][v], _mm256_madd_epi16(_mm256_maddubs_epi16(b, a[v]), ones)); \
+            b = _mm256_set1_epi32(w1[kq]); for (int v = 0; v < NV; v++) acc[1][v] = _mm256_add_epi32(acc[1][v], _mm256_madd_epi16(_mm256_maddubs_epi16(b, a[v]), ones)); \
+            b = _mm256_set1_epi32(w2[kq]); for (int v = 0; v < NV; v++) acc[2][v] = _mm256_add_epi32(acc[2][v], _mm256_madd_epi16(_mm256_maddubs_epi16(b, a[v]), ones)); \
+            b = _mm256_set1_epi32(w3[kq]); for (int v = 0; v < NV; v++) acc[3][v] = _mm256_add_epi32(acc[3][v], _mm256_madd_epi16(_mm256_maddubs_epi16(b, a[v]), ones)); \
+        }                                                                                                         \
+        for (int r = 0; r < BK_R256; r++)                                                                          \
+            for (int v = 0; v < NV; v++) out[r * NV + v] = acc[r][v];                                             \
+    }
+BK_DEF_MK256(1)
+BK_DEF_MK256(2)
+
+/* Epilogue shared by the paths: dot = acc - qsum; either int32 out or y = (float)dot / s * ws.              */
+static inline void bk_store_dots(const int32_t *acc, int64_t nl, int64_t t0, int64_t n, int64_t N,
+                                 const int32_t *qsum, const float *s, float ws, int32_t *yi, float *yf) {
+    for (int64_t l = 0; l < nl; l++) {
+        const int64_t t = t0 + l;
+        const int32_t d = acc[l] - qsum[t];
+        if (yi) yi[t * N + n] = d;
+        else yf[t * N + n] = ((float)d / s[t]) * ws;
+    }
+}
+
+BK_T512 static void bk_i2s_gemm_block_512(const uint8_t *w, int64_t N, int64_t K, int64_t n0, int64_t T,
+                                          const int32_t *at, const int32_t *qsum, const float *s, float ws,
+                                          int32_t *yi, float *yf, uint8_t *wu) {
+    const int64_t rows = N - n0 < BK_R512 ? N - n0 : BK_R512;
+    bk_i2s_unpack_rows_256(w + n0 * (K / 4), K, rows, BK_R512, wu);
+    __m512i acc[BK_R512 * 4];
+    int32_t tmp[16];
+    for (int64_t t0 = 0; t0 < T; t0 += BK_TW512) {
+        const int64_t tn = T - t0 < BK_TW512 ? T - t0 : BK_TW512;
+        const int nv = (int)((tn + 15) / 16);
+        const int32_t *a = at + t0 * (K / 4);
+        switch (nv) {
+            case 1: bk_mk512_nv1(wu, K, a, acc); break;
+            case 2: bk_mk512_nv2(wu, K, a, acc); break;
+            case 3: bk_mk512_nv3(wu, K, a, acc); break;
+            default: bk_mk512_nv4(wu, K, a, acc); break;
+        }
+        for (int64_t r = 0; r < rows; r++)
+            for (int v = 0; v < nv; v++) {
+                _mm512_storeu_si512(tmp, acc[r * nv + v]);
+                const int64_t nl = tn - v * 16 < 16 ? tn - v * 16 : 16;
+                bk_store_dots(tmp, nl, t0 + v * 16, n0 + r, N, qsum, s, ws, yi, yf);
+            }
+    }
+}
+
+BK_T256 static void bk_i2s_gemm_block_256(const uint8_t *w, int64_t N, int64_t K, int64_t n0, int64_t T,
+                                          const int32_t *at, const int32_t *qsum, const float *s, float ws,
+                                          int32_t *yi, float *yf, uint8_t *wu) {
+    const int64_t rows = N - n0 < BK_R256 ? N - n0 : BK_R256;
+    bk_i2s_unpack_rows_256(w + n0 * (K / 4), K, rows, BK_R256, wu);
+    __m256i acc[BK_R256 * 2];
+    int32_t tmp[8];
+    for (int64_t t0 = 0; t0 < T; t0 += BK_TW256) {
+        const int64_t tn = T - t0 < BK_TW256 ? T - t0 : BK_TW256;
+        const int nv = (int)((tn + 7) / 8);
+        const int32_t *a = at + t0 * (K / 4);
+        if (nv == 1) bk_mk256_nv1(wu, K, a, acc);
+        else bk_mk256_nv2(wu, K, a, acc);
+        for (int64_t r = 0; r < rows; r++)
+            for (int v = 0; v < nv; v++) {
+                _mm256_storeu_si256((__m256i *)tmp, acc[r * nv + v]);
+                const int64_t nl = tn - v * 8 < 8 ? tn - v * 8 : 8;
+                bk_store_dots(tmp, nl, t0 + v * 8, n0 + r, N, qsum, s, ws, yi, yf);
+            }
+    }
+}
+
+/* portable GEMM: one row at a time, codes reused by every token */
+static void bk_i2s_gemm_block_c(const uint8_t *w, int64_t N, int64_t K, int64_t n0, int64_t n1, int64_t T,
+                                const int8_t *q, const int32_t *qsum, const float *s, float ws, int32_t *yi,
+                                float *yf, uint8_t *codes) {
+    for (int64_t n = n0; n < n1; n++) {
+        bk_i2s_unpack_row_c(w + n * (K / 4), K, codes);
+        for (int64_t t = 0; t < T; t++) {
+            const int8_t *qt = q + t * K;
+            int32_t acc = 0;
+            for (int64_t k = 0; k < K; k++) acc += (int32_t)codes[k] * qt[k];
+            bk_store_dots(&acc, 1, t, n, N, qsum, s, ws, yi, yf);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* TQ2_0 / TQ1_0 (llama.cpp) with Q8_K activations: per 256-block integer dot, float sum block by block.      */
+/* Each row is unpacked to codes 0..2 in natural order (tiny, stays in L1), then dotted with every token.     */
+
+static void bk_tq2_unpack_row(const uint8_t *w, int64_t K, uint8_t *codes) {
+    for (int64_t b = 0; b < K / 256; b++) {
+        const uint8_t *qs = w + b * 66;
+        uint8_t *c = codes + b * 256;
+        for (int h = 0; h < 2; h++)
+            for (int j = 0; j < 4; j++)
+                for (int m = 0; m < 32; m++) c[h * 128 + j * 32 + m] = (qs[h * 32 + m] >> (2 * j)) & 3;
+    }
+}
+
+BK_T256 static void bk_tq2_unpack_row_256(const uint8_t *w, int64_t K, uint8_t *codes) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (int64_t b = 0; b < K / 256; b++) {
+        const uint8_t *qs = w + b * 66;
+        uint8_t *c = codes + b * 256;
+        for (int h = 0; h < 2; h++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + h * 32));
+            _mm256_storeu_si256((__m256i *)(c + h * 128), _mm256_and_si256(v, m3));
+            _mm256_storeu_si256((__m256i *)(c + h * 128 + 32), _mm256_and_si256(_mm256_srli_epi16(v, 2), m3));
+            _mm256_storeu_si256((__m256i *)(c + h * 128 + 64), _mm256_and_si256(_mm256_srli_epi16(v, 4), m3));
+            _mm256_storeu_si256((__m256i *)(c + h * 128 + 96), _mm256_and_si256(_mm256_srli_epi16(v, 6), m3));
+        }
+    }
+}
+
+static inline uint8_t bk_trit(uint8_t b, uint8_t pw) {
+    const uint8_t t = (uint8_t)(b * pw);
+    return (uint8_t)(((uint16_t)t * 3) >> 8);
+}
+
+static void bk_tq1_unpack_row(const uint8_t *w, int64_t K, uint8_t *codes) {
+    static const uint8_t pw[5] = {1, 3, 9, 27, 81};
+    for (int64_t b = 0; b < K / 256; b++) {
+        const uint8_t *blk = w + b * 54;
+        uint8_t *c = codes + b * 256;
+        for (int n = 0; n < 5; n++)
+            for (int m = 0; m < 32; m++) c[n * 32 + m] = bk_trit(blk[m], pw[n]);
+        for (int n = 0; n < 5; n++)
+            for (int m = 0; m < 16; m++) c[160 + n * 16 + m] = bk_trit(blk[32 + m], pw[n]);
+        for (int n = 0; n < 4; n++)
+            for (int m = 0; m < 4; m++) c[240 + n * 4 + m] = bk_trit(blk[48 + m], pw[n]);
+    }
+}
+
+/* The same loops compiled for AVX2 (the compiler vectorizes the byte products) */
+BK_T256 static void bk_tq1_unpack_row_256(const uint8_t *w, int64_t K, uint8_t *codes) {
+    static const uint8_t pw[5] = {1, 3, 9, 27, 81};
+    for (int64_t b = 0; b < K / 256; b++) {
+        const uint8_t *blk = w + b * 54;
+        uint8_t *c = codes + b * 256;
+        for (int n = 0; n < 5; n++)
+            for (int m = 0; m < 32; m++) c[n * 32 + m] = (uint8_t)(((uint16_t)(uint8_t)(blk[m] * pw[n]) * 3) >> 8);
+        for (int n = 0; n < 5; n++)
+            for (int m = 0; m < 16; m++) c[160 + n * 16 + m] = (uint8_t)(((uint16_t)(uint8_t)(blk[32 + m] * pw[n]) * 3) >> 8);
+        for (int n = 0; n < 4; n++)
+            for (int m = 0; m < 4; m++) c[240 + n * 4 + m] = bk_trit(blk[48 + m], pw[n]);
+    }
+}
+
+static inline float bk_tq_block_scale(const uint8_t *w, int qtype, int64_t b) {
+    uint16_t h;
+    memcpy(&h, w + (qtype == 2 ? b * 66 + 64 : b * 54 + 52), 2);
+    return bk_h2f(h);
+}
+
+/* y[n] for one token: sum over blocks of (float)isum * (d_act * d_w), in block order */
+static void bk_tq_row_c(const uint8_t *codes, const float *dw, int64_t K, const int8_t *q, const float *da,
+                        const int32_t *bq, float *y) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < K / 256; b++) {
+        int32_t s = 0;
+        for (int k = 0; k < 256; k++) s += (int32_t)codes[b * 256 + k] * q[b * 256 + k];
+        const float d = da[b] * dw[b];
+        acc = acc + (float)(s - bq[b]) * d;
+    }
+    *y = acc;
+}
+
+BK_T256 static void bk_tq_row_256(const uint8_t *codes, const float *dw, int64_t K, const int8_t *q,
+                                  const float *da, const int32_t *bq, float *y) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    float acc = 0.0f;
+    for (int64_t b = 0; b < K / 256; b++) {
+        __m256i s = _mm256_setzero_si256();
+        for (int i = 0; i < 8; i += 2) {
+            __m256i p0 = _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(codes + b * 256 + i * 32)),
+                                              _mm256_loadu_si256((const __m256i *)(q + b * 256 + i * 32)));
+            __m256i p1 = _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(codes + b * 256 + i * 32 + 32)),
+                                              _mm256_loadu_si256((const __m256i *)(q + b * 256 + i * 32 + 32)));
+            s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_add_epi16(p0, p1), ones));
+        }
+        const float d = da[b] * dw[b];
+        acc = acc + (float)(bk_hsum256(s) - bq[b]) * d;
+    }
+    *y = acc;
+}
+
+BK_T512 static void bk_tq_row_512(const uint8_t *codes, const float *dw, int64_t K, const int8_t *q,
+                                  const float *da, const int32_t *bq, float *y) {
+    float acc = 0.0f;
+    const int64_t nb = K / 256;
+    int64_t b = 0;
+    /* two blocks per reduction: lane halves of one 512-bit vector hold the two block sums */
+    for (; b + 2 <= nb; b += 2) {
+        const uint8_t *c = codes + b * 256;
+        const int8_t *a = q + b * 256;
+        __m512i s0 = _mm512_setzero_si512(), s1 = s0;
+        for (int i = 0; i < 4; i++) {
+            s0 = _mm512_dpbusd_epi32(s0, _mm512_loadu_si512(c + i * 64), _mm512_loadu_si512(a + i * 64));
+            s1 = _mm512_dpbusd_epi32(s1, _mm512_loadu_si512(c + 256 + i * 64), _mm512_loadu_si512(a + 256 + i * 64));
+        }
+        const int32_t i0 = _mm512_reduce_add_epi32(s0), i1 = _mm512_reduce_add_epi32(s1);
+        const float d0 = da[b] * dw[b], d1 = da[b + 1] * dw[b + 1];
+        acc = acc + (float)(i0 - bq[b]) * d0;
+        acc = acc + (float)(i1 - bq[b + 1]) * d1;
+    }
+    for (; b < nb; b++) {
+        __m512i s0 = _mm512_setzero_si512();
+        for (int i = 0; i < 4; i++)
+            s0 = _mm512_dpbusd_epi32(s0, _mm512_loadu_si512(codes + b * 256 + i * 64), _mm512_loadu_si512(q + b * 256 + i * 64));
+        const float d = da[b] * dw[b];
+        acc = acc + (float)(_mm512_reduce_add_epi32(s0) - bq[b]) * d;
+    }
+    *y = acc;
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* F16 GEMV (LM head): rows of w (f16) dotted with up to 4 tokens at a time, float32 accumulation            */
+
+BK_T512 static inline float bk_hadd512(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+BK_T512 static void bk_f16_rows_512(const uint16_t *w, int64_t K, const float *x, int64_t T, int64_t N,
+                                    int64_t n0, int64_t n1, float *y) {
+    for (int64_t n = n0; n < n1; n++) {
+        const uint16_t *wr = w + n * K;
+        if (T == 1) {
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            int64_t k = 0;
+            for (; k + 64 <= K; k += 64) {
+                a0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wr + k))), _mm512_loadu_ps(x + k), a0);
+                a1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wr + k + 16))), _mm512_loadu_ps(x + k + 16), a1);
+                a2 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wr + k + 32))), _mm512_loadu_ps(x + k + 32), a2);
+                a3 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wr + k + 48))), _mm512_loadu_ps(x + k + 48), a3);
+            }
+            for (; k + 16 <= K; k += 16)
+                a0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wr + k))), _mm512_loadu_ps(x + k), a0);
+            float s = bk_hadd512(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+            for (; k < K; k++) s += _cvtsh_ss(wr[k]) * x[k];
+            y[n] = s;
+            continue;
+        }
+        for (int64_t t0 = 0; t0 < T; t0 += 4) {
+            const int64_t tn = T - t0 < 4 ? T - t0 : 4;
+            const float *x0 = x + t0 * K, *x1 = x0 + (tn > 1 ? K : 0), *x2 = x0 + (tn > 2 ? 2 * K : 0), *x3 = x0 + (tn > 3 ? 3 * K : 0);
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            int64_t k = 0;
+            for (; k + 16 <= K; k += 16) {
+                const __m512 wv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wr + k)));
+                a0 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x0 + k), a0);
+                a1 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x1 + k), a1);
+                a2 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x2 + k), a2);
+                a3 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x3 + k), a3);
+            }
+            float s[4] = {bk_hadd512(a0), bk_hadd512(a1), bk_hadd512(a2), bk_hadd512(a3)};
+            const float *xs[4] = {x0, x1, x2, x3};
+            for (; k < K; k++) {
+                const float wk = _cvtsh_ss(wr[k]);
+                for (int i = 0; i < 4; i++) s[i] += wk * xs[i][k];
+            }
+            for (int64_t i = 0; i < tn; i++) y[(t0 + i) * N + n] = s[i];
+        }
+    }
+}
+
+BK_T256 static inline float bk_hadd256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+BK_T256 static void bk_f16_rows_256(const uint16_t *w, int64_t K, const float *x, int64_t T, int64_t N,
+                                    int64_t n0, int64_t n1, float *y) {
+    for (int64_t n = n0; n < n1; n++) {
+        const uint16_t *wr = w + n * K;
+        for (int64_t t0 = 0; t0 < T; t0 += 2) {
+            const int64_t tn = T - t0 < 2 ? T - t0 : 2;
+            const float *x0 = x + t0 * K, *x1 = x0 + (tn > 1 ? K : 0);
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
+            int64_t k = 0;
+            for (; k + 16 <= K; k += 16) {
+                const __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wr + k)));
+                const __m256 w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wr + k + 8)));
+                a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x0 + k), a0);
+                a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x0 + k + 8), a1);
+                b0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x1 + k), b0);
+                b1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x1 + k + 8), b1);
+            }
+            float s0 = bk_hadd256(_mm256_add_ps(a0, a1)), s1 = bk_hadd256(_mm256_add_ps(b0, b1));
+            for (; k < K; k++) {
+                const float wk = _cvtsh_ss(wr[k]);
+                s0 += wk * x0[k];
+                s1 += wk * x1[k];
+            }
+            y[t0 * N + n] = s0;
+            if (tn > 1) y[(t0 + 1) * N + n] = s1;
+        }
+    }
+}
+
+static void bk_f16_rows_c(const uint16_t *w, int64_t K, const float *x, int64_t T, int64_t N, int64_t n0,
+                          int64_t n1, float *y, float *wf) {
+    for (int64_t n = n0; n < n1; n++) {
+        for (int64_t k = 0; k < K; k++) wf[k] = bk_h2f(w[n * K + k]);
+        for (int64_t t = 0; t < T; t++) {
+            float s = 0.0f;
+            for (int64_t k = 0; k < K; k++) s += wf[k] * x[t * K + k];
+            y[t * N + n] = s;
+        }
+    }
+}
+
+/* int8 head: row absmax quantization of f16 rows, and int8 x int8 GEMV */
+static void bk_q8_prepare_rows(int isa, const uint16_t *w, int64_t K, int64_t n0, int64_t n1, int8_t *q,
+                               float *scale, float *wf);
+
+BK_T256 static void bk_h2f_row_256(const uint16_t *w, int64_t K, float *wf) {
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) _mm256_storeu_ps(wf + k, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + k))));
+    for (; k < K; k++) wf[k] = _cvtsh_ss(w[k]);
+}
+
+static void bk_q8_prepare_rows(int isa, const uint16_t *w, int64_t K, int64_t n0, int64_t n1, int8_t *q,
+                               float *scale, float *wf) {
+    for (int64_t n = n0; n < n1; n++) {
+        if (isa == BK_PORTABLE) {
+            for (int64_t k = 0; k < K; k++) wf[k] = bk_h2f(w[n * K + k]);
+        } else {
+            bk_h2f_row_256(w + n * K, K, wf);
+        }
+        float amax = 0.0f;
+        for (int64_t k = 0; k < K; k++) {
+            const float a = fabsf(wf[k]);
+            amax = a > amax ? a : amax;
+        }
+        int8_t *qr = q + n * K;
+        if (amax == 0.0f) {
+            memset(qr, 0, K);
+            scale[n] = 0.0f;
+            continue;
+        }
+        const float s = 127.0f / amax;
+        for (int64_t k = 0; k < K; k++) qr[k] = (int8_t)nearbyintf(wf[k] * s);
+        scale[n] = amax / 127.0f;
+    }
+}
+
+/* VNNI: activations made unsigned (q + 128); the 128 * sum(w) offset is removed with a second dpbusd. */
+BK_T512 static void bk_q8_rows_512(const int8_t *w, const float *wscale, int64_t K, const uint8_t *xu,
+                                   const float *s, int64_t T, int64_t N, int64_t n0, int64_t n1, float *y) {
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (int64_t n = n0; n < n1; n++) {
+        const int8_t *wr = w + n * K;
+        for (int64_t t0 = 0; t0 < T; t0 += 4) {
+            const int64_t tn = T - t0 < 4 ? T - t0 : 4;
+            const uint8_t *x0 = xu + t0 * K, *x1 = x0 + (tn > 1 ? K : 0), *x2 = x0 + (tn > 2 ? 2 * K : 0), *x3 = x0 + (tn > 3 ? 3 * K : 0);
+            __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, sw = a0;
+            int64_t k = 0;
+            for (; k + 64 <= K; k += 64) {
+                const __m512i wv = _mm512_loadu_si512(wr + k);
+                sw = _mm512_dpbusd_epi32(sw, ones, wv);
+                a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(x0 + k), wv);
+                if (tn > 1) a1 = _mm512_dpbusd_epi32(a1, _mm512_loadu_si512(x1 + k), wv);
+                if (tn > 2) a2 = _mm512_dpbusd_epi32(a2, _mm512_loadu_si512(x2 + k), wv);
+                if (tn > 3) a3 = _mm512_dpbusd_epi32(a3, _mm512_loadu_si512(x3 + k), wv);
+            }
+            int32_t d[4] = {_mm512_reduce_add_epi32(a0), _mm512_reduce_add_epi32(a1), _mm512_reduce_add_epi32(a2),
+                            _mm512_reduce_add_epi32(a3)};
+            int32_t swi = _mm512_reduce_add_epi32(sw);
+            const uint8_t *xs[4] = {x0, x1, x2, x3};
+            for (; k < K; k++) {
+                swi += wr[k];
+                for (int i = 0; i < 4; i++) d[i] += (int32_t)xs[i][k] * wr[k];
+            }
+            for (int64_t i = 0; i < tn; i++) {
+                const int32_t dot = d[i] - 128 * swi;
+                y[(t0 + i) * N + n] = ((float)dot / s[t0 + i]) * wscale[n];
+            }
+        }
+    }
+}
+
+/* AVX2: maddubs(|w|, sign(x, w)): |w| <= 128, |x| <= 127, pairs stay below 32767 */
+BK_T256 static void bk_q8_rows_256(const int8_t *w, const float *wscale, int64_t K, const int8_t *xq,
+                                   const float *s, int64_t T, int64_t N, int64_t n0, int64_t n1, float *y) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t n = n0; n < n1; n++) {
+        const int8_t *wr = w + n * K;
+        for (int64_t t = 0; t < T; t++) {
+            const int8_t *xt = xq + t * K;
+            __m256i acc = _mm256_setzero_si256();
+            int64_t k = 0;
+            for (; k + 32 <= K; k += 32) {
+                const __m256i wv = _mm256_loadu_si256((const __m256i *)(wr + k));
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xt + k));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(xv, wv)), ones));
+            }
+            int32_t dot = bk_hsum256(acc);
+            for (; k < K; k++) dot += (int32_t)xt[k] * wr[k];
+            y[t * N + n] = ((float)dot / s[t]) * wscale[n];
+        }
+    }
+}
+
+static void bk_q8_rows_c(const int8_t *w, const float *wscale, int64_t K, const int8_t *xq, const float *s,
+                         int64_t T, int64_t N, int64_t n0, int64_t n1, float *y) {
+    for (int64_t n = n0; n < n1; n++)
+        for (int64_t t = 0; t < T; t++) {
+            int32_t dot = 0;
+            for (int64_t k = 0; k < K; k++) dot += (int32_t)xq[t * K + k] * w[n * K + k];
+            y[t * N + n] = ((float)dot / s[t]) * wscale[n];
+        }
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* Float parts                                                                                                */
+
+/* ggml's RMSNorm: sum of float x*x in double, mean = (float)(sum / K), y = (x * (1/sqrtf(mean + eps))) * w.   */
+/* The double sum uses 8 partial sums (the result rounds to the same float as a sequential sum but for ties). */
+#define BK_DEF_RMSNORM(SUF, ATTR)                                                                                 \
+    ATTR static void bk_rmsnorm_row_##SUF(const float *x, const float *w, int64_t K, float eps, float *y) {       \
+        double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                                                 \
+        int64_t k = 0;                                                                                            \
+        for (; k + 8 <= K; k += 8)                                                                                \
+            for (int i = 0; i < 8; i++) acc[i] += (double)(x[k + i] * x[k + i]);                                  \
+        double sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));          \
+        for (; k < K; k++) sum += (double)(x[k] * x[k]);                                                          \
+        const float mean = (float)(sum / (double)K);                                                              \
+        const float sc = 1.0f / sqrtf(mean + eps);                                                                \
+        for (k = 0; k < K; k++) y[k] = (x[k] * sc) * w[k];                                                        \
+    }
+BK_DEF_RMSNORM(c, )
+BK_DEF_RMSNORM(256, BK_T256)
+BK_DEF_RMSNORM(512, BK_T512)
+
+/* NEOX RoPE for one token, all heads: pairs (i, i + n_rot/2); theta_i = pos * base^(-2i/n_rot) built by      */
+/* repeated multiplication in float (ggml), cosf/sinf from libm, rotation contracted to FMA (ggml).           */
+#define BK_DEF_ROPE(SUF, ATTR)                                                                                    \
+    ATTR static void bk_rope_apply_##SUF(float *x, int64_t H, int64_t D, int64_t half, const float *c,            \
+                                         const float *s) {                                                        \
+        for (int64_t h = 0; h < H; h++) {                                                                         \
+            float *xh = x + h * D;                                                                                \
+            for (int64_t i = 0; i < half; i++) {                                                                  \
+                const float x0 = xh[i], x1 = xh[i + half];                                                        \
+                xh[i] = fmaf(x0, c[i], -(x1 * s[i]));                                                             \
+                xh[i + half] = fmaf(x0, s[i], x1 * c[i]);                                                         \
+            }                                                                                                     \
+        }                                                                                                         \
+    }
+BK_DEF_ROPE(c, )
+BK_DEF_ROPE(256, BK_T256)
+BK_DEF_ROPE(512, BK_T512)
+
+static void bk_rope_cache(float pos, float theta_scale, int64_t half, float *c, float *s) {
+    float theta = pos;
+    for (int64_t i = 0; i < half; i++) {
+        c[i] = cosf(theta);
+        s[i] = sinf(theta);
+        theta *= theta_scale;
+    }
+}
+
+/* relu(g)^2 * u and silu(g) * u = g / (1 + exp(-g)) * u */
+static void bk_relu2_mul_c(const float *g, const float *u, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        const float r = g[i] > 0.0f ? g[i] : 0.0f;
+        y[i] = (r * r) * u[i];
+    }
+}
+BK_T512 static void bk_relu2_mul_512(const float *g, const float *u, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 r = _mm512_max_ps(_mm512_loadu_ps(g + i), _mm512_setzero_ps());
+        _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_mul_ps(r, r), _mm512_loadu_ps(u + i)));
+    }
+    bk_relu2_mul_c(g + i, u + i, y + i, n - i);
+}
+BK_T256 static void bk_relu2_mul_256(const float *g, const float *u, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 r = _mm256_max_ps(_mm256_loadu_ps(g + i), _mm256_setzero_ps());
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(r, r), _mm256_loadu_ps(u + i)));
+    }
+    bk_relu2_mul_c(g + i, u + i, y + i, n - i);
+}
+
+static void bk_silu_mul_c(const float *g, const float *u, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = (g[i] / (1.0f + expf(-g[i]))) * u[i];
+}
+BK_T512 static void bk_silu_mul_512(const float *g, const float *u, float *y, int64_t n) {
+    int64_t i = 0;
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (; i + 16 <= n; i += 16) {
+        const __m512 gv = _mm512_loadu_ps(g + i);
+        const __m512 e = bk_exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+        _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_div_ps(gv, _mm512_add_ps(one, e)), _mm512_loadu_ps(u + i)));
+    }
+    bk_silu_mul_c(g + i, u + i, y + i, n - i);
+}
+BK_T256 static void bk_silu_mul_256(const float *g, const float *u, float *y, int64_t n) {
+    int64_t i = 0;
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (; i + 8 <= n; i += 8) {
+        const __m256 gv = _mm256_loadu_ps(g + i);
+        const __m256 e = bk_exp256(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
+    }
+    bk_silu_mul_c(g + i, u + i, y + i, n - i);
+}
+
+/* softmax of one row in place: max, exp(x - max), sum, scale by 1/sum */
+static void bk_softmax_row_c(float *x, int64_t n) {
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) { x[i] = expf(x[i] - mx); sum += x[i]; }
+    const float inv = (float)(1.0 / sum);
+    for (int64_t i = 0; i < n; i++) x[i] *= inv;
+}
+BK_T512 static void bk_softmax_row_512(float *x, int64_t n) {
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    const __m512 vm = _mm512_set1_ps(mx);
+    double sum = 0.0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 e = bk_exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm));
+        _mm512_storeu_ps(x + i, e);
+        sum += (double)_mm512_reduce_add_ps(e);
+    }
+    for (; i < n; i++) { x[i] = expf(x[i] - mx); sum += x[i]; }
+    const float inv = (float)(1.0 / sum);
+    for (i = 0; i < n; i++) x[i] *= inv;
+}
+BK_T256 static void bk_softmax_row_256(float *x, int64_t n) {
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    const __m256 vm = _mm256_set1_ps(mx);
+    double sum = 0.0;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 e = bk_exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+        _mm256_storeu_ps(x + i, e);
+        sum += (double)bk_hadd256(e);
+    }
+    for (; i < n; i++) { x[i] = expf(x[i] - mx); sum += x[i]; }
+    const float inv = (float)(1.0 / sum);
+    for (i = 0; i < n; i++) x[i] *= inv;
+}
+
+/* Attention of one (token, head): scores over cache positions [0, n), softmax, weighted sum of V rows.       */
+BK_T512 static void bk_attn_one_512(const float *q, const uint16_t *k, const uint16_t *v, int64_t D, int64_t n,
+                                    float scale, float *sc, float *out) {
+    for (int64_t j = 0; j < n; j++) {
+        const uint16_t *kj = k + j * D;
+        __m512 a = _mm512_setzero_ps();
+        int64_t d = 0;
+        for (; d + 16 <= D; d += 16)
+            a = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj + d))), a);
+        float s = _mm512_reduce_add_ps(a);
+        for (; d < D; d++) s += q[d] * _cvtsh_ss(kj[d]);
+        sc[j] = s * scale;
+    }
+    bk_softmax_row_512(sc, n);
+    int64_t d = 0;
+    for (; d + 16 <= D; d += 16) {
+        __m512 a = _mm512_setzero_ps();
+        for (int64_t j = 0; j < n; j++)
+            a = _mm512_fmadd_ps(_mm512_set1_ps(sc[j]), _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(v + j * D + d))), a);
+        _mm512_storeu_ps(out + d, a);
+    }
+    for (; d < D; d++) {
+        float a = 0.0f;
+        for (int64_t j = 0; j < n; j++) a += sc[j] * _cvtsh_ss(v[j * D + d]);
+        out[d] = a;
+    }
+}
+
+BK_T256 static void bk_attn_one_256(const float *q, const uint16_t *k, const uint16_t *v, int64_t D, int64_t n,
+                                    float scale, float *sc, float *out) {
+    for (int64_t j = 0; j < n; j++) {
+        const uint16_t *kj = k + j * D;
+        __m256 a = _mm256_setzero_ps();
+        int64_t d = 0;
+        for (; d + 8 <= D; d += 8)
+            a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kj + d))), a);
+        float s = bk_hadd256(a);
+        for (; d < D; d++) s += q[d] * _cvtsh_ss(kj[d]);
+        sc[j] = s * scale;
+    }
+    bk_softmax_row_256(sc, n);
+    int64_t d = 0;
+    for (; d + 8 <= D; d += 8) {
+        __m256 a = _mm256_setzero_ps();
+        for (int64_t j = 0; j < n; j++)
+            a = _mm256_fmadd_ps(_mm256_set1_ps(sc[j]), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + j * D + d))), a);
+        _mm256_storeu_ps(out + d, a);
+    }
+    for (; d < D; d++) {
+        float a = 0.0f;
+        for (int64_t j = 0; j < n; j++) a += sc[j] * _cvtsh_ss(v[j * D + d]);
+        out[d] = a;
+    }
+}
+
+static void bk_attn_one_c(const float *q, const uint16_t *k, const uint16_t *v, int64_t D, int64_t n, float scale,
+                          float *sc, float *out) {
+    for (int64_t j = 0; j < n; j++) {
+        float s = 0.0f;
+        for (int64_t d = 0; d < D; d++) s += q[d] * bk_h2f(k[j * D + d]);
+        sc[j] = s * scale;
+    }
+    bk_softmax_row_c(sc, n);
+    for (int64_t d = 0; d < D; d++) out[d] = 0.0f;
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t d = 0; d < D; d++) out[d] += sc[j] * bk_h2f(v[j * D + d]);
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* streaming read probe (memory bandwidth): n is a multiple of 256                                            */
+BK_T512 static uint64_t bk_stream_sum_512(const uint8_t *p, int64_t n) {
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t i = 0; i < n; i += 256) {
+        a0 = _mm512_add_epi64(a0, _mm512_loadu_si512(p + i));
+        a1 = _mm512_add_epi64(a1, _mm512_loadu_si512(p + i + 64));
+        a2 = _mm512_add_epi64(a2, _mm512_loadu_si512(p + i + 128));
+        a3 = _mm512_add_epi64(a3, _mm512_loadu_si512(p + i + 192));
+    }
+    return (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3)));
+}
+BK_T256 static uint64_t bk_stream_sum_256(const uint8_t *p, int64_t n) {
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t i = 0; i < n; i += 128) {
+        a0 = _mm256_add_epi64(a0, _mm256_loadu_si256((const __m256i *)(p + i)));
+        a1 = _mm256_add_epi64(a1, _mm256_loadu_si256((const __m256i *)(p + i + 32)));
+        a2 = _mm256_add_epi64(a2, _mm256_loadu_si256((const __m256i *)(p + i + 64)));
+        a3 = _mm256_add_epi64(a3, _mm256_loadu_si256((const __m256i *)(p + i + 96)));
+    }
+    uint64_t t[4];
+    _mm256_storeu_si256((__m256i *)t, _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3)));
+    return t[0] + t[1] + t[2] + t[3];
+}
+static uint64_t bk_stream_sum(int isa, const uint8_t *p, int64_t n) {
+    if (isa == BK_VNNI) return bk_stream_sum_512(p, n);
+    if (isa == BK_AVX2) return bk_stream_sum_256(p, n);
+    uint64_t s = 0;
+    for (int64_t i = 0; i < n; i += 8) { uint64_t v; memcpy(&v, p + i, 8); s += v; }
+    return s;
+}
+
+#endif /* BK_SIMD_H */
