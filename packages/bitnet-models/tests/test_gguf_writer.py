@@ -169,3 +169,12 @@ def test_i2s_via_quant_type_object(tmp_path):
     p = write_gguf(tmp_path / "m.gguf", "bitnet", {}, [("w", x, quant_type("I2_S"))])
     with read_gguf(p) as f:
         assert f.tensors["w"].nbytes == x.size // 4 + 32
+
+
+def test_written_file_gets_the_usual_permissions(tmp_path):
+    import os
+
+    p = write_gguf(tmp_path / "m.gguf", "bitnet", {}, [])
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -129,6 +129,12 @@ def _materialize(name: str, data: TensorData, qt: QuantType, shape: tuple[int, .
     return qt.encode(np.ascontiguousarray(arr, dtype=np.float32)).view(np.int8)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_gguf(
     path: str | os.PathLike,
     arch: str,
@@ -146,6 +152,7 @@ def write_gguf(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; the model should get the usual mode
     w = None
     try:
         w = gguf.GGUFWriter(tmp, arch)
