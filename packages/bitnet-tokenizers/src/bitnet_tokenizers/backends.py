@@ -5,6 +5,7 @@ in it) into ids exactly as llama.cpp's tokenizer session does.
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 
@@ -35,7 +36,7 @@ class SPMEncoder:
             # sentencepiece refuses duplicate pieces; llama.cpp maps a duplicated text to its last id
             p.piece = text if last.get(text) == i and text not in seen else f"\u0000dup{i}\u0000"
             seen.add(p.piece)
-            p.score = score
+            p.score = float(score)
             if attr & Attr.BYTE and re.fullmatch(r"<0x[0-9A-F]{2}>", text):
                 p.type = P.BYTE
                 n_bytes += 1
@@ -77,29 +78,43 @@ class BPEEncoder:
     in file order, llama.cpp's pre-tokenizer regexes as isolated splits."""
 
     def __init__(self, vocab: Vocab, source: str = "model"):
-        from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+        from tokenizers import Tokenizer
 
         self.vocab = vocab
         cfg: PreConfig = pre_config(vocab.model, vocab.pre, source)
         self.cfg = cfg
-        merges = []
-        for m in vocab.merges:
-            k = m.find(" ", 1)
-            if k > 0:
-                merges.append((m[:k], m[k + 1:]))
-        tv = vocab.token_to_id
-        merges = [(a, b) for a, b in merges if a in tv and b in tv and a + b in tv]
         try:
-            model = models.BPE(vocab=dict(tv), merges=merges, byte_fallback=not cfg.byte_encode,
-                               ignore_merges=cfg.ignore_merges)
-        except Exception as e:
-            raise TokenizerError(f"{source}: could not build the BPE tokenizer from the vocabulary: {e}") from None
-        tok = Tokenizer(model)
-        splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in cfg.regexes]
-        if cfg.byte_encode:
-            splits.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False, trim_offsets=False))
-        tok.pre_tokenizer = pre_tokenizers.Sequence(splits)
+            tok = Tokenizer.from_str(self._json(vocab, cfg, vocab.merges))
+        except Exception:
+            # a merge whose parts or result are not tokens: llama.cpp keeps it (its result then falls back to
+            # bytes); the tokenizers library refuses it, so drop such merges and build again
+            tv = vocab.token_to_id
+            kept = []
+            for m in vocab.merges:
+                k = m.find(" ", 1)
+                if k > 0 and m[:k] in tv and m[k + 1:] in tv and m[:k] + m[k + 1:] in tv:
+                    kept.append(m)
+            try:
+                tok = Tokenizer.from_str(self._json(vocab, cfg, kept))
+            except Exception as e:
+                raise TokenizerError(f"{source}: could not build the BPE tokenizer from the vocabulary: {e}") from None
         self.tok = tok
+
+    @staticmethod
+    def _json(vocab: Vocab, cfg: PreConfig, merges: list[str]) -> str:
+        """A tokenizer.json for the tokenizers library (merges as "a b" strings: parsed in Rust, not Python)."""
+        pre = [{"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": False}
+               for r in cfg.regexes]
+        if cfg.byte_encode:
+            pre.append({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False})
+        spec = {
+            "version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": pre}, "post_processor": None, "decoder": None,
+            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": not cfg.byte_encode,
+                      "ignore_merges": cfg.ignore_merges, "vocab": vocab.token_to_id, "merges": merges},
+        }
+        return json.dumps(spec, ensure_ascii=False)
 
     def encode(self, text: str) -> list[int]:
         if self.cfg.escape_whitespaces:

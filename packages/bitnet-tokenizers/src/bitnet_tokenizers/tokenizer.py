@@ -68,7 +68,7 @@ class Tokenizer:
 
     def token_to_piece(self, token_id: int) -> bytes:
         """The bytes llama.cpp prints for this token (special tokens rendered as their text)."""
-        return self.vocab.pieces[token_id]
+        return self.vocab.piece(token_id)
 
     # ---- encoding
     def _partition(self, text: str, parse_special: bool) -> list[str | int]:
@@ -144,7 +144,7 @@ class Tokenizer:
             if skip_special and v.attrs[i] & _SPECIAL:
                 p = b""
             else:
-                p = v.pieces[i]
+                p = v.piece(i)
             if remove_space and p.startswith(b" "):
                 p = p[1:]
             remove_space = False

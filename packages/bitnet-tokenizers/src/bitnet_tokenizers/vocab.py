@@ -42,6 +42,9 @@ class Attr(enum.IntFlag):
     SINGLE_WORD = 1 << 9
 
 
+A_UNKNOWN, A_UNUSED, A_NORMAL, A_CONTROL = int(Attr.UNKNOWN), int(Attr.UNUSED), int(Attr.NORMAL), int(Attr.CONTROL)
+A_USER_DEFINED, A_BYTE, A_LSTRIP, A_RSTRIP = int(Attr.USER_DEFINED), int(Attr.BYTE), int(Attr.LSTRIP), int(Attr.RSTRIP)
+
 _TYPE_TO_ATTR = {
     TokenType.UNKNOWN: Attr.UNKNOWN,
     TokenType.UNUSED: Attr.UNUSED,
@@ -134,7 +137,7 @@ class Vocab:
     pre: str | None  # tokenizer.ggml.pre
     kind: str  # spm / bpe / wpm
     tokens: list[str]
-    scores: list[float]
+    scores: Any  # sequence of float
     attrs: list[int]
     merges: list[str] = field(default_factory=list)
     ids: dict[str, int | None] = field(default_factory=dict)
@@ -146,7 +149,7 @@ class Vocab:
     clean_spaces: bool = False
     eog_ids: frozenset[int] = frozenset()
     special_cache: list[int] = field(default_factory=list)  # split before encoding, longest text first
-    pieces: list[bytes] = field(default_factory=list)  # token_to_piece(id, special=True)
+    _pieces: list[bytes | None] = field(default_factory=list)  # token_to_piece(id, special=True), filled lazily
     token_to_id: dict[str, int] = field(default_factory=dict)
     chat_template: str | None = None
     lowercase: bool = False
@@ -155,6 +158,13 @@ class Vocab:
     @property
     def n_tokens(self) -> int:
         return len(self.tokens)
+
+    def piece(self, i: int) -> bytes:
+        """llama.cpp's token_to_piece(i, special=True): the bytes this token stands for."""
+        p = self._pieces[i]
+        if p is None:
+            p = self._pieces[i] = _piece(self, self.tokens[i], self.attrs[i])
+        return p
 
 
 def _meta(md: dict[str, Any], key: str, default: Any = None) -> Any:
@@ -182,17 +192,18 @@ def vocab_from_metadata(md: dict[str, Any], source: str) -> Vocab:
     n = len(tokens)
 
     scores = _meta(md, "tokenizer.ggml.scores")
-    scores = [0.0] * n if scores is None else [float(s) for s in scores[:n]]
+    scores = [0.0] * n if scores is None else scores[:n]  # a numpy array from the reader: converted when used
     if len(scores) < n:
         raise TokenizerError(f"{source}: tokenizer.ggml.scores has {len(scores)} entries for {n} tokens")
     types = _meta(md, "tokenizer.ggml.token_type")
     if types is None:
-        attrs = [int(Attr.NORMAL)] * n
+        attrs = [A_NORMAL] * n
     else:
         types = [int(t) for t in types[:n]]
         if len(types) < n:
             raise TokenizerError(f"{source}: tokenizer.ggml.token_type has {len(types)} entries for {n} tokens")
-        attrs = [int(_TYPE_TO_ATTR.get(t, Attr.UNDEFINED)) for t in types]
+        table = {int(k): int(a) for k, a in _TYPE_TO_ATTR.items()}
+        attrs = [table.get(t, 0) for t in types]
 
     v = Vocab(model=model, pre=pre, kind=kind, tokens=tokens, scores=scores, attrs=attrs)
     v.token_to_id = {t: i for i, t in enumerate(tokens)}  # a duplicated text maps to its last id, as in llama.cpp
@@ -206,10 +217,10 @@ def vocab_from_metadata(md: dict[str, Any], source: str) -> Vocab:
     _set_flags(v, md, source)
     _set_special_ids(v, md)
     _set_eog(v)
-    v.special_cache = sorted(
-        (i for i, a in enumerate(v.attrs) if a & (Attr.CONTROL | Attr.USER_DEFINED | Attr.UNKNOWN)),
-        key=lambda i: -len(v.tokens[i].encode("utf-8")))
-    v.pieces = [_piece(v, i) for i in range(n)]
+    mask = A_CONTROL | A_USER_DEFINED | A_UNKNOWN
+    v.special_cache = sorted((i for i, a in enumerate(v.attrs) if a & mask),
+                             key=lambda i: -len(v.tokens[i].encode("utf-8")))
+    v._pieces = [None] * n
     _set_strip_attrs(v, md)
     tmpl = _meta(md, "tokenizer.chat_template")
     v.chat_template = tmpl if isinstance(tmpl, str) and tmpl else None
@@ -261,7 +272,7 @@ def _set_special_ids(v: Vocab, md: dict[str, Any]) -> None:
         for t in texts:
             i = v.token_to_id.get(t)
             if i is not None:
-                v.attrs[i] |= Attr.CONTROL
+                v.attrs[i] |= A_CONTROL
                 return i
         return None
 
@@ -277,40 +288,44 @@ def _set_special_ids(v: Vocab, md: dict[str, Any]) -> None:
 
 def _set_eog(v: Vocab) -> None:
     for i, a in enumerate(v.attrs):
-        if a & Attr.CONTROL and "unused" in v.tokens[i]:
-            v.attrs[i] |= Attr.UNUSED
+        if a & A_CONTROL and "unused" in v.tokens[i]:
+            v.attrs[i] |= A_UNUSED
     eog = {v.ids[k] for k in ("fim_pad", "fim_rep", "fim_sep") if v.ids[k] is not None}
     for t in _EOG_TEXTS:
         i = v.token_to_id.get(t)
         if i is not None:
             eog.add(i)
-            v.attrs[i] |= Attr.CONTROL
+            v.attrs[i] |= A_CONTROL
     for t in ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"):  # gpt-oss: always rendered
         i = v.token_to_id.get(t)
         if i is not None:
-            v.attrs[i] = int(Attr.USER_DEFINED)
+            v.attrs[i] = A_USER_DEFINED
     eog.update(v.ids[k] for k in ("eos", "eot", "eom") if v.ids[k] is not None)
     texts = {v.tokens[i]: i for i in eog}
     if ("<|return|>" in texts and "<|call|>" in texts or "<|calls|>" in texts and "<|flush|>" in texts) \
             and "<|end|>" in texts:
         eog.discard(texts["<|end|>"])
-        v.attrs[texts["<|end|>"]] = int(Attr.USER_DEFINED)
+        v.attrs[texts["<|end|>"]] = A_USER_DEFINED
     if ("<|tool_response>" in texts or "<|plamo:eos|>" in texts) and "</s>" in texts:
         eog.discard(texts["</s>"])
-        v.attrs[texts["</s>"]] = int(Attr.NORMAL)
+        v.attrs[texts["</s>"]] = A_NORMAL
     v.eog_ids = frozenset(eog)
 
 
-def _piece(v: Vocab, i: int) -> bytes:
-    """llama.cpp's token_to_piece(id, special=True)."""
-    text, a = v.tokens[i], v.attrs[i]
-    if a & (Attr.UNKNOWN | Attr.CONTROL | Attr.USER_DEFINED):
+_BYTE_LEVEL_TABLE = {ord(c): b for b, c in BYTE_TO_UNICODE.items()}
+
+
+def _piece(v: Vocab, text: str, a: int) -> bytes:
+    if a & (A_UNKNOWN | A_CONTROL | A_USER_DEFINED):
         return text.encode("utf-8")
-    if a & Attr.NORMAL:
+    if a & A_NORMAL:
         if v.kind != "bpe" or v.escape_whitespaces:
             return text.replace("\u2581", " ").encode("utf-8")
-        return _byte_level_decode(text)
-    if a & Attr.BYTE:
+        try:
+            return text.translate(_BYTE_LEVEL_TABLE).encode("latin-1")
+        except UnicodeEncodeError:
+            return _byte_level_decode(text)
+    if a & A_BYTE:
         if v.kind == "wpm":
             return text.encode("utf-8")[:1]
         try:
@@ -328,14 +343,14 @@ def _set_strip_attrs(v: Vocab, md: dict[str, Any]) -> None:
     if any(s in pre for s in ("jina-v2-de", "jina-v2-es", "jina-v2-code")) or \
             any(s in arch for s in ("nomic-bert-moe", "jina-bert-v3")):
         if "<mask>" in v.token_to_id:
-            v.attrs[v.token_to_id["<mask>"]] |= Attr.LSTRIP
+            v.attrs[v.token_to_id["<mask>"]] |= A_LSTRIP
     elif "phi-3" in name or "phi3" in name:
         for i in v.special_cache:
-            v.attrs[i] |= Attr.RSTRIP
+            v.attrs[i] |= A_RSTRIP
         for t, on in (("</s>", True), ("<unk>", False), ("<s>", False), ("<|endoftext|>", False)):
             i = v.token_to_id.get(t)
             if i is None:
                 continue
-            v.attrs[i] = v.attrs[i] | Attr.RSTRIP if on else v.attrs[i] & ~Attr.RSTRIP
+            v.attrs[i] = v.attrs[i] | A_RSTRIP if on else v.attrs[i] & ~A_RSTRIP
     elif "modern-bert" in name and "[MASK]" in v.token_to_id:
-        v.attrs[v.token_to_id["[MASK]"]] |= Attr.LSTRIP
+        v.attrs[v.token_to_id["[MASK]"]] |= A_LSTRIP
