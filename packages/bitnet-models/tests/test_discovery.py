@@ -212,3 +212,15 @@ def test_fallback_forbidden_by_caller_or_strict_mode(env):
     strict = Settings.from_env(dict(env, BITNET_STRICT_NO_FAKE_GPU="1"))
     with pytest.raises(ModelNotFoundError, match="BITNET_STRICT_NO_FAKE_GPU=1 forbids the mock model"):
         resolve_model(None, strict, S.PREFER_REAL, lock=parse_lock(""))
+
+
+def test_embedded_model_found_when_placed_in_package_data(tmp_path, gguf, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data_dir = tmp_path / "bitnet_models_data"
+    monkeypatch.setattr(discovery, "embedded_data_dir", lambda: data_dir)
+    s = Settings.from_env({"BITNET_CACHE": str(tmp_path / "cache")})
+    with pytest.raises(ModelNotFoundError):  # nothing there yet: force_real finds no model
+        resolve_model(None, s, S.FORCE_REAL, lock=parse_lock(""))
+    put(data_dir / "bitnet-py-default.gguf", gguf)
+    r = resolve_model(None, s, S.FORCE_REAL, lock=parse_lock(""))
+    assert (r.source, r.path, r.is_mock) == ("embedded", data_dir / "bitnet-py-default.gguf", False)

@@ -123,7 +123,13 @@ def gguf_bytes(tmp_path_factory) -> bytes:
 
 
 @pytest.fixture
-def hub(gguf_bytes):
+def hub(gguf_bytes, monkeypatch):
+    # Loopback only: a proxy configured on the machine must not see these requests.
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    from huggingface_hub.utils import close_session
+
+    close_session()  # the next request builds a client that reads NO_PROXY
     h = FakeHub()
     h.files[(REPO, REV, FILE)] = gguf_bytes
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
