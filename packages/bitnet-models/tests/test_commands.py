@@ -98,3 +98,27 @@ def test_real_bitnet_command_exit_code(world):
     assert p.returncode == 2
     assert p.stderr.startswith("error: model file missing.gguf (from BITNET_GGUF) does not exist;")
     assert "Traceback" not in p.stderr and p.stdout == ""
+
+
+def test_generate_with_missing_bitnet_gguf_is_one_line_exit_2(world):
+    """The issue's check: `BITNET_GGUF=missing.gguf bitnet generate -p hi` (bitnet-inference calls resolve_model)."""
+    env = dict(os.environ, BITNET_GGUF="missing.gguf")
+    p = subprocess.run([sys.executable, "-m", "bitnet.cli", "generate", "-p", "hi"], env=env, capture_output=True,
+                       text=True)
+    assert p.returncode == 2
+    assert p.stderr.startswith("error: model file missing.gguf (from BITNET_GGUF) does not exist;")
+    assert p.stderr.count("\n") == 1 and p.stdout == ""
+
+
+def test_generate_runs_the_mock_model_through_the_real_engine(world):
+    tmp, _ = world
+    # mock_only: the subprocess cannot see this test's monkeypatches, and a model shipped in the package later
+    # would otherwise win over the mock (the prefer_real fallback warning is tested in test_discovery)
+    env = dict(os.environ, BITNET_MODEL_STRATEGY="mock_only")
+    p = subprocess.run([sys.executable, "-m", "bitnet.cli", "generate", "-p", "hi", "-n", "3", "--temp", "0"],
+                       env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    mock = tmp / "cache" / "mock" / f"{MOCK_NAME}.gguf"
+    assert f"model: {mock} (from mock)" in p.stderr
+    assert "WARNING" not in p.stderr  # chosen, not fallen back to
+    assert mock.is_file() and p.stdout.strip() != ""
