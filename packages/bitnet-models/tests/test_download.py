@@ -343,3 +343,11 @@ def test_cli_download_prints_the_path(hub, tmp_path, gguf_bytes, monkeypatch, ca
     assert out == f"{final_path(tmp_path)}\n"
     assert "sha256 verified against models.lock (tiny)" in err
     assert final_path(tmp_path).read_bytes() == gguf_bytes
+
+
+@pytest.mark.parametrize("file, revision", [("../../escape.gguf", None), ("/abs.gguf", None), ("m.gguf", "../x")])
+def test_paths_that_would_leave_the_cache_are_rejected(tmp_path, file, revision):
+    s = Settings.from_env({"BITNET_CACHE": str(tmp_path / "cache")})
+    with pytest.raises(DownloadError, match="must be a relative name inside the repo"):
+        download_model("o/r", file, settings=s, revision=revision, lock=parse_lock(""))
+    assert not (tmp_path / "cache").exists()

@@ -96,6 +96,9 @@ def download_model(
         )
         entry = None
     revision = revision or (entry.revision if entry else "main")
+    for what, value in (("file", file), ("revision", revision)):
+        if value.startswith("/") or ".." in Path(value).parts:
+            raise DownloadError(f"{what} {value!r} must be a relative name inside the repo (no '..', no leading '/')")
     cache = Path(cache_dir) if cache_dir is not None else settings.cache_dir
     dest = download_path(cache, repo, revision, file)
     if settings.offline and not dest.is_file():
