@@ -22,6 +22,7 @@ The tokenizer is a synthetic LLaMA-3-shaped byte-level BPE vocabulary (tools/syn
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 import zlib
@@ -127,8 +128,13 @@ def tensors(s: Shape, quant: str, seed: int):
     kv = s.kv_heads * s.head_dim
 
     def embd():
-        e = (0.1 * _rng(seed, "token_embd.weight").standard_normal((s.vocab, s.hidden), dtype=np.float32))
-        return e.astype(np.float16).astype(np.float32)
+        # (vocab, hidden) F16, drawn in row chunks straight into the F16 array: no full-size float32 copy
+        rng = _rng(seed, "token_embd.weight")
+        e = np.empty((s.vocab, s.hidden), dtype=np.float16)
+        for r in range(0, s.vocab, 8192):
+            rows = min(8192, s.vocab - r)
+            e[r : r + rows] = np.float32(0.1) * rng.standard_normal((rows, s.hidden), dtype=np.float32)
+        return e
 
     yield "token_embd.weight", DeferredTensor((s.vocab, s.hidden), embd), "F16"
     yield "output_norm.weight", DeferredTensor((s.hidden,), lambda: _norm(seed, "output_norm.weight", s.hidden)), "F32"
@@ -207,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         if v is not None and v <= 0:
             print(f"error: --{k.replace('_', '-')} must be positive, got {v}", file=sys.stderr)
             return 2
+    # a plain kill would skip the writer's cleanup and leave its hidden temporary file behind
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t0 = time.perf_counter()
     try:
         path = make_model(a.output, shape, a.quant, a.arch, a.seed)
