@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import numpy as np
+
 from bitnet_models.config import ModelConfig
 from bitnet_models.errors import ModelConfigError
-from bitnet_models.gguf.reader import GGUFFile
+from bitnet_models.gguf.reader import GGUFFile, ValueType
 
 
 def summarize(f: GGUFFile) -> dict[str, Any]:
@@ -35,8 +37,12 @@ def summarize(f: GGUFFile) -> dict[str, Any]:
         bytes_by_type[t.qtype.name] += t.nbytes
         tensors.append({"name": t.name, "type": t.qtype.name, "shape": list(t.shape), "bytes": t.nbytes, "offset": t.offset})
     scalars = {
-        k: v for k, v in md.items() if isinstance(v, (int, float, str, bool)) and not k.startswith("tokenizer.chat")
+        k: _shortest(f, k, v)
+        for k, v in md.items()
+        if isinstance(v, (int, float, str, bool)) and not k.startswith("tokenizer.chat")
     }
+    if cfg is not None:
+        cfg["norm_eps"] = _as_f32_text(cfg["norm_eps"])
     return {
         "path": str(f.path),
         "file_size": f.file_size,
@@ -51,6 +57,15 @@ def summarize(f: GGUFFile) -> dict[str, Any]:
         "tensor_types": {k: {"count": by_type[k], "bytes": bytes_by_type[k]} for k in sorted(by_type)},
         "tensors": tensors,
     }
+
+
+def _as_f32_text(v: float) -> float:
+    # an f32 value such as 1e-5 reads back as 9.999999747378752e-06; show the shortest decimal that is the same f32
+    return float(str(np.float32(v)))
+
+
+def _shortest(f: GGUFFile, key: str, v: Any) -> Any:
+    return _as_f32_text(v) if f.metadata_types.get(key) == ValueType.FLOAT32 else v
 
 
 def _mb(n: int) -> str:
