@@ -375,3 +375,49 @@ def test_bitnet_cpp_fixture_reads(tmp_path):
         types = {t.qtype.name for t in f.tensors.values()}
         assert types == {"I2_S", "F32", "F16"}
         assert len(f.metadata["tokenizer.ggml.tokens"]) == 4096
+
+
+def test_agrees_with_gguf_py_reader(tmp_path):
+    """Everything gguf.GGUFReader reads from a file, we read the same (types it knows: not I2_S)."""
+    import gguf
+
+    from bitnet_models.gguf import write_gguf
+
+    rng = np.random.default_rng(5)
+    md = {
+        "k.u8": np.uint8(9), "k.i16": np.int16(-3), "k.u32": 70000, "k.i64": np.int64(-(1 << 40)),
+        "k.f32": 0.1, "k.f64": np.float64(0.1), "k.bool": False, "k.s": "▁héllo",
+        "tokenizer.ggml.tokens": ["a", "", "é", "<|eot_id|>"] * 50,
+        "tokenizer.ggml.scores": rng.standard_normal(200).astype(np.float32),
+    }
+    tensors = [
+        ("e", rng.standard_normal((3, 256)).astype(np.float32), "F16"),
+        ("t2", rng.standard_normal((2, 512)).astype(np.float32), "TQ2_0"),
+        ("t1", rng.standard_normal((2, 256)).astype(np.float32), "TQ1_0"),
+        ("q8", rng.standard_normal((1, 64)).astype(np.float32), "Q8_0"),
+        ("n", rng.standard_normal(5).astype(np.float32), "F32"),
+    ]
+    p = write_gguf(tmp_path / "m.gguf", "bitnet", md, tensors)
+    r = gguf.GGUFReader(p)
+    with read_gguf(p) as f:
+        fields = {k: v for k, v in r.fields.items() if not k.startswith("GGUF.")}  # its header pseudo-fields
+        assert set(f.metadata) == set(fields)
+        assert r.fields["GGUF.version"].contents() == f.version
+        for key, field in fields.items():
+            theirs = field.contents()
+            ours = f.metadata[key]
+            if isinstance(ours, np.ndarray):
+                assert np.array_equal(ours, np.asarray(theirs, dtype=ours.dtype)), key
+            elif isinstance(ours, StringArray):
+                assert list(ours) == list(theirs), key
+            elif isinstance(ours, float):
+                assert np.float32(ours) == np.float32(theirs) or ours == theirs, key
+            else:
+                assert ours == theirs, key
+        assert [t.name for t in r.tensors] == list(f.tensors)
+        for t in r.tensors:
+            info = f.tensors[t.name]
+            assert info.offset == t.data_offset  # absolute in gguf-py too
+            assert info.nbytes == t.n_bytes and info.qtype.ggml_id == int(t.tensor_type)
+            assert tuple(int(d) for d in t.shape) == info.ne
+            assert f.raw(t.name).tobytes() == np.asarray(t.data).tobytes()
