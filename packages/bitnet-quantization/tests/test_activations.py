@@ -94,7 +94,9 @@ def _q8k_scalar(row: np.ndarray):
 @given(
     x=st.integers(1, 3).flatmap(
         lambda t: st.integers(1, 2).flatmap(
-            lambda nb: hnp.arrays(np.float32, (t, nb * 256), elements=st.floats(-1e3, 1e3, width=32))
+            lambda nb: hnp.arrays(
+                np.float32, (t, nb * 256), elements=st.floats(-1e3, 1e3, width=32, allow_subnormal=False)
+            )
         )
     )
 )
@@ -116,6 +118,13 @@ def test_q8k_uses_minus_128_for_the_extreme_of_the_opposite_sign():
     assert a.d[0, 0] == np.float32(1) / (np.float32(-127) / np.float32(2))
     # dequantized values come back
     np.testing.assert_allclose(a.q[0, :2] * a.d[0, 0], [2.0, -2.0], rtol=1e-6)
+
+
+def test_q8k_block_of_subnormals_quantizes_to_zero_like_ggml():
+    # -127 / 1e-45 overflows to -inf in float32; ggml's nearest_int then yields a value whose int8 is 0
+    x = np.full((1, 256), 1e-45, np.float32)
+    a = quantize_q8_k(x)
+    assert (a.q == 0).all() and a.d[0, 0] == 0 and (a.bsums == 0).all()
 
 
 def test_q8k_rejects_rows_not_a_multiple_of_256():

@@ -46,6 +46,7 @@ def _nearest_int(v: np.ndarray) -> np.ndarray:
     return (f.view(np.int32) & 0x007FFFFF) - 0x00400000
 
 
+@np.errstate(over="ignore", invalid="ignore")  # an all-subnormal block overflows -127/max as in ggml: q = 0
 def quantize_q8_k(x: np.ndarray) -> Q8K:
     x = np.atleast_2d(np.asarray(x, dtype=np.float32))
     t, k = x.shape
