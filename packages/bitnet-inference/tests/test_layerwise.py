@@ -57,4 +57,5 @@ def test_float_ops_agree(captured):
         assert rel(f.attention(qq, kc, vc, pos0, 64), g.attention(qq, kc, vc, pos0, 64)) < 1e-5, t
     h = g.rmsnorm(x, model.net.output_norm, a.norm_eps)
     for rows in (h, h[-1:]):
-        assert rel(f.lm_head(rows, model.net.output), g.lm_head(rows, model.net.output)) < 1e-5
+        for f16 in (False, True):
+            assert rel(f.lm_head(rows, model.net.output, f16), g.lm_head(rows, model.net.output, f16)) < 1e-5

@@ -20,6 +20,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="tokenizer.model / tokenizer.json overriding the file's vocabulary (BITNET_TOKENIZER)")
     p.add_argument("-c", "--ctx-size", type=int, default=None, help="context size (default: the model's, at most 4096)")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (BITNET_CPU_THREADS; default: all cores)")
+    p.add_argument("--device", default=None, help="auto, cpu, gpu or hybrid (BITNET_DEVICE; default auto)")
     p.add_argument("--numerics", choices=("fast", "ggml"), default="fast",
                    help="fast (default) or ggml: bit-faithful emulation of bitnet.cpp's float path (slow)")
 
@@ -44,10 +45,18 @@ def _open_model(args: argparse.Namespace):
     from bitnet_inference.generate import Model
     from bitnet_tokenizers import load_tokenizer
 
-    settings = Settings.from_env(os.environ, cpu_threads=args.threads, tokenizer=args.tokenizer)
+    from bitnet_models.device import resolve_device
+
+    settings = Settings.from_env(os.environ, cpu_threads=args.threads, tokenizer=args.tokenizer, device=args.device)
     resolved = resolve_model(args.model, settings)
     print(f"model: {resolved.path} (from {resolved.source})", file=sys.stderr, flush=True)
-    _set_threads(settings.cpu_threads)
+    device = resolve_device(settings, resolved)
+    if device.kind != "cpu":
+        if device.requested.value != "auto":
+            raise EngineError(f"device {device.requested.value}: the GPU backend is not part of this build yet; "
+                              "use --device cpu (or auto)")
+        print("device: a GPU is present but the GPU backend is not built yet; running on the CPU", file=sys.stderr)
+    _set_threads(device.cpu_threads)
     model = Model(resolved.path, numerics=args.numerics, n_ctx=args.ctx_size)
     tok_path = resolved.tokenizer_path or settings.tokenizer
     tokenizer = load_tokenizer(model.gguf, str(tok_path) if tok_path else None)

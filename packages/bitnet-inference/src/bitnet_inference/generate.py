@@ -23,7 +23,8 @@ PREFILL_BATCH = 512
 class Model:
     """A loaded model: the GGUF file (memory-mapped), its args, and the transformer with its KV cache."""
 
-    def __init__(self, path: str | Path, numerics: str = "fast", n_ctx: int | None = None, use_kernels: bool = True):
+    def __init__(self, path: str | Path, numerics: str = "fast", n_ctx: int | None = None, use_kernels: bool = True,
+                 kv_type: str = "f16"):
         self.path = Path(path)
         self.gguf = read_gguf(self.path)
         try:
@@ -35,7 +36,7 @@ class Model:
             raise EngineError(f"architecture {self.args.arch!r} has no engine module; supported: {', '.join(ARCHS)}")
         self.n_ctx = n_ctx or min(self.args.n_ctx_train, 4096)
         self.numerics = get_numerics(numerics)
-        self.net = arch.Model(self.gguf, self.args, self.numerics, self.n_ctx, use_kernels=use_kernels)
+        self.net = arch.Model(self.gguf, self.args, self.numerics, self.n_ctx, use_kernels=use_kernels, kv_type=kv_type)
 
     @property
     def cache(self):

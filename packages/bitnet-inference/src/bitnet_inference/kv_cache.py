@@ -18,7 +18,7 @@ class KVCache:
     def store(self, layer: int, pos0: int, k: np.ndarray, v: np.ndarray) -> None:
         """k, v: (T, n_kv_head, head_dim) for positions pos0 .. pos0+T-1."""
         t = k.shape[0]
-        self.k[layer, :, pos0 : pos0 + t] = k.transpose(1, 0, 2)
+        self.k[layer, :, pos0 : pos0 + t] = k.transpose(1, 0, 2)  # rounded to the cache type here
         self.v[layer, :, pos0 : pos0 + t] = v.transpose(1, 0, 2)
 
     @property

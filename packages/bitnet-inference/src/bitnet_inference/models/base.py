@@ -14,6 +14,7 @@ from bitnet_inference.linear import Linear, make_linear
 from bitnet_inference.numerics import Numerics, RopeTable
 
 F32 = np.float32
+KV_TYPES = {"f16": np.float16, "f32": np.float32}  # llama.cpp's default cache is F16
 PROJ = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 
@@ -36,21 +37,25 @@ class Layer:
 class Transformer:
     ffn_act = None  # set by the architecture module: (gate, up) -> activation
     uses_scales = False
+    # bitnet.cpp keeps a batch's normed hidden state in F32 for the F16 head and rounds a single row to F16;
+    # upstream llama.cpp (which runs arch `bitnet`) rounds every row to F16
+    head_f16_always = False
 
-    def __init__(self, gguf, args: ModelArgs, numerics: Numerics, n_ctx: int, use_kernels: bool = True):
+    def __init__(self, gguf, args: ModelArgs, numerics: Numerics, n_ctx: int, use_kernels: bool = True,
+                 kv_type: str = "f16"):
         if n_ctx <= 0:
             raise EngineError(f"context size must be positive, got {n_ctx}")
         self.args = args
         self.numerics = numerics
         self.n_ctx = n_ctx
-        self.tok_embd = gguf.array("token_embd.weight")  # (n_vocab, n_embd) f16, zero-copy view
-        if self.tok_embd.dtype != np.float16:
-            self.tok_embd = gguf.dequantize("token_embd.weight").astype(np.float16)
-        self.output = self.tok_embd if args.tied_head else gguf.dequantize("output.weight").astype(np.float16)
+        self.tok_embd = _float_matrix(gguf, "token_embd.weight")  # (n_vocab, n_embd) f16/f32, zero-copy when F16/F32
+        self.output = self.tok_embd if args.tied_head else _float_matrix(gguf, "output.weight")  # (n_vocab, n_embd)
         self.output_norm = gguf.array("output_norm.weight").astype(F32)  # (n_embd,)
         self.layers = [Layer(gguf, i, numerics, use_kernels, self.uses_scales) for i in range(args.n_layer)]
         self.rope = RopeTable(args.n_rot, args.rope_base, n_ctx)
-        self.cache = KVCache(args.n_layer, args.n_head_kv, n_ctx, args.head_dim)
+        if kv_type not in KV_TYPES:
+            raise EngineError(f"unknown KV cache type {kv_type!r}; choose one of: {', '.join(KV_TYPES)}")
+        self.cache = KVCache(args.n_layer, args.n_head_kv, n_ctx, args.head_dim, dtype=KV_TYPES[kv_type])
 
     # -- the forward pass ----------------------------------------------------------------------------------
 
@@ -82,7 +87,7 @@ class Transformer:
             v = P["attn_v"](h).reshape(t, a.n_head_kv, a.head_dim)
             q = nm.rope(q, cos, sin)
             k = nm.rope(k, cos, sin)
-            self.cache.store(i, pos0, k.astype(np.float16), v.astype(np.float16))
+            self.cache.store(i, pos0, k, v)
             attn = nm.attention(q, self.cache.k[i], self.cache.v[i], pos0, self.n_ctx)  # (T, n_embd)
             attn = nm.rmsnorm(attn, L.attn_sub_norm, a.norm_eps)
             x = (x + P["attn_output"](attn)).astype(F32)
@@ -98,4 +103,12 @@ class Transformer:
         if logits == "last":
             x = x[-1:]
         h = nm.rmsnorm(x, self.output_norm, a.norm_eps)
-        return nm.lm_head(h, self.output).astype(F32)
+        f16 = self.output.dtype == np.float16 and (self.head_f16_always or h.shape[0] == 1)
+        return nm.lm_head(h, self.output, f16).astype(F32)
+
+
+def _float_matrix(gguf, name: str) -> np.ndarray:
+    arr = gguf.array(name)
+    if arr.dtype in (np.float16, np.float32):
+        return arr
+    return gguf.dequantize(name).astype(F32)

@@ -17,3 +17,4 @@ def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
 class Model(Transformer):
     ffn_act = staticmethod(silu_mul)
     uses_scales = True
+    head_f16_always = True

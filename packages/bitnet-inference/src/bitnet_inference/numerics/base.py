@@ -54,8 +54,9 @@ class Numerics:
         """q (T, H, D) f32; k_cache/v_cache (Hkv, S, D) f16 with rows < pos0+T filled -> (T, H*D) f32."""
         raise NotImplementedError
 
-    def lm_head(self, x: np.ndarray, emb: np.ndarray) -> np.ndarray:
-        """x (T, K) f32, emb (V, K) f16 -> logits (T, V) f32."""
+    def lm_head(self, x: np.ndarray, emb: np.ndarray, f16_activations: bool) -> np.ndarray:
+        """x (T, K) f32, emb (V, K) f16 -> logits (T, V) f32; with f16_activations x is first rounded to F16
+        (what ggml does for one row, and upstream llama.cpp for every row)."""
         raise NotImplementedError
 
     def dense(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:

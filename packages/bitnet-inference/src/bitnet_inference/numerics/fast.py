@@ -35,8 +35,10 @@ class FastNumerics(Numerics):
         n_kv = pos0 + t
         k = k_cache[:, :n_kv].astype(F32)  # (Hkv, n_kv, D)
         v = v_cache[:, :n_kv].astype(F32)
-        # the same precision choices as ggml: q meets the F16 cache as F16, a single token's P is F16
-        q = q.astype(np.float16).astype(F32)
+        # the same precision choices as ggml: q meets an F16 cache as F16, and a single token's P is F16
+        half = k_cache.dtype == np.float16
+        if half:
+            q = q.astype(np.float16).astype(F32)
         qg = q.reshape(t, hkv, g, d).transpose(1, 2, 0, 3)  # (Hkv, G, T, D)
         scores = np.matmul(qg, k[:, None].transpose(0, 1, 3, 2)) * F32(1.0 / np.sqrt(d))  # (Hkv, G, T, n_kv)
         if t > 1:
@@ -46,13 +48,13 @@ class FastNumerics(Numerics):
         scores = scores - scores.max(axis=-1, keepdims=True)
         p = np.exp(scores)
         p /= p.sum(axis=-1, keepdims=True)
-        if t == 1:
+        if t == 1 and half:
             p = p.astype(np.float16)
         out = np.matmul(p.astype(F32), v[:, None])  # (Hkv, G, T, D)
         return out.transpose(2, 0, 1, 3).reshape(t, h * d).astype(F32)
 
-    def lm_head(self, x, emb):
-        if x.shape[0] == 1:  # one row meets the F16 head as F16 (ggml's vec_dot_f16 path)
+    def lm_head(self, x, emb, f16_activations):
+        if f16_activations:
             x = x.astype(np.float16).astype(F32)
         return x @ emb.T.astype(F32)
 

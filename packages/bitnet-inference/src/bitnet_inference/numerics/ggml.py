@@ -73,10 +73,12 @@ class GgmlNumerics(Numerics):
             out = vec_dot_f16(vt[None, :, None, :, :], p.astype(F16)[:, :, :, None, :])
         return out.reshape(t, h * d).astype(F32)
 
-    def lm_head(self, x, emb):
-        if x.shape[0] >= 2:
+    def lm_head(self, x, emb, f16_activations):
+        if not f16_activations:
             return _rows_tinyblas(x, emb.astype(F32))
-        return vec_dot_f16(emb[None, :, :], x.astype(F16)[:, None, :])
+        if x.shape[0] == 1:
+            return vec_dot_f16(emb[None, :, :], x.astype(F16)[:, None, :])
+        return _rows_tinyblas(x.astype(F16).astype(F32), emb.astype(F32))
 
     def dense(self, x, w):
         return _rows_tinyblas(x, w)
