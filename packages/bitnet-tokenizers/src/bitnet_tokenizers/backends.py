@@ -11,7 +11,7 @@ import unicodedata
 
 from bitnet_tokenizers.errors import TokenizerError
 from bitnet_tokenizers.pretokenize import PreConfig, pre_config
-from bitnet_tokenizers.vocab import Attr, Vocab
+from bitnet_tokenizers.vocab import BYTE_TO_UNICODE, Attr, Vocab
 
 
 class SPMEncoder:
@@ -73,11 +73,19 @@ class SPMEncoder:
         return ids
 
 
+_LATIN1_TO_BYTE_LEVEL = {b: c for b, c in enumerate(BYTE_TO_UNICODE[b] for b in range(256))}
+
+
 class BPEEncoder:
-    """Byte-level (or, for Gemma 4, raw UTF-8) BPE with the `tokenizers` library: the vocabulary's merges, ranked
-    in file order, llama.cpp's pre-tokenizer regexes as isolated splits."""
+    """Byte-level (or, for Gemma 4, raw UTF-8) BPE: llama.cpp's pre-tokenizer regexes (with the `regex` module:
+    each regex splits every piece into its matches and the text between them), then each pre-token through the
+    `tokenizers` library's BPE model built from the vocabulary and its merges (ranked in file order). Pre-token
+    ids are memoized: running text repeats its words, and the per-word call is what costs."""
+
+    CACHE_MAX = 500_000
 
     def __init__(self, vocab: Vocab, source: str = "model"):
+        import regex
         from tokenizers import Tokenizer
 
         self.vocab = vocab
@@ -99,40 +107,70 @@ class BPEEncoder:
             except Exception as e:
                 raise TokenizerError(f"{source}: could not build the BPE tokenizer from the vocabulary: {e}") from None
         self.tok = tok
+        self.model = tok.model
+        # ECMAScript's `$` (llama.cpp uses std::regex) is the end of the piece; Python's also matches before a final \n
+        self.regexes = [regex.compile(r.replace("$", r"\Z")) for r in cfg.regexes]
+        self.cache: dict[str, list[int]] = {}
 
     @staticmethod
     def _json(vocab: Vocab, cfg: PreConfig, merges: list[str]) -> str:
-        """A tokenizer.json for the tokenizers library (merges as "a b" strings: parsed in Rust, not Python)."""
-        pre = [{"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": False}
-               for r in cfg.regexes]
-        if cfg.byte_encode:
-            pre.append({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False})
+        """A tokenizer.json holding the BPE model (merges as "a b" strings: parsed in Rust, not Python)."""
         spec = {
             "version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
-            "pre_tokenizer": {"type": "Sequence", "pretokenizers": pre}, "post_processor": None, "decoder": None,
+            "pre_tokenizer": None, "post_processor": None, "decoder": None,
             "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                       "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": not cfg.byte_encode,
                       "ignore_merges": cfg.ignore_merges, "vocab": vocab.token_to_id, "merges": merges},
         }
         return json.dumps(spec, ensure_ascii=False)
 
+    def split(self, text: str) -> list[str]:
+        """Pre-tokens: each regex in turn keeps its matches and the text between them."""
+        pieces = [text]
+        for rx in self.regexes:
+            out: list[str] = []
+            for p in pieces:
+                found = rx.findall(p) if rx.groups == 0 else None
+                if found is not None and sum(map(len, found)) == len(p):
+                    out += found  # the regex covers the piece (the common case): no gaps to keep
+                    continue
+                pos = 0
+                for m in rx.finditer(p):
+                    a, b = m.span()
+                    if a == b:
+                        continue
+                    if a > pos:
+                        out.append(p[pos:a])
+                    out.append(p[a:b])
+                    pos = b
+                if pos < len(p):
+                    out.append(p[pos:])
+            pieces = out
+        return pieces
+
+    def _word(self, w: str) -> list[int]:
+        if self.cfg.byte_encode:
+            w = w.encode("utf-8").decode("latin-1").translate(_LATIN1_TO_BYTE_LEVEL)
+        elif self.cfg.split_newlines and w[0] == "\n":
+            # Gemma 4: a run of newlines that is itself a token is taken whole (llama.cpp PR 21343)
+            i = self.vocab.token_to_id.get(w)
+            if i is not None:
+                return [i]
+        return [t.id for t in self.model.tokenize(w)]
+
     def encode(self, text: str) -> list[int]:
         if self.cfg.escape_whitespaces:
             text = text.replace(" ", "\u2581")
-        if self.cfg.split_newlines:
-            # Gemma 4: a run of newlines that is itself a token is taken whole (llama.cpp PR 21343)
-            out: list[int] = []
-            for m in re.finditer(r"\n+|[^\n]+", text):
-                w = m.group()
-                i = self.vocab.token_to_id.get(w) if w[0] == "\n" else None
-                out.extend([i] if i is not None else self.tok.encode(w, add_special_tokens=False).ids)
-            return out
-        return self.tok.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        if self.cfg.escape_whitespaces or self.cfg.split_newlines:
-            return [self.encode(t) for t in texts]
-        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+        cache = self.cache
+        out: list[int] = []
+        for w in self.split(text):
+            ids = cache.get(w)
+            if ids is None:
+                ids = self._word(w)
+                if len(cache) < self.CACHE_MAX:
+                    cache[w] = ids
+            out += ids
+        return out
 
 
 def _is_chinese(c: int) -> bool:

@@ -11,6 +11,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from bitnet_tokenizers.errors import TokenizerError
 
 
@@ -188,7 +190,9 @@ def vocab_from_metadata(md: dict[str, Any], source: str) -> Vocab:
     tokens = _meta(md, "tokenizer.ggml.tokens")
     if not tokens:
         raise TokenizerError(f"{source}: tokenizer.ggml.model is '{model}' but tokenizer.ggml.tokens is missing or empty")
-    tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+    tokens = tokens.tolist() if hasattr(tokens, "tolist") else list(tokens)
+    if not all(tokens):  # llama.cpp renames empty token texts
+        tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
     n = len(tokens)
 
     scores = _meta(md, "tokenizer.ggml.scores")
@@ -199,14 +203,16 @@ def vocab_from_metadata(md: dict[str, Any], source: str) -> Vocab:
     if types is None:
         attrs = [A_NORMAL] * n
     else:
-        types = [int(t) for t in types[:n]]
+        types = np.asarray(types, dtype=np.int64)[:n]
         if len(types) < n:
             raise TokenizerError(f"{source}: tokenizer.ggml.token_type has {len(types)} entries for {n} tokens")
-        table = {int(k): int(a) for k, a in _TYPE_TO_ATTR.items()}
-        attrs = [table.get(t, 0) for t in types]
+        lut = np.zeros(256, dtype=np.int64)
+        for k, a in _TYPE_TO_ATTR.items():
+            lut[int(k)] = int(a)
+        attrs = lut[np.clip(types, 0, 255)].tolist()  # an unknown type is UNDEFINED (0)
 
     v = Vocab(model=model, pre=pre, kind=kind, tokens=tokens, scores=scores, attrs=attrs)
-    v.token_to_id = {t: i for i, t in enumerate(tokens)}  # a duplicated text maps to its last id, as in llama.cpp
+    v.token_to_id = dict(zip(tokens, range(n)))  # a duplicated text maps to its last id, as in llama.cpp
 
     if kind == "bpe":
         merges = _meta(md, "tokenizer.ggml.merges")
