@@ -344,16 +344,51 @@ def cmd_train(args: argparse.Namespace) -> None:
         result[f"{split}_fp32"] = {"nll": nll, "tokens": n, "loss": nll / n, "ppl": math.exp(nll / n)}
         print(f"{split} (quantized model, fp32, chunks of {args.eval_ctx}): loss {nll / n:.4f} ppl {math.exp(nll / n):.3f}",
               flush=True)
-    torch.save({"config": asdict(cfg), "state_dict": best_state}, out / f"{args.name}.pt")
+    save_checkpoint(out / args.name, asdict(cfg), best_state)
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+
+
+PART_BYTES = 12 << 20  # the device hands back files of at most 16 MiB: a checkpoint travels in parts
+
+
+def save_checkpoint(stem: Path, config: dict, state: dict) -> list[Path]:
+    """Float master weights as `<stem>.partN.pt` files of about PART_BYTES each (config in part 0)."""
+    import torch
+
+    parts: list[dict] = [{}]
+    size = 0
+    for k, v in state.items():
+        if size and size + v.numel() * 4 > PART_BYTES:
+            parts.append({})
+            size = 0
+        parts[-1][k] = v
+        size += v.numel() * 4
+    paths = []
+    for i, part in enumerate(parts):
+        paths.append(stem.with_name(f"{stem.name}.part{i}.pt"))
+        torch.save({"config": config, "n_parts": len(parts), "state_dict": part}, paths[-1])
+    return paths
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
+    """(config, state_dict) from any part of a checkpoint written by save_checkpoint."""
+    import torch
+
+    path = Path(path)
+    stem = path.name.split(".part")[0]
+    first = torch.load(path.with_name(f"{stem}.part0.pt"), map_location="cpu")
+    state = dict(first["state_dict"])
+    for i in range(1, first["n_parts"]):
+        state.update(torch.load(path.with_name(f"{stem}.part{i}.pt"), map_location="cpu")["state_dict"])
+    return first["config"], state
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     import torch
 
-    ckpt = torch.load(args.checkpoint, map_location="cpu")
-    model = build_model(Config(**ckpt["config"]))
-    model.load_state_dict(ckpt["state_dict"])
+    config, state = load_checkpoint(args.checkpoint)
+    model = build_model(Config(**config))
+    model.load_state_dict(state)
     model.eval()
     tokens = np.load(args.tokens) if args.tokens.endswith(".npy") else np.asarray(json.loads(Path(args.tokens).read_text()))
     torch.set_num_threads(args.threads)
@@ -397,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--seed", type=int, default=SEED)
     r.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="perplexity of the quantized checkpoint on given tokens (CPU)")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", required=True, help="any .partN.pt file of the checkpoint")
     e.add_argument("--tokens", required=True, help=".npy of token ids, or a JSON list")
     e.add_argument("--ctx", type=int, default=256)
     e.add_argument("--threads", type=int, default=2)
