@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tokenizer benchmark: llama-bpe vocabulary ({tok.vocab_size} tokens, {len(tok.vocab.merges)} merges), "
           f"{len(data) / 1e6:.1f} MB of generated English, {n} tokens; {same}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
-          f"{platform.python_version()}, llama-cpp-python {llama_cpp.__version__}; best of {args.repeat}")
+          f"{platform.python_version()}, llama-cpp-python {llama_cpp.__version__}; best of {args.repeat}; "
+          f"load average {os.getloadavg()[0]:.1f} (other work on the machine slows both sides)")
     print()
     print(f"| {'what':<52} | {'best':>10} | {'median':>10} | {'tokens/s':>12} | note")
     print(f"|{'-' * 54}|{'-' * 12}|{'-' * 12}|{'-' * 14}|------")

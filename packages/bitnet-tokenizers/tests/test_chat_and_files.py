@@ -51,6 +51,12 @@ def test_builtin_bitnet_template(llama3):
     assert set(BUILTIN_TEMPLATES) == {"bitnet", "llama3"}
 
 
+def test_bitnet_architecture_defaults_to_bitnet_template(tmp_path, make_vocab_gguf):
+    with read_gguf(make_vocab_gguf(tmp_path / "b.gguf", _llama3_md(), arch="bitnet-b1.58")) as f:
+        tok = load_tokenizer(f)
+    assert tok.apply_chat_template(MSGS[1:]) == "User:  Hi there <|eot_id|>Assistant: "
+
+
 def test_file_template_with_bos_and_raise(tmp_path, make_vocab_gguf):
     tmpl = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('no tools') }}"
             "{% endif %}{{ m['role'] | capitalize }}: {{ m['content'] | trim }}{{ eos_token }}\n{% endfor %}"

@@ -122,7 +122,7 @@ class BPEEncoder:
                       "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": not cfg.byte_encode,
                       "ignore_merges": cfg.ignore_merges, "vocab": vocab.token_to_id, "merges": merges},
         }
-        return json.dumps(spec, ensure_ascii=False)
+        return json.dumps(spec, ensure_ascii=False, separators=(",", ":"))
 
     def split(self, text: str) -> list[str]:
         """Pre-tokens: each regex in turn keeps its matches and the text between them."""

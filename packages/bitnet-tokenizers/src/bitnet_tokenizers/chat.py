@@ -55,14 +55,15 @@ def _compile(source: str):
 
 
 def default_template_name(tok: Any) -> str | None:
-    """Which built-in fits a file without a template: llama3 for LLaMA-3 vocabularies (bitnet for BitNet ones)."""
+    """The built-in for a file without a template: `bitnet` for BitNet architectures with the LLaMA-3
+    vocabulary, `llama3` for other LLaMA-3 vocabularies, none otherwise."""
     vocab = getattr(tok, "vocab", None)
     t2i = getattr(vocab, "token_to_id", {}) or {}
     if "<|eot_id|>" not in t2i:
         return None
-    if "<|start_header_id|>" in t2i and not getattr(tok, "bitnet_arch", False):
-        return "llama3"
-    return "bitnet"
+    if str(getattr(vocab, "arch", "") or "").startswith("bitnet"):
+        return "bitnet"
+    return "llama3" if "<|start_header_id|>" in t2i else "bitnet"
 
 
 def render_chat(tok: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = True,

@@ -21,7 +21,8 @@ def vocab_from_file(path: str, gguf_md: dict[str, Any] | None = None) -> Vocab:
     if not p.is_file():
         raise TokenizerError(f"{path}: no such tokenizer file (expected a tokenizer.model or tokenizer.json)")
     md = {k: v for k, v in (gguf_md or {}).items()
-          if k.startswith("tokenizer.") and (k.endswith(_KEEP) or k in ("tokenizer.ggml.pre", "tokenizer.chat_template"))}
+          if k.startswith("tokenizer.") and (k.endswith(_KEEP) or k in ("tokenizer.ggml.pre", "tokenizer.chat_template"))
+          or k in ("general.architecture", "general.name")}
     data = p.read_bytes()
     if p.suffix == ".json" or data[:1] == b"{":
         md.update(_from_hf_json(data, path, md.get("tokenizer.ggml.pre")))

@@ -154,6 +154,7 @@ class Vocab:
     _pieces: list[bytes | None] = field(default_factory=list)  # token_to_piece(id, special=True), filled lazily
     token_to_id: dict[str, int] = field(default_factory=dict)
     chat_template: str | None = None
+    arch: str | None = None  # general.architecture of the file the vocabulary came from
     lowercase: bool = False
     strip_accents: bool = False
 
@@ -230,6 +231,7 @@ def vocab_from_metadata(md: dict[str, Any], source: str) -> Vocab:
     _set_strip_attrs(v, md)
     tmpl = _meta(md, "tokenizer.chat_template")
     v.chat_template = tmpl if isinstance(tmpl, str) and tmpl else None
+    v.arch = _meta(md, "general.architecture")
     return v
 
 
