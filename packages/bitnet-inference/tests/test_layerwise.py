@@ -50,7 +50,7 @@ def test_float_ops_agree(captured):
     cos, sin = model.net.rope.get(np.arange(len(tokens)))
     q = L.proj["attn_q"](g.rmsnorm(x, L.attn_norm, a.norm_eps)).reshape(len(tokens), a.n_head, a.head_dim)
     assert rel(f.rope(q, cos, sin), g.rope(q, cos, sin)) < 1e-5
-    kc, vc = model.net.cache.k[2], model.net.cache.v[2]
+    kc, vc = model.net.cache.k[0, 2], model.net.cache.v[0, 2]
     for t in (len(tokens), 1):
         qq = q[:t] if t > 1 else q[-1:]
         pos0 = 0 if t > 1 else len(tokens) - 1

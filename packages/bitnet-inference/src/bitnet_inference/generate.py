@@ -24,7 +24,7 @@ class Model:
     """A loaded model: the GGUF file (memory-mapped), its args, and the transformer with its KV cache."""
 
     def __init__(self, path: str | Path, numerics: str = "fast", n_ctx: int | None = None, use_kernels: bool = True,
-                 kv_type: str = "f16"):
+                 kv_type: str = "f16", n_slots: int = 1):
         self.path = Path(path)
         self.gguf = read_gguf(self.path)
         try:
@@ -36,21 +36,25 @@ class Model:
             raise EngineError(f"architecture {self.args.arch!r} has no engine module; supported: {', '.join(ARCHS)}")
         self.n_ctx = n_ctx or min(self.args.n_ctx_train, 4096)
         self.numerics = get_numerics(numerics)
-        self.net = arch.Model(self.gguf, self.args, self.numerics, self.n_ctx, use_kernels=use_kernels, kv_type=kv_type)
+        self.net = arch.Model(self.gguf, self.args, self.numerics, self.n_ctx, use_kernels=use_kernels, kv_type=kv_type,
+                                 n_slots=n_slots)
 
     @property
     def cache(self):
         return self.net.cache
 
-    def forward(self, tokens, pos0: int, logits: str = "all", capture=None) -> np.ndarray:
-        return self.net.forward(tokens, pos0, logits=logits, capture=capture)
+    def forward(self, tokens, pos0: int, logits: str = "all", capture=None, slot: int = 0) -> np.ndarray:
+        return self.net.forward(tokens, pos0, logits=logits, capture=capture, slot=slot)
 
-    def prefill(self, tokens: Sequence[int], pos0: int = 0) -> np.ndarray:
+    def forward_batch(self, tokens, positions, slots) -> np.ndarray:
+        return self.net.forward_batch(tokens, positions, slots)
+
+    def prefill(self, tokens: Sequence[int], pos0: int = 0, slot: int = 0) -> np.ndarray:
         """Evaluate a prompt in batches; returns the last position's logits (V,)."""
         tokens = np.asarray(tokens, dtype=np.int64)
         last = None
         for s in range(0, len(tokens), PREFILL_BATCH):
-            last = self.forward(tokens[s : s + PREFILL_BATCH], pos0 + s, logits="last")
+            last = self.forward(tokens[s : s + PREFILL_BATCH], pos0 + s, logits="last", slot=slot)
         return last[0]
 
 

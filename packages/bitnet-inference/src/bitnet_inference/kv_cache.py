@@ -1,4 +1,7 @@
-"""A static, preallocated KV cache indexed by position: a decode step allocates nothing."""
+"""A static, preallocated KV cache indexed by (slot, position): a decode step allocates nothing.
+
+A slot holds one sequence; the server decodes several slots in one batched step.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +9,25 @@ import numpy as np
 
 
 class KVCache:
-    def __init__(self, n_layer: int, n_head_kv: int, n_ctx: int, head_dim: int, dtype=np.float16):
+    def __init__(self, n_layer: int, n_head_kv: int, n_ctx: int, head_dim: int, dtype=np.float16, n_slots: int = 1):
         self.n_ctx = n_ctx
-        self.k = np.zeros((n_layer, n_head_kv, n_ctx, head_dim), dtype=dtype)  # (n_layer, n_kv_head, n_ctx, head_dim)
-        self.v = np.zeros((n_layer, n_head_kv, n_ctx, head_dim), dtype=dtype)  # (n_layer, n_kv_head, n_ctx, head_dim)
-        self.pos = 0  # number of positions filled
+        self.n_slots = n_slots
+        shape = (n_slots, n_layer, n_head_kv, n_ctx, head_dim)
+        self.k = np.zeros(shape, dtype=dtype)  # (n_slots, n_layer, n_kv_head, n_ctx, head_dim)
+        self.v = np.zeros(shape, dtype=dtype)  # (n_slots, n_layer, n_kv_head, n_ctx, head_dim)
+        self.pos = np.zeros(n_slots, dtype=np.int64)  # (n_slots,) positions filled per slot
 
-    def reset(self) -> None:
-        self.pos = 0
+    def reset(self, slot: int | None = None) -> None:
+        if slot is None:
+            self.pos[:] = 0
+        else:
+            self.pos[slot] = 0
 
-    def store(self, layer: int, pos0: int, k: np.ndarray, v: np.ndarray) -> None:
-        """k, v: (T, n_kv_head, head_dim) for positions pos0 .. pos0+T-1."""
+    def store(self, layer: int, pos0: int, k: np.ndarray, v: np.ndarray, slot: int = 0) -> None:
+        """k, v: (T, n_kv_head, head_dim) for positions pos0 .. pos0+T-1 (rounded to the cache type here)."""
         t = k.shape[0]
-        self.k[layer, :, pos0 : pos0 + t] = k.transpose(1, 0, 2)  # rounded to the cache type here
-        self.v[layer, :, pos0 : pos0 + t] = v.transpose(1, 0, 2)
+        self.k[slot, layer, :, pos0 : pos0 + t] = k.transpose(1, 0, 2)
+        self.v[slot, layer, :, pos0 : pos0 + t] = v.transpose(1, 0, 2)
 
     @property
     def nbytes(self) -> int:

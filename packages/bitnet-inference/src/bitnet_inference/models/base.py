@@ -42,7 +42,7 @@ class Transformer:
     head_f16_always = False
 
     def __init__(self, gguf, args: ModelArgs, numerics: Numerics, n_ctx: int, use_kernels: bool = True,
-                 kv_type: str = "f16"):
+                 kv_type: str = "f16", n_slots: int = 1):
         if n_ctx <= 0:
             raise EngineError(f"context size must be positive, got {n_ctx}")
         self.args = args
@@ -55,17 +55,17 @@ class Transformer:
         self.rope = RopeTable(args.n_rot, args.rope_base, n_ctx)
         if kv_type not in KV_TYPES:
             raise EngineError(f"unknown KV cache type {kv_type!r}; choose one of: {', '.join(KV_TYPES)}")
-        self.cache = KVCache(args.n_layer, args.n_head_kv, n_ctx, args.head_dim, dtype=KV_TYPES[kv_type])
+        self.cache = KVCache(args.n_layer, args.n_head_kv, n_ctx, args.head_dim, dtype=KV_TYPES[kv_type],
+                             n_slots=n_slots)
 
     # -- the forward pass ----------------------------------------------------------------------------------
 
-    def forward(self, tokens: np.ndarray, pos0: int, logits: str = "all", capture=None) -> np.ndarray:
-        """Evaluate tokens (T,) at positions pos0.. and return logits (T, V) ("all") or (1, V) ("last").
+    def forward(self, tokens: np.ndarray, pos0: int, logits: str = "all", capture=None, slot: int = 0) -> np.ndarray:
+        """Evaluate tokens (T,) of sequence `slot` at positions pos0.. and return logits (T, V) ("all") or
+        (1, V) ("last").
 
         `capture(name, layer, array)` (optional) receives intermediate values for layer-by-layer checks.
         """
-        a = self.args
-        nm = self.numerics
         tokens = np.asarray(tokens, dtype=np.int64)
         t = tokens.shape[0]
         if t == 0:
@@ -74,9 +74,50 @@ class Transformer:
             raise ContextOverflowError(
                 f"{pos0 + t} tokens do not fit the context of {self.n_ctx}; raise -c/--ctx-size or shorten the input"
             )
-        if tokens.min() < 0 or tokens.max() >= a.n_vocab:
-            raise EngineError(f"token id out of range 0..{a.n_vocab - 1}")
+        self._check_tokens(tokens)
         pos = np.arange(pos0, pos0 + t)
+        x = self._layers(tokens, pos, lambda i, q, k, v: self._attend_one(i, q, k, v, pos0, slot), capture)
+        self.cache.pos[slot] = pos0 + t
+        if logits == "last":
+            x = x[-1:]
+        return self._head(x)
+
+    def forward_batch(self, tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """One decode step for several sequences: token b of slot b at position b. Every matmul runs over the
+        whole batch (one pass over the weights); attention runs per sequence. Returns logits (B, V)."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        positions = np.asarray(positions, dtype=np.int64)
+        slots = np.asarray(slots, dtype=np.int64)
+        if not (tokens.shape == positions.shape == slots.shape) or tokens.ndim != 1 or tokens.size == 0:
+            raise EngineError("forward_batch needs equal-length 1-D tokens, positions and slots")
+        if len(set(slots.tolist())) != slots.size:
+            raise EngineError("forward_batch: each slot may appear once per step")
+        if positions.min() < 0 or positions.max() >= self.n_ctx:
+            raise ContextOverflowError(f"position {positions.max()} is past the context of {self.n_ctx}")
+        self._check_tokens(tokens)
+
+        def attend(i, q, k, v):
+            out = np.empty((q.shape[0], self.args.n_embd), F32)
+            for b in range(q.shape[0]):
+                out[b : b + 1] = self._attend_one(i, q[b : b + 1], k[b : b + 1], v[b : b + 1], int(positions[b]), int(slots[b]))
+            return out
+
+        x = self._layers(tokens, positions, attend, None)
+        self.cache.pos[slots] = positions + 1
+        return self._head(x)
+
+    def _check_tokens(self, tokens: np.ndarray) -> None:
+        if tokens.min() < 0 or tokens.max() >= self.args.n_vocab:
+            raise EngineError(f"token id out of range 0..{self.args.n_vocab - 1}")
+
+    def _attend_one(self, i: int, q, k, v, pos0: int, slot: int) -> np.ndarray:
+        self.cache.store(i, pos0, k, v, slot)
+        return self.numerics.attention(q, self.cache.k[slot, i], self.cache.v[slot, i], pos0, self.n_ctx)
+
+    def _layers(self, tokens: np.ndarray, pos: np.ndarray, attend, capture) -> np.ndarray:
+        a = self.args
+        nm = self.numerics
+        t = tokens.shape[0]
         cos, sin = self.rope.get(pos)
         x = self.tok_embd[tokens].astype(F32)  # (T, n_embd)
         for i, L in enumerate(self.layers):
@@ -87,8 +128,7 @@ class Transformer:
             v = P["attn_v"](h).reshape(t, a.n_head_kv, a.head_dim)
             q = nm.rope(q, cos, sin)
             k = nm.rope(k, cos, sin)
-            self.cache.store(i, pos0, k, v)
-            attn = nm.attention(q, self.cache.k[i], self.cache.v[i], pos0, self.n_ctx)  # (T, n_embd)
+            attn = attend(i, q, k, v)  # (T, n_embd)
             attn = nm.rmsnorm(attn, L.attn_sub_norm, a.norm_eps)
             x = (x + P["attn_output"](attn)).astype(F32)
             if capture:
@@ -99,10 +139,11 @@ class Transformer:
             x = (x + P["ffn_down"](f)).astype(F32)
             if capture:
                 capture("layer_out", i, x)
-        self.cache.pos = pos0 + t
-        if logits == "last":
-            x = x[-1:]
-        h = nm.rmsnorm(x, self.output_norm, a.norm_eps)
+        return x
+
+    def _head(self, x: np.ndarray) -> np.ndarray:
+        nm = self.numerics
+        h = nm.rmsnorm(x, self.output_norm, self.args.norm_eps)
         f16 = self.output.dtype == np.float16 and (self.head_f16_always or h.shape[0] == 1)
         return nm.lm_head(h, self.output, f16).astype(F32)
 
