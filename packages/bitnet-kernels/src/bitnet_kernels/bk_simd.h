@@ -384,7 +384,7 @@ static void bk_prep_act_tiles(const int8_t *q, int64_t T, int64_t K, int64_t tw,
     const int64_t kq4 = K / 4;
     for (int64_t t0 = 0; t0 < T; t0 += tw) {
         const int64_t tn = T - t0 < tw ? T - t0 : tw;
-        const int64_t lanes = ((tn + vw - 1) / vw) * vw;
+        const int64_t lanes = (vw == 16 && tn <= 16) ? 16 : tw;
         int32_t *dst = at + t0 * kq4;
         for (int64_t kq = 0; kq < kq4; kq++)
             for (int64_t l = 0; l < lanes; l++) {
@@ -411,56 +411,65 @@ BK_T256 static void bk_i2s_unpack_rows_256(const uint8_t *w, int64_t K, int64_t 
     }
 }
 
-#define BK_DEF_MK512(NV)                                                                                          \
-    BK_T512 static void bk_mk512_nv##NV(const uint8_t *wu, int64_t K, const int32_t *at, __m512i *out) {          \
-        __m512i acc[BK_R512][NV];                                                                                 \
-        for (int r = 0; r < BK_R512; r++)                                                                          \
-            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_si512();                                      \
-        const bk_i32u *w0 = (const bk_i32u *)wu, *w1 = (const bk_i32u *)(wu + K), *w2 = (const bk_i32u *)(wu + 2 * K); \
-        const bk_i32u *w3 = (const bk_i32u *)(wu + 3 * K), *w4 = (const bk_i32u *)(wu + 4 * K), *w5 = (const bk_i32u *)(wu + 5 * K); \
-        const int64_t kq4 = K / 4;                                                                                \
-        for (int64_t kq = 0; kq < kq4; kq++) {                                                                    \
-            __m512i a[NV];                                                                                        \
-            for (int v = 0; v < NV; v++) a[v] = _mm512_loadu_si512(at + (kq * NV + v) * 16);                      \
-            __m512i b;                                                                                            \
-            b = _mm512_set1_epi32(w0[kq]); for (int v = 0; v < NV; v++) acc[0][v] = _mm512_dpbusd_epi32(acc[0][v], b, a[v]); \
-            b = _mm512_set1_epi32(w1[kq]); for (int v = 0; v < NV; v++) acc[1][v] = _mm512_dpbusd_epi32(acc[1][v], b, a[v]); \
-            b = _mm512_set1_epi32(w2[kq]); for (int v = 0; v < NV; v++) acc[2][v] = _mm512_dpbusd_epi32(acc[2][v], b, a[v]); \
-            b = _mm512_set1_epi32(w3[kq]); for (int v = 0; v < NV; v++) acc[3][v] = _mm512_dpbusd_epi32(acc[3][v], b, a[v]); \
-            b = _mm512_set1_epi32(w4[kq]); for (int v = 0; v < NV; v++) acc[4][v] = _mm512_dpbusd_epi32(acc[4][v], b, a[v]); \
-            b = _mm512_set1_epi32(w5[kq]); for (int v = 0; v < NV; v++) acc[5][v] = _mm512_dpbusd_epi32(acc[5][v], b, a[v]); \
-        }                                                                                                         \
-        for (int r = 0; r < BK_R512; r++)                                                                          \
-            for (int v = 0; v < NV; v++) out[r * NV + v] = acc[r][v];                                             \
+/* Microkernels with named accumulators (arrays of vectors made GCC spill them to the stack every step). */
+#define BK_DP(c, b, a) c = _mm512_dpbusd_epi32(c, b, a)
+#define BK_LD(r) ((const bk_i32u *)(wu + (r) * K))
+BK_T512 static void bk_mk512_nv4(const uint8_t *wu, int64_t K, const int32_t *at, __m512i *out) {
+    __m512i c00 = _mm512_setzero_si512(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+    __m512i c20 = c00, c21 = c00, c22 = c00, c23 = c00, c30 = c00, c31 = c00, c32 = c00, c33 = c00;
+    __m512i c40 = c00, c41 = c00, c42 = c00, c43 = c00, c50 = c00, c51 = c00, c52 = c00, c53 = c00;
+    const bk_i32u *w0 = BK_LD(0), *w1 = BK_LD(1), *w2 = BK_LD(2), *w3 = BK_LD(3), *w4 = BK_LD(4), *w5 = BK_LD(5);
+    const int64_t kq4 = K / 4;
+    for (int64_t kq = 0; kq < kq4; kq++) {
+        const int32_t *ap = at + kq * 64;
+        const __m512i a0 = _mm512_loadu_si512(ap), a1 = _mm512_loadu_si512(ap + 16);
+        const __m512i a2 = _mm512_loadu_si512(ap + 32), a3 = _mm512_loadu_si512(ap + 48);
+        __m512i b;
+        b = _mm512_set1_epi32(w0[kq]); BK_DP(c00, b, a0); BK_DP(c01, b, a1); BK_DP(c02, b, a2); BK_DP(c03, b, a3);
+        b = _mm512_set1_epi32(w1[kq]); BK_DP(c10, b, a0); BK_DP(c11, b, a1); BK_DP(c12, b, a2); BK_DP(c13, b, a3);
+        b = _mm512_set1_epi32(w2[kq]); BK_DP(c20, b, a0); BK_DP(c21, b, a1); BK_DP(c22, b, a2); BK_DP(c23, b, a3);
+        b = _mm512_set1_epi32(w3[kq]); BK_DP(c30, b, a0); BK_DP(c31, b, a1); BK_DP(c32, b, a2); BK_DP(c33, b, a3);
+        b = _mm512_set1_epi32(w4[kq]); BK_DP(c40, b, a0); BK_DP(c41, b, a1); BK_DP(c42, b, a2); BK_DP(c43, b, a3);
+        b = _mm512_set1_epi32(w5[kq]); BK_DP(c50, b, a0); BK_DP(c51, b, a1); BK_DP(c52, b, a2); BK_DP(c53, b, a3);
     }
-BK_DEF_MK512(1)
-BK_DEF_MK512(2)
-BK_DEF_MK512(3)
-BK_DEF_MK512(4)
+    out[0] = c00; out[1] = c01; out[2] = c02; out[3] = c03; out[4] = c10; out[5] = c11; out[6] = c12; out[7] = c13;
+    out[8] = c20; out[9] = c21; out[10] = c22; out[11] = c23; out[12] = c30; out[13] = c31; out[14] = c32; out[15] = c33;
+    out[16] = c40; out[17] = c41; out[18] = c42; out[19] = c43; out[20] = c50; out[21] = c51; out[22] = c52; out[23] = c53;
+}
 
-#define BK_DEF_MK256(NV)                                                                                          \
-    BK_T256 static void bk_mk256_nv##NV(const uint8_t *wu, int64_t K, const int32_t *at, __m256i *out) {          \
-        const __m256i ones = _mm256_set1_epi16(1);                                                                \
-        __m256i acc[BK_R256][NV];                                                                                 \
-        for (int r = 0; r < BK_R256; r++)                                                                          \
-            for (int v = 0; v < NV; v++) acc[r][v] = _mm256_setzero_si256();                                      \
-        const bk_i32u *w0 = (const bk_i32u *)wu, *w1 = (const bk_i32u *)(wu + K), *w2 = (const bk_i32u *)(wu + 2 * K); \
-        const bk_i32u *w3 = (const bk_i32u *)(wu + 3 * K);                                                        \
-        const int64_t kq4 = K / 4;                                                                                \
-        for (int64_t kq = 0; kq < kq4; kq++) {                                                                    \
-            __m256i a[NV];                                                                                        \
-            for (int v = 0; v < NV; v++) a[v] = _mm256_loadu_si256((const __m256i *)(at + (kq * NV + v) * 8));    \
-            __m256i b;                                                                                            \
-            b = _mm256_set1_epi32(w0[kq]); for (int v = 0; v < NV; v++) acc[0][v] = _mm256_add_epi32(acc[0][v], _mm256_madd_epi16(_mm256_maddubs_epi16(b, a[v]), ones)); \
-            b = _mm256_set1_epi32(w1[kq]); for (int v = 0; v < NV; v++) acc[1][v] = _mm256_add_epi32(acc[1][v], _mm256_madd_epi16(_mm256_maddubs_epi16(b, a[v]), ones)); \
-            b = _mm256_set1_epi32(w2[kq]); for (int v = 0; v < NV; v++) acc[2][v] = _mm256_add_epi32(acc[2][v], _mm256_madd_epi16(_mm256_maddubs_epi16(b, a[v]), ones)); \
-            b = _mm256_set1_epi32(w3[kq]); for (int v = 0; v < NV; v++) acc[3][v] = _mm256_add_epi32(acc[3][v], _mm256_madd_epi16(_mm256_maddubs_epi16(b, a[v]), ones)); \
-        }                                                                                                         \
-        for (int r = 0; r < BK_R256; r++)                                                                          \
-            for (int v = 0; v < NV; v++) out[r * NV + v] = acc[r][v];                                             \
+BK_T512 static void bk_mk512_nv1(const uint8_t *wu, int64_t K, const int32_t *at, __m512i *out) {
+    __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
+    const bk_i32u *w0 = BK_LD(0), *w1 = BK_LD(1), *w2 = BK_LD(2), *w3 = BK_LD(3), *w4 = BK_LD(4), *w5 = BK_LD(5);
+    const int64_t kq4 = K / 4;
+    for (int64_t kq = 0; kq < kq4; kq++) {
+        const __m512i a = _mm512_loadu_si512(at + kq * 16);
+        BK_DP(c0, _mm512_set1_epi32(w0[kq]), a);
+        BK_DP(c1, _mm512_set1_epi32(w1[kq]), a);
+        BK_DP(c2, _mm512_set1_epi32(w2[kq]), a);
+        BK_DP(c3, _mm512_set1_epi32(w3[kq]), a);
+        BK_DP(c4, _mm512_set1_epi32(w4[kq]), a);
+        BK_DP(c5, _mm512_set1_epi32(w5[kq]), a);
     }
-BK_DEF_MK256(1)
-BK_DEF_MK256(2)
+    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3; out[4] = c4; out[5] = c5;
+}
+
+#define BK_MA(c, b, a) c = _mm256_add_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(b, a), ones))
+BK_T256 static void bk_mk256_nv2(const uint8_t *wu, int64_t K, const int32_t *at, __m256i *out) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+    const bk_i32u *w0 = BK_LD(0), *w1 = BK_LD(1), *w2 = BK_LD(2), *w3 = BK_LD(3);
+    const int64_t kq4 = K / 4;
+    for (int64_t kq = 0; kq < kq4; kq++) {
+        const __m256i a0 = _mm256_loadu_si256((const __m256i *)(at + kq * 16));
+        const __m256i a1 = _mm256_loadu_si256((const __m256i *)(at + kq * 16 + 8));
+        __m256i b;
+        b = _mm256_set1_epi32(w0[kq]); BK_MA(c00, b, a0); BK_MA(c01, b, a1);
+        b = _mm256_set1_epi32(w1[kq]); BK_MA(c10, b, a0); BK_MA(c11, b, a1);
+        b = _mm256_set1_epi32(w2[kq]); BK_MA(c20, b, a0); BK_MA(c21, b, a1);
+        b = _mm256_set1_epi32(w3[kq]); BK_MA(c30, b, a0); BK_MA(c31, b, a1);
+    }
+    out[0] = c00; out[1] = c01; out[2] = c10; out[3] = c11; out[4] = c20; out[5] = c21; out[6] = c30; out[7] = c31;
+}
 
 /* Epilogue shared by the paths: dot = acc - qsum; either int32 out or y = (float)dot / s * ws.              */
 static inline void bk_store_dots(const int32_t *acc, int64_t nl, int64_t t0, int64_t n, int64_t N,
@@ -482,18 +491,14 @@ BK_T512 static void bk_i2s_gemm_block_512(const uint8_t *w, int64_t N, int64_t K
     int32_t tmp[16];
     for (int64_t t0 = 0; t0 < T; t0 += BK_TW512) {
         const int64_t tn = T - t0 < BK_TW512 ? T - t0 : BK_TW512;
-        const int nv = (int)((tn + 15) / 16);
+        const int nv = tn <= 16 ? 1 : 4;
         const int32_t *a = at + t0 * (K / 4);
-        switch (nv) {
-            case 1: bk_mk512_nv1(wu, K, a, acc); break;
-            case 2: bk_mk512_nv2(wu, K, a, acc); break;
-            case 3: bk_mk512_nv3(wu, K, a, acc); break;
-            default: bk_mk512_nv4(wu, K, a, acc); break;
-        }
+        if (nv == 1) bk_mk512_nv1(wu, K, a, acc);
+        else bk_mk512_nv4(wu, K, a, acc);
         for (int64_t r = 0; r < rows; r++)
             for (int v = 0; v < nv; v++) {
                 _mm512_storeu_si512(tmp, acc[r * nv + v]);
-                const int64_t nl = tn - v * 16 < 16 ? tn - v * 16 : 16;
+                const int64_t nl = tn - v * 16 < 16 ? (tn - v * 16 > 0 ? tn - v * 16 : 0) : 16;
                 bk_store_dots(tmp, nl, t0 + v * 16, n0 + r, N, qsum, s, ws, yi, yf);
             }
     }
@@ -508,14 +513,13 @@ BK_T256 static void bk_i2s_gemm_block_256(const uint8_t *w, int64_t N, int64_t K
     int32_t tmp[8];
     for (int64_t t0 = 0; t0 < T; t0 += BK_TW256) {
         const int64_t tn = T - t0 < BK_TW256 ? T - t0 : BK_TW256;
-        const int nv = (int)((tn + 7) / 8);
+        const int nv = 2;
         const int32_t *a = at + t0 * (K / 4);
-        if (nv == 1) bk_mk256_nv1(wu, K, a, acc);
-        else bk_mk256_nv2(wu, K, a, acc);
+        bk_mk256_nv2(wu, K, a, acc);
         for (int64_t r = 0; r < rows; r++)
             for (int v = 0; v < nv; v++) {
                 _mm256_storeu_si256((__m256i *)tmp, acc[r * nv + v]);
-                const int64_t nl = tn - v * 8 < 8 ? tn - v * 8 : 8;
+                const int64_t nl = tn - v * 8 < 8 ? (tn - v * 8 > 0 ? tn - v * 8 : 0) : 8;
                 bk_store_dots(tmp, nl, t0 + v * 8, n0 + r, N, qsum, s, ws, yi, yf);
             }
     }
