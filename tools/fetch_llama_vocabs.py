@@ -32,7 +32,7 @@ def _download(version: str, dest: Path) -> Path:
     name = f"llama_cpp_python-{version}.tar.gz"
     if (dest / name).exists():
         return dest / name
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
            "-d", str(dest), f"llama-cpp-python=={version}"]
     print("+", " ".join(cmd), file=sys.stderr)
     r = subprocess.run(cmd, stdout=sys.stderr)

@@ -5,7 +5,6 @@ in it) into ids exactly as llama.cpp's tokenizer session does.
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 
@@ -73,6 +72,18 @@ class SPMEncoder:
         return ids
 
 
+def _merge_pairs(merges: list[str]) -> list[tuple[str, str]]:
+    """"a b" -> ("a", "b"), split at the first space after the first character, as llama.cpp does."""
+    pairs = [tuple(m.split(" ", 1)) for m in merges]
+    if any(len(p) != 2 or not p[0] for p in pairs):
+        pairs = []
+        for m in merges:
+            k = m.find(" ", 1)
+            if k > 0:
+                pairs.append((m[:k], m[k + 1:]))
+    return pairs  # type: ignore[return-value]
+
+
 _LATIN1_TO_BYTE_LEVEL = {b: c for b, c in enumerate(BYTE_TO_UNICODE[b] for b in range(256))}
 
 
@@ -86,43 +97,27 @@ class BPEEncoder:
 
     def __init__(self, vocab: Vocab, source: str = "model"):
         import regex
-        from tokenizers import Tokenizer
+        from tokenizers import models
 
         self.vocab = vocab
         cfg: PreConfig = pre_config(vocab.model, vocab.pre, source)
         self.cfg = cfg
+        merges = _merge_pairs(vocab.merges)
+        kw = dict(byte_fallback=not cfg.byte_encode, ignore_merges=cfg.ignore_merges)
         try:
-            tok = Tokenizer.from_str(self._json(vocab, cfg, vocab.merges))
+            self.model = models.BPE(vocab=vocab.token_to_id, merges=merges, **kw)
         except Exception:
             # a merge whose parts or result are not tokens: llama.cpp keeps it (its result then falls back to
             # bytes); the tokenizers library refuses it, so drop such merges and build again
             tv = vocab.token_to_id
-            kept = []
-            for m in vocab.merges:
-                k = m.find(" ", 1)
-                if k > 0 and m[:k] in tv and m[k + 1:] in tv and m[:k] + m[k + 1:] in tv:
-                    kept.append(m)
+            merges = [(a, b) for a, b in merges if a in tv and b in tv and a + b in tv]
             try:
-                tok = Tokenizer.from_str(self._json(vocab, cfg, kept))
+                self.model = models.BPE(vocab=tv, merges=merges, **kw)
             except Exception as e:
                 raise TokenizerError(f"{source}: could not build the BPE tokenizer from the vocabulary: {e}") from None
-        self.tok = tok
-        self.model = tok.model
         # ECMAScript's `$` (llama.cpp uses std::regex) is the end of the piece; Python's also matches before a final \n
         self.regexes = [regex.compile(r.replace("$", r"\Z")) for r in cfg.regexes]
         self.cache: dict[str, list[int]] = {}
-
-    @staticmethod
-    def _json(vocab: Vocab, cfg: PreConfig, merges: list[str]) -> str:
-        """A tokenizer.json holding the BPE model (merges as "a b" strings: parsed in Rust, not Python)."""
-        spec = {
-            "version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
-            "pre_tokenizer": None, "post_processor": None, "decoder": None,
-            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": not cfg.byte_encode,
-                      "ignore_merges": cfg.ignore_merges, "vocab": vocab.token_to_id, "merges": merges},
-        }
-        return json.dumps(spec, ensure_ascii=False, separators=(",", ":"))
 
     def split(self, text: str) -> list[str]:
         """Pre-tokens: each regex in turn keeps its matches and the text between them."""
