@@ -135,6 +135,15 @@ def test_every_metadata_value_type(write):
         assert m["strs"][2] == "é" and m["strs"][-2] == "▁t" and m["strs"][1:3] == ["a", "é"]
 
 
+@pytest.mark.parametrize("items", [["ab", "", "c", ""], ["", ""], ["é", "x", "▁▁", "Ġthe", ""], []])
+def test_string_arrays_ascii_and_not(write, items):
+    p = write(gguf_bytes([kv_str_array("t", [s.encode() for s in items])], []))
+    with read_gguf(p) as f:
+        t = f.metadata["t"]
+        assert len(t) == len(items) and list(t) == items and [t[i] for i in range(len(items))] == items
+        assert t == items and t[::-1] == items[::-1]
+
+
 def test_string_array_outlives_the_file(write):
     p = write(gguf_bytes([kv_str_array("t", ["x", "yé"])], []))
     with read_gguf(p) as f:

@@ -136,12 +136,15 @@ class StringArray(Sequence[str]):
                 reason = f"is not valid UTF-8 ({e.reason})"
         if err_at is not None:
             raise c.fail(f"string {err_at} of {key!r} {reason}", at=int(starts[err_at]) - 8)
-        lead = np.empty(data.size + 1, dtype=np.int64)
-        lead[0] = 0
-        np.cumsum((data & 0xC0) != 0x80, out=lead[1:])
+        # character offsets of the string boundaries: byte offset minus the continuation bytes before it
+        bounds = np.append(dstart, data.size)
+        if len(text) != data.size:  # not pure ASCII
+            cont = np.zeros(data.size + 1, dtype=np.int32)
+            np.cumsum((data & 0xC0) == 0x80, out=cont[1:])
+            bounds = bounds - cont[bounds]
         self = cls.__new__(cls)
         self._text = text
-        self._bounds = lead[np.append(dstart, data.size)] if n else np.zeros(1, dtype=np.int64)
+        self._bounds = bounds
         self._list = None
         return self
 
