@@ -1,0 +1,188 @@
+"""`--verify`: run a few tokens through transformers' BitNet and through the converted GGUF, and compare logits.
+
+The reference is transformers' own model (BitNetForCausalLM, loaded from the checkpoint; a 1bitLLM checkpoint is
+loaded into BitNetForCausalLM with hidden_act silu and its tensors renamed, which is the same graph as 1bitLLM's
+remote code). Each GGUF weight type runs with its engine's activation numerics, so the reference is told to do
+the same, and a correct conversion then agrees to float rounding:
+- I2_S: int8 activations per token: transformers' ActQuant as it is.
+- TQ1_0 / TQ2_0: llama.cpp's Q8_K activations (one scale per 256 values) and the fp16 block scale d: ActQuant is
+  swapped for the project's Q8_K reference quantizer and the weight scale rounded to fp16.
+- F32 / F16: float activations (no quantization): ActQuant is swapped for the identity (F16: weights rounded).
+The plain transformers comparison (per-token activations for every type) is printed too.
+Needs the `convert` extra (torch, transformers, safetensors, accelerate).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bitnet_models.convert.errors import VerifyError
+from bitnet_models.convert.hfconfig import HFConfig, read_config
+
+NUMERICS = {"I2_S": "i2s", "TQ2_0": "q8k", "TQ1_0": "q8k", "F32": "f32", "F16": "f16", "BF16": "f32"}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    numerics: str  # the reference's activation/weight numerics: i2s, q8k, f32, f16 or "transformers"
+    top1: float  # fraction of positions whose argmax agrees
+    max_rel: float  # max |ours - ref| / max |ref|
+    rms_rel: float  # ||ours - ref|| / ||ref||
+
+    def line(self) -> str:
+        return (f"{self.numerics:>12}: top-1 agreement {100 * self.top1:.1f}%, max relative error "
+                f"{self.max_rel:.2e}, rms relative error {self.rms_rel:.2e}")
+
+
+def compare(ours: np.ndarray, ref: np.ndarray, numerics: str) -> Comparison:
+    ours = np.asarray(ours, np.float64)
+    ref = np.asarray(ref, np.float64)
+    return Comparison(numerics, float((ours.argmax(-1) == ref.argmax(-1)).mean()),
+                      float(np.abs(ours - ref).max() / np.abs(ref).max()),
+                      float(np.linalg.norm(ours - ref) / np.linalg.norm(ref)))
+
+
+def _torch():
+    try:
+        import torch
+        import transformers  # noqa: F401
+        from transformers.integrations import bitnet  # noqa: F401
+    except ImportError as e:
+        raise VerifyError(f"--verify needs torch and transformers ({e.name} is missing): "
+                          "pip install 'bitnet[convert]'") from None
+    torch._dynamo.config.disable = True  # transformers' BitNet ops are torch.compile'd; eager is exact and quick
+    return torch
+
+
+def load_reference(folder: str | Path, cfg: HFConfig | None = None):
+    """transformers' model for the checkpoint, in float32, eval mode."""
+    torch = _torch()
+    from transformers import AutoModelForCausalLM
+
+    cfg = cfg or read_config(folder)
+    if cfg.family == "transformers-bitnet":
+        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    return _load_1bitllm(folder, cfg, torch)
+
+
+def _load_1bitllm(folder, cfg: HFConfig, torch):
+    from safetensors.torch import load_file
+    from transformers import BitNetConfig, BitNetForCausalLM
+    from transformers.integrations.bitnet import replace_with_bitnet_linear
+    from transformers.utils.quantization_config import BitNetQuantConfig
+
+    from bitnet_models.convert.safetensors import Checkpoint
+
+    tc = BitNetConfig(vocab_size=cfg.vocab, hidden_size=cfg.hidden, intermediate_size=cfg.ffn,
+                      num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
+                      num_key_value_heads=cfg.kv_heads, hidden_act=cfg.act, max_position_embeddings=cfg.ctx,
+                      rms_norm_eps=cfg.eps, tie_word_embeddings=cfg.tied, rope_theta=cfg.rope_theta)
+    tc.rope_parameters = {"rope_theta": cfg.rope_theta, "rope_type": "default"}
+    model = BitNetForCausalLM(tc)
+    qc = BitNetQuantConfig(linear_class="autobitlinear", quantization_mode="online")
+    model = replace_with_bitnet_linear(model, modules_to_not_convert=["lm_head"], quantization_config=qc)
+    rename = {".self_attn.inner_attn_ln.": ".self_attn.attn_sub_norm.", ".mlp.ffn_layernorm.": ".mlp.ffn_sub_norm."}
+    state = {}
+    for shard in sorted({e.path for e in Checkpoint(folder).entries.values()}):
+        for k, v in load_file(str(shard)).items():
+            for a, b in rename.items():
+                k = k.replace(a, b)
+            state[k] = v.float()
+    if cfg.tied:
+        state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
+    model.load_state_dict(state, strict=False, assign=True)
+    if cfg.tied:
+        model.tie_weights()
+    return model.float().eval()
+
+
+@contextlib.contextmanager
+def reference_numerics(model, numerics: str, round_head_f16: bool = False):
+    """Make transformers' BitLinear layers compute as the engine does for a GGUF weight type (see module doc)."""
+    torch = _torch()
+    from transformers.integrations import bitnet as tb
+
+    from bitnet_quantization import quantize_q8_k
+
+    saved = (tb.ActQuant, tb.WeightQuant)
+    scales = []
+    hooks = []
+
+    class Identity:
+        @staticmethod
+        def apply(x):
+            return x
+
+    class Q8KAct:
+        @staticmethod
+        def apply(x):
+            shape = x.shape
+            a = quantize_q8_k(x.detach().reshape(-1, shape[-1]).float().numpy())
+            nb = a.d.shape[1]
+            deq = a.q.reshape(-1, nb, 256).astype(np.float32) * a.d[..., None]
+            return torch.from_numpy(deq.reshape(shape)).to(x.dtype)
+
+    class WeightF16Scale:  # W_q = q * fp16(1/s): the TQ block scale d, or F16's rounding of q * scale
+        @staticmethod
+        def apply(w):
+            wf = w.float()
+            s = 1.0 / wf.abs().mean().clamp(min=1e-5)
+            q = (wf * s).round().clamp(-1, 1)
+            return (q * (1.0 / s).half().float()).to(w.dtype)
+
+    try:
+        if numerics in ("f32", "f16"):
+            tb.ActQuant = Identity
+        elif numerics == "q8k":
+            tb.ActQuant = Q8KAct
+        if numerics in ("q8k", "f16"):
+            tb.WeightQuant = WeightF16Scale
+            for m in model.modules():  # offline layers: W = q * weight_scale
+                if isinstance(m, tb.AutoBitLinear) and not m.online_quant:
+                    scales.append((m, m.weight_scale.detach().clone()))
+                    m.weight_scale.data = m.weight_scale.data.half().float().to(m.weight_scale.dtype)
+        if round_head_f16:  # llama.cpp's `bitnet` graph rounds the head's input to F16
+            hooks.append(model.lm_head.register_forward_pre_hook(lambda mod, args: (args[0].half().float(),)))
+        yield model
+    finally:
+        tb.ActQuant, tb.WeightQuant = saved
+        for m, s in scales:
+            m.weight_scale.data = s
+        for h in hooks:
+            h.remove()
+
+
+def reference_logits(model, tokens: np.ndarray, numerics: str = "i2s", round_head_f16: bool = False) -> np.ndarray:
+    torch = _torch()
+    with reference_numerics(model, numerics, round_head_f16), torch.no_grad():
+        return model(torch.as_tensor(np.asarray(tokens, np.int64))[None]).logits[0].float().numpy()
+
+
+def verify(hf_dir: str | Path, gguf_path: str | Path, n_tokens: int = 8, seed: int = 0) -> list[Comparison]:
+    """Compare the converted file with transformers on `n_tokens` random token ids; returns the comparisons
+    (first: the reference with the engine's numerics for the file's weight type; second: plain transformers)."""
+    try:
+        from bitnet_inference import Model
+    except ImportError:
+        raise VerifyError("--verify runs the converted file with bitnet-inference: pip install 'bitnet[inference]'") \
+            from None
+    from bitnet_models.gguf.reader import read_gguf
+
+    cfg = read_config(hf_dir)
+    with read_gguf(gguf_path) as f:
+        arch = f.architecture
+        wtype = f.tensors["blk.0.attn_q.weight"].qtype.name
+        head = f.tensors.get("output.weight", f.tensors["token_embd.weight"]).qtype.name
+        n_vocab = f.tensors["token_embd.weight"].shape[0]
+    tokens = np.random.default_rng(seed).integers(0, min(n_vocab, cfg.vocab), n_tokens)
+    ours = Model(gguf_path, numerics="fast", kv_type="f32").forward(tokens, 0)
+    model = load_reference(hf_dir, cfg)
+    numerics = NUMERICS.get(wtype, "f32")
+    round_head = arch == "bitnet" and head == "F16"
+    out = [compare(ours, reference_logits(model, tokens, numerics, round_head), numerics)]
+    out.append(compare(ours, reference_logits(model, tokens, "i2s"), "transformers"))
+    return out
