@@ -114,3 +114,20 @@ def test_quantize_q8_k_matches_oracle(threads):
     np.testing.assert_array_equal(got.q, ref.q)
     np.testing.assert_array_equal(got.d, ref.d)
     np.testing.assert_array_equal(got.bsums, ref.bsums)
+
+
+@pytest.mark.parametrize("t", [1, 3, 17])
+def test_i2s_linear_multi_equals_separate_calls(isa, threads, t):
+    rng = np.random.default_rng(t)
+    k = 384
+    mats = []
+    for n, scale in [(33, 0.5), (7, 1.5), (64, 2.0)]:
+        w = _ternary(rng, n, k)
+        mats.append((w, np.float32(scale), i2s_pack(w, scale), n))
+    x = _acts(rng, t, k)
+    ys = bk.i2s_linear_multi([(raw, n) for _, _, raw, n in mats], k, x)
+    for (w, scale, raw, n), y in zip(mats, ys):
+        np.testing.assert_array_equal(y, i2s_linear(w, scale, x))
+    outs = [np.empty((t, n), np.float32) for *_, n in mats]
+    ys2 = bk.i2s_linear_multi([(raw, n) for _, _, raw, n in mats], k, x, outs=outs)
+    assert all(a is b for a, b in zip(ys2, outs))

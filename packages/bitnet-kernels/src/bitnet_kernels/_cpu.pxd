@@ -5,6 +5,8 @@ from libc.stdint cimport int8_t, uint8_t, int16_t, uint16_t, int32_t, int64_t
 cdef void quantize_act_k(const float* x, int64_t T, int64_t K, int8_t* q, float* s, int32_t* qsum) noexcept nogil
 cdef void i2s_dot_k(const uint8_t* w, int64_t N, int64_t K, const int8_t* q, const int32_t* qsum,
                     const float* s, float ws, int64_t T, int32_t* yi, float* yf) noexcept nogil
+cdef void i2s_linear_multi_k(int m, const uint8_t** w, const int64_t* N, int64_t K, const float* x, int64_t T,
+                             float** y) noexcept nogil
 cdef void i2s_linear_k(const uint8_t* w, int64_t N, int64_t K, const float* x, int64_t T, float* y) noexcept nogil
 cdef void q8k_quantize_k(const float* x, int64_t T, int64_t K, int8_t* q, float* d, int16_t* bsums) noexcept nogil
 cdef void tq_linear_k(const uint8_t* w, int qtype, int64_t N, int64_t K, const float* x, int64_t T,

@@ -156,39 +156,54 @@ cdef void q8k_quantize_k(const float* x, int64_t T, int64_t K, int8_t* q, float*
 # ---------------------------------------------------------------------------------------------------------------
 # I2_S
 
-cdef void _i2s_gemv(const uint8_t* w, int64_t N, int64_t K, const int8_t* q, int32_t qsum, float s, float ws,
-                    int32_t* yi, float* yf) noexcept nogil:
-    """One token: rows in chunks of GEMV_CHUNK, each thread streaming a contiguous range of rows."""
+DEF MAX_MATS = 8  # matrices sharing one input in i2s_linear_multi
+
+
+cdef void _i2s_gemv(int m, const uint8_t** w, const int64_t* N, int64_t K, const int8_t* q, int32_t qsum, float s,
+                    const float* ws, int32_t* yi, float** yf) noexcept nogil:
+    """One token through m matrices that share it, in ONE parallel region (a region costs a thread wake-up).
+
+    Rows go in chunks of GEMV_CHUNK, never across matrices; each thread streams a contiguous range of chunks.
+    """
     cdef int isa = _isa
-    cdef int64_t nchunks = (N + GEMV_CHUNK - 1) // GEMV_CHUNK
-    cdef int64_t c, n0, n1, i
+    cdef int64_t first[MAX_MATS + 1]
+    cdef int64_t c, n0, n1, i, nchunks = 0
+    cdef int j, mat
     cdef int8_t* qp = NULL
-    cdef int32_t* dots = <int32_t*>malloc(N * sizeof(int32_t))
+    cdef int32_t* dots = NULL
     cdef uint8_t* codes = NULL
+    for j in range(m):
+        first[j] = nchunks
+        nchunks += (N[j] + GEMV_CHUNK - 1) // GEMV_CHUNK
+    first[m] = nchunks
     if isa == BK_VNNI:
         qp = <int8_t*>malloc(K)
         bk_i2s_perm_act(q, K, qp)
-    with parallel(num_threads=_threads):
+    with parallel(num_threads=_threads if nchunks > 1 else 1):
+        dots = <int32_t*>malloc(GEMV_CHUNK * sizeof(int32_t))
         codes = NULL
         if isa == BK_PORTABLE:
             codes = <uint8_t*>malloc(K)
         for c in prange(nchunks, schedule='static'):
-            n0 = c * GEMV_CHUNK
-            n1 = _min(N, n0 + GEMV_CHUNK)
+            mat = 0
+            while c >= first[mat + 1]:
+                mat = mat + 1
+            n0 = (c - first[mat]) * GEMV_CHUNK
+            n1 = _min(N[mat], n0 + GEMV_CHUNK)
             if isa == BK_VNNI:
-                bk_i2s_gemv_rows_512(w, K, qp, n0, n1, dots + n0)
+                bk_i2s_gemv_rows_512(w[mat], K, qp, n0, n1, dots)
             elif isa == BK_AVX2:
-                bk_i2s_gemv_rows_256(w, K, q, n0, n1, dots + n0)
+                bk_i2s_gemv_rows_256(w[mat], K, q, n0, n1, dots)
             else:
-                bk_i2s_gemv_rows_c(w, K, q, n0, n1, dots + n0, codes)
+                bk_i2s_gemv_rows_c(w[mat], K, q, n0, n1, dots, codes)
             for i in range(n0, n1):
                 if yi != NULL:
-                    yi[i] = dots[i] - qsum
+                    yi[i] = dots[i - n0] - qsum
                 else:
-                    yf[i] = (<float>(dots[i] - qsum) / s) * ws
+                    yf[mat][i] = (<float>(dots[i - n0] - qsum) / s) * ws[mat]
         free(codes)
+        free(dots)
     free(qp)
-    free(dots)
 
 
 cdef void _i2s_gemm(const uint8_t* w, int64_t N, int64_t K, const int8_t* q, const int32_t* qsum, const float* s,
@@ -231,19 +246,38 @@ cdef void _i2s_gemm(const uint8_t* w, int64_t N, int64_t K, const int8_t* q, con
 cdef void i2s_dot_k(const uint8_t* w, int64_t N, int64_t K, const int8_t* q, const int32_t* qsum,
                     const float* s, float ws, int64_t T, int32_t* yi, float* yf) noexcept nogil:
     if T == 1:
-        _i2s_gemv(w, N, K, q, qsum[0], s[0], ws, yi, yf)
+        _i2s_gemv(1, &w, &N, K, q, qsum[0], s[0], &ws, yi, &yf)
     else:
         _i2s_gemm(w, N, K, q, qsum, s, ws, T, yi, yf)
 
 
+cdef inline float _i2s_scale(const uint8_t* w, int64_t N, int64_t K) noexcept nogil:
+    cdef float ws
+    memcpy(&ws, w + N * K // 4, sizeof(float))
+    return ws
+
+
 cdef void i2s_linear_k(const uint8_t* w, int64_t N, int64_t K, const float* x, int64_t T, float* y) noexcept nogil:
+    i2s_linear_multi_k(1, &w, &N, K, x, T, &y)
+
+
+cdef void i2s_linear_multi_k(int m, const uint8_t** w, const int64_t* N, int64_t K, const float* x, int64_t T,
+                             float** y) noexcept nogil:
+    """m I2_S matrices applied to the same x (e.g. q/k/v, gate/up): x is quantized once; one token runs all
+    matrices in a single parallel region."""
     cdef int8_t* q = <int8_t*>malloc(T * K)
     cdef float* s = <float*>malloc(T * sizeof(float))
     cdef int32_t* qsum = <int32_t*>malloc(T * sizeof(int32_t))
-    cdef float ws
-    memcpy(&ws, w + N * K // 4, sizeof(float))
+    cdef float ws[MAX_MATS]
+    cdef int j
+    for j in range(m):
+        ws[j] = _i2s_scale(w[j], N[j], K)
     quantize_act_k(x, T, K, q, s, qsum)
-    i2s_dot_k(w, N, K, q, qsum, s, ws, T, NULL, y)
+    if T == 1:
+        _i2s_gemv(m, w, N, K, q, qsum[0], s[0], ws, NULL, y)
+    else:
+        for j in range(m):
+            _i2s_gemm(w[j], N[j], K, q, qsum, s, ws[j], T, NULL, y[j])
     free(q)
     free(s)
     free(qsum)
@@ -488,6 +522,23 @@ def i2s_gemm_i32(const uint8_t[::1] w, int64_t N, int64_t K, const int8_t[::1] q
 def i2s_linear(const uint8_t[::1] w, int64_t N, int64_t K, const float[::1] x, int64_t T, float[::1] y):
     with nogil:
         i2s_linear_k(&w[0], N, K, &x[0], T, &y[0])
+
+
+def i2s_linear_multi(list ws, list ns, int64_t K, const float[::1] x, int64_t T, list ys):
+    cdef const uint8_t* wp[MAX_MATS]
+    cdef float* yp[MAX_MATS]
+    cdef int64_t np_[MAX_MATS]
+    cdef const uint8_t[::1] wv
+    cdef float[::1] yv
+    cdef int j, m = len(ws)
+    for j in range(m):
+        wv = ws[j]
+        yv = ys[j]
+        wp[j] = &wv[0]
+        yp[j] = &yv[0]
+        np_[j] = ns[j]
+    with nogil:
+        i2s_linear_multi_k(m, wp, np_, K, &x[0], T, yp)
 
 
 def tq_linear(const uint8_t[::1] w, int qtype, int64_t N, int64_t K, const float[::1] x, int64_t T, float[::1] y):

@@ -253,6 +253,9 @@ BK_T512 static inline int32_t bk_i2s_combine512(__m512i a0, __m512i a1, __m512i 
     return _mm512_reduce_add_epi32(v);
 }
 
+#ifndef BK_PF_ROWS
+#define BK_PF_ROWS 2 /* software prefetch this many rows ahead in the GEMVs (0 = off) */
+#endif
 BK_T512 static void bk_i2s_gemv_rows_512(const uint8_t *w, int64_t K, const int8_t *qp, int64_t n0, int64_t n1,
                                          int32_t *dot) {
     const __m512i m0 = _mm512_set1_epi8((char)0xC0), m1 = _mm512_set1_epi8(0x30);
@@ -269,6 +272,10 @@ BK_T512 static void bk_i2s_gemv_rows_512(const uint8_t *w, int64_t K, const int8
             const __m512i x0 = _mm512_loadu_si512(a), x1 = _mm512_loadu_si512(a + 64);
             const __m512i x2 = _mm512_loadu_si512(a + 128), x3 = _mm512_loadu_si512(a + 192);
             const __m512i va = _mm512_loadu_si512(wa + j * 32), vb = _mm512_loadu_si512(wb + j * 32);
+#if BK_PF_ROWS
+            _mm_prefetch((const char *)(wa + BK_PF_ROWS * rb + j * 32), _MM_HINT_T0);
+            _mm_prefetch((const char *)(wb + BK_PF_ROWS * rb + j * 32), _MM_HINT_T0);
+#endif
             a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(va, m0), x0);
             a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(va, m1), x1);
             a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(va, m2), x2);

@@ -191,6 +191,34 @@ def i2s_linear(w: np.ndarray, N: int, K: int, x: np.ndarray, out: np.ndarray | N
     return y
 
 
+def i2s_linear_multi(weights, K: int, x: np.ndarray, outs=None) -> list[np.ndarray]:
+    """Several I2_S matrices applied to the same x (T, K), e.g. attention q/k/v or FFN gate/up.
+
+    `weights` is a sequence of (raw_bytes, N). Same results as one i2s_linear per matrix, but x is quantized
+    once and a single token runs every matrix in one parallel region (each region costs a thread wake-up).
+    """
+    weights = list(weights)
+    if not 1 <= len(weights) <= 8:
+        raise KernelError(f"i2s_linear_multi takes 1 to 8 matrices, got {len(weights)}")
+    _check("x", x, np.float32, ndim=2)
+    ws, ns = [], []
+    for raw, n in weights:
+        n, k = _i2s_weights(raw, n, K)
+        ws.append(raw)
+        ns.append(n)
+    if x.shape[1] != K or x.shape[0] == 0:
+        raise KernelError(f"x must have shape (T, {K}) with T >= 1, got {x.shape}")
+    t = x.shape[0]
+    if outs is None:
+        ys = [np.empty((t, n), np.float32) for n in ns]
+    else:
+        if len(outs) != len(ws):
+            raise KernelError(f"outs must hold one array per matrix ({len(ws)}), got {len(outs)}")
+        ys = [_out(o, (t, n)) for o, n in zip(outs, ns)]
+    _cpu.i2s_linear_multi(ws, ns, int(K), _flat(x), t, [_flat(y) for y in ys])
+    return ys
+
+
 def tq_linear(w: np.ndarray, qtype: str, N: int, K: int, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """y (T, N) for TQ2_0 / TQ1_0 weights (raw blocks) with llama.cpp's Q8_K activations; the per-256-block
     integer dots are exact and summed in float32 block by block (bitwise equal to the numpy oracle)."""
