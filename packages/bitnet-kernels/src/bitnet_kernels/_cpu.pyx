@@ -492,6 +492,62 @@ cdef void silu_mul_k(const float* g, const float* u, float* y, int64_t n) noexce
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# fast entry points for the decode hot path: typed 2-D/3-D memoryviews check dtype, rank and C-contiguity
+# during acquisition; shapes are compared here. Any failure raises ValueError/TypeError and bitnet_kernels.cpu
+# then re-checks in Python to raise a KernelError that names the problem.
+
+def fast_i2s_linear(const uint8_t[::1] w, int64_t N, int64_t K, const float[:, ::1] x, float[:, ::1] y):
+    cdef int64_t T = x.shape[0]
+    if K % 128 or N < 1 or w.shape[0] != N * K // 4 + 32 or x.shape[1] != K or T < 1 or y.shape[0] != T or y.shape[1] != N:
+        raise ValueError("i2s_linear: shape mismatch")
+    with nogil:
+        i2s_linear_k(&w[0], N, K, &x[0, 0], T, &y[0, 0])
+
+
+def fast_rmsnorm(const float[:, ::1] x, const float[::1] w, float eps, float[:, ::1] y):
+    cdef int64_t T = x.shape[0], K = x.shape[1]
+    if w.shape[0] != K or y.shape[0] != T or y.shape[1] != K or T < 1 or K < 1 or not eps >= 0:
+        raise ValueError("rmsnorm: shape mismatch")
+    with nogil:
+        rmsnorm_k(&x[0, 0], &w[0], T, K, eps, &y[0, 0])
+
+
+def fast_rope_neox(float[:, :, ::1] x, const int32_t[::1] pos, float base, int64_t n_rot):
+    cdef int64_t T = x.shape[0]
+    if pos.shape[0] != T or T < 1 or n_rot < 2 or n_rot % 2 or n_rot > x.shape[2] or x.shape[1] < 1 or not base > 0:
+        raise ValueError("rope_neox: shape mismatch")
+    with nogil:
+        rope_neox_k(&x[0, 0, 0], &pos[0], T, x.shape[1], x.shape[2], base, n_rot)
+
+
+def fast_attention(const float[:, :, ::1] q, const uint16_t[:, :, ::1] k, const uint16_t[:, :, ::1] v, int64_t pos0,
+                   int64_t n_kv, float[:, :, ::1] out):
+    cdef int64_t T = q.shape[0], H = q.shape[1], D = q.shape[2], Hkv = k.shape[0], S = k.shape[1]
+    if (T < 1 or H < 1 or D < 1 or Hkv < 1 or H % Hkv or k.shape[2] != D or v.shape[0] != Hkv or v.shape[1] != S
+            or v.shape[2] != D or pos0 < 0 or n_kv < 1 or n_kv > S or out.shape[0] != T or out.shape[1] != H
+            or out.shape[2] != D):
+        raise ValueError("attention: shape mismatch")
+    with nogil:
+        attention_k(&q[0, 0, 0], &k[0, 0, 0], &v[0, 0, 0], T, H, Hkv, S, D, pos0, n_kv, &out[0, 0, 0])
+
+
+def fast_f16_gemv(const uint16_t[:, ::1] w, const float[:, ::1] x, float[:, ::1] y):
+    cdef int64_t N = w.shape[0], K = w.shape[1], T = x.shape[0]
+    if N < 1 or K < 1 or T < 1 or x.shape[1] != K or y.shape[0] != T or y.shape[1] != N:
+        raise ValueError("f16_gemv: shape mismatch")
+    with nogil:
+        f16_gemv_k(&w[0, 0], N, K, &x[0, 0], T, &y[0, 0])
+
+
+def fast_q8_head_gemv(const int8_t[:, ::1] w, const float[::1] scale, const float[:, ::1] x, float[:, ::1] y):
+    cdef int64_t N = w.shape[0], K = w.shape[1], T = x.shape[0]
+    if N < 1 or K < 1 or T < 1 or scale.shape[0] != N or x.shape[1] != K or y.shape[0] != T or y.shape[1] != N:
+        raise ValueError("q8_head_gemv: shape mismatch")
+    with nogil:
+        q8_head_gemv_k(&w[0, 0], &scale[0], N, K, &x[0, 0], T, &y[0, 0])
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # raw entry points (flat C-contiguous buffers; bitnet_kernels.cpu validates shapes before calling)
 
 def quantize_act_i8(const float[::1] x, int64_t T, int64_t K, int8_t[::1] q, float[::1] s, int32_t[::1] qsum):

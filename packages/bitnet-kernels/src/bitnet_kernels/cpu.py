@@ -182,7 +182,13 @@ def i2s_gemm_i32(w: np.ndarray, N: int, K: int, q: np.ndarray, out: np.ndarray |
 def i2s_linear(w: np.ndarray, N: int, K: int, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """y (T, N) = I2_S weights (raw bytes, shape (N, K)) applied to x (T, K) the bitnet.cpp way, fused:
     per-token int8 quantization, exact integer dots, y = (float)dot / s[t] * w_scale."""
-    N, K = _i2s_weights(w, N, K)
+    try:
+        y = np.empty((x.shape[0], N), np.float32) if out is None else out
+        _cpu.fast_i2s_linear(w, N, K, x, y)
+        return y
+    except (ValueError, TypeError, AttributeError, IndexError, OverflowError):
+        pass
+    N, K = _i2s_weights(w, N, K)  # the slow path: find the problem and say it
     _check("x", x, np.float32, ndim=2)
     if x.shape[1] != K or x.shape[0] == 0:
         raise KernelError(f"x must have shape (T, {K}) with T >= 1, got {x.shape}")
@@ -241,6 +247,13 @@ def tq_linear(w: np.ndarray, qtype: str, N: int, K: int, x: np.ndarray, out: np.
 
 def f16_gemv(w: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """y (T, V) = x (T, K) @ w (V, K, float16).T with float32 accumulation (rows split over threads)."""
+    try:
+        if w.dtype == np.float16:
+            y = np.empty((x.shape[0], w.shape[0]), np.float32) if out is None else out
+            _cpu.fast_f16_gemv(w.view(np.uint16), x, y)
+            return y
+    except (ValueError, TypeError, AttributeError, IndexError):
+        pass
     wb = _f16_bits("w", w, ndim=2)
     v, k = w.shape
     _check("x", x, np.float32, ndim=2)
@@ -263,6 +276,12 @@ def q8_head_prepare(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def q8_head_gemv(q: np.ndarray, scale: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """y (T, V) = (float)(int8 dot of q[v] and x quantized per token) / s_x[t] * scale[v]."""
+    try:
+        y = np.empty((x.shape[0], q.shape[0]), np.float32) if out is None else out
+        _cpu.fast_q8_head_gemv(q, scale, x, y)
+        return y
+    except (ValueError, TypeError, AttributeError, IndexError):
+        pass
     _check("q", q, np.int8, ndim=2)
     v, k = q.shape
     _check("scale", scale, np.float32, shape=(v,))
@@ -278,6 +297,12 @@ def q8_head_gemv(q: np.ndarray, scale: np.ndarray, x: np.ndarray, out: np.ndarra
 
 def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray | None = None) -> np.ndarray:
     """ggml's RMSNorm times the weight: y = x * (1 / sqrtf(mean(x^2) + eps)) * w, the sum of squares in double."""
+    try:
+        y = np.empty_like(x) if out is None else out
+        _cpu.fast_rmsnorm(x, w, eps, y)
+        return y
+    except (ValueError, TypeError, AttributeError, IndexError):
+        pass
     _check("x", x, np.float32, ndim=2)
     t, k = x.shape
     _check("w", w, np.float32, shape=(k,))
@@ -291,6 +316,12 @@ def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray | None = N
 
 def rope_neox(x: np.ndarray, pos: np.ndarray, base: float, n_rot: int) -> np.ndarray:
     """NEOX rotary embedding in place on x (T, H, D): pairs (i, i + n_rot/2), theta = pos * base^(-2i/n_rot)."""
+    try:
+        if not isinstance(n_rot, bool):
+            _cpu.fast_rope_neox(x, pos, base, n_rot)
+            return x
+    except (ValueError, TypeError, AttributeError, IndexError, OverflowError):
+        pass
     _check("x", x, np.float32, ndim=3, writable=True)
     t, h, d = x.shape
     _check("pos", pos, np.int32, shape=(t,))
@@ -307,6 +338,13 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int
               out: np.ndarray | None = None) -> np.ndarray:
     """Causal GQA attention over an F16 cache: token t (at position pos0 + t) sees cache positions
     < min(pos0 + t + 1, n_kv); head h reads KV head h // (H / Hkv); scale 1/sqrt(D); softmax in float32."""
+    try:
+        if k_cache.dtype == np.float16 and v_cache.dtype == np.float16:
+            y = np.empty_like(q) if out is None else out
+            _cpu.fast_attention(q, k_cache.view(np.uint16), v_cache.view(np.uint16), pos0, n_kv, y)
+            return y
+    except (ValueError, TypeError, AttributeError, IndexError, OverflowError):
+        pass
     _check("q", q, np.float32, ndim=3)
     t, h, d = q.shape
     kb = _f16_bits("k_cache", k_cache, ndim=3)
