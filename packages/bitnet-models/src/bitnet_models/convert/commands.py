@@ -20,6 +20,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="general.name (default: the folder's name)")
     p.add_argument("--tokenizer-pre", metavar="NAME",
                    help="llama.cpp pre-tokenizer name for a tokenizer.json that is not LLaMA-3 or GPT-2 style")
+    p.add_argument("--allow-untied-head", action="store_true",
+                   help="arch bitnet only: write a separate lm_head as output.weight (llama.cpp cannot load that)")
     p.add_argument("--verify", action="store_true",
                    help="run a few tokens through transformers and the converted file and compare the logits "
                         "(needs the convert extra)")
@@ -33,7 +35,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.verify_tokens <= 0:
         raise ConvertError(f"--verify-tokens must be positive, got {args.verify_tokens}")
     t0 = time.perf_counter()
-    r = convert(args.hf_dir, args.outfile, args.outtype, name=args.name, tokenizer_pre=args.tokenizer_pre)
+    r = convert(args.hf_dir, args.outfile, args.outtype, name=args.name, tokenizer_pre=args.tokenizer_pre,
+                allow_untied_head=args.allow_untied_head)
     print(f"wrote {r.path}: arch {r.arch}, {r.outtype}, {r.n_tensors} tensors, {r.n_bytes:,} bytes, "
           f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if not args.verify:

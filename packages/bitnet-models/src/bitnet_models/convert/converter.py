@@ -69,8 +69,9 @@ def _weight_types(outtype: str) -> tuple[str, str]:
 
 
 class _Plan:
-    def __init__(self, folder: Path, cfg: HFConfig, ckpt: Checkpoint, outtype: str):
+    def __init__(self, folder: Path, cfg: HFConfig, ckpt: Checkpoint, outtype: str, allow_untied_head: bool):
         self.folder, self.cfg, self.ckpt, self.outtype = folder, cfg, ckpt, outtype
+        self.allow_untied_head = allow_untied_head
         self.used: set[str] = set()
         self.n_vocab = self._embedding_rows()
 
@@ -159,6 +160,11 @@ class _Plan:
         untied = "lm_head.weight" in self.ckpt and not cfg.tied
         if not cfg.tied and "lm_head.weight" not in self.ckpt:
             raise CheckpointError(f"{self.folder}: tie_word_embeddings is false but lm_head.weight is missing")
+        if untied and cfg.arch == "bitnet" and not self.allow_untied_head:
+            raise UnsupportedModelError(
+                f"{self.folder}: the checkpoint has its own lm_head, but llama.cpp's `bitnet` graph has no "
+                "output.weight (it reuses token_embd as the LM head); pass --allow-untied-head to write "
+                "output.weight anyway (bitnet-py runs it, llama.cpp cannot load it)")
         if untied:
             out.append(("output.weight", self._float_tensor("lm_head.weight", (self.n_vocab, cfg.hidden), etype),
                         etype))
@@ -205,7 +211,7 @@ def gguf_metadata(cfg: HFConfig, outtype: str, n_vocab: int, name: str | None = 
 
 
 def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, outtype: str = "i2_s", *, name: str | None = None,
-            tokenizer_pre: str | None = None) -> ConvertResult:
+            tokenizer_pre: str | None = None, allow_untied_head: bool = False) -> ConvertResult:
     """Convert the checkpoint in `hf_dir` to a GGUF file at `out` (written atomically).
 
     Raises a ConvertError subclass (one line naming the problem and the fix) for anything it cannot convert
@@ -222,7 +228,7 @@ def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, outtype: str = "i
         raise UnsupportedModelError(f"{folder}: quantization_config.use_rms_norm adds a norm inside every "
                                     "BitLinear, which the GGUF graphs do not have")
     ckpt = Checkpoint(folder)
-    plan = _Plan(folder, cfg, ckpt, outtype)
+    plan = _Plan(folder, cfg, ckpt, outtype, allow_untied_head)
     tensors = plan.tensors()
     md = gguf_metadata(cfg, outtype, plan.n_vocab, name)
     md.update(tokenizer_metadata(folder, plan.n_vocab, cfg.raw, tokenizer_pre))

@@ -213,7 +213,7 @@ def make_checkpoint(folder: str | Path, shape: Shape = SHAPES["tiny"], *, mode: 
     folder.mkdir(parents=True, exist_ok=True)
     s = shape
     act = act or ("relu2" if family == "transformers-bitnet" else "silu")
-    tied = (family == "transformers-bitnet") if tied is None else tied
+    tied = True if tied is None else tied  # 2B-4T and llama.cpp's `bitnet` graph tie the LM head
     head_dim = s.hidden // s.heads
     kv = s.kv_heads * head_dim
     specials = write_bpe_tokenizer(folder, s.vocab)

@@ -80,7 +80,8 @@ def _load_1bitllm(folder, cfg: HFConfig, torch):
     tc = BitNetConfig(vocab_size=cfg.vocab, hidden_size=cfg.hidden, intermediate_size=cfg.ffn,
                       num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
                       num_key_value_heads=cfg.kv_heads, hidden_act=cfg.act, max_position_embeddings=cfg.ctx,
-                      rms_norm_eps=cfg.eps, tie_word_embeddings=cfg.tied, rope_theta=cfg.rope_theta)
+                      rms_norm_eps=cfg.eps, tie_word_embeddings=cfg.tied, rope_theta=cfg.rope_theta,
+                      bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=None)
     tc.rope_parameters = {"rope_theta": cfg.rope_theta, "rope_type": "default"}
     model = BitNetForCausalLM(tc)
     qc = BitNetQuantConfig(linear_class="autobitlinear", quantization_mode="online")
