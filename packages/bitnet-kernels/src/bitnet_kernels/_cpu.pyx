@@ -36,6 +36,10 @@ cdef extern from "bk_simd.h" nogil:
     void bk_tq1_unpack_row(const uint8_t* w, int64_t K, uint8_t* codes)
     void bk_tq1_unpack_row_256(const uint8_t* w, int64_t K, uint8_t* codes)
     float bk_tq_block_scale(const uint8_t* w, int qtype, int64_t b)
+    void bk_tq_scales_256(const uint8_t* w, int qtype, int64_t nb, float* dw)
+    void bk_tq2_perm_act(const int8_t* q, int64_t K, int8_t* qp)
+    void bk_tq2_rows_512(const uint8_t* w, int64_t K, const int8_t* qp, const float* da, const int32_t* bq,
+                         int64_t n0, int64_t n1, float* y)
     void bk_tq_row_c(const uint8_t* codes, const float* dw, int64_t K, const int8_t* q, const float* da,
                      const int32_t* bq, float* y)
     void bk_tq_row_256(const uint8_t* codes, const float* dw, int64_t K, const int8_t* q, const float* da,
@@ -305,13 +309,30 @@ cdef void tq_linear_k(const uint8_t* w, int qtype, int64_t N, int64_t K, const f
             bq[t * nb + b] = 0
             for j in range(16):
                 bq[t * nb + b] += bs16[t * (K // 16) + b * 16 + j]
+    cdef int8_t* qp = NULL
+    cdef int64_t c, nchunks = (N + GEMV_CHUNK - 1) // GEMV_CHUNK
+    if T == 1 and qtype == 2 and isa == BK_VNNI:
+        # decode: codes straight from the blocks, activations permuted once
+        qp = <int8_t*>malloc(K)
+        bk_tq2_perm_act(q, K, qp)
+        for c in prange(nchunks, num_threads=_threads, schedule='static'):
+            bk_tq2_rows_512(w, K, qp, da, bq, c * GEMV_CHUNK, _min(N, (c + 1) * GEMV_CHUNK), y + c * GEMV_CHUNK)
+        free(qp)
+        free(q)
+        free(da)
+        free(bs16)
+        free(bq)
+        return
     with parallel(num_threads=_threads):
         codes = <uint8_t*>malloc(K + 64)
         dw = <float*>malloc(nb * sizeof(float))
         for n in prange(N, schedule='static'):
             wr = w + n * nb * bpb
-            for b in range(nb):
-                dw[b] = bk_tq_block_scale(wr, qtype, b)
+            if isa == BK_PORTABLE:
+                for b in range(nb):
+                    dw[b] = bk_tq_block_scale(wr, qtype, b)
+            else:
+                bk_tq_scales_256(wr, qtype, nb, dw)
             if qtype == 2:
                 if isa == BK_PORTABLE:
                     bk_tq2_unpack_row(wr, K, codes)

@@ -677,6 +677,47 @@ BK_T512 static void bk_tq_row_512(const uint8_t *codes, const float *dw, int64_t
     *y = acc;
 }
 
+/* TQ2_0 decode on VNNI: codes extracted in registers straight from the 66-byte blocks (no codes buffer).     */
+/* One 64-byte load covers both 128-weight halves; group j of half h holds x[h*128 + j*32 + m], so the        */
+/* activations are permuted once per token: qp[b*256 + j*64 + h*32 + m] = q[b*256 + h*128 + j*32 + m].        */
+static void bk_tq2_perm_act(const int8_t *q, int64_t K, int8_t *qp) {
+    for (int64_t b = 0; b < K / 256; b++)
+        for (int j = 0; j < 4; j++)
+            for (int h = 0; h < 2; h++) memcpy(qp + b * 256 + j * 64 + h * 32, q + b * 256 + h * 128 + j * 32, 32);
+}
+
+BK_T512 static void bk_tq2_rows_512(const uint8_t *w, int64_t K, const int8_t *qp, const float *da,
+                                    const int32_t *bq, int64_t n0, int64_t n1, float *y) {
+    const int64_t nb = K / 256;
+    const __m512i m3 = _mm512_set1_epi8(3);
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *wr = w + n * nb * 66;
+        float acc = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = wr + b * 66;
+            const int8_t *a = qp + b * 256;
+            const __m512i v = _mm512_loadu_si512(blk);
+            __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v, m3), _mm512_loadu_si512(a));
+            s = _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(v, 2), m3), _mm512_loadu_si512(a + 64));
+            s = _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(v, 4), m3), _mm512_loadu_si512(a + 128));
+            s = _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(v, 6), m3), _mm512_loadu_si512(a + 192));
+            uint16_t h;
+            memcpy(&h, blk + 64, 2);
+            const float d = da[b] * _cvtsh_ss(h);
+            acc = acc + (float)(_mm512_reduce_add_epi32(s) - bq[b]) * d;
+        }
+        y[n - n0] = acc;
+    }
+}
+
+BK_T256 static void bk_tq_scales_256(const uint8_t *w, int qtype, int64_t nb, float *dw) {
+    for (int64_t b = 0; b < nb; b++) {
+        uint16_t h;
+        memcpy(&h, w + (qtype == 2 ? b * 66 + 64 : b * 54 + 52), 2);
+        dw[b] = _cvtsh_ss(h);
+    }
+}
+
 /* ---------------------------------------------------------------------------------------------------------- */
 /* F16 GEMV (LM head): rows of w (f16) dotted with up to 4 tokens at a time, float32 accumulation            */
 
