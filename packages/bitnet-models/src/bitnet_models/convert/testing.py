@@ -59,7 +59,8 @@ def write_safetensors(path: str | Path, specs: Iterable[Spec]) -> Path:
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
     path = Path(path)
-    with open(path, "wb") as f:
+    tmp = path.with_name(path.name + ".part")  # renamed when complete (the specs may read the file it replaces)
+    with open(tmp, "wb") as f:
         f.write(len(blob).to_bytes(8, "little"))
         f.write(blob)
         for s in specs:
@@ -71,6 +72,7 @@ def write_safetensors(path: str | Path, specs: Iterable[Spec]) -> Path:
             if tuple(a.shape) != tuple(s.shape):
                 raise ValueError(f"{s.name}: made shape {a.shape}, promised {s.shape}")
             f.write(np.ascontiguousarray(a).tobytes())
+    tmp.replace(path)
     return path
 
 
