@@ -31,21 +31,25 @@ def make_model(tmp: Path, quant: str, f32_embedding: bool = False) -> Path:
     return out32
 
 
-def llama_logits(path: Path, tokens: list[int], batch: int) -> np.ndarray:
+def llama_logits(path: Path, tokens: list[int], batch: int, kv: str = "f32") -> np.ndarray:
     from llama_cpp import Llama
 
+    t = {"f32": 0, "f16": 1}[kv]  # GGML_TYPE_F32 / GGML_TYPE_F16 KV cache
     llm = Llama(str(path), n_ctx=128, n_batch=batch, n_ubatch=batch, logits_all=True, verbose=False,
-                type_k=0, type_v=0, n_threads=2, flash_attn=False)  # type 0 = GGML_TYPE_F32 KV cache
+                type_k=t, type_v=t, n_threads=2, flash_attn=False)
     llm.eval(tokens)
     out = np.array(llm.scores[: len(tokens)], dtype=np.float32)
     llm.close()
     return out
 
 
-def ours(path: Path, tokens: list[int]) -> np.ndarray:
+def ours(path: Path, tokens: list[int], numerics: str = "fast", batch: int | None = None, kv: str = "f32") -> np.ndarray:
     from bitnet_inference.generate import Model
 
-    return Model(path, numerics="fast", n_ctx=128, kv_type="f32").forward(np.array(tokens), 0)
+    m = Model(path, numerics=numerics, n_ctx=128, kv_type=kv)
+    if batch == 1:
+        return np.concatenate([m.forward([t], i) for i, t in enumerate(tokens)])
+    return m.forward(np.array(tokens), 0)
 
 
 def kld(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
@@ -83,11 +87,26 @@ def test_f32_weights_f16_head(tmp_path, tokens):
 
 @pytest.mark.parametrize("quant", ["tq2_0", "tq1_0"])
 def test_tq_weights_kld(tmp_path, tokens, quant):
+    """--numerics llama reproduces llama.cpp exactly (KLD 0, below llama.cpp's own batched-vs-single spread);
+    the fast mode lands within 1e-6."""
     path = make_model(tmp_path, quant)
     batched = llama_logits(path, tokens, T)
     single = llama_logits(path, tokens, 1)
     spread = kld(batched, single)
-    ours_kld = kld(batched, ours(path, tokens))
-    print(f"{quant}: ours vs llama.cpp mean KLD {ours_kld:.3g}; llama.cpp batched vs single {spread:.3g}")
-    assert ours_kld < 1e-6
-    assert np.array_equal(ours(path, tokens).argmax(1), batched.argmax(1))
+    exact_b = ours(path, tokens, "llama")
+    exact_s = ours(path, tokens, "llama", batch=1)
+    fast = ours(path, tokens)
+    print(f"{quant}: llama.cpp batched vs single KLD {spread:.3g}; ours (llama numerics) batched {kld(batched, exact_b):.3g}, "
+          f"single {kld(single, exact_s):.3g}; ours (fast) {kld(batched, fast):.3g}")
+    assert np.array_equal(exact_b, batched) and np.array_equal(exact_s, single)
+    assert kld(batched, exact_b) <= spread
+    assert kld(batched, fast) < 1e-6 and np.array_equal(fast.argmax(1), batched.argmax(1))
+
+
+@pytest.mark.parametrize("quant,f32_embedding", [("f32", False), ("f32", True), ("tq2_0", False), ("tq1_0", False)])
+@pytest.mark.parametrize("kv", ["f32", "f16"])
+def test_llama_numerics_bit_exact(tmp_path, tokens, quant, f32_embedding, kv):
+    """--numerics llama gives llama.cpp's logits bit for bit: batched and one token at a time, both caches."""
+    path = make_model(tmp_path, quant, f32_embedding=f32_embedding)
+    assert np.array_equal(ours(path, tokens, "llama", kv=kv), llama_logits(path, tokens, T, kv))
+    assert np.array_equal(ours(path, tokens, "llama", batch=1, kv=kv), llama_logits(path, tokens, 1, kv))

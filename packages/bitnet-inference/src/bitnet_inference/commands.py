@@ -21,8 +21,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--ctx-size", type=int, default=None, help="context size (default: the model's, at most 4096)")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (BITNET_CPU_THREADS; default: all cores)")
     p.add_argument("--device", default=None, help="auto, cpu, gpu or hybrid (BITNET_DEVICE; default auto)")
-    p.add_argument("--numerics", choices=("fast", "ggml"), default="fast",
-                   help="fast (default) or ggml: bit-faithful emulation of bitnet.cpp's float path (slow)")
+    p.add_argument("--numerics", choices=("fast", "ggml", "llama"), default="fast",
+                   help="fast (default); ggml: bit-faithful emulation of bitnet.cpp's float path; llama: of upstream "
+                        "llama.cpp's (both slow, for cross-validation)")
+    p.add_argument("--kv-type", choices=("f16", "f32"), default="f16", help="KV cache type (default f16, as llama.cpp)")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -57,7 +59,7 @@ def _open_model(args: argparse.Namespace):
                               "use --device cpu (or auto)")
         print("device: a GPU is present but the GPU backend is not built yet; running on the CPU", file=sys.stderr)
     _set_threads(device.cpu_threads)
-    model = Model(resolved.path, numerics=args.numerics, n_ctx=args.ctx_size)
+    model = Model(resolved.path, numerics=args.numerics, n_ctx=args.ctx_size, kv_type=args.kv_type)
     tok_path = resolved.tokenizer_path or settings.tokenizer
     tokenizer = load_tokenizer(model.gguf, str(tok_path) if tok_path else None)
     return model, tokenizer

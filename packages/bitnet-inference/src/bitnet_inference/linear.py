@@ -87,11 +87,13 @@ class I2SLinear(Linear):
 class TQLinear(Linear):
     numerics_kind = "q8k"
 
-    def __init__(self, name: str, raw: np.ndarray, qtype: str, n_out: int, n_in: int, use_kernels: bool):
+    def __init__(self, name: str, raw: np.ndarray, qtype: str, n_out: int, n_in: int, use_kernels: bool,
+                 lane_order: bool = False):
         super().__init__(name, n_out, n_in)
         self.raw = raw
         self.qtype = qtype
-        self.use_kernels = use_kernels and _kernels is not None
+        self.lane_order = lane_order  # llama.cpp's AVX2 accumulation order (the `llama` numerics)
+        self.use_kernels = use_kernels and _kernels is not None and not lane_order
         self._w: np.ndarray | None = None
         self._d: np.ndarray | None = None
 
@@ -107,6 +109,8 @@ class TQLinear(Linear):
         if self._w is None:
             self._unpack()
         a = quantize_q8_k(x)
+        if self.lane_order:
+            return self._forward_lanes(a)
         t = x.shape[0]
         nb = self.n_in // 256
         qa = a.q.reshape(t, nb, 256).astype(F32)
@@ -116,6 +120,27 @@ class TQLinear(Linear):
             isum = qa[:, b, :] @ wb[:, b, :].T
             y += isum * (a.d[:, b : b + 1] * self._d[None, :, b]).astype(F32)
         return y
+
+
+    def _forward_lanes(self, a) -> np.ndarray:
+        """llama.cpp's AVX2 TQ kernels: eight int32 lanes per 256-block. Lane m sums code*q over the weights
+        32j + 4m + p (j < 8, p < 4) and subtracts the Q8_K block sums of activations 32m .. 32m+31 (the lane
+        totals differ from a plain split, which matters once each lane is scaled in float). Each lane is
+        multiplied by d_act*d_w and accumulated across blocks with FMA, then hsum_float_8."""
+        t = a.q.shape[0]
+        nb = self.n_in // 256
+        m, j, p = np.ogrid[:8, :8, :4]
+        lanes = (32 * j + 4 * m + p).reshape(8, 32)  # (lane, 32 weight indices)
+        qa = a.q.reshape(t, nb, 256)[:, :, lanes].astype(F32)  # (T, nb, 8, 32)
+        codes = (self._w.reshape(self.n_out, nb, 256)[:, :, lanes] + 1).astype(F32)  # (N, nb, 8, 32)
+        bsums = a.q.reshape(t, nb, 8, 32).sum(axis=3, dtype=np.int32).astype(F32)  # (T, nb, 8)
+        part = np.einsum("tbmk,nbmk->tnbm", qa, codes) - bsums[:, None]  # exact small integers
+        d = (a.d[:, None, :] * self._d[None, :, :]).astype(F32)  # (T, N, nb)
+        acc = np.zeros((t, self.n_out, 8), F32)
+        for b in range(nb):
+            acc = (part[:, :, b, :].astype(np.float64) * d[:, :, b, None] + acc).astype(F32)  # FMA
+        r = (acc[..., 4:] + acc[..., :4]).astype(F32)
+        return ((r[..., 0] + r[..., 2]) + (r[..., 1] + r[..., 3])).astype(F32)
 
 
 class DenseLinear(Linear):
@@ -137,5 +162,5 @@ def make_linear(gguf, name: str, numerics, use_kernels: bool) -> Linear:
     if qt == "I2_S":
         return I2SLinear(name, gguf.raw(name), n_out, n_in, use_kernels)
     if qt in ("TQ2_0", "TQ1_0"):
-        return TQLinear(name, gguf.raw(name), qt, n_out, n_in, use_kernels)
+        return TQLinear(name, gguf.raw(name), qt, n_out, n_in, use_kernels, lane_order=numerics.tq_lane_order)
     return DenseLinear(name, gguf.dequantize(name), numerics)

@@ -35,7 +35,7 @@ class Layer:
 
 
 class Transformer:
-    ffn_act = None  # set by the architecture module: (gate, up) -> activation
+    ffn_act = "?"  # set by the architecture module: "relu2" (relu(g)^2 * u) or "silu" (silu(g) * u)
     uses_scales = False
     # bitnet.cpp keeps a batch's normed hidden state in F32 for the F16 head and rounds a single row to F16;
     # upstream llama.cpp (which runs arch `bitnet`) rounds every row to F16
@@ -134,7 +134,7 @@ class Transformer:
             if capture:
                 capture("attn_out", i, x)
             h = nm.rmsnorm(x, L.ffn_norm, a.norm_eps)
-            f = self.ffn_act(P["ffn_gate"](h), P["ffn_up"](h))  # (T, n_ff)
+            f = nm.ffn_act(self.ffn_act, P["ffn_gate"](h), P["ffn_up"](h))  # (T, n_ff)
             f = nm.rmsnorm(f, L.ffn_sub_norm, a.norm_eps)
             x = (x + P["ffn_down"](f)).astype(F32)
             if capture:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from bitnet_inference.numerics.base import Numerics, RopeTable
 from bitnet_inference.numerics.fast import FastNumerics
-from bitnet_inference.numerics.ggml import GgmlNumerics
+from bitnet_inference.numerics.ggml import GgmlNumerics, LlamaNumerics
 
-NUMERICS = {"fast": FastNumerics, "ggml": GgmlNumerics}
+NUMERICS = {"fast": FastNumerics, "ggml": GgmlNumerics, "llama": LlamaNumerics}
 
 
 def get_numerics(name: str) -> Numerics:

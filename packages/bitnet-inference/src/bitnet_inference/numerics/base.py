@@ -59,6 +59,22 @@ class Numerics:
         (what ggml does for one row, and upstream llama.cpp for every row)."""
         raise NotImplementedError
 
+    def ffn_act(self, kind: str, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+        """relu2: relu(gate)^2 * up; silu: silu(gate) * up (float32, each op rounded as ggml does)."""
+        if kind == "relu2":
+            r = np.maximum(gate, F32(0))
+            return ((r * r) * up).astype(F32)
+        if kind == "silu":
+            return (self.silu(gate) * up).astype(F32)
+        raise ValueError(f"unknown FFN activation {kind!r}")
+
+    def silu(self, x: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return (x / (F32(1) + np.exp(-x))).astype(F32)
+
+    # TQ1_0/TQ2_0 matmuls: accumulate the per-block integer dots in llama.cpp's AVX2 lane order
+    tq_lane_order = False
+
     def dense(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         """Float weights: x (T, K) f32, w (N, K) f32 -> (T, N)."""
         raise NotImplementedError

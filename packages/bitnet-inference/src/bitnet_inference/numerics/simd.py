@@ -53,6 +53,24 @@ def vec_dot_f16(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return res.astype(F32)
 
 
+def vec_dot_f32(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """ggml_vec_dot_f32 (AVX-512): four 16-lane FMA accumulators over steps of 64, combined (a0+a2)+(a1+a3),
+    the halving tree, then leftovers added one by one in float."""
+    n = x.shape[-1]
+    nfull = n - n % 64
+    shape = np.broadcast_shapes(x.shape[:-1], y.shape[:-1])
+    acc = np.zeros(shape + (4, 16), dtype=F32)
+    xs = x[..., :nfull].astype(F32).reshape(x.shape[:-1] + (nfull // 64, 4, 16))
+    ys = y[..., :nfull].astype(F32).reshape(y.shape[:-1] + (nfull // 64, 4, 16))
+    for s in range(nfull // 64):
+        acc = fma32(xs[..., s, :, :], ys[..., s, :, :], acc)
+    t = (acc[..., 0, :] + acc[..., 2, :]) + (acc[..., 1, :] + acc[..., 3, :])
+    res = hsum16(t)
+    for i in range(nfull, n):
+        res = (res + (x[..., i].astype(F32) * y[..., i].astype(F32))).astype(F32)
+    return res
+
+
 def tinyblas_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """llamafile tinyBLAS (AVX-512) dot of float32-valued rows: one 16-lane accumulator, sequential FMA over
     steps of 16, then the halving tree. The length must be a multiple of 16 (tinyBLAS refuses otherwise)."""

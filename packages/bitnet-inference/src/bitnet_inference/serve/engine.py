@@ -69,7 +69,7 @@ class _Sequence:
         self.sent = 0  # characters of self.text already emitted
         self.hold = max((len(s) for s in req.stop), default=1) - 1  # chars a stop string could still be completing
 
-    def add_text(self, piece: str, final: bool) -> str | None:
+    def add_text(self, piece: str) -> str | None:
         """Append new text; return 'stop' when a stop string appears (the text is cut before it)."""
         self.text += piece
         start = max(0, self.sent - self.hold)
@@ -158,14 +158,21 @@ class Engine:
                 admitted = []
                 while self._waiting and self._free:
                     admitted.append((self._waiting.popleft(), self._free.pop()))
+            for req, slot in admitted:
+                seq = _Sequence(req, slot, self.tokenizer)
+                with self._cv:
+                    self._active[slot] = seq
+                try:
+                    self._admit(seq)
+                except Exception as e:  # this request fails; the others go on
+                    log.exception("prefill failed")
+                    self._finish(seq, "error", error=f"{type(e).__name__}: {e}")
+            self._drop_cancelled()
             try:
-                for req, slot in admitted:
-                    self._admit(req, slot)
-                self._drop_cancelled()
                 if self._active:
                     self._step()
             except Exception as e:  # a bug must not leave clients waiting forever
-                log.exception("engine step failed")
+                log.exception("decode step failed")
                 for seq in list(self._active.values()):
                     self._finish(seq, "error", error=f"{type(e).__name__}: {e}")
         with self._cv:
@@ -177,14 +184,11 @@ class Engine:
         for req in waiting:
             req.emit(Event("", 0, "cancelled"))
 
-    def _admit(self, req: GenRequest, slot: int) -> None:
-        seq = _Sequence(req, slot, self.tokenizer)
-        with self._cv:
-            self._active[slot] = seq
-        if req.cancelled.is_set():
+    def _admit(self, seq: _Sequence) -> None:
+        if seq.req.cancelled.is_set():
             self._finish(seq, "cancelled")
             return
-        logits = self.model.prefill(req.prompt, 0, slot=slot)
+        logits = self.model.prefill(seq.req.prompt, 0, slot=seq.slot)
         self._accept(seq, logits)
 
     def _drop_cancelled(self) -> None:
@@ -211,13 +215,13 @@ class Engine:
         tok = int(req.sampler(logits))
         seq.n_gen += 1
         if self.tokenizer.is_eog(tok) and not req.ignore_eos:
-            seq.add_text(seq.detok.flush(), True)
+            seq.add_text(seq.detok.flush())
             self._finish(seq, "stop")
             return
         seq.tokens.append(tok)
-        finish = seq.add_text(seq.detok.add(tok), False)
+        finish = seq.add_text(seq.detok.add(tok))
         if finish is None and (seq.n_gen >= req.max_tokens or len(seq.tokens) >= self.n_ctx):
-            finish = seq.add_text(seq.detok.flush(), True) or "length"
+            finish = seq.add_text(seq.detok.flush()) or "length"
         if finish:
             self._finish(seq, finish)
             return
