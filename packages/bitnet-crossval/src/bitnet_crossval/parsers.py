@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from bitnet_crossval.errors import ReferenceRunError
 
 _FINAL = re.compile(r"Final estimate: PPL = ([0-9.eE+-]+|nan|inf) \+/- ([0-9.eE+-]+|nan|inf)")
+_MEAN_PPL_Q = re.compile(r"Mean PPL\(Q\)\s*:\s*([0-9.eE+-]+) ± ([0-9.eE+-]+)")
 _CHUNK_PPL = re.compile(r"\[(\d+)\]([0-9.eE+-]+|nan|inf),")
 _KLD_CHUNK = re.compile(r"^\s*(\d+)\s+([0-9.eE+-]+) ± ", re.M)
 _STAT = re.compile(r"^(Mean|Maximum|Minimum|Median|\s*[0-9.]+%)\s+(KLD|Δp)\s*:\s*([-0-9.eE+]+)", re.M)
@@ -39,7 +40,9 @@ def parse_final_ppl(text: str, source: str = "output") -> tuple[float, float]:
 
 
 def parse_perplexity_stdout(text: str, source: str = "llama-perplexity output") -> PerplexityOutput:
-    ppl, err = parse_final_ppl(text, source)
+    """A plain run ends with `Final estimate: PPL = ...`; a --kl-divergence run prints `Mean PPL(Q) : ...`."""
+    m = _MEAN_PPL_Q.search(text)
+    ppl, err = (float(m.group(1)), float(m.group(2))) if m and not _FINAL.search(text) else parse_final_ppl(text, source)
     out = PerplexityOutput(ppl, err)
     chunks = _CHUNK_PPL.findall(text)
     if chunks:

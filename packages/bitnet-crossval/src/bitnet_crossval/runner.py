@@ -297,6 +297,8 @@ def _compare_greedy(cfg, model, tokenizer, ref, checks, numbers, piece, generate
                                   f"prompt ids: ours {ids} vs reference {list(rg.prompt_tokens)}"))
             return
         numbers["greedy"]["reference"] = list(rg.tokens)
+        numbers["greedy"]["ours_text"] = tokenizer.decode(ours)
+        numbers["greedy"]["reference_text"] = tokenizer.decode(list(rg.tokens))
         checks.append(C.greedy_tokens_check(ours, list(rg.tokens), piece))
         return
     det = Detok(tokenizer)
