@@ -70,6 +70,12 @@ class Tokenizer:
         """The bytes llama.cpp prints for this token (special tokens rendered as their text)."""
         return self.vocab.piece(token_id)
 
+    def clear_cache(self) -> None:
+        """Forget memoized pre-token ids (for benchmarks that must start cold)."""
+        cache = getattr(self._enc, "cache", None)
+        if cache is not None:
+            cache.clear()
+
     # ---- encoding
     def _partition(self, text: str, parse_special: bool) -> list[str | int]:
         """Split special-token text off, one token text at a time, longest first (tokenizer_st_partition)."""
