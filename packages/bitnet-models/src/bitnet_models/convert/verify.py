@@ -8,6 +8,7 @@ the same, and a correct conversion then agrees to float rounding:
 - TQ1_0 / TQ2_0: llama.cpp's Q8_K activations (one scale per 256 values) and the fp16 block scale d: ActQuant is
   swapped for the project's Q8_K reference quantizer and the weight scale rounded to fp16.
 - F32 / F16: float activations (no quantization): ActQuant is swapped for the identity (F16: weights rounded).
+  ("f16-ggml" rounds the activations to F16 as well, which is what ggml itself does for an F16 weight.)
 The plain transformers comparison (per-token activations for every type) is printed too.
 Needs the `convert` extra (torch, transformers, safetensors, accelerate).
 """
@@ -118,6 +119,11 @@ def reference_numerics(model, numerics: str, round_head_f16: bool = False):
         def apply(x):
             return x
 
+    class F16Act:  # ggml's F16 matmul converts the activations to F16 (its vec_dot_type)
+        @staticmethod
+        def apply(x):
+            return x.half().to(x.dtype)
+
     class Q8KAct:
         @staticmethod
         def apply(x):
@@ -138,9 +144,11 @@ def reference_numerics(model, numerics: str, round_head_f16: bool = False):
     try:
         if numerics in ("f32", "f16"):
             tb.ActQuant = Identity
+        elif numerics == "f16-ggml":
+            tb.ActQuant = F16Act
         elif numerics == "q8k":
             tb.ActQuant = Q8KAct
-        if numerics in ("q8k", "f16"):
+        if numerics in ("q8k", "f16", "f16-ggml"):
             tb.WeightQuant = WeightF16Scale
             for m in model.modules():  # offline layers: W = q * weight_scale
                 if isinstance(m, tb.AutoBitLinear) and not m.online_quant:
