@@ -188,7 +188,7 @@ cdef void _i2s_gemv(int m, const uint8_t** w, const int64_t* N, int64_t K, const
         codes = NULL
         if isa == BK_PORTABLE:
             codes = <uint8_t*>malloc(K)
-        for c in prange(nchunks, schedule='static'):
+        for c in prange(nchunks, schedule='guided'):
             mat = 0
             while c >= first[mat + 1]:
                 mat = mat + 1
@@ -236,7 +236,7 @@ cdef void _i2s_gemm(const uint8_t* w, int64_t N, int64_t K, const int8_t* q, con
         bk_prep_act_tiles(q, T, K, TW, VW, at)
     with parallel(num_threads=_threads):
         wu = <uint8_t*>malloc(R * K + 64)
-        for b in prange(nblk, schedule='static'):
+        for b in prange(nblk, schedule='guided'):
             if isa == BK_VNNI:
                 bk_i2s_gemm_block_512(w, N, K, b * R, T, at, qsum, s, ws, yi, yf, wu)
             elif isa == BK_AVX2:
@@ -315,7 +315,7 @@ cdef void tq_linear_k(const uint8_t* w, int qtype, int64_t N, int64_t K, const f
         # decode: codes straight from the blocks, activations permuted once
         qp = <int8_t*>malloc(K)
         bk_tq2_perm_act(q, K, qp)
-        for c in prange(nchunks, num_threads=_threads, schedule='static'):
+        for c in prange(nchunks, num_threads=_threads, schedule='guided'):
             bk_tq2_rows_512(w, K, qp, da, bq, c * GEMV_CHUNK, _min(N, (c + 1) * GEMV_CHUNK), y + c * GEMV_CHUNK)
         free(qp)
         free(q)
@@ -326,7 +326,7 @@ cdef void tq_linear_k(const uint8_t* w, int qtype, int64_t N, int64_t K, const f
     with parallel(num_threads=_threads):
         codes = <uint8_t*>malloc(K + 64)
         dw = <float*>malloc(nb * sizeof(float))
-        for n in prange(N, schedule='static'):
+        for n in prange(N, schedule='guided'):
             wr = w + n * nb * bpb
             if isa == BK_PORTABLE:
                 for b in range(nb):
@@ -370,7 +370,7 @@ cdef void f16_gemv_k(const uint16_t* w, int64_t N, int64_t K, const float* x, in
         wf = NULL
         if isa == BK_PORTABLE:
             wf = <float*>malloc(K * sizeof(float))
-        for c in prange(nchunks, schedule='static'):
+        for c in prange(nchunks, schedule='guided'):
             n0 = c * GEMV_CHUNK
             n1 = _min(N, n0 + GEMV_CHUNK)
             if isa == BK_VNNI:
@@ -407,7 +407,7 @@ cdef void q8_head_gemv_k(const int8_t* w, const float* scale, int64_t N, int64_t
     if isa == BK_VNNI:
         for i in range(T * K):
             xq[i] = <int8_t>(<uint8_t>xq[i] ^ 0x80)  # q + 128 as unsigned
-    for c in prange(nchunks, num_threads=_threads, schedule='static'):
+    for c in prange(nchunks, num_threads=_threads, schedule='guided'):
         n0 = c * GEMV_CHUNK
         n1 = _min(N, n0 + GEMV_CHUNK)
         if isa == BK_VNNI:
@@ -465,7 +465,7 @@ cdef void attention_k(const float* q, const uint16_t* k, const uint16_t* v, int6
     cdef float* sc = NULL
     with parallel(num_threads=_threads):
         sc = <float*>malloc((n_kv + 16) * sizeof(float))
-        for i in prange(T * H, schedule='static'):
+        for i in prange(T * H, schedule='guided'):
             t = i // H
             h = i % H
             kvh = h // group
