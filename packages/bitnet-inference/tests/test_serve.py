@@ -60,6 +60,7 @@ def test_models_and_health(server, client):
     assert [m.id for m in client.models.list().data] == ["tiny"]
     h = httpx.get(server[0] + "/health").json()
     assert h["status"] == "ok" and h["slots_idle"] + h["slots_processing"] == 4
+    assert set(h["stats"]) >= {"decode_steps", "max_batch", "decode_tokens", "decode_s", "prefill_tokens"}
     assert httpx.get(server[0] + "/v1/models/tiny").json()["id"] == "tiny"
     r = httpx.get(server[0] + "/v1/models/other")
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
@@ -158,6 +159,17 @@ def test_seed_reproducibility(client):
     assert a == b
     others = {run(temperature=1.5, seed=s) for s in (1, 2, 3)}
     assert len(others) > 1, "different seeds should draw different text at temperature 1.5"
+
+
+def test_penalties_discourage_repeats(client):
+    def words(**kw):
+        r = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=12, temperature=0, **kw)
+        return r.choices[0].text.split()
+
+    plain = words()
+    assert len(set(plain)) < len(plain), "the fixture model repeats itself at temperature 0"
+    penalized = words(presence_penalty=2.0, frequency_penalty=2.0)
+    assert len(set(penalized)) > len(set(plain))
 
 
 def test_concurrent_requests_share_decode_steps(server, client):

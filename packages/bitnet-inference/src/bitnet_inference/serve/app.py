@@ -85,13 +85,14 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
-def _logits_processors(p: S.SamplingParams):
+def _logits_processors(p: S.SamplingParams, n_prompt: int):
+    """OpenAI's presence and frequency penalties, over the generated tokens only."""
     if p.presence_penalty == 0 and p.frequency_penalty == 0:
         return ()
     import numpy as np
 
-    def penalize(tokens, logits, start=None):
-        gen = np.asarray(tokens[start:], dtype=np.int64)
+    def penalize(tokens, logits):
+        gen = np.asarray(tokens[n_prompt:], dtype=np.int64)
         if gen.size == 0:
             return logits
         ids, counts = np.unique(gen, return_counts=True)
@@ -125,7 +126,7 @@ class API:
         if self.config.n_predict is not None:
             max_tokens = min(max_tokens, self.config.n_predict)
         sampler = make_sampler(p.temperature, p.top_k, p.top_p, p.min_p, p.seed)
-        req = GenRequest(prompt, max_tokens, sampler, emit, _logits_processors(p), p.stop, p.ignore_eos)
+        req = GenRequest(prompt, max_tokens, sampler, emit, _logits_processors(p, len(prompt)), p.stop, p.ignore_eos)
         try:
             self.engine.submit(req)
         except QueueFullError as e:
@@ -191,7 +192,7 @@ class API:
     async def health(self, request: Request) -> Response:
         s = self.engine.load()
         return JSONResponse({"status": "ok", "slots_idle": s["slots"] - s["active"], "slots_processing": s["active"],
-                             "waiting": s["waiting"], "queue_size": s["queue_size"]})
+                             "waiting": s["waiting"], "queue_size": s["queue_size"], "stats": self.engine.stats()})
 
     def _model_card(self) -> dict:
         return {"id": self.config.model_id, "object": "model", "created": self.created, "owned_by": "bitnet-py",

@@ -114,6 +114,10 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.steps = 0  # decode steps run (for tests and stats)
         self.max_batch = 0  # the largest batch a step has run
+        self.decode_tokens = 0  # tokens produced by decode steps, and the seconds those steps took
+        self.decode_s = 0.0
+        self.prefill_tokens = 0
+        self.prefill_s = 0.0
 
     # --- the server's side ------------------------------------------------------------------------------------
 
@@ -133,6 +137,11 @@ class Engine:
         with self._cv:
             return {"active": len(self._active), "waiting": len(self._waiting), "slots": self.n_parallel,
                     "queue_size": self.queue_size}
+
+    def stats(self) -> dict:
+        return {"decode_steps": self.steps, "max_batch": self.max_batch, "decode_tokens": self.decode_tokens,
+                "decode_s": round(self.decode_s, 6), "prefill_tokens": self.prefill_tokens,
+                "prefill_s": round(self.prefill_s, 6)}
 
     def start(self) -> "Engine":
         self._thread = threading.Thread(target=self._run, name="bitnet-engine", daemon=True)
@@ -188,7 +197,10 @@ class Engine:
         if seq.req.cancelled.is_set():
             self._finish(seq, "cancelled")
             return
+        t0 = time.perf_counter()
         logits = self.model.prefill(seq.req.prompt, 0, slot=seq.slot)
+        self.prefill_s += time.perf_counter() - t0
+        self.prefill_tokens += len(seq.req.prompt)
         self._accept(seq, logits)
 
     def _drop_cancelled(self) -> None:
@@ -201,7 +213,10 @@ class Engine:
         tokens = np.array([s.tokens[-1] for s in seqs], dtype=np.int64)
         positions = np.array([len(s.tokens) - 1 for s in seqs], dtype=np.int64)
         slots = np.array([s.slot for s in seqs], dtype=np.int64)
+        t0 = time.perf_counter()
         logits = self.model.forward_batch(tokens, positions, slots)  # (B, V)
+        self.decode_s += time.perf_counter() - t0
+        self.decode_tokens += len(seqs)
         self.steps += 1
         self.max_batch = max(self.max_batch, len(seqs))
         for seq, row in zip(seqs, logits):
