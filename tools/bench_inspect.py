@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<28} {path.name:<28} {size:>9}  {r}")
         else:
             print(f"{name:<28} {path.name:<28} {size:>9} {r[0]:8.3f} {r[1]:9.3f}")
-    print(f"({a.repeat} runs each; {os.cpu_count()} CPUs; python {sys.version.split()[0]})")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"({a.repeat} runs each; {os.cpu_count()} CPUs, load average {load}; python {sys.version.split()[0]})")
     return 0
 
 
