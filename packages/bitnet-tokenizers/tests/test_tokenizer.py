@@ -172,6 +172,12 @@ def test_missing_and_unsupported_tokenizers(tmp_path, make_vocab_gguf):
         load_tokenizer(f)
 
 
+def test_invalid_unicode_is_a_typed_error(spm, bpe):
+    for tok in (spm, bpe):
+        with pytest.raises(TokenizerError, match="not valid Unicode"):
+            tok.encode("a\udc80b")
+
+
 def test_cli_error_is_one_line(tmp_path, capsys):
     from bitnet.cli import main
     from bitnet_models import write_gguf

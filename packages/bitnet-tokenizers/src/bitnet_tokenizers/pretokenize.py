@@ -8,9 +8,12 @@ out); the flags beside them (ignore_merges, clean_spaces, add_bos) are the ones 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from bitnet_tokenizers.errors import TokenizerError
+
+log = logging.getLogger(__name__)
 
 _CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
 GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
@@ -95,6 +98,8 @@ def pre_config(model: str, pre: str | None, source: str) -> PreConfig:
     if model == "gemma4":
         return _TYPES["gemma4"]
     if pre is None:  # llama.cpp warns and falls back to its default regexes
+        log.warning("%s: no tokenizer.ggml.pre; using the 'default' pre-tokenizer as llama.cpp does "
+                    "(token ids may not be the model's)", source)
         return _TYPES["default"]
     cfg = _TYPES.get(pre)
     if cfg is None:

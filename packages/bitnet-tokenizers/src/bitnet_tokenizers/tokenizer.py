@@ -112,6 +112,11 @@ class Tokenizer:
         bos = v.ids.get("bos")
         want_bos = special if v.kind == "wpm" else (v.add_bos if add_bos is None else add_bos)
         out: list[int] = [bos] if want_bos and bos is not None else []
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise TokenizerError(f"the text is not valid Unicode ({e.reason} at character {e.start}); "
+                                 "decode input files as UTF-8") from None
         frags = self._partition(text, parse_special) if text else []
         prev_special = True
         for f in frags:
@@ -123,6 +128,8 @@ class Tokenizer:
                 f = " " + f
             out.extend(self._enc.encode(f))
             prev_special = False
+        if want_bos and len(out) >= 2 and out[1] == bos:
+            log.warning("the prompt starts with BOS text and BOS was added too: it now starts with 2 BOS tokens")
         if special:
             if v.kind == "wpm":
                 if v.ids.get("sep") is not None:
