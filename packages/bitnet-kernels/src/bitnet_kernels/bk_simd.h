@@ -595,16 +595,28 @@ static void bk_tq1_unpack_row(const uint8_t *w, int64_t K, uint8_t *codes) {
     }
 }
 
-/* The same loops compiled for AVX2 (the compiler vectorizes the byte products) */
+/* AVX2: digit n of byte b is ((uint8)(b * 3^n) * 3) >> 8; bytes are handled as even/odd halves of 16-bit    */
+/* words so that no carry crosses a byte.                                                                      */
+BK_T256 static inline __m256i bk_trits32(__m256i b, int pw) {
+    const __m256i lo = _mm256_set1_epi16(0x00ff), p = _mm256_set1_epi16((short)pw), three = _mm256_set1_epi16(3);
+    __m256i e = _mm256_and_si256(_mm256_mullo_epi16(_mm256_and_si256(b, lo), p), lo);
+    __m256i o = _mm256_and_si256(_mm256_mullo_epi16(_mm256_srli_epi16(b, 8), p), lo);
+    e = _mm256_srli_epi16(_mm256_mullo_epi16(e, three), 8);
+    o = _mm256_srli_epi16(_mm256_mullo_epi16(o, three), 8);
+    return _mm256_or_si256(e, _mm256_slli_epi16(o, 8));
+}
+
 BK_T256 static void bk_tq1_unpack_row_256(const uint8_t *w, int64_t K, uint8_t *codes) {
     static const uint8_t pw[5] = {1, 3, 9, 27, 81};
     for (int64_t b = 0; b < K / 256; b++) {
         const uint8_t *blk = w + b * 54;
         uint8_t *c = codes + b * 256;
-        for (int n = 0; n < 5; n++)
-            for (int m = 0; m < 32; m++) c[n * 32 + m] = (uint8_t)(((uint16_t)(uint8_t)(blk[m] * pw[n]) * 3) >> 8);
-        for (int n = 0; n < 5; n++)
-            for (int m = 0; m < 16; m++) c[160 + n * 16 + m] = (uint8_t)(((uint16_t)(uint8_t)(blk[32 + m] * pw[n]) * 3) >> 8);
+        const __m256i q0 = _mm256_loadu_si256((const __m256i *)blk);
+        const __m256i q1 = _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(blk + 32)));
+        for (int n = 0; n < 5; n++) {
+            _mm256_storeu_si256((__m256i *)(c + n * 32), bk_trits32(q0, pw[n]));
+            _mm_storeu_si128((__m128i *)(c + 160 + n * 16), _mm256_castsi256_si128(bk_trits32(q1, pw[n])));
+        }
         for (int n = 0; n < 4; n++)
             for (int m = 0; m < 4; m++) c[240 + n * 4 + m] = bk_trit(blk[48 + m], pw[n]);
     }
