@@ -32,11 +32,15 @@ def _load(module: str):
         raise
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or (`only`) one that imports just the module of the command being run: importing
+    every subcommand's dependencies would cost more start-up time than `bitnet inspect` itself."""
     parser = argparse.ArgumentParser(prog="bitnet", description="BitNet b1.58 inference in Python")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     cache: dict[str, dict | None] = {}
     for name, (module, extra) in PROVIDERS.items():
+        if only is not None and name != only:
+            continue
         if module not in cache:
             cache[module] = _load(module)
         commands = cache[module]
@@ -63,7 +67,9 @@ def _missing(name: str, module: str, hint: str):
 def main(argv: list[str] | None = None) -> int:
     from bitnet_quantization.errors import BitNetError
 
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv and argv[0] in PROVIDERS else None
+    parser = build_parser(only=command)
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "missing", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
