@@ -91,7 +91,7 @@ class Metrics:
 
 
 def compare_chunk(m: Metrics, ours_logits: np.ndarray, chunk_tokens: np.ndarray, ref: RefChunk, kind: str, c: int,
-                  inference_tol: float, rng: np.random.Generator, scatter_per_chunk: int = 400) -> None:
+                  inference_tol: float, rng: np.random.Generator, scatter_per_chunk: int = 160) -> None:
     n_ctx = len(chunk_tokens)
     pos = ref.positions
     o = ours_logits[pos]  # (n, V) float32

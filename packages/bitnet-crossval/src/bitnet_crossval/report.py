@@ -72,8 +72,8 @@ class Plot:
     def points(self, xs, ys, colors, r=1.8, opacity=0.75):
         X, Y = self.px(np.asarray(xs, float)), self.py(np.asarray(ys, float))
         colors = colors if isinstance(colors, list) else [colors] * len(X)
-        self.parts.append("".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r}" fill="{c}" fill-opacity="{opacity}"/>'
-                                  for x, y, c in zip(X, Y, colors)))
+        self.parts.append(f'<g fill-opacity="{opacity}">' + "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r}" fill="{c}"/>'
+                                  for x, y, c in zip(X, Y, colors)) + "</g>")
 
     def line(self, xs, ys, color, width=1.5, dash=""):
         X, Y = self.px(np.asarray(xs, float)), self.py(np.asarray(ys, float))
@@ -144,7 +144,7 @@ def kld_plot(r: dict) -> str:
     pos = np.asarray(s["position"], float)
     k = np.asarray(s["kld"], float)
     tol = r["config"]["tolerances"]["quantization"]
-    lo, hi, floor = _log_range(k, (tol * 100,))
+    lo, hi, floor = _log_range(k, (tol, tol * 10))
     kk = np.maximum(k, lo)
     p = Plot("KL divergence at each position (reference || ours)", "token position (chunk by chunk)",
              "KLD (log scale)", (pos.min(), pos.max() + 1), (lo, hi), ylog=True)
