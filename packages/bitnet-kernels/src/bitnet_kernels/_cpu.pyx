@@ -37,6 +37,8 @@ cdef extern from "bk_simd.h" nogil:
     void bk_tq1_unpack_row_256(const uint8_t* w, int64_t K, uint8_t* codes)
     float bk_tq_block_scale(const uint8_t* w, int qtype, int64_t b)
     void bk_tq_scales_256(const uint8_t* w, int qtype, int64_t nb, float* dw)
+    void bk_tq_gemm_block_512(const uint8_t* w, int qtype, int64_t N, int64_t K, int64_t n0, int64_t T, int64_t Tpad,
+                              const int32_t* at, const float* daT, const int32_t* bqT, float* y, uint8_t* wu)
     void bk_tq2_perm_act(const int8_t* q, int64_t K, int8_t* qp)
     void bk_tq2_rows_512(const uint8_t* w, int64_t K, const int8_t* qp, const float* da, const int32_t* bq,
                          int64_t n0, int64_t n1, float* y)
@@ -318,6 +320,37 @@ cdef void tq_linear_k(const uint8_t* w, int qtype, int64_t N, int64_t K, const f
         for c in prange(nchunks, num_threads=_threads, schedule='guided'):
             bk_tq2_rows_512(w, K, qp, da, bq, c * GEMV_CHUNK, _min(N, (c + 1) * GEMV_CHUNK), y + c * GEMV_CHUNK)
         free(qp)
+        free(q)
+        free(da)
+        free(bs16)
+        free(bq)
+        return
+    cdef int64_t Tpad, nblk
+    cdef int32_t* at = NULL
+    cdef float* daT = NULL
+    cdef int32_t* bqT = NULL
+    if T >= 2 and isa == BK_VNNI and nb <= 64:
+        # prefill: the register-tiled microkernel, flushed to float after every 256-weight block
+        Tpad = ((T + BK_TW512 - 1) // BK_TW512) * BK_TW512
+        at = <int32_t*>malloc(Tpad * K)
+        bk_prep_act_tiles(q, T, K, BK_TW512, 16, at)
+        daT = <float*>malloc(nb * Tpad * sizeof(float))
+        bqT = <int32_t*>malloc(nb * Tpad * sizeof(int32_t))
+        memset(daT, 0, nb * Tpad * sizeof(float))
+        memset(bqT, 0, nb * Tpad * sizeof(int32_t))
+        for t in range(T):
+            for b in range(nb):
+                daT[b * Tpad + t] = da[t * nb + b]
+                bqT[b * Tpad + t] = bq[t * nb + b]
+        nblk = (N + BK_R512 - 1) // BK_R512
+        with parallel(num_threads=_threads):
+            codes = <uint8_t*>malloc(BK_R512 * K + 64)
+            for c in prange(nblk, schedule='guided'):
+                bk_tq_gemm_block_512(w, qtype, N, K, c * BK_R512, T, Tpad, at, daT, bqT, y, codes)
+            free(codes)
+        free(at)
+        free(daT)
+        free(bqT)
         free(q)
         free(da)
         free(bs16)

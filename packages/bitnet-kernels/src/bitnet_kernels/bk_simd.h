@@ -421,13 +421,13 @@ BK_T256 static void bk_i2s_unpack_rows_256(const uint8_t *w, int64_t K, int64_t 
 /* Microkernels with named accumulators (arrays of vectors made GCC spill them to the stack every step). */
 #define BK_DP(c, b, a) c = _mm512_dpbusd_epi32(c, b, a)
 #define BK_LD(r) ((const bk_i32u *)(wu + (r) * K))
-BK_T512 static void bk_mk512_nv4(const uint8_t *wu, int64_t K, const int32_t *at, __m512i *out) {
+BK_T512 static void bk_mk512_nv4_range(const uint8_t *wu, int64_t K, const int32_t *at, int64_t kq0, int64_t kq1,
+                                       __m512i *out) {
     __m512i c00 = _mm512_setzero_si512(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00, c13 = c00;
     __m512i c20 = c00, c21 = c00, c22 = c00, c23 = c00, c30 = c00, c31 = c00, c32 = c00, c33 = c00;
     __m512i c40 = c00, c41 = c00, c42 = c00, c43 = c00, c50 = c00, c51 = c00, c52 = c00, c53 = c00;
     const bk_i32u *w0 = BK_LD(0), *w1 = BK_LD(1), *w2 = BK_LD(2), *w3 = BK_LD(3), *w4 = BK_LD(4), *w5 = BK_LD(5);
-    const int64_t kq4 = K / 4;
-    for (int64_t kq = 0; kq < kq4; kq++) {
+    for (int64_t kq = kq0; kq < kq1; kq++) {
         const int32_t *ap = at + kq * 64;
         const __m512i a0 = _mm512_loadu_si512(ap), a1 = _mm512_loadu_si512(ap + 16);
         const __m512i a2 = _mm512_loadu_si512(ap + 32), a3 = _mm512_loadu_si512(ap + 48);
@@ -444,11 +444,11 @@ BK_T512 static void bk_mk512_nv4(const uint8_t *wu, int64_t K, const int32_t *at
     out[16] = c40; out[17] = c41; out[18] = c42; out[19] = c43; out[20] = c50; out[21] = c51; out[22] = c52; out[23] = c53;
 }
 
-BK_T512 static void bk_mk512_nv1(const uint8_t *wu, int64_t K, const int32_t *at, __m512i *out) {
+BK_T512 static void bk_mk512_nv1_range(const uint8_t *wu, int64_t K, const int32_t *at, int64_t kq0, int64_t kq1,
+                                       __m512i *out) {
     __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
     const bk_i32u *w0 = BK_LD(0), *w1 = BK_LD(1), *w2 = BK_LD(2), *w3 = BK_LD(3), *w4 = BK_LD(4), *w5 = BK_LD(5);
-    const int64_t kq4 = K / 4;
-    for (int64_t kq = 0; kq < kq4; kq++) {
+    for (int64_t kq = kq0; kq < kq1; kq++) {
         const __m512i a = _mm512_loadu_si512(at + kq * 16);
         BK_DP(c0, _mm512_set1_epi32(w0[kq]), a);
         BK_DP(c1, _mm512_set1_epi32(w1[kq]), a);
@@ -500,8 +500,8 @@ BK_T512 static void bk_i2s_gemm_block_512(const uint8_t *w, int64_t N, int64_t K
         const int64_t tn = T - t0 < BK_TW512 ? T - t0 : BK_TW512;
         const int nv = tn <= 16 ? 1 : 4;
         const int32_t *a = at + t0 * (K / 4);
-        if (nv == 1) bk_mk512_nv1(wu, K, a, acc);
-        else bk_mk512_nv4(wu, K, a, acc);
+        if (nv == 1) bk_mk512_nv1_range(wu, K, a, 0, K / 4, acc);
+        else bk_mk512_nv4_range(wu, K, a, 0, K / 4, acc);
         for (int64_t r = 0; r < rows; r++)
             for (int v = 0; v < nv; v++) {
                 _mm512_storeu_si512(tmp, acc[r * nv + v]);
@@ -727,6 +727,52 @@ BK_T256 static void bk_tq_scales_256(const uint8_t *w, int qtype, int64_t nb, fl
         uint16_t h;
         memcpy(&h, w + (qtype == 2 ? b * 66 + 64 : b * 54 + 52), 2);
         dw[b] = _cvtsh_ss(h);
+    }
+}
+
+/* TQ GEMM (VNNI, T >= 2): the I2_S microkernel run one 256-weight block at a time; after each block the      */
+/* integer sums are turned into y += (float)(isum - bsum) * (d_act * d_w), per token lane, in block order     */
+/* (bitwise the scalar order). daT/bqT: (nb, Tpad) block scales and sums per token, zero past the last token. */
+BK_T512 static void bk_tq_gemm_block_512(const uint8_t *w, int qtype, int64_t N, int64_t K, int64_t n0, int64_t T,
+                                         int64_t Tpad, const int32_t *at, const float *daT, const int32_t *bqT,
+                                         float *y, uint8_t *wu) {
+    const int64_t nb = K / 256, bpb = qtype == 2 ? 66 : 54;
+    const int64_t rows = N - n0 < BK_R512 ? N - n0 : BK_R512;
+    float dw[BK_R512][64];  /* nb <= 64 (K <= 16384), checked by the caller */
+    for (int64_t r = 0; r < BK_R512; r++) {
+        uint8_t *dst = wu + r * K;
+        if (r >= rows) { memset(dst, 0, K); for (int64_t b = 0; b < nb; b++) dw[r][b] = 0.0f; continue; }
+        const uint8_t *src = w + (n0 + r) * nb * bpb;
+        if (qtype == 2) bk_tq2_unpack_row_256(src, K, dst);
+        else bk_tq1_unpack_row_256(src, K, dst);
+        bk_tq_scales_256(src, qtype, nb, dw[r]);
+    }
+    __m512i acc[BK_R512 * 4];
+    __m512 yv[BK_R512 * 4];
+    float tmp[16];
+    for (int64_t t0 = 0; t0 < T; t0 += BK_TW512) {
+        const int64_t tn = T - t0 < BK_TW512 ? T - t0 : BK_TW512;
+        const int nv = tn <= 16 ? 1 : 4;
+        const int32_t *a = at + t0 * (K / 4);
+        for (int i = 0; i < BK_R512 * nv; i++) yv[i] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            if (nv == 1) bk_mk512_nv1_range(wu, K, a, b * 64, b * 64 + 64, acc);
+            else bk_mk512_nv4_range(wu, K, a, b * 64, b * 64 + 64, acc);
+            for (int v = 0; v < nv; v++) {
+                const __m512 da = _mm512_loadu_ps(daT + b * Tpad + t0 + v * 16);
+                const __m512i bq = _mm512_loadu_si512(bqT + b * Tpad + t0 + v * 16);
+                for (int64_t r = 0; r < BK_R512; r++) {
+                    const __m512 d = _mm512_mul_ps(da, _mm512_set1_ps(dw[r][b]));
+                    const __m512 s = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r * nv + v], bq));
+                    yv[r * nv + v] = _mm512_add_ps(yv[r * nv + v], _mm512_mul_ps(s, d));
+                }
+            }
+        }
+        for (int64_t r = 0; r < rows; r++)
+            for (int v = 0; v < nv; v++) {
+                _mm512_storeu_ps(tmp, yv[r * nv + v]);
+                for (int64_t l = 0; l < 16 && v * 16 + l < tn; l++) y[(t0 + v * 16 + l) * N + n0 + r] = tmp[l];
+            }
     }
 }
 
