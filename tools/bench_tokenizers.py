@@ -88,7 +88,8 @@ def diverse_english_text(n_bytes: int, tokens: list[str], seed: int = 0) -> str:
 
 
 def vocab_path() -> Path:
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "fetch_llama_vocabs.py")], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "fetch_llama_vocabs.py")], capture_output=True, text=True,
+                       check=False)
     if r.returncode != 0:
         sys.exit(r.stderr)
     return Path(r.stdout.strip().splitlines()[-1]) / "ggml-vocab-llama-bpe.gguf"
@@ -114,7 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from bitnet_models import read_gguf
-
     from bitnet_tokenizers import load_tokenizer
 
     path = vocab_path()
@@ -140,21 +140,20 @@ def main(argv: list[str] | None = None) -> int:
     llm, best, med, cpu = timed(load_llama, args.repeat)
     rows.append(("load: Llama(vocab_only=True) (llama-cpp-python)", best, med, cpu, ""))
 
-    def encode_cold():
-        tok.clear_cache()  # every run starts without memoized pre-tokens
-        return tok.encode(text, add_bos=False)
-
     encodes = []
     ok = True
     for label, txt in (("common words", text), ("long-tail words", diverse_english_text(len(data), tok.vocab.tokens))):
         raw = txt.encode("utf-8")
 
-        def encode_cold(txt=txt):
+        def encode_cold(txt: str = txt) -> list[int]:
             tok.clear_cache()  # every run starts without memoized pre-tokens
             return tok.encode(txt, add_bos=False)
 
+        def encode_llama(raw: bytes = raw) -> list[int]:
+            return llm.tokenize(raw, add_bos=False, special=False)
+
         ours, t_ours, m_ours, c_ours = timed(encode_cold, args.repeat)
-        theirs, t_llama, m_llama, c_llama = timed(lambda: llm.tokenize(raw, add_bos=False, special=False), args.repeat)
+        theirs, t_llama, m_llama, c_llama = timed(encode_llama, args.repeat)
         ok = ok and ours == theirs
         same = "identical ids" if ours == theirs else f"IDS DIFFER ({len(ours)} vs {len(theirs)} tokens)"
         encodes.append((label, len(raw), len(ours), same, (t_ours, m_ours, c_ours), (t_llama, m_llama, c_llama)))

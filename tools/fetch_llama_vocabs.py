@@ -35,7 +35,7 @@ def _download(version: str, dest: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
            "-d", str(dest), f"llama-cpp-python=={version}"]
     print("+", " ".join(cmd), file=sys.stderr)
-    r = subprocess.run(cmd, stdout=sys.stderr)
+    r = subprocess.run(cmd, stdout=sys.stderr, check=False)
     if r.returncode != 0 or not (dest / name).exists():
         sys.exit(f"error: could not download {name} from PyPI (pip exited {r.returncode}); "
                  "pass --sdist with a copy of it")

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from bitnet_models import read_gguf
-from bitnet_tokenizers import BUILTIN_TEMPLATES, TokenizerError, load_tokenizer, render_chat
+from bitnet_tokenizers import (
+    BUILTIN_TEMPLATES,
+    TokenizerError,
+    load_tokenizer,
+    render_chat,
+)
 from bitnet_tokenizers.vocab import BYTE_TO_UNICODE
 
 pytestmark = pytest.mark.fast

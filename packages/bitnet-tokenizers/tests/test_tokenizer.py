@@ -6,9 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from bitnet_models import read_gguf
-from bitnet_tokenizers import IncrementalDetokenizer, MockTokenizer, TokenizerError, load_tokenizer
+from bitnet_tokenizers import (
+    IncrementalDetokenizer,
+    MockTokenizer,
+    TokenizerError,
+    load_tokenizer,
+)
 from bitnet_tokenizers.vocab import BYTE_TO_UNICODE
 
 pytestmark = pytest.mark.fast
@@ -179,8 +183,9 @@ def test_invalid_unicode_is_a_typed_error(spm, bpe):
 
 
 def test_cli_error_is_one_line(tmp_path, capsys):
-    from bitnet.cli import main
     from bitnet_models import write_gguf
+
+    from bitnet.cli import main
 
     path = write_gguf(tmp_path / "none.gguf", "llama", {"general.name": "x"}, [])
     assert main(["tokenize", "-m", str(path), "-p", "hi"]) == 2
