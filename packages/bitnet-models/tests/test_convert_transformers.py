@@ -280,3 +280,33 @@ def test_1bitllm_checkpoint_as_arch_bitnet(onebit, onebit_ref, tmp_path, outtype
     assert np.array_equal(exact, lc)  # llama.cpp loads our file and computes what our llama numerics compute
     assert vs_llama.top1 == 1.0 and vs_llama.max_rel < 1e-4
     assert llama_vs_ref.top1 == 1.0 and llama_vs_ref.max_rel < 1e-4
+
+
+def test_llama_cpp_tokenizes_the_converted_vocabularies(onebit, tmp_path):
+    """llama.cpp reads both exported vocabularies (byte-level BPE and SentencePiece) and tokenizes as the source
+    libraries do."""
+    import llama_cpp
+    import sentencepiece as spm
+    from tokenizers import Tokenizer as HFTokenizer
+
+    texts = ["The quick brown fox.", "To be, or not to be: 1234 BitNet!", "the lazy dog  jumps"]
+    bpe = convert(onebit, tmp_path / "bpe.gguf", "tq2_0").path
+    hf = HFTokenizer.from_file(str(onebit / "tokenizer.json"))
+    llm = llama_cpp.Llama(model_path=str(bpe), vocab_only=True, verbose=False)
+    for t in texts:
+        assert llm.tokenize(t.encode(), add_bos=False) == hf.encode(t, add_special_tokens=False).ids, t
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(texts * 40))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=300,
+                                   model_type="bpe", byte_fallback=True, minloglevel=2)
+    import shutil
+
+    d = Path(shutil.copytree(onebit, tmp_path / "spm"))
+    (d / "tokenizer.json").unlink()
+    shutil.copy(tmp_path / "sp.model", d / "tokenizer.model")
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
+    llm = llama_cpp.Llama(model_path=str(convert(d, tmp_path / "spm.gguf", "tq2_0").path), vocab_only=True,
+                          verbose=False)
+    for t in texts[:2] + ["the lazy dog jumps"]:  # (sentencepiece collapses double spaces, llama.cpp does not)
+        assert llm.tokenize(t.encode(), add_bos=True) == [sp.bos_id()] + sp.encode(t), t
