@@ -257,3 +257,35 @@ def test_report_renders_a_receipt(tmp_path):
     assert "<script" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
     back = Receipt.from_dict(json.loads(receipt.to_json()))
     assert back.checks[0].margin == "3x over the limit" and back.verdict == "fail"
+
+
+def test_token_mismatch_stops_the_run_and_still_reports(tmp_path):
+    """A reference whose tokenizer differs: the run stops after the token check, every later check 'not run'."""
+    from bitnet_crossval.references import RefPerplexity, Reference
+    from bitnet_crossval.report import render_html
+    from bitnet_crossval.runner import run_crossval
+
+    class OffByOne(Reference):
+        name = "fake"
+
+        def describe(self):
+            return {"name": "fake", "mode": "in-process", "version": "0"}
+
+        def perplexity(self, text, text_path, n_ctx, n_chunks, ubatch):
+            from bitnet_models import read_gguf
+            from bitnet_tokenizers import load_tokenizer
+
+            ids = load_tokenizer(read_gguf(FIX / "b158-a-i2s.gguf")).encode(text)
+            ids[5] += 1
+            return RefPerplexity(np.asarray(ids), True, 128, 128, "logits", [])
+
+        def greedy(self, prompt, n):
+            raise AssertionError("must not get this far")
+
+    cfg = CrossValidationConfig(model=FIX / "b158-a-i2s.gguf", reference="bitnet-cpp", text=FIX / "text.txt")
+    r = run_crossval(cfg, reference=OffByOne())
+    assert r.verdict == "fail" and r.checks[0].name == "tokens" and r.checks[0].value == 5
+    assert "first difference at token 5" in r.checks[0].detail
+    assert all(c.passed is None and "token ids differ" in c.detail for c in r.checks[1:])
+    page = render_html(r)
+    assert ">FAIL<" in page and "<svg" not in page  # no numbers to plot
