@@ -253,60 +253,30 @@ BK_T512 static inline int32_t bk_i2s_combine512(__m512i a0, __m512i a1, __m512i 
     return _mm512_reduce_add_epi32(v);
 }
 
-#ifndef BK_PF_ROWS
-#define BK_PF_ROWS 2 /* software prefetch this many rows ahead in the GEMVs (0 = off) */
-#endif
+/* One row at a time (a single sequential stream per thread; interleaving two rows measured slower from DRAM), */
+/* two pairs of blocks per iteration into two accumulator sets for instruction-level parallelism.            */
 BK_T512 static void bk_i2s_gemv_rows_512(const uint8_t *w, int64_t K, const int8_t *qp, int64_t n0, int64_t n1,
                                          int32_t *dot) {
     const __m512i m0 = _mm512_set1_epi8((char)0xC0), m1 = _mm512_set1_epi8(0x30);
     const __m512i m2 = _mm512_set1_epi8(0x0C), m3 = _mm512_set1_epi8(0x03);
     const int64_t nb = K / 128, rb = K / 4;
-    int64_t n = n0;
-    for (; n + 2 <= n1; n += 2) {
-        const uint8_t *wa = w + n * rb, *wb = wa + rb;
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *wa = w + n * rb;
         __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
         __m512i b0 = a0, b1 = a0, b2 = a0, b3 = a0;
         int64_t j = 0;
-        for (; j + 1 < nb; j += 2) {
+        for (; j + 3 < nb; j += 4) {
             const int8_t *a = qp + j * 128;
-            const __m512i x0 = _mm512_loadu_si512(a), x1 = _mm512_loadu_si512(a + 64);
-            const __m512i x2 = _mm512_loadu_si512(a + 128), x3 = _mm512_loadu_si512(a + 192);
-            const __m512i va = _mm512_loadu_si512(wa + j * 32), vb = _mm512_loadu_si512(wb + j * 32);
-#if BK_PF_ROWS
-            _mm_prefetch((const char *)(wa + BK_PF_ROWS * rb + j * 32), _MM_HINT_T0);
-            _mm_prefetch((const char *)(wb + BK_PF_ROWS * rb + j * 32), _MM_HINT_T0);
-#endif
-            a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(va, m0), x0);
-            a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(va, m1), x1);
-            a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(va, m2), x2);
-            a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(va, m3), x3);
-            b0 = _mm512_dpbusd_epi32(b0, _mm512_and_si512(vb, m0), x0);
-            b1 = _mm512_dpbusd_epi32(b1, _mm512_and_si512(vb, m1), x1);
-            b2 = _mm512_dpbusd_epi32(b2, _mm512_and_si512(vb, m2), x2);
-            b3 = _mm512_dpbusd_epi32(b3, _mm512_and_si512(vb, m3), x3);
+            const __m512i va = _mm512_loadu_si512(wa + j * 32), vb = _mm512_loadu_si512(wa + j * 32 + 64);
+            a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(va, m0), _mm512_loadu_si512(a));
+            a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(va, m1), _mm512_loadu_si512(a + 64));
+            a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(va, m2), _mm512_loadu_si512(a + 128));
+            a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(va, m3), _mm512_loadu_si512(a + 192));
+            b0 = _mm512_dpbusd_epi32(b0, _mm512_and_si512(vb, m0), _mm512_loadu_si512(a + 256));
+            b1 = _mm512_dpbusd_epi32(b1, _mm512_and_si512(vb, m1), _mm512_loadu_si512(a + 320));
+            b2 = _mm512_dpbusd_epi32(b2, _mm512_and_si512(vb, m2), _mm512_loadu_si512(a + 384));
+            b3 = _mm512_dpbusd_epi32(b3, _mm512_and_si512(vb, m3), _mm512_loadu_si512(a + 448));
         }
-        if (j < nb) { /* one block left: 256-bit lanes, activations in natural order */
-            const int8_t *a = qp + j * 128;
-            const __m256i x0 = _mm256_loadu_si256((const __m256i *)a), x1 = _mm256_loadu_si256((const __m256i *)(a + 32));
-            const __m256i x2 = _mm256_loadu_si256((const __m256i *)(a + 64)), x3 = _mm256_loadu_si256((const __m256i *)(a + 96));
-            const __m256i va = _mm256_loadu_si256((const __m256i *)(wa + j * 32)), vb = _mm256_loadu_si256((const __m256i *)(wb + j * 32));
-            const __m256i z = _mm256_setzero_si256();
-            a0 = _mm512_add_epi32(a0, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(va, _mm512_castsi512_si256(m0)), x0)));
-            a1 = _mm512_add_epi32(a1, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(va, _mm512_castsi512_si256(m1)), x1)));
-            a2 = _mm512_add_epi32(a2, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(va, _mm512_castsi512_si256(m2)), x2)));
-            a3 = _mm512_add_epi32(a3, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(va, _mm512_castsi512_si256(m3)), x3)));
-            b0 = _mm512_add_epi32(b0, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(vb, _mm512_castsi512_si256(m0)), x0)));
-            b1 = _mm512_add_epi32(b1, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(vb, _mm512_castsi512_si256(m1)), x1)));
-            b2 = _mm512_add_epi32(b2, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(vb, _mm512_castsi512_si256(m2)), x2)));
-            b3 = _mm512_add_epi32(b3, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(vb, _mm512_castsi512_si256(m3)), x3)));
-        }
-        dot[n - n0] = bk_i2s_combine512(a0, a1, a2, a3);
-        dot[n + 1 - n0] = bk_i2s_combine512(b0, b1, b2, b3);
-    }
-    for (; n < n1; n++) {
-        const uint8_t *wa = w + n * rb;
-        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-        int64_t j = 0;
         for (; j + 1 < nb; j += 2) {
             const int8_t *a = qp + j * 128;
             const __m512i va = _mm512_loadu_si512(wa + j * 32);
@@ -315,7 +285,7 @@ BK_T512 static void bk_i2s_gemv_rows_512(const uint8_t *w, int64_t K, const int8
             a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(va, m2), _mm512_loadu_si512(a + 128));
             a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(va, m3), _mm512_loadu_si512(a + 192));
         }
-        if (j < nb) {
+        if (j < nb) { /* one block left: 256-bit lanes, activations in natural order */
             const int8_t *a = qp + j * 128;
             const __m256i va = _mm256_loadu_si256((const __m256i *)(wa + j * 32));
             const __m256i z = _mm256_setzero_si256();
@@ -324,7 +294,8 @@ BK_T512 static void bk_i2s_gemv_rows_512(const uint8_t *w, int64_t K, const int8
             a2 = _mm512_add_epi32(a2, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(va, _mm512_castsi512_si256(m2)), _mm256_loadu_si256((const __m256i *)(a + 64)))));
             a3 = _mm512_add_epi32(a3, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(va, _mm512_castsi512_si256(m3)), _mm256_loadu_si256((const __m256i *)(a + 96)))));
         }
-        dot[n - n0] = bk_i2s_combine512(a0, a1, a2, a3);
+        dot[n - n0] = bk_i2s_combine512(_mm512_add_epi32(a0, b0), _mm512_add_epi32(a1, b1), _mm512_add_epi32(a2, b2),
+                                        _mm512_add_epi32(a3, b3));
     }
 }
 
