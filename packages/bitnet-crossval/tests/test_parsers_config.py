@@ -289,3 +289,12 @@ def test_token_mismatch_stops_the_run_and_still_reports(tmp_path):
     assert all(c.passed is None and "token ids differ" in c.detail for c in r.checks[1:])
     page = render_html(r)
     assert ">FAIL<" in page and "<svg" not in page  # no numbers to plot
+
+
+def test_llama_cpp_reference_refuses_bitnet_cpp_models_before_loading():
+    from bitnet_crossval.references import LlamaCppReference
+
+    with pytest.raises(ReferenceUnavailableError, match="b158-a-i2s.gguf has I2_S tensors.*--reference bitnet-cpp"):
+        LlamaCppReference(FIX / "b158-a-i2s.gguf")
+    with pytest.raises(ReferenceUnavailableError, match="arch 'bitnet-b1.58'"):
+        LlamaCppReference(FIX / "b158-a-f32.gguf")

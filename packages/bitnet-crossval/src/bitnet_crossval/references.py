@@ -90,6 +90,7 @@ class LlamaCppReference(Reference):
     name = "llama-cpp"
 
     def __init__(self, model: Path, threads: int | None = None):
+        _check_upstream_can_load(Path(model))
         try:
             import llama_cpp
         except ImportError:
@@ -190,6 +191,19 @@ class LlamaCppReference(Reference):
             self._llm.close()
             self._llm = None
             self._llm_key = None
+
+
+def _check_upstream_can_load(model: Path) -> None:
+    """Upstream llama.cpp knows neither bitnet.cpp's architectures nor its I2_S type: say so before it fails."""
+    from bitnet_models import read_gguf
+
+    g = read_gguf(model)
+    i2s = any(info.qtype.name == "I2_S" for info in g.tensors.values())
+    if i2s or g.architecture in ("bitnet-b1.58", "bitnet-25"):
+        what = "I2_S tensors" if i2s else f"arch {g.architecture!r}"
+        raise ReferenceUnavailableError(
+            f"{model.name} has {what}, which only bitnet.cpp runs (upstream llama.cpp runs arch `bitnet` with "
+            "F32/F16/TQ1_0/TQ2_0); use --reference bitnet-cpp")
 
 
 def _adds_bos(llm) -> bool:
