@@ -182,9 +182,6 @@ cdef void _i2s_gemv(int m, const uint8_t** w, const int64_t* N, int64_t K, const
         first[j] = nchunks
         nchunks += (N[j] + GEMV_CHUNK - 1) // GEMV_CHUNK
     first[m] = nchunks
-    if isa == BK_VNNI:
-        qp = <int8_t*>malloc(K)
-        bk_i2s_perm_act(q, K, qp)
     with parallel(num_threads=_threads if nchunks > 1 else 1):
         dots = <int32_t*>malloc(GEMV_CHUNK * sizeof(int32_t))
         codes = NULL
@@ -197,7 +194,7 @@ cdef void _i2s_gemv(int m, const uint8_t** w, const int64_t* N, int64_t K, const
             n0 = (c - first[mat]) * GEMV_CHUNK
             n1 = _min(N[mat], n0 + GEMV_CHUNK)
             if isa == BK_VNNI:
-                bk_i2s_gemv_rows_512(w[mat], K, qp, n0, n1, dots)
+                bk_i2s_gemv_rows_512(w[mat], K, q, n0, n1, dots)
             elif isa == BK_AVX2:
                 bk_i2s_gemv_rows_256(w[mat], K, q, n0, n1, dots)
             else:
@@ -314,11 +311,9 @@ cdef void tq_linear_k(const uint8_t* w, int qtype, int64_t N, int64_t K, const f
     cdef int8_t* qp = NULL
     cdef int64_t c, nchunks = (N + GEMV_CHUNK - 1) // GEMV_CHUNK
     if T == 1 and qtype == 2 and isa == BK_VNNI:
-        # decode: codes straight from the blocks, activations permuted once
-        qp = <int8_t*>malloc(K)
-        bk_tq2_perm_act(q, K, qp)
+        # decode: codes straight from the blocks
         for c in prange(nchunks, num_threads=_threads, schedule='guided'):
-            bk_tq2_rows_512(w, K, qp, da, bq, c * GEMV_CHUNK, _min(N, (c + 1) * GEMV_CHUNK), y + c * GEMV_CHUNK)
+            bk_tq2_rows_512(w, K, q, da, bq, c * GEMV_CHUNK, _min(N, (c + 1) * GEMV_CHUNK), y + c * GEMV_CHUNK)
         free(qp)
         free(q)
         free(da)

@@ -253,59 +253,56 @@ BK_T512 static inline int32_t bk_i2s_combine512(__m512i a0, __m512i a1, __m512i 
     return _mm512_reduce_add_epi32(v);
 }
 
-/* One row at a time (a single sequential stream per thread; interleaving two rows measured slower from DRAM), */
-/* two pairs of blocks per iteration into two accumulator sets for instruction-level parallelism.            */
-BK_T512 static void bk_i2s_gemv_rows_512(const uint8_t *w, int64_t K, const int8_t *qp, int64_t n0, int64_t n1,
-                                         int32_t *dot) {
-    const __m512i m0 = _mm512_set1_epi8((char)0xC0), m1 = _mm512_set1_epi8(0x30);
-    const __m512i m2 = _mm512_set1_epi8(0x0C), m3 = _mm512_set1_epi8(0x03);
-    const int64_t nb = K / 128, rb = K / 4;
-    for (int64_t n = n0; n < n1; n++) {
-        const uint8_t *wa = w + n * rb;
-        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-        __m512i b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-        int64_t j = 0;
-        for (; j + 3 < nb; j += 4) {
-            const int8_t *a = qp + j * 128;
-            const __m512i va = _mm512_loadu_si512(wa + j * 32), vb = _mm512_loadu_si512(wa + j * 32 + 64);
-            a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(va, m0), _mm512_loadu_si512(a));
-            a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(va, m1), _mm512_loadu_si512(a + 64));
-            a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(va, m2), _mm512_loadu_si512(a + 128));
-            a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(va, m3), _mm512_loadu_si512(a + 192));
-            b0 = _mm512_dpbusd_epi32(b0, _mm512_and_si512(vb, m0), _mm512_loadu_si512(a + 256));
-            b1 = _mm512_dpbusd_epi32(b1, _mm512_and_si512(vb, m1), _mm512_loadu_si512(a + 320));
-            b2 = _mm512_dpbusd_epi32(b2, _mm512_and_si512(vb, m2), _mm512_loadu_si512(a + 384));
-            b3 = _mm512_dpbusd_epi32(b3, _mm512_and_si512(vb, m3), _mm512_loadu_si512(a + 448));
-        }
-        for (; j + 1 < nb; j += 2) {
-            const int8_t *a = qp + j * 128;
-            const __m512i va = _mm512_loadu_si512(wa + j * 32);
-            a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(va, m0), _mm512_loadu_si512(a));
-            a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(va, m1), _mm512_loadu_si512(a + 64));
-            a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(va, m2), _mm512_loadu_si512(a + 128));
-            a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(va, m3), _mm512_loadu_si512(a + 192));
-        }
-        if (j < nb) { /* one block left: 256-bit lanes, activations in natural order */
-            const int8_t *a = qp + j * 128;
-            const __m256i va = _mm256_loadu_si256((const __m256i *)(wa + j * 32));
-            const __m256i z = _mm256_setzero_si256();
-            a0 = _mm512_add_epi32(a0, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(va, _mm512_castsi512_si256(m0)), _mm256_loadu_si256((const __m256i *)a))));
-            a1 = _mm512_add_epi32(a1, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(va, _mm512_castsi512_si256(m1)), _mm256_loadu_si256((const __m256i *)(a + 32)))));
-            a2 = _mm512_add_epi32(a2, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(va, _mm512_castsi512_si256(m2)), _mm256_loadu_si256((const __m256i *)(a + 64)))));
-            a3 = _mm512_add_epi32(a3, _mm512_zextsi256_si512(_mm256_dpbusd_epi32(z, _mm256_and_si256(va, _mm512_castsi512_si256(m3)), _mm256_loadu_si256((const __m256i *)(a + 96)))));
-        }
-        dot[n - n0] = bk_i2s_combine512(_mm512_add_epi32(a0, b0), _mm512_add_epi32(a1, b1), _mm512_add_epi32(a2, b2),
-                                        _mm512_add_epi32(a3, b3));
-    }
-}
-
-/* AVX2: no VNNI; maddubs(u8 code, s8 q) pairs never saturate (|2 * 3 * 128| < 32767). Natural act order.   */
 BK_T256 static inline int32_t bk_hsum256(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
     return _mm_cvtsi128_si32(s);
 }
+
+/* One row at a time (one sequential stream per thread), 256-bit VNNI: two 32-byte blocks per iteration into  */
+/* two accumulator sets. Measured on Zen 4 from DRAM this beat 512-bit loads over two blocks (and two rows     */
+/* interleaved) by 1.5-2x, and software prefetch only hurt. Activations in natural order.                     */
+BK_T512 static void bk_i2s_gemv_rows_512(const uint8_t *w, int64_t K, const int8_t *q, int64_t n0, int64_t n1,
+                                         int32_t *dot) {
+    const __m256i m0 = _mm256_set1_epi8((char)0xC0), m1 = _mm256_set1_epi8(0x30);
+    const __m256i m2 = _mm256_set1_epi8(0x0C), m3 = _mm256_set1_epi8(0x03);
+    const int64_t nb = K / 128, rb = K / 4;
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *wa = w + n * rb;
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        int64_t j = 0;
+        for (; j + 1 < nb; j += 2) {
+            const int8_t *a = q + j * 128;
+            const __m256i va = _mm256_loadu_si256((const __m256i *)(wa + j * 32));
+            const __m256i vb = _mm256_loadu_si256((const __m256i *)(wa + j * 32 + 32));
+            a0 = _mm256_dpbusd_epi32(a0, _mm256_and_si256(va, m0), _mm256_loadu_si256((const __m256i *)a));
+            a1 = _mm256_dpbusd_epi32(a1, _mm256_and_si256(va, m1), _mm256_loadu_si256((const __m256i *)(a + 32)));
+            a2 = _mm256_dpbusd_epi32(a2, _mm256_and_si256(va, m2), _mm256_loadu_si256((const __m256i *)(a + 64)));
+            a3 = _mm256_dpbusd_epi32(a3, _mm256_and_si256(va, m3), _mm256_loadu_si256((const __m256i *)(a + 96)));
+            b0 = _mm256_dpbusd_epi32(b0, _mm256_and_si256(vb, m0), _mm256_loadu_si256((const __m256i *)(a + 128)));
+            b1 = _mm256_dpbusd_epi32(b1, _mm256_and_si256(vb, m1), _mm256_loadu_si256((const __m256i *)(a + 160)));
+            b2 = _mm256_dpbusd_epi32(b2, _mm256_and_si256(vb, m2), _mm256_loadu_si256((const __m256i *)(a + 192)));
+            b3 = _mm256_dpbusd_epi32(b3, _mm256_and_si256(vb, m3), _mm256_loadu_si256((const __m256i *)(a + 224)));
+        }
+        if (j < nb) {
+            const int8_t *a = q + j * 128;
+            const __m256i va = _mm256_loadu_si256((const __m256i *)(wa + j * 32));
+            a0 = _mm256_dpbusd_epi32(a0, _mm256_and_si256(va, m0), _mm256_loadu_si256((const __m256i *)a));
+            a1 = _mm256_dpbusd_epi32(a1, _mm256_and_si256(va, m1), _mm256_loadu_si256((const __m256i *)(a + 32)));
+            a2 = _mm256_dpbusd_epi32(a2, _mm256_and_si256(va, m2), _mm256_loadu_si256((const __m256i *)(a + 64)));
+            a3 = _mm256_dpbusd_epi32(a3, _mm256_and_si256(va, m3), _mm256_loadu_si256((const __m256i *)(a + 96)));
+        }
+        a0 = _mm256_add_epi32(a0, b0);
+        a1 = _mm256_add_epi32(a1, b1);
+        a2 = _mm256_add_epi32(a2, b2);
+        a3 = _mm256_add_epi32(a3, b3);
+        dot[n - n0] = bk_hsum256(_mm256_add_epi32(_mm256_add_epi32(_mm256_srai_epi32(a0, 6), _mm256_srai_epi32(a1, 4)),
+                                                  _mm256_add_epi32(_mm256_srai_epi32(a2, 2), a3)));
+    }
+}
+
+/* AVX2: no VNNI; maddubs(u8 code, s8 q) pairs never saturate (|2 * 3 * 128| < 32767). Natural act order.   */
 
 BK_T256 static void bk_i2s_gemv_rows_256(const uint8_t *w, int64_t K, const int8_t *q, int64_t n0, int64_t n1,
                                          int32_t *dot) {
@@ -669,25 +666,29 @@ static void bk_tq2_perm_act(const int8_t *q, int64_t K, int8_t *qp) {
             for (int h = 0; h < 2; h++) memcpy(qp + b * 256 + j * 64 + h * 32, q + b * 256 + h * 128 + j * 32, 32);
 }
 
-BK_T512 static void bk_tq2_rows_512(const uint8_t *w, int64_t K, const int8_t *qp, const float *da,
+BK_T512 static void bk_tq2_rows_512(const uint8_t *w, int64_t K, const int8_t *q, const float *da,
                                     const int32_t *bq, int64_t n0, int64_t n1, float *y) {
     const int64_t nb = K / 256;
-    const __m512i m3 = _mm512_set1_epi8(3);
+    const __m256i m3 = _mm256_set1_epi8(3);
     for (int64_t n = n0; n < n1; n++) {
         const uint8_t *wr = w + n * nb * 66;
         float acc = 0.0f;
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *blk = wr + b * 66;
-            const int8_t *a = qp + b * 256;
-            const __m512i v = _mm512_loadu_si512(blk);
-            __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v, m3), _mm512_loadu_si512(a));
-            s = _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(v, 2), m3), _mm512_loadu_si512(a + 64));
-            s = _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(v, 4), m3), _mm512_loadu_si512(a + 128));
-            s = _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(v, 6), m3), _mm512_loadu_si512(a + 192));
+            const int8_t *a = q + b * 256;
+            const __m256i v0 = _mm256_loadu_si256((const __m256i *)blk), v1 = _mm256_loadu_si256((const __m256i *)(blk + 32));
+            __m256i s0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_and_si256(v0, m3), _mm256_loadu_si256((const __m256i *)a));
+            __m256i s1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_and_si256(v1, m3), _mm256_loadu_si256((const __m256i *)(a + 128)));
+            s0 = _mm256_dpbusd_epi32(s0, _mm256_and_si256(_mm256_srli_epi16(v0, 2), m3), _mm256_loadu_si256((const __m256i *)(a + 32)));
+            s1 = _mm256_dpbusd_epi32(s1, _mm256_and_si256(_mm256_srli_epi16(v1, 2), m3), _mm256_loadu_si256((const __m256i *)(a + 160)));
+            s0 = _mm256_dpbusd_epi32(s0, _mm256_and_si256(_mm256_srli_epi16(v0, 4), m3), _mm256_loadu_si256((const __m256i *)(a + 64)));
+            s1 = _mm256_dpbusd_epi32(s1, _mm256_and_si256(_mm256_srli_epi16(v1, 4), m3), _mm256_loadu_si256((const __m256i *)(a + 192)));
+            s0 = _mm256_dpbusd_epi32(s0, _mm256_and_si256(_mm256_srli_epi16(v0, 6), m3), _mm256_loadu_si256((const __m256i *)(a + 96)));
+            s1 = _mm256_dpbusd_epi32(s1, _mm256_and_si256(_mm256_srli_epi16(v1, 6), m3), _mm256_loadu_si256((const __m256i *)(a + 224)));
             uint16_t h;
             memcpy(&h, blk + 64, 2);
             const float d = da[b] * _cvtsh_ss(h);
-            acc = acc + (float)(_mm512_reduce_add_epi32(s) - bq[b]) * d;
+            acc = acc + (float)(bk_hsum256(_mm256_add_epi32(s0, s1)) - bq[b]) * d;
         }
         y[n - n0] = acc;
     }
