@@ -20,6 +20,7 @@ PROVIDERS = {
     "generate": ("bitnet_inference.commands", "inference"),
     "chat": ("bitnet_inference.commands", "inference"),
     "perplexity": ("bitnet_inference.commands", "inference"),
+    "bench": ("bitnet_inference.commands", "inference"),
 }
 
 

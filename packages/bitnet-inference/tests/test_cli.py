@@ -71,3 +71,15 @@ def test_missing_model_from_environment_exits_2(tmp_path):
     assert r.returncode == 2
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and "missing.gguf" in lines[0] and "BITNET_GGUF" in lines[0]
+
+
+def test_bench_json_has_llama_bench_fields(fixtures, capsys):
+    import json
+
+    assert main(["bench", "-m", str(fixtures / "b158-a-i2s.gguf"), "-p", "16", "-n", "4", "-t", "1", "-r", "2",
+                 "--json"]) == 0
+    recs = json.loads(capsys.readouterr().out)
+    assert [(r["n_prompt"], r["n_gen"]) for r in recs] == [(16, 0), (0, 4)]
+    for r in recs:
+        assert r["n_threads"] == 1 and len(r["samples_ns"]) == 2 and r["avg_ts"] > 0 and r["stddev_ts"] >= 0
+    assert main(["bench", "-m", str(fixtures / "b158-a-i2s.gguf"), "-r", "0"]) == 2

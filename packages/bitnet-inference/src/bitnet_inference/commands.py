@@ -244,7 +244,57 @@ def _perplexity(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- bench --------------------------------------------------------------------------------------------------
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", help="GGUF model file (default: discovery)")
+    p.add_argument("-p", "--n-prompt", type=int, nargs="*", default=[128], help="prompt sizes (default 128; 0 = skip)")
+    p.add_argument("-n", "--n-gen", type=int, nargs="*", default=[64], help="tokens to generate (default 64; 0 = skip)")
+    p.add_argument("-t", "--threads", type=int, nargs="*", default=None, help="thread counts (default: all cores)")
+    p.add_argument("-r", "--repetitions", type=int, default=3, help="repetitions of each test (default 3)")
+    p.add_argument("--numerics", choices=("fast", "ggml", "llama"), default="fast", help="numerics (default fast)")
+    p.add_argument("--json", action="store_true", help="print llama-bench-style JSON records instead of a table")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from bitnet_inference import bench as B
+    from bitnet_inference.generate import Model
+    from bitnet_models.discovery import resolve_model
+    from bitnet_models.settings import Settings
+
+    if args.repetitions < 1:
+        raise EngineError(f"-r must be at least 1, got {args.repetitions}")
+    if any(n < 0 for n in args.n_prompt + args.n_gen):
+        raise EngineError("-p and -n take sizes >= 0")
+    settings = Settings.from_env(os.environ)
+    resolved = resolve_model(args.model, settings)
+    print(f"model: {resolved.path} (from {resolved.source})", file=sys.stderr, flush=True)
+    threads = args.threads or [settings.cpu_threads or len(os.sched_getaffinity(0))]
+    if any(t < 1 for t in threads):
+        raise EngineError("-t takes thread counts >= 1")
+    n_ctx = max(max(args.n_prompt, default=0), max(args.n_gen, default=0), 1) + 1
+    model = Model(resolved.path, numerics=args.numerics, n_ctx=n_ctx)
+    backend = B.backend_name()
+    results = []
+    for t in threads:
+        _set_threads(t)
+        for n_p in args.n_prompt:
+            if n_p:
+                results.append(B.run_test(model, n_p, 0, args.repetitions, t))
+        for n_g in args.n_gen:
+            if n_g:
+                results.append(B.run_test(model, 0, n_g, args.repetitions, t))
+    if args.json:
+        print(json.dumps([B.record(model, r, backend) for r in results], indent=2))
+    else:
+        print(B.format_table(model, results, backend))
+    return 0
+
+
 COMMANDS = {
+    "bench": Command("prompt and decode throughput, llama-bench style", _bench_args, _bench),
     "generate": Command("generate text from a prompt", _generate_args, _generate),
     "chat": Command("chat with the model (chat template from the file when present)", _chat_args, _chat),
     "perplexity": Command("perplexity and KL divergence, llama-perplexity style", _perplexity_args, _perplexity),
