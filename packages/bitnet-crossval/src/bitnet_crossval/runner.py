@@ -323,7 +323,11 @@ def _compare_greedy(cfg, model, tokenizer, ref, checks, numbers, piece, generate
 
 def _compare_speed(cfg, model, ref, checks, numbers, say) -> None:
     n_prompt, n_gen = 128, 64
-    theirs_runs = ref.bench(n_prompt, n_gen)
+    try:
+        theirs_runs = ref.bench(n_prompt, n_gen)
+    except ReferenceUnavailableError as e:
+        checks.append(C.not_run("speed", "Speed", str(e)))
+        return
     if not theirs_runs:
         checks.append(C.not_run("speed", "Speed", "the reference has no speed measurement here (a recorded folder "
                                 "needs X.bench.json from llama-bench -o json)"))
