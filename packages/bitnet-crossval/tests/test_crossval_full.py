@@ -113,3 +113,34 @@ def test_command_failing_run_exits_1_and_bad_input_exits_2(tmp_path, capsys):
     rc = main(["-m", str(tmp_path / "missing.gguf"), "-q"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and "missing.gguf" in err and len(err.strip().splitlines()) == 1
+
+
+REPLAY = """#!{python}
+import shutil, sys
+args, fix = sys.argv[1:], {fix!r}
+name = __file__.rsplit("/", 1)[1]
+if name == "llama-perplexity":
+    shutil.copy(fix + "/b158-a-i2s.kld", args[args.index("--kl-divergence-base") + 1])
+    print(open(fix + "/b158-a-i2s.ppl.txt").read())
+elif name == "llama-cli":
+    sys.stdout.write(open(fix + "/b158-a-i2s.greedy.txt").read())
+else:
+    sys.stdout.write(open(fix + "/llama-bench-2B4T-t2.json").read())
+"""
+
+
+def test_live_bitnet_cpp_path_end_to_end(tmp_path):
+    """BITNET_CPP_DIR's path through the runner, with programs that replay bitnet.cpp's recorded outputs."""
+    bin_dir = tmp_path / "BitNet" / "build" / "bin"
+    bin_dir.mkdir(parents=True)
+    for prog in ("llama-perplexity", "llama-cli", "llama-bench"):
+        (bin_dir / prog).write_text(REPLAY.format(python=sys.executable, fix=str(FIX)))
+        (bin_dir / prog).chmod(0o755)
+    r = run_crossval(CrossValidationConfig(model=FIX / "b158-a-i2s.gguf", reference="bitnet-cpp", numerics="ggml",
+                                           bitnet_cpp_dir=tmp_path / "BitNet", n_chunks=8, speed=True, threads=2))
+    show(r)
+    v = verdicts(r)
+    assert r.reference["mode"] == "live" and "llama-perplexity" in r.reference["source"]
+    assert all(v[name] for name in ALL_CHECKS)
+    assert {"speed.pp128", "speed.tg64"} <= set(v)  # judged; the replayed bench is another model's
+    assert "another model file" in next(c for c in r.checks if c.name == "speed.pp128").detail
