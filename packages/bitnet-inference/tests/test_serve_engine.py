@@ -167,6 +167,23 @@ def test_more_parallel_than_slots_is_an_error(parts):
         Engine(*parts, n_parallel=4)
 
 
+def test_failing_sampler_mid_generation_spares_the_others(engine, parts):
+    tok = parts[1]
+    calls = []
+
+    def breaks_later(logits):
+        calls.append(1)
+        if len(calls) == 3:
+            raise ValueError("late boom")
+        return ids_of(tok, ["t2"])[0]
+
+    bad, ok = Collector(), Collector()
+    engine.submit(GenRequest(tok.encode("hi"), 6, breaks_later, bad))
+    engine.submit(GenRequest(tok.encode("hi"), 6, scripted(ids_of(tok, ["t1"]) * 6), ok))
+    assert bad.wait()[1].finish_reason == "error" and "late boom" in bad.all[-1].error
+    assert ok.wait() == (" t1" * 6, ok.all[-1]) and ok.all[-1].finish_reason == "length"
+
+
 def test_engine_failure_reaches_the_client(engine, parts):
     tok = parts[1]
 

@@ -102,7 +102,7 @@ def check(r: httpx.Response, body_text: str) -> None:
         assert out.get("object") == "list" or out.get("status") == "ok", out
 
 
-FUZZ = settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                          HealthCheck.function_scoped_fixture])
 
 
@@ -115,7 +115,7 @@ def test_fuzzed_json_bodies(url, path, body):
     check(r, text)
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=50)
 @given(raw=st.binary(max_size=300), path=st.sampled_from(["/v1/completions", "/v1/chat/completions", "/v1/models",
                                                           "/health", "/v1/x"]),
        method=st.sampled_from(["POST", "GET", "PUT"]))

@@ -30,6 +30,8 @@ from bitnet_inference.serve.engine import Engine, Event, GenRequest, QueueFullEr
 
 log = logging.getLogger(__name__)
 
+MIN_TEMPERATURE = 1e-4  # below this, sampling is greedy (as at 0): the scaled logits would overflow float32
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -125,7 +127,8 @@ class API:
         max_tokens = room if p.max_tokens is None else min(p.max_tokens, room)
         if self.config.n_predict is not None:
             max_tokens = min(max_tokens, self.config.n_predict)
-        sampler = make_sampler(p.temperature, p.top_k, p.top_p, p.min_p, p.seed)
+        temp = p.temperature if p.temperature >= MIN_TEMPERATURE else 0.0  # logits / 1e-118 would overflow
+        sampler = make_sampler(temp, p.top_k, p.top_p, p.min_p, p.seed)
         req = GenRequest(prompt, max_tokens, sampler, emit, _logits_processors(p, len(prompt)), p.stop, p.ignore_eos)
         try:
             self.engine.submit(req)

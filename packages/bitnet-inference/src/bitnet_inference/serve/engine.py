@@ -220,7 +220,11 @@ class Engine:
         self.steps += 1
         self.max_batch = max(self.max_batch, len(seqs))
         for seq, row in zip(seqs, logits):
-            self._accept(seq, row)
+            try:
+                self._accept(seq, row)
+            except Exception as e:  # one request's sampling failed: the others go on
+                log.exception("sampling failed")
+                self._finish(seq, "error", error=f"{type(e).__name__}: {e}")
 
     def _accept(self, seq: _Sequence, logits: np.ndarray) -> None:
         """Sample the next token of `seq` from its logits and emit what it completes."""
