@@ -845,23 +845,45 @@ static void bk_f16_rows_c(const uint16_t *w, int64_t K, const float *x, int64_t 
 }
 
 /* int8 head: row absmax quantization of f16 rows, and int8 x int8 GEMV */
-static void bk_q8_prepare_rows(int isa, const uint16_t *w, int64_t K, int64_t n0, int64_t n1, int8_t *q,
-                               float *scale, float *wf);
-
 BK_T256 static void bk_h2f_row_256(const uint16_t *w, int64_t K, float *wf) {
     int64_t k = 0;
     for (; k + 8 <= K; k += 8) _mm256_storeu_ps(wf + k, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + k))));
     for (; k < K; k++) wf[k] = _cvtsh_ss(w[k]);
 }
 
+/* one row with F16C/AVX2: the same float32 operations as the portable loop (abs, max, mul, round-half-even) */
+BK_T256 static void bk_q8_prepare_row_256(const uint16_t *w, int64_t K, int8_t *q, float *scale) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 vmax = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8)
+        vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + k))), absmask));
+    float t[8];
+    _mm256_storeu_ps(t, vmax);
+    float amax = 0.0f;
+    for (int i = 0; i < 8; i++) amax = t[i] > amax ? t[i] : amax;
+    for (; k < K; k++) { const float a = fabsf(_cvtsh_ss(w[k])); amax = a > amax ? a : amax; }
+    if (amax == 0.0f) { memset(q, 0, K); *scale = 0.0f; return; }
+    const float s = 127.0f / amax;
+    const __m256 vs = _mm256_set1_ps(s);
+    int32_t it[8];
+    for (k = 0; k + 8 <= K; k += 8) {
+        const __m256i i = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + k))), vs));
+        _mm256_storeu_si256((__m256i *)it, i);
+        for (int j = 0; j < 8; j++) q[k + j] = (int8_t)it[j];
+    }
+    for (; k < K; k++) q[k] = (int8_t)nearbyintf(_cvtsh_ss(w[k]) * s);
+    *scale = amax / 127.0f;
+}
+
 static void bk_q8_prepare_rows(int isa, const uint16_t *w, int64_t K, int64_t n0, int64_t n1, int8_t *q,
                                float *scale, float *wf) {
     for (int64_t n = n0; n < n1; n++) {
-        if (isa == BK_PORTABLE) {
-            for (int64_t k = 0; k < K; k++) wf[k] = bk_h2f(w[n * K + k]);
-        } else {
-            bk_h2f_row_256(w + n * K, K, wf);
+        if (isa != BK_PORTABLE) {
+            bk_q8_prepare_row_256(w + n * K, K, q + n * K, scale + n);
+            continue;
         }
+        for (int64_t k = 0; k < K; k++) wf[k] = bk_h2f(w[n * K + k]);
         float amax = 0.0f;
         for (int64_t k = 0; k < K; k++) {
             const float a = fabsf(wf[k]);
