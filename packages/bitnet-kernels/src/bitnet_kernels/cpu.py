@@ -14,8 +14,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from bitnet_kernels import _cpu
 from bitnet_kernels.errors import KernelError
+
+try:
+    from bitnet_kernels import _cpu
+except ImportError as exc:  # a source checkout whose extension was never compiled
+    raise ImportError(
+        "bitnet_kernels._cpu is not built: install the package with `pip install -e packages/bitnet-kernels` "
+        "(needs a C compiler with OpenMP) or rebuild in place with `python packages/bitnet-kernels/hatch_build.py`"
+    ) from exc
 
 ISA_PATHS = ("avx512vnni", "avx2", "portable")
 TQ_BLOCK_BYTES = {"TQ2_0": 66, "TQ1_0": 54}
