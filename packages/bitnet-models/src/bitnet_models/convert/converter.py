@@ -49,7 +49,7 @@ LAYER = (
     ("ffn_down", "mlp.down_proj", None),
 )
 MATRICES = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"}
-EMBD_CHUNK = 8192  # embedding rows converted at a time
+EMBD_CHUNK = 2048  # embedding rows converted at a time (a few MB of temporaries)
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some checkpoints carry that the GGUF graph recomputes
 
 
