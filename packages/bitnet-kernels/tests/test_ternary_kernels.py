@@ -131,3 +131,36 @@ def test_i2s_linear_multi_equals_separate_calls(isa, threads, t):
     outs = [np.empty((t, n), np.float32) for *_, n in mats]
     ys2 = bk.i2s_linear_multi([(raw, n) for _, _, raw, n in mats], k, x, outs=outs)
     assert all(a is b for a, b in zip(ys2, outs))
+
+
+def _q8k_lanes_oracle(wq, d_w, x):
+    """llama.cpp's AVX2 TQ lane order in numpy (fma emulated in float64, exact for these magnitudes)."""
+    n, k = wq.shape
+    a = quantize_q8_k(x)
+    t, nb = x.shape[0], k // 256
+    m, j, p = np.ogrid[:8, :8, :4]
+    lanes = (32 * j + 4 * m + p).reshape(8, 32)
+    qa = a.q.reshape(t, nb, 256)[:, :, lanes].astype(np.int64)
+    codes = (wq.reshape(n, nb, 256)[:, :, lanes] + 1).astype(np.int64)
+    bsums = a.q.reshape(t, nb, 8, 32).sum(axis=3, dtype=np.int64)
+    part = (np.einsum("tbmk,nbmk->tnbm", qa, codes) - bsums[:, None]).astype(np.float32)
+    d = (a.d[:, None, :] * d_w[None, :, :]).astype(np.float32)
+    acc = np.zeros((t, n, 8), np.float32)
+    for b in range(nb):
+        acc = (part[:, :, b, :].astype(np.float64) * d[:, :, b, None] + acc).astype(np.float32)
+    r = (acc[..., 4:] + acc[..., :4]).astype(np.float32)
+    return ((r[..., 0] + r[..., 2]) + (r[..., 1] + r[..., 3])).astype(np.float32)
+
+
+@pytest.mark.parametrize("t,n,k", [(1, 7, 256), (3, 13, 768), (17, 5, 512)])
+@pytest.mark.parametrize("qtype", ["TQ2_0", "TQ1_0"])
+def test_tq_linear_llama_lane_order_bitwise(isa, qtype, t, n, k):
+    rng = np.random.default_rng(t * 31 + n + k)
+    wf = rng.standard_normal((n, k)).astype(np.float32)
+    enc, dec = (tq2_0_encode, ternary_codes_from_tq2_0) if qtype == "TQ2_0" else (tq1_0_encode, ternary_codes_from_tq1_0)
+    raw = enc(wf)
+    wq, d = dec(raw)
+    x = _acts(rng, t, k)
+    got = bk.tq_linear(raw, qtype, n, k, x, lane_order=True)
+    ref = _q8k_lanes_oracle(wq.reshape(n, k), d.reshape(n, k // 256), x)
+    np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))

@@ -10,7 +10,7 @@ cdef void i2s_linear_multi_k(int m, const uint8_t** w, const int64_t* N, int64_t
 cdef void i2s_linear_k(const uint8_t* w, int64_t N, int64_t K, const float* x, int64_t T, float* y) noexcept nogil
 cdef void q8k_quantize_k(const float* x, int64_t T, int64_t K, int8_t* q, float* d, int16_t* bsums) noexcept nogil
 cdef void tq_linear_k(const uint8_t* w, int qtype, int64_t N, int64_t K, const float* x, int64_t T,
-                      float* y) noexcept nogil
+                      float* y, bint lane_order=*) noexcept nogil
 cdef void f16_gemv_k(const uint16_t* w, int64_t N, int64_t K, const float* x, int64_t T, float* y) noexcept nogil
 cdef void q8_head_prepare_k(const uint16_t* w, int64_t N, int64_t K, int8_t* q, float* scale) noexcept nogil
 cdef void q8_head_gemv_k(const int8_t* w, const float* scale, int64_t N, int64_t K, const float* x, int64_t T,

@@ -37,6 +37,12 @@ cdef extern from "bk_simd.h" nogil:
     void bk_tq1_unpack_row_256(const uint8_t* w, int64_t K, uint8_t* codes)
     float bk_tq_block_scale(const uint8_t* w, int qtype, int64_t b)
     void bk_tq_scales_256(const uint8_t* w, int qtype, int64_t nb, float* dw)
+    void bk_tq_lanes_row_c(const uint8_t* codes, const float* dw, int64_t K, const int8_t* q, const float* da,
+                           const int32_t* lb, float* y)
+    void bk_tq_lanes_row_256(const uint8_t* codes, const float* dw, int64_t K, const int8_t* q, const float* da,
+                             const int32_t* lb, float* y)
+    void bk_tq_lanes_row_512(const uint8_t* codes, const float* dw, int64_t K, const int8_t* q, const float* da,
+                             const int32_t* lb, float* y)
     void bk_tq_gemm_block_512(const uint8_t* w, int qtype, int64_t N, int64_t K, int64_t n0, int64_t T, int64_t Tpad,
                               const int32_t* at, const float* daT, const int32_t* bqT, float* y, uint8_t* wu)
     void bk_tq2_perm_act(const int8_t* q, int64_t K, int8_t* qp)
@@ -289,8 +295,52 @@ cdef void i2s_linear_multi_k(int m, const uint8_t** w, const int64_t* N, int64_t
 # ---------------------------------------------------------------------------------------------------------------
 # TQ2_0 / TQ1_0 with Q8_K activations
 
+cdef void _tq_lanes(const uint8_t* w, int qtype, int64_t N, int64_t K, const int8_t* q, const float* da,
+                    const int16_t* bs16, int64_t T, float* y) noexcept nogil:
+    """llama.cpp's AVX2 lane order (bitnet_inference's `llama` numerics); rows unpacked once, every token."""
+    cdef int isa = _isa
+    cdef int64_t nb = K // 256
+    cdef int64_t bpb = 66 if qtype == 2 else 54
+    cdef int32_t* lb = <int32_t*>malloc(T * nb * 8 * sizeof(int32_t))
+    cdef int64_t t, i, n, b
+    cdef uint8_t* codes = NULL
+    cdef float* dw = NULL
+    cdef const uint8_t* wr
+    for t in range(T):
+        for i in range(nb * 8):  # lane m of block b: activations 32m .. 32m+31 = two 16-value sums
+            lb[t * nb * 8 + i] = bs16[t * (K // 16) + 2 * i] + bs16[t * (K // 16) + 2 * i + 1]
+    with parallel(num_threads=_threads):
+        codes = <uint8_t*>malloc(K + 64)
+        dw = <float*>malloc(nb * sizeof(float))
+        for n in prange(N, schedule='guided'):
+            wr = w + n * nb * bpb
+            if isa == BK_PORTABLE:
+                for b in range(nb):
+                    dw[b] = bk_tq_block_scale(wr, qtype, b)
+                if qtype == 2:
+                    bk_tq2_unpack_row(wr, K, codes)
+                else:
+                    bk_tq1_unpack_row(wr, K, codes)
+            else:
+                bk_tq_scales_256(wr, qtype, nb, dw)
+                if qtype == 2:
+                    bk_tq2_unpack_row_256(wr, K, codes)
+                else:
+                    bk_tq1_unpack_row_256(wr, K, codes)
+            for t in range(T):
+                if isa == BK_VNNI:
+                    bk_tq_lanes_row_512(codes, dw, K, q + t * K, da + t * nb, lb + t * nb * 8, y + t * N + n)
+                elif isa == BK_AVX2:
+                    bk_tq_lanes_row_256(codes, dw, K, q + t * K, da + t * nb, lb + t * nb * 8, y + t * N + n)
+                else:
+                    bk_tq_lanes_row_c(codes, dw, K, q + t * K, da + t * nb, lb + t * nb * 8, y + t * N + n)
+        free(codes)
+        free(dw)
+    free(lb)
+
+
 cdef void tq_linear_k(const uint8_t* w, int qtype, int64_t N, int64_t K, const float* x, int64_t T,
-                      float* y) noexcept nogil:
+                      float* y, bint lane_order=False) noexcept nogil:
     cdef int isa = _isa
     cdef int64_t nb = K // 256
     cdef int64_t bpb = 66 if qtype == 2 else 54
@@ -303,6 +353,13 @@ cdef void tq_linear_k(const uint8_t* w, int qtype, int64_t N, int64_t K, const f
     cdef float* dw = NULL
     cdef const uint8_t* wr
     q8k_quantize_k(x, T, K, q, da, bs16)
+    if lane_order:
+        _tq_lanes(w, qtype, N, K, q, da, bs16, T, y)
+        free(q)
+        free(da)
+        free(bs16)
+        free(bq)
+        return
     for t in range(T):
         for b in range(nb):
             bq[t * nb + b] = 0
@@ -646,9 +703,10 @@ def i2s_linear_multi(list ws, list ns, int64_t K, const float[::1] x, int64_t T,
         i2s_linear_multi_k(m, wp, np_, K, &x[0], T, yp)
 
 
-def tq_linear(const uint8_t[::1] w, int qtype, int64_t N, int64_t K, const float[::1] x, int64_t T, float[::1] y):
+def tq_linear(const uint8_t[::1] w, int qtype, int64_t N, int64_t K, const float[::1] x, int64_t T, float[::1] y,
+              bint lane_order=False):
     with nogil:
-        tq_linear_k(&w[0], qtype, N, K, &x[0], T, &y[0])
+        tq_linear_k(&w[0], qtype, N, K, &x[0], T, &y[0], lane_order)
 
 
 def f16_gemv(const uint16_t[::1] w, int64_t N, int64_t K, const float[::1] x, int64_t T, float[::1] y):

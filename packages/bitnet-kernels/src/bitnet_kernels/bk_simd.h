@@ -702,6 +702,69 @@ BK_T256 static void bk_tq_scales_256(const uint8_t *w, int qtype, int64_t nb, fl
     }
 }
 
+/* TQ in llama.cpp's AVX2 lane order (the engine's `llama` numerics): per 256-block, eight int32 lanes; lane m */
+/* sums code*q over weights 32j + 4m + p (j < 8, p < 4) minus the sum of activations 32m .. 32m+31 (lb);      */
+/* acc[m] = fma((float)lane, d_act * d_w, acc[m]) across blocks; y = ((r0 + r2) + (r1 + r3)), r = acc_hi + acc_lo. */
+static void bk_tq_lanes_row_c(const uint8_t *codes, const float *dw, int64_t K, const int8_t *q, const float *da,
+                              const int32_t *lb, float *y) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t b = 0; b < K / 256; b++) {
+        const float d = da[b] * dw[b];
+        for (int m = 0; m < 8; m++) {
+            int32_t s = 0;
+            for (int j = 0; j < 8; j++)
+                for (int p = 0; p < 4; p++) {
+                    const int64_t k = b * 256 + 32 * j + 4 * m + p;
+                    s += (int32_t)codes[k] * q[k];
+                }
+            acc[m] = fmaf((float)(s - lb[b * 8 + m]), d, acc[m]);
+        }
+    }
+    float r[4];
+    for (int i = 0; i < 4; i++) r[i] = acc[4 + i] + acc[i];
+    *y = (r[0] + r[2]) + (r[1] + r[3]);
+}
+
+BK_T256 static inline float bk_hsum8_llama(__m256 acc) {
+    __m128 r = _mm_add_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+BK_T256 static void bk_tq_lanes_row_256(const uint8_t *codes, const float *dw, int64_t K, const int8_t *q,
+                                        const float *da, const int32_t *lb, float *y) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < K / 256; b++) {
+        __m256i s = _mm256_setzero_si256();
+        for (int j = 0; j < 8; j++)
+            s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(
+                    _mm256_loadu_si256((const __m256i *)(codes + b * 256 + 32 * j)),
+                    _mm256_loadu_si256((const __m256i *)(q + b * 256 + 32 * j))), ones));
+        s = _mm256_sub_epi32(s, _mm256_loadu_si256((const __m256i *)(lb + b * 8)));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(da[b] * dw[b]), acc);
+    }
+    *y = bk_hsum8_llama(acc);
+}
+
+BK_T512 static void bk_tq_lanes_row_512(const uint8_t *codes, const float *dw, int64_t K, const int8_t *q,
+                                        const float *da, const int32_t *lb, float *y) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < K / 256; b++) {
+        __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+        for (int j = 0; j < 8; j += 2) {
+            s0 = _mm256_dpbusd_epi32(s0, _mm256_loadu_si256((const __m256i *)(codes + b * 256 + 32 * j)),
+                                     _mm256_loadu_si256((const __m256i *)(q + b * 256 + 32 * j)));
+            s1 = _mm256_dpbusd_epi32(s1, _mm256_loadu_si256((const __m256i *)(codes + b * 256 + 32 * j + 32)),
+                                     _mm256_loadu_si256((const __m256i *)(q + b * 256 + 32 * j + 32)));
+        }
+        const __m256i s = _mm256_sub_epi32(_mm256_add_epi32(s0, s1), _mm256_loadu_si256((const __m256i *)(lb + b * 8)));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(da[b] * dw[b]), acc);
+    }
+    *y = bk_hsum8_llama(acc);
+}
+
 /* TQ GEMM (VNNI, T >= 2): the I2_S microkernel run one 256-weight block at a time; after each block the      */
 /* integer sums are turned into y += (float)(isum - bsum) * (d_act * d_w), per token lane, in block order     */
 /* (bitwise the scalar order). daT/bqT: (nb, Tpad) block scales and sums per token, zero past the last token. */

@@ -232,9 +232,14 @@ def i2s_linear_multi(weights, K: int, x: np.ndarray, outs=None) -> list[np.ndarr
     return ys
 
 
-def tq_linear(w: np.ndarray, qtype: str, N: int, K: int, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def tq_linear(w: np.ndarray, qtype: str, N: int, K: int, x: np.ndarray, out: np.ndarray | None = None,
+              lane_order: bool = False) -> np.ndarray:
     """y (T, N) for TQ2_0 / TQ1_0 weights (raw blocks) with llama.cpp's Q8_K activations; the per-256-block
-    integer dots are exact and summed in float32 block by block (bitwise equal to the numpy oracle)."""
+    integer dots are exact and summed in float32 block by block (bitwise equal to the numpy oracle).
+
+    lane_order=True reproduces llama.cpp's AVX2 kernel instead: eight int32 lanes per block (lane m: weights
+    32j + 4m + p, minus the sum of activations 32m..32m+31), FMA-accumulated per lane across blocks, then
+    ((r0 + r2) + (r1 + r3)) with r = lanes 4..7 + lanes 0..3 (bitnet_inference's `llama` numerics)."""
     if qtype not in TQ_BLOCK_BYTES:
         raise KernelError(f"qtype must be one of {', '.join(TQ_BLOCK_BYTES)}, got {qtype!r}")
     N, K = _dims(N, K, 256, qtype)
@@ -246,7 +251,7 @@ def tq_linear(w: np.ndarray, qtype: str, N: int, K: int, x: np.ndarray, out: np.
     if x.shape[1] != K or x.shape[0] == 0:
         raise KernelError(f"x must have shape (T, {K}) with T >= 1, got {x.shape}")
     y = _out(out, (x.shape[0], N))
-    _cpu.tq_linear(w, 2 if qtype == "TQ2_0" else 1, N, K, _flat(x), x.shape[0], _flat(y))
+    _cpu.tq_linear(w, 2 if qtype == "TQ2_0" else 1, N, K, _flat(x), x.shape[0], _flat(y), bool(lane_order))
     return y
 
 
