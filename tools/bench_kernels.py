@@ -44,6 +44,19 @@ def make_i2s_model(rng) -> list[tuple[np.ndarray, int, int]]:
 CPU_TIMES: dict = {}
 
 
+def make_tq2_model(rng) -> list[tuple[np.ndarray, int, int]]:
+    """Random TQ2_0 tensors of the same shapes: 66-byte blocks, 64 bytes of 2-bit codes + an fp16 scale."""
+    mats = []
+    for _ in range(LAYERS):
+        for n, k in LAYER_SHAPES:
+            nblk = n * k // 256
+            raw = np.empty((nblk, 66), np.uint8)
+            raw[:, :64] = valid_i2s_bytes(rng, nblk * 64).reshape(nblk, 64)
+            raw[:, 64:] = np.full(nblk, 0.01, np.float16).view(np.uint8).reshape(nblk, 2)
+            mats.append((raw.reshape(-1), n, k))
+    return mats
+
+
 def best_time(fn, reps: int) -> float:
     """Best wall time of reps runs; the best process CPU time goes to CPU_TIMES[fn] (on a shared machine,
     CPU time at 1 thread shows what the kernel does while it holds the core)."""
@@ -65,6 +78,7 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=128, help="tokens in the prefill GEMM (default 128)")
     ap.add_argument("--isa", default=None, help="force an ISA path (avx512vnni, avx2, portable)")
     ap.add_argument("--skip-head", action="store_true", help="skip the LM-head rows (saves 1 GB of memory)")
+    ap.add_argument("--tq2", action="store_true", help="also time TQ2_0 weights of the same shapes (0.55 GB more)")
     args = ap.parse_args()
     if args.isa:
         bk.force_isa(args.isa)
@@ -81,6 +95,8 @@ def main() -> None:
         head = (rng.standard_normal((VOCAB, HIDDEN), dtype=np.float32) * 0.02).astype(np.float16)
     print(f"# generated {i2s_bytes / 1e9:.3f} GB of I2_S weights"
           + ("" if head is None else f" + {head.nbytes / 1e9:.3f} GB F16 head") + f" in {time.perf_counter() - t0:.1f} s")
+    tq_mats = make_tq2_model(rng) if args.tq2 else None
+    tq_bytes = sum(m[0].nbytes for m in tq_mats) if tq_mats else 0
     xs = {k: rng.standard_normal((1, k)).astype(np.float32) for k in (HIDDEN, FFN)}
     outs = {n: np.empty((1, n), np.float32) for n in {n for n, _ in LAYER_SHAPES}}
     outs_kv2, outs_ffn2 = np.empty((1, KV), np.float32), np.empty((1, FFN), np.float32)
@@ -141,6 +157,24 @@ def main() -> None:
         def prefill():
             for raw, n, k in mats:
                 bk.i2s_linear(raw, n, k, xp[k], out=outp[n])
+
+        if tq_mats is not None:
+            def tq_decode():
+                for raw, n, k in tq_mats:
+                    bk.tq_linear(raw, "TQ2_0", n, k, xs[k], out=outs[n])
+
+            t = best_time(tq_decode, args.reps)
+            gbs = tq_bytes / t / 1e9
+            rows.append((nt, "TQ2_0 decode, 210 matrices (1 token)", f"{t * 1e3:.2f} ms",
+                         f"{gbs:.1f} GB/s = {100 * gbs / bw:.0f}% of stream; process CPU {CPU_TIMES[tq_decode] * 1e3:.1f} ms"))
+
+            def tq_prefill():
+                for raw, n, k in tq_mats:
+                    bk.tq_linear(raw, "TQ2_0", n, k, xp[k], out=outp[n])
+
+            t = best_time(tq_prefill, max(1, args.reps // 2))
+            rows.append((nt, f"TQ2_0 prefill GEMM T={args.prefill}, 210 matrices", f"{t * 1e3 / args.prefill:.2f} ms/token",
+                         f"{args.prefill / t:.1f} tok/s (GEMM only)"))
 
         t = best_time(prefill, max(1, args.reps // 2))
         rows.append((nt, f"I2_S prefill GEMM T={args.prefill}, 210 matrices", f"{t * 1e3 / args.prefill:.2f} ms/token",
