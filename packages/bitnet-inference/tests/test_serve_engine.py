@@ -197,3 +197,25 @@ def test_engine_failure_reaches_the_client(engine, parts):
     ok = submit(engine, tok, ids_of(tok, ["t1"]), max_tokens=1)  # the engine still serves
     assert ok.wait()[0] == " t1"
     assert wait_idle(engine) and sorted(engine._free) == [0, 1, 2]
+
+
+def test_a_response_dropped_unread_cancels_its_request(parts):
+    """The app's safety net: an event stream that is garbage-collected before it ran cancels the request."""
+    import asyncio
+    import gc
+
+    from bitnet_inference.serve.app import API, ServerConfig
+    from bitnet_inference.serve.schemas import parse_completion
+
+    model, tok = parts
+    engine = Engine(model, tok, n_parallel=3, queue_size=2)  # not started: the request stays queued
+    api = API(engine, tok, ServerConfig("tiny"))
+    params = parse_completion({"prompt": "hi", "max_tokens": 5}).params
+
+    async def drop():
+        events = await api._events(None, [1, 5, 6], params)
+        del events
+
+    asyncio.run(drop())
+    gc.collect()
+    assert engine._waiting[0].cancelled.is_set()

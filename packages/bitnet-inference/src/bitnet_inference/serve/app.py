@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -147,7 +148,9 @@ class API:
                 loop.call_soon_threadsafe(queue.put_nowait, ev)
 
         req = self._submit(prompt, p, emit)
-        return self._drain(request, req, queue)
+        events = self._drain(request, req, queue)
+        weakref.finalize(events, req.cancel)  # a response dropped before it ever ran must not keep its slot busy
+        return events
 
     async def _drain(self, request: Request, req: GenRequest, queue: asyncio.Queue) -> AsyncIterator[Event]:
         disconnect = asyncio.ensure_future(_wait_disconnect(request))
@@ -216,9 +219,9 @@ class API:
         _check_key(request, self.config)
         r = S.parse_completion(await _read_json(request, self.config.max_body_bytes))
         prompt = await run_in_threadpool(self._tokenize_prompt, r.prompt)
+        echo = (r.prompt if isinstance(r.prompt, str) else self.tokenizer.decode(r.prompt)) if r.echo else ""
         events = await self._events(request, prompt, r.params)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        echo = (r.prompt if isinstance(r.prompt, str) else self.tokenizer.decode(r.prompt)) if r.echo else ""
 
         def chunk(text: str, finish: str | None) -> dict:
             return {"id": rid, "object": "text_completion", "created": created, "model": self.config.model_id,
@@ -249,8 +252,9 @@ class API:
                 delta = {"content": ev.text} if ev.text or ev.finish_reason is None else {}
                 return chunk(delta, ev.finish_reason)
 
-            return self._sse(events, len(prompt), r.include_usage, on_event,
-                             chunk({"role": "assistant", "content": ""}, None), lambda: chunk({}, None) | {"choices": []})
+            first = chunk({"role": "assistant", "content": ""}, None)
+            return self._sse(events, len(prompt), r.include_usage, on_event, first,
+                             lambda: chunk({}, None) | {"choices": []})
         text, last = await self._collect(events)
         body = {"id": rid, "object": "chat.completion", "created": created, "model": self.config.model_id,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,

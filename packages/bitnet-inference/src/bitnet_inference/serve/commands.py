@@ -99,11 +99,14 @@ def open_model(args: argparse.Namespace):
     resolved = resolve_model(args.model, settings)
     print(f"model: {resolved.path} (from {resolved.source})", file=sys.stderr, flush=True)
     device = resolve_device(settings, resolved)
-    if device.kind != "cpu" and device.requested.value != "auto":
-        raise ServeError(f"device {device.requested.value}: the GPU backend is not part of this build yet; "
-                         "use --device cpu (or auto)")
+    if device.kind != "cpu":
+        if device.requested.value != "auto":
+            raise ServeError(f"device {device.requested.value}: the GPU backend is not part of this build yet; "
+                             "use --device cpu (or auto)")
+        print("device: a GPU is present but the GPU backend is not built yet; running on the CPU", file=sys.stderr)
     _set_threads(device.cpu_threads)
-    model = Model(resolved.path, numerics=args.numerics, n_ctx=args.ctx_size, n_slots=args.parallel)
+    model = Model(resolved.path, numerics=args.numerics, n_ctx=args.ctx_size, n_slots=args.parallel,
+                  kv_type=getattr(args, "kv_type", "f16"))
     tok_path = resolved.tokenizer_path or settings.tokenizer
     tokenizer = load_tokenizer(model.gguf, str(tok_path) if tok_path else None)
     return model, tokenizer
@@ -130,8 +133,9 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(engine, tokenizer, config)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
+    key = ", API key required" if args.api_key else ""
     print(f"serving {config.model_id} on http://{shown}:{port}/v1 (context {model.n_ctx}, {args.parallel} slots, "
-          f"queue {args.queue_size}{', API key required' if args.api_key else ''})", file=sys.stderr, flush=True)
+          f"queue {args.queue_size}, KV cache {model.cache.nbytes / 2**20:.0f} MiB{key})", file=sys.stderr, flush=True)
     if not (_is_ip(host) and ipaddress.ip_address(host).is_loopback):
         print(f"warning: {host} is not a loopback address: the server is reachable from the network"
               f"{'' if args.api_key else ' and has no --api-key'}", file=sys.stderr, flush=True)
