@@ -103,7 +103,7 @@ def test_tq_weights_kld(tmp_path, tokens, quant):
     assert kld(batched, fast) < 1e-6 and np.array_equal(fast.argmax(1), batched.argmax(1))
 
 
-@pytest.mark.parametrize("quant,f32_embedding", [("f32", False), ("f32", True), ("tq2_0", False), ("tq1_0", False)])
+@pytest.mark.parametrize("quant,f32_embedding", [("f32", False), ("f32", True), ("f16", False), ("tq2_0", False), ("tq1_0", False)])
 @pytest.mark.parametrize("kv", ["f32", "f16"])
 def test_llama_numerics_bit_exact(tmp_path, tokens, quant, f32_embedding, kv):
     """--numerics llama gives llama.cpp's logits bit for bit: batched and one token at a time, both caches."""

@@ -21,6 +21,7 @@ PROVIDERS = {
     "chat": ("bitnet_inference.commands", "inference"),
     "perplexity": ("bitnet_inference.commands", "inference"),
     "bench": ("bitnet_inference.commands", "inference"),
+    "crossval": ("bitnet_crossval.commands", "crossval"),
 }
 
 

@@ -144,18 +144,25 @@ class TQLinear(Linear):
 
 
 class DenseLinear(Linear):
+    """Float weights. F16 weights meet F16 activations the way the engine that runs the file does: upstream
+    llama.cpp rounds every row (`f16_always`), bitnet.cpp only a single row."""
+
     numerics_kind = "f32"
 
-    def __init__(self, name: str, w: np.ndarray, numerics):
+    def __init__(self, name: str, w: np.ndarray, numerics, f16_always: bool = False):
         super().__init__(name, w.shape[0], w.shape[1])
-        self.w = np.ascontiguousarray(w, F32)
+        self.f16 = w.dtype == np.float16
+        self.w = np.ascontiguousarray(w) if self.f16 else np.ascontiguousarray(w, F32)
         self.numerics = numerics
+        self.f16_always = f16_always
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        if self.f16:
+            return self.numerics.lm_head(x, self.w, self.f16_always or x.shape[0] == 1).astype(F32)
         return self.numerics.dense(x, self.w).astype(F32)
 
 
-def make_linear(gguf, name: str, numerics, use_kernels: bool) -> Linear:
+def make_linear(gguf, name: str, numerics, use_kernels: bool, f16_always: bool = False) -> Linear:
     info = gguf.info(name)
     n_out, n_in = info.shape
     qt = info.qtype.name
@@ -163,4 +170,6 @@ def make_linear(gguf, name: str, numerics, use_kernels: bool) -> Linear:
         return I2SLinear(name, gguf.raw(name), n_out, n_in, use_kernels)
     if qt in ("TQ2_0", "TQ1_0"):
         return TQLinear(name, gguf.raw(name), qt, n_out, n_in, use_kernels, lane_order=numerics.tq_lane_order)
-    return DenseLinear(name, gguf.dequantize(name), numerics)
+    if qt == "F16":
+        return DenseLinear(name, gguf.array(name), numerics, f16_always)
+    return DenseLinear(name, gguf.dequantize(name), numerics, f16_always)

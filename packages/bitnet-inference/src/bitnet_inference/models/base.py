@@ -19,7 +19,7 @@ PROJ = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_
 
 
 class Layer:
-    def __init__(self, gguf, i: int, numerics: Numerics, use_kernels: bool, uses_scales: bool):
+    def __init__(self, gguf, i: int, numerics: Numerics, use_kernels: bool, uses_scales: bool, f16_always: bool):
         p = f"blk.{i}."
         self.attn_norm = gguf.array(p + "attn_norm.weight").astype(F32)  # (n_embd,)
         self.attn_sub_norm = gguf.array(p + "attn_sub_norm.weight").astype(F32)  # (n_embd,)
@@ -27,7 +27,7 @@ class Layer:
         self.ffn_sub_norm = gguf.array(p + "ffn_sub_norm.weight").astype(F32)  # (n_ff,)
         self.proj: dict[str, Linear] = {}
         for name in PROJ:
-            lin = make_linear(gguf, p + name + ".weight", numerics, use_kernels)
+            lin = make_linear(gguf, p + name + ".weight", numerics, use_kernels, f16_always)
             scale_name = p + name + ".scale"
             if uses_scales and scale_name in gguf.tensors:
                 lin.out_scale = F32(gguf.dequantize(scale_name).reshape(-1)[0])
@@ -51,7 +51,8 @@ class Transformer:
         self.tok_embd = _float_matrix(gguf, "token_embd.weight")  # (n_vocab, n_embd) f16/f32, zero-copy when F16/F32
         self.output = self.tok_embd if args.tied_head else _float_matrix(gguf, "output.weight")  # (n_vocab, n_embd)
         self.output_norm = gguf.array("output_norm.weight").astype(F32)  # (n_embd,)
-        self.layers = [Layer(gguf, i, numerics, use_kernels, self.uses_scales) for i in range(args.n_layer)]
+        self.layers = [Layer(gguf, i, numerics, use_kernels, self.uses_scales, self.head_f16_always)
+                       for i in range(args.n_layer)]
         self.rope = RopeTable(args.n_rot, args.rope_base, n_ctx)
         if kv_type not in KV_TYPES:
             raise EngineError(f"unknown KV cache type {kv_type!r}; choose one of: {', '.join(KV_TYPES)}")
