@@ -24,6 +24,7 @@ PKG = ROOT / "src" / "bitnet_kernels"
 
 COMPILE_ARGS = [
     "-O3",
+    "-pthread",
     "-fopenmp",
     # float results must not depend on whether the compiler fused a*b+c (the oracles use separate roundings)
     "-ffp-contract=off",
@@ -43,7 +44,7 @@ def build_extension() -> Path:
         "bitnet_kernels._cpu",
         sources=[str(PKG / "_cpu.pyx")],
         include_dirs=[str(PKG)],
-        depends=[str(PKG / "bk_simd.h"), str(PKG / "_cpu.pxd")],
+        depends=[str(PKG / "bk_simd.h"), str(PKG / "bk_pool.h"), str(PKG / "_cpu.pxd")],
         extra_compile_args=COMPILE_ARGS,
         extra_link_args=LINK_ARGS,
     )

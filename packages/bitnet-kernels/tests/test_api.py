@@ -81,3 +81,34 @@ def test_tq_and_head_reject_bad_arguments():
 
 def test_stream_read_bandwidth_is_positive():
     assert bk.stream_read_bandwidth(1 << 22, threads=1, reps=1) > 0
+
+
+def test_concurrent_callers_get_correct_results():
+    """Kernels release the GIL; the decode thread pool serializes concurrent jobs instead of mixing them."""
+    import threading
+
+    from bitnet_quantization.matmul import i2s_linear as ref_linear
+
+    rng = np.random.default_rng(0)
+    w = rng.integers(-1, 2, size=(300, 512)).astype(np.int8)
+    raw = i2s_pack(w, 0.5)
+    xs = [rng.standard_normal((1, 512)).astype(np.float32) for _ in range(4)]
+    refs = [ref_linear(w, np.float32(0.5), x) for x in xs]
+    old = bk.get_num_threads()
+    bk.set_num_threads(2)
+    errors = []
+
+    def worker(i):
+        for _ in range(50):
+            if not np.array_equal(bk.i2s_linear(raw, 300, 512, xs[i]), refs[i]):
+                errors.append(i)
+
+    try:
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        bk.set_num_threads(old)
+    assert errors == []

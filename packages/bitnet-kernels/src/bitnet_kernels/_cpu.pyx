@@ -91,6 +91,10 @@ cdef extern from "bk_simd.h" nogil:
     void bk_attn_one_512(const float* q, const uint16_t* k, const uint16_t* v, int64_t D, int64_t n, float scale,
                          float* sc, float* out)
 
+cdef extern from "bk_pool.h" nogil:
+    ctypedef void (*bk_task_fn)(void* ctx, int64_t chunk) noexcept nogil
+    void bk_pool_run(int nthreads, bk_task_fn fn, void* ctx, int64_t nchunks)
+
 cdef extern from "omp.h" nogil:
     int omp_get_max_threads()
 
@@ -171,48 +175,69 @@ cdef void q8k_quantize_k(const float* x, int64_t T, int64_t K, int8_t* q, float*
 DEF MAX_MATS = 8  # matrices sharing one input in i2s_linear_multi
 
 
+cdef struct GemvCtx:
+    int isa
+    const uint8_t** w
+    const int64_t* N
+    const int64_t* first
+    int64_t K
+    const int8_t* q
+    int32_t qsum
+    float s
+    const float* ws
+    int32_t* yi
+    float** yf
+
+
+cdef void _i2s_gemv_chunk(void* ctxp, int64_t c) noexcept nogil:
+    cdef GemvCtx* g = <GemvCtx*>ctxp
+    cdef int32_t dots[GEMV_CHUNK]
+    cdef int mat = 0
+    cdef int64_t n0, n1, i
+    cdef uint8_t* codes
+    while c >= g.first[mat + 1]:
+        mat += 1
+    n0 = (c - g.first[mat]) * GEMV_CHUNK
+    n1 = _min(g.N[mat], n0 + GEMV_CHUNK)
+    if g.isa == BK_VNNI:
+        bk_i2s_gemv_rows_512(g.w[mat], g.K, g.q, n0, n1, dots)
+    elif g.isa == BK_AVX2:
+        bk_i2s_gemv_rows_256(g.w[mat], g.K, g.q, n0, n1, dots)
+    else:
+        codes = <uint8_t*>malloc(g.K)
+        bk_i2s_gemv_rows_c(g.w[mat], g.K, g.q, n0, n1, dots, codes)
+        free(codes)
+    for i in range(n0, n1):
+        if g.yi != NULL:
+            g.yi[i] = dots[i - n0] - g.qsum
+        else:
+            g.yf[mat][i] = (<float>(dots[i - n0] - g.qsum) / g.s) * g.ws[mat]
+
+
 cdef void _i2s_gemv(int m, const uint8_t** w, const int64_t* N, int64_t K, const int8_t* q, int32_t qsum, float s,
                     const float* ws, int32_t* yi, float** yf) noexcept nogil:
-    """One token through m matrices that share it, in ONE parallel region (a region costs a thread wake-up).
-
-    Rows go in chunks of GEMV_CHUNK, never across matrices; each thread streams a contiguous range of chunks.
-    """
-    cdef int isa = _isa
+    """One token through m matrices that share it, as one job of the thread pool (bk_pool.h): rows in chunks
+    of GEMV_CHUNK that never cross matrices, claimed in order, so each thread streams forward through memory."""
     cdef int64_t first[MAX_MATS + 1]
-    cdef int64_t c, n0, n1, i, nchunks = 0
-    cdef int j, mat
-    cdef int8_t* qp = NULL
-    cdef int32_t* dots = NULL
-    cdef uint8_t* codes = NULL
+    cdef int64_t nchunks = 0
+    cdef int j
+    cdef GemvCtx g
     for j in range(m):
         first[j] = nchunks
         nchunks += (N[j] + GEMV_CHUNK - 1) // GEMV_CHUNK
     first[m] = nchunks
-    with parallel(num_threads=_threads if nchunks > 1 else 1):
-        dots = <int32_t*>malloc(GEMV_CHUNK * sizeof(int32_t))
-        codes = NULL
-        if isa == BK_PORTABLE:
-            codes = <uint8_t*>malloc(K)
-        for c in prange(nchunks, schedule='guided'):
-            mat = 0
-            while c >= first[mat + 1]:
-                mat = mat + 1
-            n0 = (c - first[mat]) * GEMV_CHUNK
-            n1 = _min(N[mat], n0 + GEMV_CHUNK)
-            if isa == BK_VNNI:
-                bk_i2s_gemv_rows_512(w[mat], K, q, n0, n1, dots)
-            elif isa == BK_AVX2:
-                bk_i2s_gemv_rows_256(w[mat], K, q, n0, n1, dots)
-            else:
-                bk_i2s_gemv_rows_c(w[mat], K, q, n0, n1, dots, codes)
-            for i in range(n0, n1):
-                if yi != NULL:
-                    yi[i] = dots[i - n0] - qsum
-                else:
-                    yf[mat][i] = (<float>(dots[i - n0] - qsum) / s) * ws[mat]
-        free(codes)
-        free(dots)
-    free(qp)
+    g.isa = _isa
+    g.w = w
+    g.N = N
+    g.first = first
+    g.K = K
+    g.q = q
+    g.qsum = qsum
+    g.s = s
+    g.ws = ws
+    g.yi = yi
+    g.yf = yf
+    bk_pool_run(_threads, _i2s_gemv_chunk, &g, nchunks)
 
 
 cdef void _i2s_gemm(const uint8_t* w, int64_t N, int64_t K, const int8_t* q, const int32_t* qsum, const float* s,
@@ -295,6 +320,22 @@ cdef void i2s_linear_multi_k(int m, const uint8_t** w, const int64_t* N, int64_t
 # ---------------------------------------------------------------------------------------------------------------
 # TQ2_0 / TQ1_0 with Q8_K activations
 
+cdef struct Tq2Ctx:
+    const uint8_t* w
+    int64_t K
+    int64_t N
+    const int8_t* q
+    const float* da
+    const int32_t* bq
+    float* y
+
+
+cdef void _tq2_chunk(void* ctxp, int64_t c) noexcept nogil:
+    cdef Tq2Ctx* g = <Tq2Ctx*>ctxp
+    cdef int64_t n0 = c * GEMV_CHUNK
+    bk_tq2_rows_512(g.w, g.K, g.q, g.da, g.bq, n0, _min(g.N, n0 + GEMV_CHUNK), g.y + n0)
+
+
 cdef void _tq_lanes(const uint8_t* w, int qtype, int64_t N, int64_t K, const int8_t* q, const float* da,
                     const int16_t* bs16, int64_t T, float* y) noexcept nogil:
     """llama.cpp's AVX2 lane order (bitnet_inference's `llama` numerics); rows unpacked once, every token."""
@@ -365,13 +406,18 @@ cdef void tq_linear_k(const uint8_t* w, int qtype, int64_t N, int64_t K, const f
             bq[t * nb + b] = 0
             for j in range(16):
                 bq[t * nb + b] += bs16[t * (K // 16) + b * 16 + j]
-    cdef int8_t* qp = NULL
     cdef int64_t c, nchunks = (N + GEMV_CHUNK - 1) // GEMV_CHUNK
+    cdef Tq2Ctx tq
     if T == 1 and qtype == 2 and isa == BK_VNNI:
         # decode: codes straight from the blocks
-        for c in prange(nchunks, num_threads=_threads, schedule='guided'):
-            bk_tq2_rows_512(w, K, q, da, bq, c * GEMV_CHUNK, _min(N, (c + 1) * GEMV_CHUNK), y + c * GEMV_CHUNK)
-        free(qp)
+        tq.w = w
+        tq.K = K
+        tq.N = N
+        tq.q = q
+        tq.da = da
+        tq.bq = bq
+        tq.y = y
+        bk_pool_run(_threads, _tq2_chunk, &tq, nchunks)
         free(q)
         free(da)
         free(bs16)
@@ -446,25 +492,43 @@ cdef void tq_linear_k(const uint8_t* w, int qtype, int64_t N, int64_t K, const f
 # ---------------------------------------------------------------------------------------------------------------
 # LM head: F16 and int8
 
-cdef void f16_gemv_k(const uint16_t* w, int64_t N, int64_t K, const float* x, int64_t T, float* y) noexcept nogil:
-    cdef int isa = _isa
-    cdef int64_t nchunks = (N + GEMV_CHUNK - 1) // GEMV_CHUNK
-    cdef int64_t c, n0, n1
-    cdef float* wf = NULL
-    with parallel(num_threads=_threads):
-        wf = NULL
-        if isa == BK_PORTABLE:
-            wf = <float*>malloc(K * sizeof(float))
-        for c in prange(nchunks, schedule='guided'):
-            n0 = c * GEMV_CHUNK
-            n1 = _min(N, n0 + GEMV_CHUNK)
-            if isa == BK_VNNI:
-                bk_f16_rows_512(w, K, x, T, N, n0, n1, y)
-            elif isa == BK_AVX2:
-                bk_f16_rows_256(w, K, x, T, N, n0, n1, y)
-            else:
-                bk_f16_rows_c(w, K, x, T, N, n0, n1, y, wf)
+cdef struct HeadCtx:
+    int isa
+    const void* w
+    const float* scale
+    int64_t N
+    int64_t K
+    const void* x
+    const float* s
+    int64_t T
+    float* y
+
+
+cdef void _f16_chunk(void* ctxp, int64_t c) noexcept nogil:
+    cdef HeadCtx* h = <HeadCtx*>ctxp
+    cdef int64_t n0 = c * GEMV_CHUNK
+    cdef int64_t n1 = _min(h.N, n0 + GEMV_CHUNK)
+    cdef float* wf
+    if h.isa == BK_VNNI:
+        bk_f16_rows_512(<const uint16_t*>h.w, h.K, <const float*>h.x, h.T, h.N, n0, n1, h.y)
+    elif h.isa == BK_AVX2:
+        bk_f16_rows_256(<const uint16_t*>h.w, h.K, <const float*>h.x, h.T, h.N, n0, n1, h.y)
+    else:
+        wf = <float*>malloc(h.K * sizeof(float))
+        bk_f16_rows_c(<const uint16_t*>h.w, h.K, <const float*>h.x, h.T, h.N, n0, n1, h.y, wf)
         free(wf)
+
+
+cdef void f16_gemv_k(const uint16_t* w, int64_t N, int64_t K, const float* x, int64_t T, float* y) noexcept nogil:
+    cdef HeadCtx h
+    h.isa = _isa
+    h.w = w
+    h.N = N
+    h.K = K
+    h.x = x
+    h.T = T
+    h.y = y
+    bk_pool_run(_threads, _f16_chunk, &h, (N + GEMV_CHUNK - 1) // GEMV_CHUNK)
 
 
 cdef void q8_head_prepare_k(const uint16_t* w, int64_t N, int64_t K, int8_t* q, float* scale) noexcept nogil:
@@ -480,27 +544,40 @@ cdef void q8_head_prepare_k(const uint16_t* w, int64_t N, int64_t K, int8_t* q, 
         free(wf)
 
 
+cdef void _q8_chunk(void* ctxp, int64_t c) noexcept nogil:
+    cdef HeadCtx* h = <HeadCtx*>ctxp
+    cdef int64_t n0 = c * GEMV_CHUNK
+    cdef int64_t n1 = _min(h.N, n0 + GEMV_CHUNK)
+    if h.isa == BK_VNNI:
+        bk_q8_rows_512(<const int8_t*>h.w, h.scale, h.K, <const uint8_t*>h.x, h.s, h.T, h.N, n0, n1, h.y)
+    elif h.isa == BK_AVX2:
+        bk_q8_rows_256(<const int8_t*>h.w, h.scale, h.K, <const int8_t*>h.x, h.s, h.T, h.N, n0, n1, h.y)
+    else:
+        bk_q8_rows_c(<const int8_t*>h.w, h.scale, h.K, <const int8_t*>h.x, h.s, h.T, h.N, n0, n1, h.y)
+
+
 cdef void q8_head_gemv_k(const int8_t* w, const float* scale, int64_t N, int64_t K, const float* x, int64_t T,
                          float* y) noexcept nogil:
     cdef int isa = _isa
-    cdef int64_t nchunks = (N + GEMV_CHUNK - 1) // GEMV_CHUNK
-    cdef int64_t c, n0, n1, i
+    cdef int64_t i
     cdef int8_t* xq = <int8_t*>malloc(T * K)
     cdef float* s = <float*>malloc(T * sizeof(float))
     cdef int32_t* qsum = <int32_t*>malloc(T * sizeof(int32_t))
+    cdef HeadCtx h
     quantize_act_k(x, T, K, xq, s, qsum)
     if isa == BK_VNNI:
         for i in range(T * K):
             xq[i] = <int8_t>(<uint8_t>xq[i] ^ 0x80)  # q + 128 as unsigned
-    for c in prange(nchunks, num_threads=_threads, schedule='guided'):
-        n0 = c * GEMV_CHUNK
-        n1 = _min(N, n0 + GEMV_CHUNK)
-        if isa == BK_VNNI:
-            bk_q8_rows_512(w, scale, K, <const uint8_t*>xq, s, T, N, n0, n1, y)
-        elif isa == BK_AVX2:
-            bk_q8_rows_256(w, scale, K, xq, s, T, N, n0, n1, y)
-        else:
-            bk_q8_rows_c(w, scale, K, xq, s, T, N, n0, n1, y)
+    h.isa = isa
+    h.w = w
+    h.scale = scale
+    h.N = N
+    h.K = K
+    h.x = xq
+    h.s = s
+    h.T = T
+    h.y = y
+    bk_pool_run(_threads, _q8_chunk, &h, (N + GEMV_CHUNK - 1) // GEMV_CHUNK)
     free(xq)
     free(s)
     free(qsum)

@@ -1,0 +1,160 @@
+/* A small thread pool for the decode GEMVs that never waits for a thread that has not started.
+ *
+ * Why not an OpenMP parallel region: its closing barrier waits for every team thread, so when another process
+ * holds a core, each of the ~200 regions of a decoded token waits for a descheduled thread to be scheduled
+ * again (measured here: 2-thread decode 5x slower than 1 thread under load). Here the caller works through
+ * the chunks itself; a worker joins a job only while the job is open, and the caller waits only for workers
+ * that joined (they are running and hold at most one small chunk each). A late worker finds the job closed
+ * and goes back to sleep. Workers spin for a bounded time (BK_POOL_SPIN_NS) before sleeping on a condition
+ * variable, so back-to-back kernel calls do not pay a wake-up each.
+ */
+#ifndef BK_POOL_H
+#define BK_POOL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <time.h>
+#include <immintrin.h>
+
+#define BK_POOL_MAX 64
+#define BK_POOL_SPIN_NS 50000 /* 50 us of spinning before a worker sleeps */
+
+typedef void (*bk_task_fn)(void *ctx, int64_t chunk);
+
+typedef struct {
+    bk_task_fn fn;
+    void *ctx;
+    int64_t nchunks;
+    int max_workers;           /* workers allowed in besides the caller */
+    atomic_llong next;         /* next chunk to claim */
+    atomic_int participants;   /* workers inside the job */
+} bk_job;
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bk_job *_Atomic job;       /* the open job, or NULL */
+    atomic_ullong seq;         /* bumped when a job opens */
+    int nworkers;              /* started workers */
+    int stop;
+    pthread_t th[BK_POOL_MAX];
+} bk_pool;
+
+static pthread_mutex_t bk_pool_call_mu = PTHREAD_MUTEX_INITIALIZER;
+static bk_pool bk_the_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0, {0}};
+
+static inline uint64_t bk_now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+static void bk_run_chunks(bk_job *job) {
+    for (;;) {
+        const int64_t c = atomic_fetch_add_explicit(&job->next, 1, memory_order_relaxed);
+        if (c >= job->nchunks) break;
+        job->fn(job->ctx, c);
+    }
+}
+
+/* join the open job if there is one; returns 1 if work was done */
+static int bk_try_join(bk_pool *p) {
+    pthread_mutex_lock(&p->mu);
+    bk_job *job = atomic_load_explicit(&p->job, memory_order_acquire);
+    if (job && atomic_load_explicit(&job->participants, memory_order_relaxed) < job->max_workers)
+        atomic_fetch_add_explicit(&job->participants, 1, memory_order_relaxed);
+    else
+        job = NULL;
+    pthread_mutex_unlock(&p->mu);
+    if (!job) return 0;
+    bk_run_chunks(job);
+    atomic_fetch_sub_explicit(&job->participants, 1, memory_order_release);
+    return 1;
+}
+
+static void *bk_worker(void *arg) {
+    bk_pool *p = (bk_pool *)arg;
+    unsigned long long seen = atomic_load(&p->seq);
+    for (;;) {
+        /* spin a little: the next kernel call usually follows within microseconds */
+        const uint64_t t0 = bk_now_ns();
+        int spins = 0;
+        while (atomic_load_explicit(&p->seq, memory_order_acquire) == seen) {
+            _mm_pause();
+            if (++spins == 64) {
+                spins = 0;
+                if (bk_now_ns() - t0 > BK_POOL_SPIN_NS) break;
+            }
+        }
+        if (atomic_load_explicit(&p->seq, memory_order_acquire) == seen) {
+            pthread_mutex_lock(&p->mu);
+            while (!p->stop && atomic_load(&p->seq) == seen) pthread_cond_wait(&p->cv, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+        }
+        if (p->stop) break;
+        seen = atomic_load(&p->seq);
+        bk_try_join(p);
+    }
+    return NULL;
+}
+
+/* after fork() the child has none of the workers (and maybe a mutex held by one): start from scratch */
+static void bk_pool_atfork_child(void) {
+    pthread_mutex_init(&bk_pool_call_mu, NULL);
+    pthread_mutex_init(&bk_the_pool.mu, NULL);
+    pthread_cond_init(&bk_the_pool.cv, NULL);
+    atomic_store(&bk_the_pool.job, NULL);
+    bk_the_pool.nworkers = 0;
+}
+
+static int bk_pool_atfork_done = 0;
+
+static void bk_pool_ensure(bk_pool *p, int nworkers) {
+    if (!bk_pool_atfork_done) {
+        bk_pool_atfork_done = 1;
+        pthread_atfork(NULL, NULL, bk_pool_atfork_child);
+    }
+    if (nworkers > BK_POOL_MAX) nworkers = BK_POOL_MAX;
+    pthread_mutex_lock(&p->mu);
+    while (p->nworkers < nworkers) {
+        if (pthread_create(&p->th[p->nworkers], NULL, bk_worker, p) != 0) break;
+        pthread_detach(p->th[p->nworkers]);
+        p->nworkers++;
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Run fn(ctx, c) for c in [0, nchunks) on the caller plus up to nthreads - 1 workers. One job at a time:
+ * concurrent callers (Python threads with the GIL released) serialize on bk_pool_call_mu. */
+
+static void bk_pool_run(int nthreads, bk_task_fn fn, void *ctx, int64_t nchunks) {
+    if (nthreads <= 1 || nchunks <= 1) {
+        for (int64_t c = 0; c < nchunks; c++) fn(ctx, c);
+        return;
+    }
+    bk_pool *p = &bk_the_pool;
+    pthread_mutex_lock(&bk_pool_call_mu);
+    bk_pool_ensure(p, nthreads - 1);
+    bk_job job;
+    job.fn = fn;
+    job.ctx = ctx;
+    job.nchunks = nchunks;
+    job.max_workers = nthreads - 1;
+    atomic_init(&job.next, 0);
+    atomic_init(&job.participants, 0);
+    pthread_mutex_lock(&p->mu);
+    atomic_store_explicit(&p->job, &job, memory_order_release);
+    atomic_fetch_add_explicit(&p->seq, 1, memory_order_release);
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    bk_run_chunks(&job);
+    /* close the job: no worker can join from now on; wait for the ones inside */
+    pthread_mutex_lock(&p->mu);
+    atomic_store_explicit(&p->job, NULL, memory_order_release);
+    pthread_mutex_unlock(&p->mu);
+    while (atomic_load_explicit(&job.participants, memory_order_acquire) > 0) _mm_pause();
+    pthread_mutex_unlock(&bk_pool_call_mu);
+}
+
+#endif /* BK_POOL_H */
