@@ -22,13 +22,24 @@
 
 typedef void (*bk_task_fn)(void *ctx, int64_t chunk);
 
+/* The chunks are split into one contiguous segment per thread, each with its own counter: a thread streams
+ * forward through its own segment (interleaving chunks between threads measured much slower from DRAM), then
+ * helps with the others' (so the segment of a worker that never started still gets done). */
+typedef struct {
+    atomic_llong next;
+    int64_t end;
+    char pad[48];
+} bk_segment;
+
 typedef struct {
     bk_task_fn fn;
     void *ctx;
     int64_t nchunks;
     int max_workers;           /* workers allowed in besides the caller */
-    atomic_llong next;         /* next chunk to claim */
+    int nseg;
+    int joined;                /* workers that joined (under the pool mutex) */
     atomic_int participants;   /* workers inside the job */
+    bk_segment seg[BK_POOL_MAX + 1];
 } bk_job;
 
 typedef struct {
@@ -50,11 +61,14 @@ static inline uint64_t bk_now_ns(void) {
     return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
 }
 
-static void bk_run_chunks(bk_job *job) {
-    for (;;) {
-        const int64_t c = atomic_fetch_add_explicit(&job->next, 1, memory_order_relaxed);
-        if (c >= job->nchunks) break;
-        job->fn(job->ctx, c);
+static void bk_run_chunks(bk_job *job, int id) {
+    for (int k = 0; k < job->nseg; k++) {
+        bk_segment *sg = &job->seg[(id + k) % job->nseg];
+        for (;;) {
+            const int64_t c = atomic_fetch_add_explicit(&sg->next, 1, memory_order_relaxed);
+            if (c >= sg->end) break;
+            job->fn(job->ctx, c);
+        }
     }
 }
 
@@ -62,13 +76,16 @@ static void bk_run_chunks(bk_job *job) {
 static int bk_try_join(bk_pool *p) {
     pthread_mutex_lock(&p->mu);
     bk_job *job = atomic_load_explicit(&p->job, memory_order_acquire);
-    if (job && atomic_load_explicit(&job->participants, memory_order_relaxed) < job->max_workers)
+    int id = 0;
+    if (job && job->joined < job->max_workers) {
+        id = ++job->joined;
         atomic_fetch_add_explicit(&job->participants, 1, memory_order_relaxed);
-    else
+    } else {
         job = NULL;
+    }
     pthread_mutex_unlock(&p->mu);
     if (!job) return 0;
-    bk_run_chunks(job);
+    bk_run_chunks(job, id);
     atomic_fetch_sub_explicit(&job->participants, 1, memory_order_release);
     return 1;
 }
@@ -129,6 +146,7 @@ static void bk_pool_ensure(bk_pool *p, int nworkers) {
  * concurrent callers (Python threads with the GIL released) serialize on bk_pool_call_mu. */
 
 static void bk_pool_run(int nthreads, bk_task_fn fn, void *ctx, int64_t nchunks) {
+    if (nthreads > BK_POOL_MAX + 1) nthreads = BK_POOL_MAX + 1;
     if (nthreads <= 1 || nchunks <= 1) {
         for (int64_t c = 0; c < nchunks; c++) fn(ctx, c);
         return;
@@ -136,19 +154,24 @@ static void bk_pool_run(int nthreads, bk_task_fn fn, void *ctx, int64_t nchunks)
     bk_pool *p = &bk_the_pool;
     pthread_mutex_lock(&bk_pool_call_mu);
     bk_pool_ensure(p, nthreads - 1);
-    bk_job job;
+    static bk_job job; /* one job at a time (bk_pool_call_mu); too big for small thread stacks */
     job.fn = fn;
     job.ctx = ctx;
     job.nchunks = nchunks;
     job.max_workers = nthreads - 1;
-    atomic_init(&job.next, 0);
+    job.nseg = nthreads < nchunks ? nthreads : (int)nchunks;
+    job.joined = 0;
+    for (int i = 0; i < job.nseg; i++) {
+        atomic_init(&job.seg[i].next, nchunks * i / job.nseg);
+        job.seg[i].end = nchunks * (i + 1) / job.nseg;
+    }
     atomic_init(&job.participants, 0);
     pthread_mutex_lock(&p->mu);
     atomic_store_explicit(&p->job, &job, memory_order_release);
     atomic_fetch_add_explicit(&p->seq, 1, memory_order_release);
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
-    bk_run_chunks(&job);
+    bk_run_chunks(&job, 0);
     /* close the job: no worker can join from now on; wait for the ones inside */
     pthread_mutex_lock(&p->mu);
     atomic_store_explicit(&p->job, NULL, memory_order_release);
