@@ -59,3 +59,21 @@ def test_float_ops_agree(captured):
     for rows in (h, h[-1:]):
         for f16 in (False, True):
             assert rel(f.lm_head(rows, model.net.output, f16), g.lm_head(rows, model.net.output, f16)) < 1e-5
+
+
+@pytest.mark.parametrize("qtype", ["TQ2_0", "TQ1_0"])
+@pytest.mark.parametrize("lane_order", [False, True])
+def test_tq_kernels_equal_numpy(tmp_path, qtype, lane_order):
+    """The Cython TQ kernels give the numpy path's results bit for bit, in both accumulation orders."""
+    from bitnet_inference.linear import TQLinear, kernels_available
+    from bitnet_quantization import quant_type
+
+    assert kernels_available(), "the fast tier installs bitnet-kernels"
+    rng = np.random.default_rng(0)
+    n, k = 96, 512
+    w = (rng.integers(-1, 2, (n, k)) * rng.uniform(0.5, 2, (n, 1))).astype(np.float32)
+    raw = quant_type(qtype).encode(w)
+    x = rng.standard_normal((5, k)).astype(np.float32)
+    a = TQLinear("w", raw, qtype, n, k, use_kernels=True, lane_order=lane_order)(x)
+    b = TQLinear("w", raw, qtype, n, k, use_kernels=False, lane_order=lane_order)(x)
+    assert np.array_equal(a, b)

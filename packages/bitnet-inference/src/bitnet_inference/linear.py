@@ -93,7 +93,7 @@ class TQLinear(Linear):
         self.raw = raw
         self.qtype = qtype
         self.lane_order = lane_order  # llama.cpp's AVX2 accumulation order (the `llama` numerics)
-        self.use_kernels = use_kernels and _kernels is not None and not lane_order
+        self.use_kernels = use_kernels and _kernels is not None
         self._w: np.ndarray | None = None
         self._d: np.ndarray | None = None
 
@@ -105,7 +105,8 @@ class TQLinear(Linear):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         if self.use_kernels:
-            return _kernels.tq_linear(self.raw, self.qtype, self.n_out, self.n_in, np.ascontiguousarray(x, F32))
+            return _kernels.tq_linear(self.raw, self.qtype, self.n_out, self.n_in, np.ascontiguousarray(x, F32),
+                                      lane_order=self.lane_order)
         if self._w is None:
             self._unpack()
         a = quantize_q8_k(x)
