@@ -260,9 +260,19 @@ BK_T256 static inline int32_t bk_hsum256(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-/* One row at a time (one sequential stream per thread), 256-bit VNNI: two 32-byte blocks per iteration into  */
-/* two accumulator sets. Measured on Zen 4 from DRAM this beat 512-bit loads over two blocks (and two rows     */
-/* interleaved) by 1.5-2x, and software prefetch only hurt. Activations in natural order.                     */
+/* One row at a time (one sequential stream per thread), 256-bit VNNI, four blocks (128 bytes) per iteration */
+/* into two accumulator sets. Measured on Zen 4 from DRAM, this beat 512-bit loads over two blocks, two rows  */
+/* interleaved (much slower), one or two blocks per iteration, and software prefetch. Activations in natural */
+/* order.                                                                                                    */
+#define BK_I2S_BLK(c0, c1, c2, c3, jj)                                                                             \
+    {                                                                                                               \
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(wa + (jj) * 32));                                    \
+        const int8_t *a = q + (jj) * 128;                                                                           \
+        c0 = _mm256_dpbusd_epi32(c0, _mm256_and_si256(v, m0), _mm256_loadu_si256((const __m256i *)a));              \
+        c1 = _mm256_dpbusd_epi32(c1, _mm256_and_si256(v, m1), _mm256_loadu_si256((const __m256i *)(a + 32)));       \
+        c2 = _mm256_dpbusd_epi32(c2, _mm256_and_si256(v, m2), _mm256_loadu_si256((const __m256i *)(a + 64)));       \
+        c3 = _mm256_dpbusd_epi32(c3, _mm256_and_si256(v, m3), _mm256_loadu_si256((const __m256i *)(a + 96)));       \
+    }
 BK_T512 static void bk_i2s_gemv_rows_512(const uint8_t *w, int64_t K, const int8_t *q, int64_t n0, int64_t n1,
                                          int32_t *dot) {
     const __m256i m0 = _mm256_set1_epi8((char)0xC0), m1 = _mm256_set1_epi8(0x30);
@@ -272,27 +282,13 @@ BK_T512 static void bk_i2s_gemv_rows_512(const uint8_t *w, int64_t K, const int8
         const uint8_t *wa = w + n * rb;
         __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
         int64_t j = 0;
-        for (; j + 1 < nb; j += 2) {
-            const int8_t *a = q + j * 128;
-            const __m256i va = _mm256_loadu_si256((const __m256i *)(wa + j * 32));
-            const __m256i vb = _mm256_loadu_si256((const __m256i *)(wa + j * 32 + 32));
-            a0 = _mm256_dpbusd_epi32(a0, _mm256_and_si256(va, m0), _mm256_loadu_si256((const __m256i *)a));
-            a1 = _mm256_dpbusd_epi32(a1, _mm256_and_si256(va, m1), _mm256_loadu_si256((const __m256i *)(a + 32)));
-            a2 = _mm256_dpbusd_epi32(a2, _mm256_and_si256(va, m2), _mm256_loadu_si256((const __m256i *)(a + 64)));
-            a3 = _mm256_dpbusd_epi32(a3, _mm256_and_si256(va, m3), _mm256_loadu_si256((const __m256i *)(a + 96)));
-            b0 = _mm256_dpbusd_epi32(b0, _mm256_and_si256(vb, m0), _mm256_loadu_si256((const __m256i *)(a + 128)));
-            b1 = _mm256_dpbusd_epi32(b1, _mm256_and_si256(vb, m1), _mm256_loadu_si256((const __m256i *)(a + 160)));
-            b2 = _mm256_dpbusd_epi32(b2, _mm256_and_si256(vb, m2), _mm256_loadu_si256((const __m256i *)(a + 192)));
-            b3 = _mm256_dpbusd_epi32(b3, _mm256_and_si256(vb, m3), _mm256_loadu_si256((const __m256i *)(a + 224)));
+        for (; j + 3 < nb; j += 4) {
+            BK_I2S_BLK(a0, a1, a2, a3, j)
+            BK_I2S_BLK(b0, b1, b2, b3, j + 1)
+            BK_I2S_BLK(a0, a1, a2, a3, j + 2)
+            BK_I2S_BLK(b0, b1, b2, b3, j + 3)
         }
-        if (j < nb) {
-            const int8_t *a = q + j * 128;
-            const __m256i va = _mm256_loadu_si256((const __m256i *)(wa + j * 32));
-            a0 = _mm256_dpbusd_epi32(a0, _mm256_and_si256(va, m0), _mm256_loadu_si256((const __m256i *)a));
-            a1 = _mm256_dpbusd_epi32(a1, _mm256_and_si256(va, m1), _mm256_loadu_si256((const __m256i *)(a + 32)));
-            a2 = _mm256_dpbusd_epi32(a2, _mm256_and_si256(va, m2), _mm256_loadu_si256((const __m256i *)(a + 64)));
-            a3 = _mm256_dpbusd_epi32(a3, _mm256_and_si256(va, m3), _mm256_loadu_si256((const __m256i *)(a + 96)));
-        }
+        for (; j < nb; j++) BK_I2S_BLK(a0, a1, a2, a3, j)
         a0 = _mm256_add_epi32(a0, b0);
         a1 = _mm256_add_epi32(a1, b1);
         a2 = _mm256_add_epi32(a2, b2);
