@@ -52,7 +52,7 @@ def test_builtin_bitnet_template(llama3):
                        template="bitnet")
     assert text == "System: Be brief.User:  Hi there <|eot_id|>Assistant: Hello.User: Q<|eot_id|>Assistant: "
     assert render_chat(llama3, MSGS[1:], add_generation_prompt=False, template="bitnet") == "User:  Hi there <|eot_id|>"
-    assert set(BUILTIN_TEMPLATES) == {"bitnet", "llama3"}
+    assert set(BUILTIN_TEMPLATES) == {"bitnet", "llama3", "plain"}
 
 
 def test_bitnet_architecture_defaults_to_bitnet_template(tmp_path, make_vocab_gguf):
@@ -131,3 +131,15 @@ def test_bad_override_files(tmp_path, llama3):
         (tmp_path / "bad.model").write_bytes(b"\xff\xff\xff garbage")
         with pytest.raises(TokenizerError, match="SentencePiece"):
             load_tokenizer(f, str(tmp_path / "bad.model"))
+
+
+def test_plain_template_for_vocabularies_without_chat_tokens():
+    from pathlib import Path
+
+    from bitnet_models import read_gguf
+    from bitnet_tokenizers import load_tokenizer
+
+    fixture = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "b158-a-i2s.gguf"
+    tok = load_tokenizer(read_gguf(fixture))
+    text = tok.apply_chat_template([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi "}])
+    assert text == "System: Be brief.\n\nUser: Hi\n\nAssistant:"

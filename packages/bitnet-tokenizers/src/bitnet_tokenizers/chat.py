@@ -6,6 +6,8 @@ Built-ins, written from the formats the C++ programs produce:
   then the assistant's text.
 - `llama3`: `<|start_header_id|>{role}<|end_header_id|>\\n\\n{content, trimmed}<|eot_id|>` per message and
   `<|start_header_id|>assistant<|end_header_id|>\\n\\n` as the generation prompt.
+- `plain`: for vocabularies with no chat tokens at all (the shipped tiny model): `Role: content` paragraphs and
+  `Assistant:` as the generation prompt; the model's EOS ends a reply.
 A rendered prompt that starts with the BOS text loses it, because encode() adds BOS itself (as llama.cpp does).
 """
 
@@ -33,6 +35,12 @@ BUILTIN_TEMPLATES = {
         "{%- endfor -%}"
         "{%- if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif -%}"
     ),
+    "plain": (
+        "{%- for m in messages -%}"
+        "{{ m['role'] | capitalize + ': ' + m['content'] | trim + '\n\n' }}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt %}{{ 'Assistant:' }}{% endif -%}"
+    ),
 }
 
 
@@ -56,11 +64,11 @@ def _compile(source: str):
 
 def default_template_name(tok: Any) -> str | None:
     """The built-in for a file without a template: `bitnet` for BitNet architectures with the LLaMA-3
-    vocabulary, `llama3` for other LLaMA-3 vocabularies, none otherwise."""
+    vocabulary, `llama3` for other LLaMA-3 vocabularies, `plain` for vocabularies without chat tokens."""
     vocab = getattr(tok, "vocab", None)
     t2i = getattr(vocab, "token_to_id", {}) or {}
     if "<|eot_id|>" not in t2i:
-        return None
+        return "plain"
     if str(getattr(vocab, "arch", "") or "").startswith("bitnet"):
         return "bitnet"
     return "llama3" if "<|start_header_id|>" in t2i else "bitnet"
