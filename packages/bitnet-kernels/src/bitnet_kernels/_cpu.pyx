@@ -165,6 +165,9 @@ cdef void quantize_act_k(const float* x, int64_t T, int64_t K, int8_t* q, float*
 
 cdef void q8k_quantize_k(const float* x, int64_t T, int64_t K, int8_t* q, float* d, int16_t* bsums) noexcept nogil:
     cdef int64_t t
+    if T == 1:  # decode: no parallel region (its closing barrier is what hurts on shared cores)
+        bk_q8k_row(x, K, q, d, bsums)
+        return
     for t in prange(T, num_threads=_threads, schedule='static'):
         bk_q8k_row(x + t * K, K, q + t * K, d + t * (K // 256), bsums + t * (K // 16))
 
@@ -619,28 +622,58 @@ cdef void rope_neox_k(float* x, const int32_t* pos, int64_t T, int64_t H, int64_
         free(cs)
 
 
+cdef struct AttnCtx:
+    int isa
+    const float* q
+    const uint16_t* k
+    const uint16_t* v
+    int64_t H
+    int64_t group
+    int64_t S
+    int64_t D
+    int64_t pos0
+    int64_t n_kv
+    float scale
+    float* out
+
+
+cdef void _attn_chunk(void* ctxp, int64_t i) noexcept nogil:
+    """One (token, head) pair: i = t * H + h."""
+    cdef AttnCtx* a = <AttnCtx*>ctxp
+    cdef int64_t t = i // a.H
+    cdef int64_t kvh = (i % a.H) // a.group
+    cdef int64_t n = _min(a.pos0 + t + 1, a.n_kv)
+    cdef float* sc
+    if n <= 0:
+        memset(a.out + i * a.D, 0, a.D * sizeof(float))
+        return
+    sc = <float*>malloc((n + 16) * sizeof(float))
+    if a.isa == BK_VNNI:
+        bk_attn_one_512(a.q + i * a.D, a.k + kvh * a.S * a.D, a.v + kvh * a.S * a.D, a.D, n, a.scale, sc, a.out + i * a.D)
+    elif a.isa == BK_AVX2:
+        bk_attn_one_256(a.q + i * a.D, a.k + kvh * a.S * a.D, a.v + kvh * a.S * a.D, a.D, n, a.scale, sc, a.out + i * a.D)
+    else:
+        bk_attn_one_c(a.q + i * a.D, a.k + kvh * a.S * a.D, a.v + kvh * a.S * a.D, a.D, n, a.scale, sc, a.out + i * a.D)
+    free(sc)
+
+
 cdef void attention_k(const float* q, const uint16_t* k, const uint16_t* v, int64_t T, int64_t H, int64_t Hkv,
                       int64_t S, int64_t D, int64_t pos0, int64_t n_kv, float* out) noexcept nogil:
-    cdef int isa = _isa
-    cdef int64_t i, t, h, kvh, n, group = H // Hkv
-    cdef float scale = <float>1.0 / sqrtf(<float>D)
-    cdef float* sc = NULL
-    with parallel(num_threads=_threads):
-        sc = <float*>malloc((n_kv + 16) * sizeof(float))
-        for i in prange(T * H, schedule='guided'):
-            t = i // H
-            h = i % H
-            kvh = h // group
-            n = _min(pos0 + t + 1, n_kv)
-            if n <= 0:
-                memset(out + i * D, 0, D * sizeof(float))
-            elif isa == BK_VNNI:
-                bk_attn_one_512(q + i * D, k + kvh * S * D, v + kvh * S * D, D, n, scale, sc, out + i * D)
-            elif isa == BK_AVX2:
-                bk_attn_one_256(q + i * D, k + kvh * S * D, v + kvh * S * D, D, n, scale, sc, out + i * D)
-            else:
-                bk_attn_one_c(q + i * D, k + kvh * S * D, v + kvh * S * D, D, n, scale, sc, out + i * D)
-        free(sc)
+    """(token, head) pairs as jobs of the thread pool (decode calls this once per layer)."""
+    cdef AttnCtx a
+    a.isa = _isa
+    a.q = q
+    a.k = k
+    a.v = v
+    a.H = H
+    a.group = H // Hkv
+    a.S = S
+    a.D = D
+    a.pos0 = pos0
+    a.n_kv = n_kv
+    a.scale = <float>1.0 / sqrtf(<float>D)
+    a.out = out
+    bk_pool_run(_threads, _attn_chunk, &a, T * H)
 
 
 cdef void softmax_k(float* x, int64_t T, int64_t N) noexcept nogil:
