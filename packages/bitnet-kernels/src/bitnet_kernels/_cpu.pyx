@@ -18,8 +18,7 @@ cdef extern from "bk_simd.h" nogil:
     uint64_t bk_stream_sum(int isa, const uint8_t* p, int64_t n)
     void bk_quant_row(int isa, const float* x, int64_t K, int8_t* q, float* s, int32_t* qsum)
     void bk_q8k_row(const float* x, int64_t K, int8_t* q, float* d, int16_t* bsums)
-    void bk_i2s_perm_act(const int8_t* q, int64_t K, int8_t* qp)
-    void bk_i2s_gemv_rows_512(const uint8_t* w, int64_t K, const int8_t* qp, int64_t n0, int64_t n1, int32_t* dot)
+    void bk_i2s_gemv_rows_512(const uint8_t* w, int64_t K, const int8_t* q, int64_t n0, int64_t n1, int32_t* dot)
     void bk_i2s_gemv_rows_256(const uint8_t* w, int64_t K, const int8_t* q, int64_t n0, int64_t n1, int32_t* dot)
     void bk_i2s_gemv_rows_c(const uint8_t* w, int64_t K, const int8_t* q, int64_t n0, int64_t n1, int32_t* dot,
                             uint8_t* codes)
@@ -45,8 +44,7 @@ cdef extern from "bk_simd.h" nogil:
                              const int32_t* lb, float* y)
     void bk_tq_gemm_block_512(const uint8_t* w, int qtype, int64_t N, int64_t K, int64_t n0, int64_t T, int64_t Tpad,
                               const int32_t* at, const float* daT, const int32_t* bqT, float* y, uint8_t* wu)
-    void bk_tq2_perm_act(const int8_t* q, int64_t K, int8_t* qp)
-    void bk_tq2_rows_512(const uint8_t* w, int64_t K, const int8_t* qp, const float* da, const int32_t* bq,
+    void bk_tq2_rows_512(const uint8_t* w, int64_t K, const int8_t* q, const float* da, const int32_t* bq,
                          int64_t n0, int64_t n1, float* y)
     void bk_tq_row_c(const uint8_t* codes, const float* dw, int64_t K, const int8_t* q, const float* da,
                      const int32_t* bq, float* y)

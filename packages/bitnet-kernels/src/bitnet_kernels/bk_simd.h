@@ -232,26 +232,8 @@ static void bk_q8k_row(const float *x, int64_t K, int8_t *q, float *d, int16_t *
 /* code = w + 1. Kernels compute sum(code * q) and subtract sum(q). Code 3 (never written) counts as +2, as in  */
 /* bitnet.cpp's own kernels.                                                                                  */
 
-/* GEMV activations for the VNNI path: pairs of blocks are read as one 64-byte vector, so group g of the pair */
-/* (j, j+1) needs q[j*128 + g*32 .. +32] followed by q[(j+1)*128 + g*32 .. +32].                               */
-static void bk_i2s_perm_act(const int8_t *q, int64_t K, int8_t *qp) {
-    const int64_t nb = K / 128;
-    int64_t j = 0;
-    for (; j + 1 < nb; j += 2)
-        for (int g = 0; g < 4; g++) {
-            memcpy(qp + j * 128 + g * 64, q + j * 128 + g * 32, 32);
-            memcpy(qp + j * 128 + g * 64 + 32, q + (j + 1) * 128 + g * 32, 32);
-        }
-    if (j < nb) memcpy(qp + j * 128, q + j * 128, 128);
-}
-
 /* Masks instead of shifts: (b & 0xC0) = 64 * code of group 0, etc. Four accumulators hold exact multiples of  */
 /* 64, 16, 4, 1; they are shifted back once per row.                                                          */
-BK_T512 static inline int32_t bk_i2s_combine512(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
-    __m512i v = _mm512_add_epi32(_mm512_add_epi32(_mm512_srai_epi32(a0, 6), _mm512_srai_epi32(a1, 4)),
-                                 _mm512_add_epi32(_mm512_srai_epi32(a2, 2), a3));
-    return _mm512_reduce_add_epi32(v);
-}
 
 BK_T256 static inline int32_t bk_hsum256(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -653,15 +635,8 @@ BK_T512 static void bk_tq_row_512(const uint8_t *codes, const float *dw, int64_t
     *y = acc;
 }
 
-/* TQ2_0 decode on VNNI: codes extracted in registers straight from the 66-byte blocks (no codes buffer).     */
-/* One 64-byte load covers both 128-weight halves; group j of half h holds x[h*128 + j*32 + m], so the        */
-/* activations are permuted once per token: qp[b*256 + j*64 + h*32 + m] = q[b*256 + h*128 + j*32 + m].        */
-static void bk_tq2_perm_act(const int8_t *q, int64_t K, int8_t *qp) {
-    for (int64_t b = 0; b < K / 256; b++)
-        for (int j = 0; j < 4; j++)
-            for (int h = 0; h < 2; h++) memcpy(qp + b * 256 + j * 64 + h * 32, q + b * 256 + h * 128 + j * 32, 32);
-}
-
+/* TQ2_0 decode on VNNI: codes extracted in registers straight from the 66-byte blocks (no codes buffer); */
+/* group j of half h holds x[h*128 + j*32 + m], so the activations stay in natural order.                    */
 BK_T512 static void bk_tq2_rows_512(const uint8_t *w, int64_t K, const int8_t *q, const float *da,
                                     const int32_t *bq, int64_t n0, int64_t n1, float *y) {
     const int64_t nb = K / 256;
