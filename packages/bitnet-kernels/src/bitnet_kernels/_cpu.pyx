@@ -337,47 +337,86 @@ cdef void _tq2_chunk(void* ctxp, int64_t c) noexcept nogil:
     bk_tq2_rows_512(g.w, g.K, g.q, g.da, g.bq, n0, _min(g.N, n0 + GEMV_CHUNK), g.y + n0)
 
 
+cdef struct TqRowsCtx:
+    int isa
+    int qtype
+    bint lanes
+    const uint8_t* w
+    int64_t N
+    int64_t K
+    const int8_t* q
+    const float* da
+    const int32_t* bq  # block sums (T, nb), or lane sums (T, nb, 8) when lanes
+    int64_t T
+    float* y
+
+
+cdef void _tq_rows_chunk(void* ctxp, int64_t c) noexcept nogil:
+    """GEMV_CHUNK rows: each row unpacked to codes once (stays in L1), then dotted with every token."""
+    cdef TqRowsCtx* g = <TqRowsCtx*>ctxp
+    cdef int64_t nb = g.K // 256
+    cdef int64_t bpb = 66 if g.qtype == 2 else 54
+    cdef int64_t n, t, b, n0 = c * GEMV_CHUNK
+    cdef int64_t n1 = _min(g.N, n0 + GEMV_CHUNK)
+    cdef int64_t stride = nb * 8 if g.lanes else nb
+    cdef uint8_t* codes = <uint8_t*>malloc(g.K + 64)
+    cdef float* dw = <float*>malloc(nb * sizeof(float))
+    cdef const uint8_t* wr
+    for n in range(n0, n1):
+        wr = g.w + n * nb * bpb
+        if g.isa == BK_PORTABLE:
+            for b in range(nb):
+                dw[b] = bk_tq_block_scale(wr, g.qtype, b)
+            if g.qtype == 2:
+                bk_tq2_unpack_row(wr, g.K, codes)
+            else:
+                bk_tq1_unpack_row(wr, g.K, codes)
+        else:
+            bk_tq_scales_256(wr, g.qtype, nb, dw)
+            if g.qtype == 2:
+                bk_tq2_unpack_row_256(wr, g.K, codes)
+            else:
+                bk_tq1_unpack_row_256(wr, g.K, codes)
+        for t in range(g.T):
+            if g.lanes:
+                if g.isa == BK_VNNI:
+                    bk_tq_lanes_row_512(codes, dw, g.K, g.q + t * g.K, g.da + t * nb, g.bq + t * stride, g.y + t * g.N + n)
+                elif g.isa == BK_AVX2:
+                    bk_tq_lanes_row_256(codes, dw, g.K, g.q + t * g.K, g.da + t * nb, g.bq + t * stride, g.y + t * g.N + n)
+                else:
+                    bk_tq_lanes_row_c(codes, dw, g.K, g.q + t * g.K, g.da + t * nb, g.bq + t * stride, g.y + t * g.N + n)
+            elif g.isa == BK_VNNI:
+                bk_tq_row_512(codes, dw, g.K, g.q + t * g.K, g.da + t * nb, g.bq + t * stride, g.y + t * g.N + n)
+            elif g.isa == BK_AVX2:
+                bk_tq_row_256(codes, dw, g.K, g.q + t * g.K, g.da + t * nb, g.bq + t * stride, g.y + t * g.N + n)
+            else:
+                bk_tq_row_c(codes, dw, g.K, g.q + t * g.K, g.da + t * nb, g.bq + t * stride, g.y + t * g.N + n)
+    free(codes)
+    free(dw)
+
+
 cdef void _tq_lanes(const uint8_t* w, int qtype, int64_t N, int64_t K, const int8_t* q, const float* da,
                     const int16_t* bs16, int64_t T, float* y) noexcept nogil:
-    """llama.cpp's AVX2 lane order (bitnet_inference's `llama` numerics); rows unpacked once, every token."""
-    cdef int isa = _isa
+    """llama.cpp's AVX2 lane order (bitnet_inference's `llama` numerics), on the thread pool."""
     cdef int64_t nb = K // 256
-    cdef int64_t bpb = 66 if qtype == 2 else 54
     cdef int32_t* lb = <int32_t*>malloc(T * nb * 8 * sizeof(int32_t))
-    cdef int64_t t, i, n, b
-    cdef uint8_t* codes = NULL
-    cdef float* dw = NULL
-    cdef const uint8_t* wr
+    cdef int64_t t, i
+    cdef TqRowsCtx g
     for t in range(T):
         for i in range(nb * 8):  # lane m of block b: activations 32m .. 32m+31 = two 16-value sums
             lb[t * nb * 8 + i] = bs16[t * (K // 16) + 2 * i] + bs16[t * (K // 16) + 2 * i + 1]
-    with parallel(num_threads=_threads):
-        codes = <uint8_t*>malloc(K + 64)
-        dw = <float*>malloc(nb * sizeof(float))
-        for n in prange(N, schedule='guided'):
-            wr = w + n * nb * bpb
-            if isa == BK_PORTABLE:
-                for b in range(nb):
-                    dw[b] = bk_tq_block_scale(wr, qtype, b)
-                if qtype == 2:
-                    bk_tq2_unpack_row(wr, K, codes)
-                else:
-                    bk_tq1_unpack_row(wr, K, codes)
-            else:
-                bk_tq_scales_256(wr, qtype, nb, dw)
-                if qtype == 2:
-                    bk_tq2_unpack_row_256(wr, K, codes)
-                else:
-                    bk_tq1_unpack_row_256(wr, K, codes)
-            for t in range(T):
-                if isa == BK_VNNI:
-                    bk_tq_lanes_row_512(codes, dw, K, q + t * K, da + t * nb, lb + t * nb * 8, y + t * N + n)
-                elif isa == BK_AVX2:
-                    bk_tq_lanes_row_256(codes, dw, K, q + t * K, da + t * nb, lb + t * nb * 8, y + t * N + n)
-                else:
-                    bk_tq_lanes_row_c(codes, dw, K, q + t * K, da + t * nb, lb + t * nb * 8, y + t * N + n)
-        free(codes)
-        free(dw)
+    g.isa = _isa
+    g.qtype = qtype
+    g.lanes = True
+    g.w = w
+    g.N = N
+    g.K = K
+    g.q = q
+    g.da = da
+    g.bq = lb
+    g.T = T
+    g.y = y
+    bk_pool_run(_threads, _tq_rows_chunk, &g, (N + GEMV_CHUNK - 1) // GEMV_CHUNK)
     free(lb)
 
 
@@ -455,35 +494,20 @@ cdef void tq_linear_k(const uint8_t* w, int qtype, int64_t N, int64_t K, const f
         free(bs16)
         free(bq)
         return
-    with parallel(num_threads=_threads):
-        codes = <uint8_t*>malloc(K + 64)
-        dw = <float*>malloc(nb * sizeof(float))
-        for n in prange(N, schedule='guided'):
-            wr = w + n * nb * bpb
-            if isa == BK_PORTABLE:
-                for b in range(nb):
-                    dw[b] = bk_tq_block_scale(wr, qtype, b)
-            else:
-                bk_tq_scales_256(wr, qtype, nb, dw)
-            if qtype == 2:
-                if isa == BK_PORTABLE:
-                    bk_tq2_unpack_row(wr, K, codes)
-                else:
-                    bk_tq2_unpack_row_256(wr, K, codes)
-            else:
-                if isa == BK_PORTABLE:
-                    bk_tq1_unpack_row(wr, K, codes)
-                else:
-                    bk_tq1_unpack_row_256(wr, K, codes)
-            for t in range(T):
-                if isa == BK_VNNI:
-                    bk_tq_row_512(codes, dw, K, q + t * K, da + t * nb, bq + t * nb, y + t * N + n)
-                elif isa == BK_AVX2:
-                    bk_tq_row_256(codes, dw, K, q + t * K, da + t * nb, bq + t * nb, y + t * N + n)
-                else:
-                    bk_tq_row_c(codes, dw, K, q + t * K, da + t * nb, bq + t * nb, y + t * N + n)
-        free(codes)
-        free(dw)
+    # the other paths (TQ1_0 decode, AVX2 and portable): rows unpacked once per row, on the thread pool
+    cdef TqRowsCtx g
+    g.isa = isa
+    g.qtype = qtype
+    g.lanes = False
+    g.w = w
+    g.N = N
+    g.K = K
+    g.q = q
+    g.da = da
+    g.bq = bq
+    g.T = T
+    g.y = y
+    bk_pool_run(_threads, _tq_rows_chunk, &g, nchunks)
     free(q)
     free(da)
     free(bs16)
