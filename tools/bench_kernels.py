@@ -1,10 +1,12 @@
 """Kernel-level benchmarks of bitnet-kernels at the BitNet b1.58 2B-4T shape (random ternary weights in memory).
 
 Prints one table: streaming read bandwidth, then per thread count the I2_S decode GEMV through all 30 layers'
-7 matrices (one token), the F16 and int8 LM heads (vocab 128256 x 2560), and the prefill GEMM (T tokens through
-all 210 matrices) in tokens/s. Decode rows also give GB/s and the share of the measured bandwidth.
+7 matrices (one token; also grouped as the engine calls them), the F16 and int8 LM heads (vocab 128256 x 2560),
+the prefill GEMM (T tokens through all 210 matrices) in tokens/s, and with --tq2 the same for TQ2_0 weights.
+Decode rows give GB/s, the share of the measured bandwidth and the process CPU time: on a shared machine the
+CPU time at 1 thread is what the kernel took while it held the core.
 
-    python tools/bench_kernels.py [--threads 1 2] [--reps 5] [--prefill 128] [--isa avx512vnni]
+    python tools/bench_kernels.py [--threads 1 2] [--reps 5] [--prefill 128] [--isa avx512vnni] [--tq2]
 """
 
 from __future__ import annotations
