@@ -21,6 +21,8 @@ PROVIDERS = {
     "chat": ("bitnet_inference.commands", "inference"),
     "perplexity": ("bitnet_inference.commands", "inference"),
     "bench": ("bitnet_inference.commands", "inference"),
+    "serve": ("bitnet_inference.serve.commands", "serve"),
+    "convert": ("bitnet_models.convert.commands", None),
     "crossval": ("bitnet_crossval.commands", "crossval"),
 }
 

@@ -39,15 +39,15 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop when this text appears (repeatable)")
 
 
-def _open_model(args: argparse.Namespace):
-    """Settings (environment + flags) -> resolved model file -> loaded model and tokenizer."""
+def open_model(args: argparse.Namespace, n_slots: int = 1):
+    """Settings (environment + flags) -> resolved model file -> loaded model (with n_slots KV-cache slots) and
+    tokenizer. Shared by every command that loads a model (serve too)."""
+    from bitnet_models.device import resolve_device
     from bitnet_models.discovery import resolve_model
     from bitnet_models.settings import Settings
 
     from bitnet_inference.generate import Model
     from bitnet_tokenizers import load_tokenizer
-
-    from bitnet_models.device import resolve_device
 
     settings = Settings.from_env(os.environ, cpu_threads=args.threads, tokenizer=args.tokenizer, device=args.device)
     resolved = resolve_model(args.model, settings)
@@ -59,7 +59,8 @@ def _open_model(args: argparse.Namespace):
                               "use --device cpu (or auto)")
         print("device: a GPU is present but the GPU backend is not built yet; running on the CPU", file=sys.stderr)
     _set_threads(device.cpu_threads)
-    model = Model(resolved.path, numerics=args.numerics, n_ctx=args.ctx_size, kv_type=args.kv_type)
+    model = Model(resolved.path, numerics=args.numerics, n_ctx=args.ctx_size, kv_type=getattr(args, "kv_type", "f16"),
+                  n_slots=n_slots)
     tok_path = resolved.tokenizer_path or settings.tokenizer
     tokenizer = load_tokenizer(model.gguf, str(tok_path) if tok_path else None)
     return model, tokenizer
@@ -112,7 +113,7 @@ def _generate(args: argparse.Namespace) -> int:
     if prompt == "":
         raise EngineError("the prompt is empty: give some text with -p")
     sampler, procs = _sampling(args)
-    model, tokenizer = _open_model(args)
+    model, tokenizer = open_model(args)
     last = None
     for r in stream_generate(model, tokenizer, prompt, args.n_predict, sampler, procs, args.stop):
         sys.stdout.write(r.text)
@@ -138,7 +139,7 @@ def _chat(args: argparse.Namespace) -> int:
     from bitnet_inference.generate import stream_generate
 
     sampler, procs = _sampling(args)
-    model, tokenizer = _open_model(args)
+    model, tokenizer = open_model(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
     while True:
@@ -195,7 +196,7 @@ def _perplexity(args: argparse.Namespace) -> int:
         raise EngineError("give the text to evaluate with -f FILE")
     n_ctx = args.ctx_size or 512
     args.ctx_size = n_ctx
-    model, tokenizer = _open_model(args)
+    model, tokenizer = open_model(args)
     bos = tokenizer.bos_id if tokenizer.add_bos else None
     if base is not None:
         if base.n_vocab != model.args.n_vocab:

@@ -86,30 +86,10 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def open_model(args: argparse.Namespace):
-    """Settings (environment + flags) -> resolved model -> Model with --parallel KV-cache slots, tokenizer."""
-    from bitnet_models.device import resolve_device
-    from bitnet_models.discovery import resolve_model
-    from bitnet_models.settings import Settings
-    from bitnet_tokenizers import load_tokenizer
+    """The shared model loading of bitnet_inference.commands, with --parallel KV-cache slots."""
+    from bitnet_inference.commands import open_model as open_shared
 
-    from bitnet_inference.commands import _set_threads
-    from bitnet_inference.generate import Model
-
-    settings = Settings.from_env(os.environ, cpu_threads=args.threads, tokenizer=args.tokenizer, device=args.device)
-    resolved = resolve_model(args.model, settings)
-    print(f"model: {resolved.path} (from {resolved.source})", file=sys.stderr, flush=True)
-    device = resolve_device(settings, resolved)
-    if device.kind != "cpu":
-        if device.requested.value != "auto":
-            raise ServeError(f"device {device.requested.value}: the GPU backend is not part of this build yet; "
-                             "use --device cpu (or auto)")
-        print("device: a GPU is present but the GPU backend is not built yet; running on the CPU", file=sys.stderr)
-    _set_threads(device.cpu_threads)
-    model = Model(resolved.path, numerics=args.numerics, n_ctx=args.ctx_size, n_slots=args.parallel,
-                  kv_type=getattr(args, "kv_type", "f16"))
-    tok_path = resolved.tokenizer_path or settings.tokenizer
-    tokenizer = load_tokenizer(model.gguf, str(tok_path) if tok_path else None)
-    return model, tokenizer
+    return open_shared(args, n_slots=args.parallel)
 
 
 def _serve(args: argparse.Namespace) -> int:
