@@ -40,21 +40,25 @@ def test_integer_matmuls_identical_in_both_modes(captured):
         assert np.array_equal(lg.proj["attn_q"].int_dot(q), q.astype(np.int64) @ w.T)
 
 
-def test_float_ops_agree(captured):
+@pytest.mark.parametrize("kernels", [True, False])
+def test_float_ops_agree(captured, kernels):
     model, tokens, seen = captured
-    g, f = get_numerics("ggml"), get_numerics("fast")
+    g, f = get_numerics("ggml"), get_numerics("fast", use_kernels=kernels)
     a = model.args
     x = seen[("layer_out", 1)]
     L = model.net.layers[2]
     assert rel(f.rmsnorm(x, L.attn_norm, a.norm_eps), g.rmsnorm(x, L.attn_norm, a.norm_eps)) < 1e-5
-    cos, sin = model.net.rope.get(np.arange(len(tokens)))
+    pos = np.arange(len(tokens))
     q = L.proj["attn_q"](g.rmsnorm(x, L.attn_norm, a.norm_eps)).reshape(len(tokens), a.n_head, a.head_dim)
-    assert rel(f.rope(q, cos, sin), g.rope(q, cos, sin)) < 1e-5
+    assert rel(f.rope(q, model.net.rope, pos), g.rope(q, model.net.rope, pos)) < 1e-5
     kc, vc = model.net.cache.k[0, 2], model.net.cache.v[0, 2]
     for t in (len(tokens), 1):
         qq = q[:t] if t > 1 else q[-1:]
         pos0 = 0 if t > 1 else len(tokens) - 1
-        assert rel(f.attention(qq, kc, vc, pos0, 64), g.attention(qq, kc, vc, pos0, 64)) < 1e-5, t
+        # ggml rounds a single token's probabilities to F16; the numpy fast path does too, the Cython attention
+        # kernel keeps them in F32 (4-8x faster decode attention), which costs ~1e-4 relative there
+        tol = 5e-4 if (t == 1 and kernels) else 1e-5
+        assert rel(f.attention(qq, kc, vc, pos0, 64), g.attention(qq, kc, vc, pos0, 64)) < tol, t
     h = g.rmsnorm(x, model.net.output_norm, a.norm_eps)
     for rows in (h, h[-1:]):
         for f16 in (False, True):

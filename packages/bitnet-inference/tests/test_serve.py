@@ -309,6 +309,13 @@ def test_busy_server_answers_503_and_disconnect_frees_the_slot(fixtures):
 
 def test_non_streaming_disconnect_cancels(fixtures):
     engine, tok, app = _server(fixtures, parallel=1)
+    slow = engine.model.forward_batch
+
+    def paced(*a, **k):  # a decode step that takes 20 ms, whatever the kernels' speed
+        time.sleep(0.02)
+        return slow(*a, **k)
+
+    engine.model.forward_batch = paced
     with serve_in_thread(app) as url:
         body = {"prompt": PROMPT, "max_tokens": 100, "ignore_eos": True}
         with pytest.raises(httpx.TimeoutException):

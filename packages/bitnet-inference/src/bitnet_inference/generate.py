@@ -24,7 +24,7 @@ class Model:
     """A loaded model: the GGUF file (memory-mapped), its args, and the transformer with its KV cache."""
 
     def __init__(self, path: str | Path, numerics: str = "fast", n_ctx: int | None = None, use_kernels: bool = True,
-                 kv_type: str = "f16", n_slots: int = 1):
+                 kv_type: str = "f16", n_slots: int = 1, lm_head: str = "f16"):
         self.path = Path(path)
         self.gguf = read_gguf(self.path)
         try:
@@ -35,9 +35,9 @@ class Model:
         if arch is None:
             raise EngineError(f"architecture {self.args.arch!r} has no engine module; supported: {', '.join(ARCHS)}")
         self.n_ctx = n_ctx or min(self.args.n_ctx_train, 4096)
-        self.numerics = get_numerics(numerics)
+        self.numerics = get_numerics(numerics, use_kernels)
         self.net = arch.Model(self.gguf, self.args, self.numerics, self.n_ctx, use_kernels=use_kernels, kv_type=kv_type,
-                                 n_slots=n_slots)
+                                 n_slots=n_slots, lm_head=lm_head)
 
     @property
     def cache(self):

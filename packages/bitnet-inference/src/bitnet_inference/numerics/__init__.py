@@ -16,13 +16,12 @@ from bitnet_inference.numerics.ggml import GgmlNumerics, LlamaNumerics
 NUMERICS = {"fast": FastNumerics, "ggml": GgmlNumerics, "llama": LlamaNumerics}
 
 
-def get_numerics(name: str) -> Numerics:
+def get_numerics(name: str, use_kernels: bool = True) -> Numerics:
     from bitnet_inference.errors import EngineError
 
-    try:
-        return NUMERICS[name]()
-    except KeyError:
-        raise EngineError(f"unknown numerics mode {name!r}; choose one of: {', '.join(NUMERICS)}") from None
+    if name not in NUMERICS:
+        raise EngineError(f"unknown numerics mode {name!r}; choose one of: {', '.join(NUMERICS)}")
+    return FastNumerics(use_kernels) if name == "fast" else NUMERICS[name]()
 
 
 __all__ = ["NUMERICS", "Numerics", "RopeTable", "get_numerics"]

@@ -15,6 +15,7 @@ class RopeTable:
 
     def __init__(self, n_rot: int, base: float, max_pos: int):
         self.n_rot = n_rot
+        self.base = base
         self.half = n_rot // 2
         self.theta_scale = powf(base, -2.0 / n_rot)
         self.max_pos = max_pos
@@ -46,8 +47,12 @@ class Numerics:
     def rmsnorm(self, x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
         raise NotImplementedError
 
-    def rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-        """x (T, H, D), cos/sin (T, n_rot/2) -> rotated copy (NEOX: pairs i and i + n_rot/2)."""
+    def rope(self, x: np.ndarray, table: RopeTable, pos: np.ndarray) -> np.ndarray:
+        """x (T, H, D) at positions pos (T,) -> rotated (NEOX: pairs i and i + n_rot/2)."""
+        cos, sin = table.get(pos)
+        return self.rotate(x, cos, sin)
+
+    def rotate(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def attention(self, q, k_cache, v_cache, pos0: int, n_ctx: int) -> np.ndarray:

@@ -35,7 +35,7 @@ class GgmlNumerics(Numerics):
         scale = (F32(1.0) / np.sqrt((mean + F32(eps)).astype(F32))).astype(F32)
         return ((x * scale[..., None]).astype(F32) * w).astype(F32)
 
-    def rope(self, x, cos, sin):
+    def rotate(self, x, cos, sin):
         half = cos.shape[-1]
         out = x.copy()
         x0 = x[..., :half]

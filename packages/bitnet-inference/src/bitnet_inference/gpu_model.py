@@ -1,0 +1,387 @@
+"""The BitNet forward pass on an NVIDIA GPU (pycuda kernels of bitnet_kernels.gpu), `fast` numerics.
+
+Same interface as generate.Model for decode and prefill: `forward(tokens, pos0, logits)`, `prefill`,
+`cache.reset()`, `n_ctx`, `args`. At load every I2_S matrix is repacked on the device into the T2 layout
+(16-byte loads of 64 weights); Q/K/V become one matrix whose rows come in RoPE pairs, gate/up one matrix of
+interleaved rows, so a layer is five kernels: QKV (+RoPE, +KV store), attention, O (+residual),
+gate/up (+squared ReLU or SiLU), down (+residual), each matmul preceded by its RMSNorm + int8 quantization.
+Every buffer (KV cache included) is allocated once; a single-token step is captured as a CUDA graph on first
+use and replayed (position and token live in device memory).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from bitnet_inference.args import ModelArgs
+from bitnet_inference.errors import ContextOverflowError, EngineError
+from bitnet_inference.models import ARCHS
+from bitnet_inference.numerics.base import RopeTable
+from bitnet_models import ModelConfigError, read_gguf
+
+F32 = np.float32
+MAX_BATCH = 512
+
+
+def _ops():
+    from bitnet_kernels.gpu import ops
+    from bitnet_kernels.gpu.runtime import get_runtime
+
+    return ops, get_runtime()
+
+
+def parse_memory_limit(text: str | None) -> int | None:
+    """BITNET_GPU_MEMORY_LIMIT: bytes, or a number with K/M/G (binary units)."""
+    if not text:
+        return None
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 2**10, "M": 2**20, "G": 2**30}.get(t[-1:], 1)
+    try:
+        return int(float(t[:-1] if mult > 1 else t) * mult)
+    except ValueError:
+        raise EngineError(f"BITNET_GPU_MEMORY_LIMIT={text!r} is not a size; write bytes or e.g. 8G") from None
+
+
+def qkv_rows(n_head: int, n_kv: int, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Destination rows of the fused QKV matrix: Q and K rows in RoPE pairs (i, i + d/2), then V in order."""
+    half = d // 2
+
+    def paired(n_heads: int, base: int) -> np.ndarray:
+        r = np.arange(n_heads * d)
+        h, i = r // d, r % d
+        p = base + h * half + np.where(i < half, i, i - half)
+        return 2 * p + (i >= half)
+
+    pq, pk = n_head * half, n_kv * half
+    return paired(n_head, 0), paired(n_kv, pq), 2 * (pq + pk) + np.arange(n_kv * d)
+
+
+class _Cache:
+    """The device KV cache's bookkeeping (the arrays live on the device)."""
+
+    def __init__(self, model: GPUModel):
+        self.model = model
+        self.pos = np.zeros(1, np.int64)
+        self.n_ctx = model.n_ctx
+
+    def reset(self, slot: int | None = None) -> None:
+        self.pos[:] = 0
+
+
+class _Layer:
+    pass
+
+
+class GPUModel:
+    """A GGUF model on the GPU. `numerics` must be "fast" (the GPU path's numerics)."""
+
+    def __init__(self, path: str | Path, numerics: str = "fast", n_ctx: int | None = None, max_batch: int = MAX_BATCH,
+                 gguf=None, args: ModelArgs | None = None):
+        if numerics != "fast":
+            raise EngineError(f"the GPU path computes `fast` numerics; got --numerics {numerics}")
+        self.path = Path(path) if path else None
+        self.gguf = gguf if gguf is not None else read_gguf(self.path)
+        if args is None:
+            try:
+                args = ModelArgs.from_gguf(self.gguf)
+            except ModelConfigError as e:
+                raise EngineError(str(e)) from None
+        self.args = a = args
+        arch = ARCHS.get(a.arch)
+        if arch is None:
+            raise EngineError(f"architecture {a.arch!r} has no engine module; supported: {', '.join(ARCHS)}")
+        self.ffn_act = arch.Model.ffn_act
+        self.head_f16_always = arch.Model.head_f16_always
+        self.uses_scales = arch.Model.uses_scales
+        self.n_ctx = n_ctx or min(a.n_ctx_train, 4096)
+        self.max_batch = max_batch
+        if a.n_rot != a.head_dim:
+            raise EngineError(f"the GPU path needs RoPE over the whole head (n_rot {a.n_rot} != head_dim {a.head_dim})")
+        if a.head_dim > 256 or a.head_dim % 2:
+            raise EngineError(f"the GPU path supports head_dim up to 256, got {a.head_dim}")
+        if self.n_ctx > 12 * 1024:
+            raise EngineError(f"the GPU path supports a context of up to 12288 tokens, got {self.n_ctx}; lower -c")
+        self.ops, self.rt = _ops()
+        self._check_memory()
+        self._alloc()
+        self._graph = None
+        self.cache = _Cache(self)
+
+    # -- load -------------------------------------------------------------------------------------------------
+
+    def _weight_bytes(self) -> int:
+        a = self.args
+        hd = a.n_head * a.head_dim
+        kvd = a.n_head_kv * a.head_dim
+        per_layer = (hd + 2 * kvd) * a.n_embd + hd * a.n_embd + 2 * a.n_ff * a.n_embd + a.n_embd * a.n_ff
+        return a.n_layer * per_layer // 4 + a.n_vocab * a.n_embd * 2
+
+    def _buffer_bytes(self) -> int:
+        a = self.args
+        kv = 2 * a.n_layer * a.n_head_kv * self.n_ctx * a.head_dim * 2
+        t = self.max_batch
+        act = t * (4 * (3 * a.n_embd + a.n_head * a.head_dim + a.n_ff) + max(a.n_embd, a.n_ff))
+        return kv + act + t * a.n_vocab * 4 + self.n_ctx * a.head_dim * 4
+
+    def _check_memory(self) -> None:
+        need = self._weight_bytes() + self._buffer_bytes()
+        limit = parse_memory_limit(os.environ.get("BITNET_GPU_MEMORY_LIMIT"))
+        free, _total = self.rt.cuda.mem_get_info()
+        from bitnet_kernels.gpu.errors import GPUMemoryError
+
+        if limit is not None and need > limit:
+            raise GPUMemoryError(f"the model needs {need / 2**30:.2f} GiB on the GPU but BITNET_GPU_MEMORY_LIMIT is "
+                                 f"{limit / 2**30:.2f} GiB; raise the limit or lower -c/--ctx-size")
+        if need > free:
+            raise GPUMemoryError(f"the model needs {need / 2**30:.2f} GiB on the GPU, {free / 2**30:.2f} GiB is free; "
+                                 "lower -c/--ctx-size or use --device cpu")
+
+    def _alloc(self) -> None:
+        ops, a = self.ops, self.args
+        e, f, hd, d = a.n_embd, a.n_ff, a.n_head * a.head_dim, a.head_dim
+        t = self.max_batch
+        emp = ops.gpu_empty
+        self.x = emp((t, e), F32)
+        self.q8 = emp((t, max(e, f, hd)), np.int8)
+        self.s = emp((t,), F32)
+        self.qsum = emp((t,), np.int32)
+        self.qb = emp((t, hd), F32)
+        self.att = emp((t, hd), F32)
+        self.fb = emp((t, f), F32)
+        self.hn = emp((t, e), F32)
+        self.logits = emp((t, a.n_vocab), F32)
+        self.tok = emp((t,), np.int32)
+        self.pos = emp((1,), np.int32)
+        self.argmax = emp((1,), np.int32)
+        kv_shape = (a.n_layer, a.n_head_kv, self.n_ctx, d)
+        self.kc = emp(kv_shape, np.float16)
+        self.vc = emp(kv_shape, np.float16)
+        self.rt.cuda.memset_d8(self.kc.gpudata, 0, self.kc.nbytes)
+        self.rt.cuda.memset_d8(self.vc.gpudata, 0, self.vc.nbytes)
+        rope = RopeTable(a.n_rot, a.rope_base, self.n_ctx)
+        cos, sin = rope.get(np.arange(self.n_ctx))
+        self.cos = ops.to_gpu(cos.astype(F32))
+        self.sin = ops.to_gpu(sin.astype(F32))
+        cuda = self.rt.cuda
+        self.h_tok = cuda.pagelocked_empty((t,), np.int32)
+        self.h_pos = cuda.pagelocked_empty((1,), np.int32)
+        self.h_logits = cuda.pagelocked_empty((a.n_vocab,), F32)
+        self.h_argmax = cuda.pagelocked_empty((1,), np.int32)
+
+    def load_weights(self) -> GPUModel:
+        """Norms, F16 embedding/head and the ternary matrices from the GGUF (I2_S only)."""
+        from bitnet_quantization import i2s_scale
+
+        ops, a, g = self.ops, self.args, self.gguf
+        emb = g.array("token_embd.weight")
+        if emb.dtype != np.float16:
+            emb = g.dequantize("token_embd.weight").astype(np.float16)
+        self.emb = ops.to_gpu(emb)
+        if a.tied_head:
+            self.head = self.emb
+        else:
+            out = g.array("output.weight")
+            self.head = ops.to_gpu(out if out.dtype == np.float16 else g.dequantize("output.weight").astype(np.float16))
+        self.output_norm = ops.to_gpu(g.array("output_norm.weight").astype(F32))
+        qr, kr, vr = qkv_rows(a.n_head, a.n_head_kv, a.head_dim)
+        self.layers = []
+        for i in range(a.n_layer):
+            p = f"blk.{i}."
+            L = _Layer()
+            for nm in ("attn_norm", "attn_sub_norm", "ffn_norm", "ffn_sub_norm"):
+                setattr(L, nm, ops.to_gpu(g.array(p + nm + ".weight").astype(F32)))
+
+            def load(mat, name, rows):
+                info = g.info(p + name + ".weight")
+                if info.qtype.name != "I2_S":
+                    raise EngineError(f"the GPU path runs I2_S models; {p + name}.weight is {info.qtype.name} "
+                                      "(convert with --quant i2_s or use --device cpu)")
+                n_out, n_in = info.shape
+                raw = g.raw(p + name + ".weight")
+                osc = None
+                if self.uses_scales and (p + name + ".scale") in g.tensors:
+                    osc = float(g.dequantize(p + name + ".scale").reshape(-1)[0])
+                mat.load_i2s(raw, n_out, rows, float(i2s_scale(raw, n_out * n_in)), osc)
+
+            e, f = a.n_embd, a.n_ff
+            L.qkv = ops.TernaryMatrix(len(qr) + len(kr) + len(vr), e)
+            load(L.qkv, "attn_q", qr)
+            load(L.qkv, "attn_k", kr)
+            load(L.qkv, "attn_v", vr)
+            L.o = ops.TernaryMatrix(e, a.n_head * a.head_dim)
+            load(L.o, "attn_output", np.arange(e))
+            L.gu = ops.TernaryMatrix(2 * f, e)
+            load(L.gu, "ffn_gate", 2 * np.arange(f))
+            load(L.gu, "ffn_up", 2 * np.arange(f) + 1)
+            L.down = ops.TernaryMatrix(e, f)
+            load(L.down, "ffn_down", np.arange(e))
+            for m in (L.qkv, L.o, L.gu, L.down):
+                m.finish()
+            self.layers.append(L)
+        self.rt.sync()
+        return self
+
+    @classmethod
+    def random(cls, args: ModelArgs, n_ctx: int = 4096, max_batch: int = MAX_BATCH, seed: int = 0) -> GPUModel:
+        """A model of args' shape with random ternary weights and F16 embeddings, built on the device (for
+        benchmarks at a shape without writing a GGUF)."""
+        self = cls.__new__(cls)
+        self.path, self.gguf, self.args = None, None, args
+        arch = ARCHS[args.arch]
+        self.ffn_act, self.head_f16_always, self.uses_scales = arch.Model.ffn_act, arch.Model.head_f16_always, False
+        self.n_ctx, self.max_batch = n_ctx, max_batch
+        self.ops, self.rt = _ops()
+        self._check_memory()
+        self._alloc()
+        self._graph = None
+        self.cache = _Cache(self)
+        ops, a = self.ops, args
+        rng = np.random.default_rng(seed)
+        e, f, hd = a.n_embd, a.n_ff, a.n_head * a.head_dim
+        self.emb = ops.to_gpu((rng.standard_normal((a.n_vocab, e), dtype=F32) * 0.02).astype(np.float16))
+        self.head = self.emb
+        ones = np.ones(e, F32)
+        self.output_norm = ops.to_gpu(ones)
+        self.layers = []
+        for _ in range(a.n_layer):
+            L = _Layer()
+            L.attn_norm = L.ffn_norm = L.attn_sub_norm = ops.to_gpu(ones)
+            L.ffn_sub_norm = ops.to_gpu(np.ones(f, F32))
+            L.qkv = ops.TernaryMatrix(hd + 2 * a.n_head_kv * a.head_dim, e)
+            L.o = ops.TernaryMatrix(e, hd)
+            L.gu = ops.TernaryMatrix(2 * f, e)
+            L.down = ops.TernaryMatrix(e, f)
+            for m, sc in ((L.qkv, 0.05), (L.o, 0.05), (L.gu, 0.05), (L.down, 0.02)):
+                m.load_random_words(rng, sc)
+                m.finish()
+            self.layers.append(L)
+        self.rt.sync()
+        return self
+
+    # -- the forward pass -------------------------------------------------------------------------------------
+
+    def _enqueue(self, t: int, head_rows: str) -> None:
+        """Queue the pass over tokens self.tok[:t] at positions *self.pos ..; the head over all rows or the last."""
+        ops, rt, a = self.ops, self.rt, self.args
+        e, f, hd, d = a.n_embd, a.n_ff, a.n_head * a.head_dim, a.head_dim
+        eps = np.float32(a.norm_eps)
+        p = ops.ptr
+        rt.launch("embed", "PPiP", (t, 1), (256, 1, 1), p(self.emb), p(self.tok), np.int32(e), p(self.x))
+        kv_layer = a.n_head_kv * self.n_ctx * d * 2  # bytes of one layer's K (or V) cache
+        act = "relu2" if self.ffn_act == "relu2" else "silu"
+
+        def norm_quant(src, w, k):
+            rt.launch("rmsnorm_quant", "PPifPPP", (t, 1), (1024, 1, 1), p(src), p(w), np.int32(k), eps,
+                      p(self.q8), p(self.s), p(self.qsum))
+
+        for i, L in enumerate(self.layers):
+            kc = int(self.kc.gpudata) + i * kv_layer
+            vc = int(self.vc.gpudata) + i * kv_layer
+            norm_quant(self.x, L.attn_norm, e)
+            ops.ternary_launch(rt, L.qkv, "qkv", self.q8, self.qsum, self.s, self.qb, hd, t, pos=self.pos,
+                               qkv=(a.n_head, a.n_head_kv, d, self.n_ctx, self.cos, self.sin, kc, vc))
+            rt.launch("attention", "PPPPiiiiPi", (a.n_head, t), (128, 1, 1), p(self.qb), np.intp(kc), np.intp(vc),
+                      p(self.att), np.int32(a.n_head), np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx),
+                      p(self.pos), np.int32(1 if t == 1 else 0), shared=4 * self.n_ctx)
+            norm_quant(self.att, L.attn_sub_norm, hd)
+            ops.ternary_launch(rt, L.o, "resid", self.q8, self.qsum, self.s, self.x, e, t)
+            norm_quant(self.x, L.ffn_norm, e)
+            ops.ternary_launch(rt, L.gu, act, self.q8, self.qsum, self.s, self.fb, f, t)
+            norm_quant(self.fb, L.ffn_sub_norm, f)
+            ops.ternary_launch(rt, L.down, "resid", self.q8, self.qsum, self.s, self.x, e, t)
+        rows = t if head_rows == "all" else 1
+        src = int(self.x.gpudata) + (0 if head_rows == "all" else (t - 1) * e * 4)
+        f16 = 1 if (self.head_f16_always or rows == 1) else 0
+        rt.launch("rmsnorm_f32", "PPifPi", (rows, 1), (1024, 1, 1), np.intp(src), p(self.output_norm), np.int32(e),
+                  eps, p(self.hn), np.int32(f16))
+        ops.f16_launch(rt, self.head, a.n_vocab, e, self.hn, self.logits, a.n_vocab, rows)
+
+    def forward(self, tokens, pos0: int, logits: str = "all", capture=None, slot: int = 0) -> np.ndarray:
+        """Evaluate tokens (T,) at positions pos0.. and return logits (T, V) ("all") or (1, V) ("last")."""
+        if capture is not None:
+            raise EngineError("layer capture runs on the CPU path only (use --device cpu)")
+        if slot != 0:
+            raise EngineError("the GPU path holds one sequence (slot 0)")
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        t = tokens.shape[0]
+        if t == 0:
+            raise EngineError("no tokens to evaluate")
+        if pos0 + t > self.n_ctx:
+            raise ContextOverflowError(
+                f"{pos0 + t} tokens do not fit the context of {self.n_ctx}; raise -c/--ctx-size or shorten the input")
+        if tokens.min() < 0 or tokens.max() >= self.args.n_vocab:
+            raise EngineError(f"token id out of range 0..{self.args.n_vocab - 1}")
+        outs = []
+        for s0 in range(0, t, self.max_batch):
+            chunk = tokens[s0 : s0 + self.max_batch]
+            last_chunk = s0 + self.max_batch >= t
+            mode = "all" if logits == "all" else "last"
+            outs.append(self._run(chunk, pos0 + s0, mode, need=(logits == "all" or last_chunk)))
+        self.cache.pos[0] = pos0 + t
+        return np.concatenate(outs) if logits == "all" else outs[-1]
+
+    def _run(self, chunk: np.ndarray, pos: int, mode: str, need: bool = True) -> np.ndarray | None:
+        cuda, rt = self.rt.cuda, self.rt
+        t = chunk.shape[0]
+        self.h_tok[:t] = chunk
+        self.h_pos[0] = pos
+        cuda.memcpy_htod_async(self.tok.gpudata, self.h_tok, rt.stream)
+        cuda.memcpy_htod_async(self.pos.gpudata, self.h_pos, rt.stream)
+        if t == 1:
+            self._decode_graph().replay()
+        else:
+            self._enqueue(t, mode)
+        if not need:
+            return None
+        rows = t if mode == "all" else 1
+        out = np.empty((rows, self.args.n_vocab), F32)
+        if rows == 1:
+            cuda.memcpy_dtoh_async(self.h_logits, self.logits.gpudata, rt.stream)
+            rt.sync()
+            out[0] = self.h_logits
+        else:
+            rt.sync()
+            out[:] = self.logits.get()[:rows]
+        return out
+
+    def _decode_graph(self):
+        if self._graph is None:
+            from bitnet_kernels.gpu import CudaGraph
+
+            self._enqueue(1, "all")  # loads every kernel before capture
+            self.rt.sync()
+            g = CudaGraph(self.rt.stream)
+            g.begin()
+            self._enqueue(1, "all")
+            self.rt.launch("argmax_row", "PiP", (1, 1), (1024, 1, 1), self.ops.ptr(self.logits),
+                           np.int32(self.args.n_vocab), self.ops.ptr(self.argmax))
+            g.end()
+            self._graph = g
+        return self._graph
+
+    def decode_greedy(self, token: int, pos: int) -> int:
+        """One decode step with greedy sampling on the device: only the token id comes back."""
+        cuda, rt = self.rt.cuda, self.rt
+        if pos >= self.n_ctx:
+            raise ContextOverflowError(f"position {pos} is past the context of {self.n_ctx}")
+        self.h_tok[0] = token
+        self.h_pos[0] = pos
+        cuda.memcpy_htod_async(self.tok.gpudata, self.h_tok, rt.stream)
+        cuda.memcpy_htod_async(self.pos.gpudata, self.h_pos, rt.stream)
+        self._decode_graph().replay()
+        cuda.memcpy_dtoh_async(self.h_argmax, self.argmax.gpudata, rt.stream)
+        rt.sync()
+        self.cache.pos[0] = pos + 1
+        return int(self.h_argmax[0])
+
+    def prefill(self, tokens, pos0: int = 0, slot: int = 0) -> np.ndarray:
+        """Evaluate a prompt; returns the last position's logits (V,)."""
+        return self.forward(tokens, pos0, logits="last", slot=slot)[0]
+
+
+def load_gpu(path: str | Path, numerics: str = "fast", n_ctx: int | None = None, max_batch: int = MAX_BATCH) -> GPUModel:
+    """Open a GGUF model on the GPU: `GPUModel(path).load_weights()`."""
+    return GPUModel(path, numerics=numerics, n_ctx=n_ctx, max_batch=max_batch).load_weights()
