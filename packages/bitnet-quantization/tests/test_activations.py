@@ -69,8 +69,11 @@ def test_act_i8_zero_row_uses_eps():
 
 
 def _nearest_int(v: np.float32) -> int:
-    # ggml's float trick: ties to even for |v| < 2^22
-    return int(round(float(v)))
+    # ggml's float trick, one value at a time: ties to even for |v| < 2^22 (and what C gets for inf)
+    if np.isfinite(v) and abs(v) < 2**22:
+        return int(round(float(v)))
+    f = np.array(np.float32(v) + np.float32(12582912.0), np.float32)
+    return int((f.view(np.int32) & 0x007FFFFF) - 0x00400000)
 
 
 def _q8k_scalar(row: np.ndarray):
@@ -84,9 +87,10 @@ def _q8k_scalar(row: np.ndarray):
             qs.append(np.zeros(256, np.int8))
             ds.append(np.float32(0))
             continue
-        iscale = np.float32(-127.0) / mx
-        qs.append(np.array([min(127, _nearest_int(np.float32(iscale * v))) for v in b], np.int8))
-        ds.append(np.float32(1) / iscale)
+        with np.errstate(over="ignore", invalid="ignore"):  # -127 / tiny overflows in float32, as in C
+            iscale = np.float32(-127.0) / mx
+            qs.append(np.array([min(127, _nearest_int(np.float32(iscale * v))) for v in b], np.int64).astype(np.int8))
+            ds.append(np.float32(1) / iscale)
     return np.concatenate(qs), np.array(ds, np.float32)
 
 
@@ -125,6 +129,15 @@ def test_q8k_block_of_subnormals_quantizes_to_zero_like_ggml():
     x = np.full((1, 256), 1e-45, np.float32)
     a = quantize_q8_k(x)
     assert (a.q == 0).all() and a.d[0, 0] == 0 and (a.bsums == 0).all()
+
+
+def test_q8k_block_at_the_smallest_normal_matches_the_scalar_loop():
+    # found by hypothesis in CI: -127 / 1.1754944e-38 overflows float32 in the reference loop too
+    x = np.full((1, 256), np.float32(1.1754944e-38), np.float32)
+    a = quantize_q8_k(x)
+    q, d = _q8k_scalar(x[0])
+    np.testing.assert_array_equal(a.q[0], q)
+    np.testing.assert_array_equal(a.d[0], d)
 
 
 def test_q8k_rejects_rows_not_a_multiple_of_256():
