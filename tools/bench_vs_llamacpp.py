@@ -1,0 +1,138 @@
+"""Ours against llama.cpp (llama-cpp-python) on the 2B-4T shape, side by side in one run.
+
+    python tools/bench_vs_llamacpp.py [--threads 1 2] [-p 128] [-n 64] [-r 3]
+
+Models: random ternary weights in the exact 2B-4T layout, written by tools/make_synthetic_model.py if missing:
+models/synthetic-2b4t-i2_s.gguf (arch bitnet-b1.58, I2_S; what bitnet.cpp runs) and
+models/synthetic-2b4t-tq2_0.gguf (arch bitnet, TQ2_0, the same ternary values; what llama.cpp runs).
+The engines run alternately, test by test, so that a busy machine hurts both alike; the memory floor (streaming
+read bandwidth at each thread count, measured in the same run) bounds decode: bytes read per token / bandwidth.
+Prints a table; speed is never asserted by tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+
+
+def ensure(path: Path, quant: str, arch: str) -> Path:
+    if not path.exists():
+        print(f"writing {path} ...", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, str(ROOT / "tools" / "make_synthetic_model.py"), "--shape", "2b4t",
+                        "--quant", quant, "--arch", arch, "--seed", "0", "-o", str(path)], check=True)
+    return path
+
+
+def decode_bytes(model, q8_head: bool) -> int:
+    """Bytes one decode step must read: every layer matrix, the head, the norms."""
+    g = model.gguf
+    total = sum(t.nbytes for n, t in g.tensors.items() if n != "token_embd.weight")
+    head = g.tensors["token_embd.weight"].nbytes
+    return total + (head // 2 if q8_head else head)
+
+
+def ours(model, threads: int, n_prompt: int, n_gen: int, reps: int):
+    import bitnet_kernels
+
+    from bitnet_inference.bench import run_test
+
+    bitnet_kernels.set_num_threads(threads)
+    pp = run_test(model, n_prompt, 0, reps, threads)
+    tg = run_test(model, 0, n_gen, reps, threads)
+    return pp.avg_ts, tg.avg_ts
+
+
+def llama(path: Path, threads: int, n_prompt: int, n_gen: int, reps: int):
+    from llama_cpp import Llama
+
+    llm = Llama(str(path), n_ctx=max(n_prompt, n_gen) + 8, n_batch=n_prompt, n_ubatch=n_prompt, n_threads=threads,
+                n_threads_batch=threads, verbose=False, flash_attn=False)
+    rng = np.random.default_rng(0)
+    vocab = llm.n_vocab()
+
+    def pp_once():
+        llm.reset()
+        toks = rng.integers(0, vocab, n_prompt).tolist()
+        t0 = time.perf_counter()
+        llm.eval(toks)
+        return n_prompt / (time.perf_counter() - t0)
+
+    def tg_once():
+        llm.reset()
+        tok = int(rng.integers(0, vocab))
+        t0 = time.perf_counter()
+        for _ in range(n_gen):
+            llm.eval([tok])
+        return n_gen / (time.perf_counter() - t0)
+
+    pp_once(), tg_once()  # warm-up
+    pp = float(np.mean([pp_once() for _ in range(reps)]))
+    tg = float(np.mean([tg_once() for _ in range(reps)]))
+    llm.close()
+    return pp, tg
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("-p", type=int, default=128)
+    ap.add_argument("-n", type=int, default=64)
+    ap.add_argument("-r", type=int, default=3)
+    args = ap.parse_args()
+
+    import bitnet_kernels
+
+    from bitnet_inference.generate import Model
+
+    i2s = ensure(MODELS / "synthetic-2b4t-i2_s.gguf", "i2_s", "bitnet-b1.58")
+    tq2 = ensure(MODELS / "synthetic-2b4t-tq2_0.gguf", "tq2_0", "bitnet")
+
+    n_ctx = max(args.p, args.n) + 8
+    t0 = time.perf_counter()
+    m_i2s = Model(i2s, n_ctx=n_ctx)
+    first = m_i2s.forward([1], 0, logits="last")
+    ttft = time.perf_counter() - t0
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    size_gb = i2s.stat().st_size / 1e9
+    assert np.isfinite(first).all()
+    m_q8 = Model(i2s, n_ctx=n_ctx, lm_head="q8")
+    m_tq2 = Model(tq2, n_ctx=n_ctx)
+    bytes_f16 = decode_bytes(m_i2s, False)
+    bytes_q8 = decode_bytes(m_i2s, True)
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {bitnet_kernels.cpu_info().get('isa')} kernels; "
+          f"pp{args.p} / tg{args.n}, {args.r} repetitions")
+    print(f"load() to first token on the {size_gb:.2f} GB I2_S file: {ttft:.2f} s; resident memory after it "
+          f"{rss_gb:.2f} GB ({rss_gb / size_gb:.2f}x the file)")
+    print(f"decode reads {bytes_f16 / 1e9:.3f} GB/token with the F16 head, {bytes_q8 / 1e9:.3f} GB with --lm-head q8")
+    print()
+    print("| threads | floor GB/s | floor tok/s | llama.cpp TQ2_0 pp | ours I2_S pp | ratio | llama.cpp TQ2_0 tg | "
+          "ours I2_S tg | ratio | % of floor | ours TQ2_0 pp / tg | TQ2_0 ratio tg | ours q8-head tg | vs F16 head |")
+    print("|" + "---|" * 14)
+    for t in args.threads:
+        bw = bitnet_kernels.stream_read_bandwidth(1 << 30, threads=t, reps=5)
+        floor = bw / bytes_f16
+        l_pp, l_tg = llama(tq2, t, args.p, args.n, args.r)
+        o_pp, o_tg = ours(m_i2s, t, args.p, args.n, args.r)
+        t_pp, t_tg = ours(m_tq2, t, args.p, args.n, args.r)
+        q_pp, q_tg = ours(m_q8, t, 1, args.n, args.r)
+        print(f"| {t} | {bw / 1e9:.1f} | {floor:.1f} | {l_pp:.1f} | {o_pp:.1f} | {o_pp / l_pp:.2f}x | {l_tg:.1f} | "
+              f"{o_tg:.1f} | {o_tg / l_tg:.2f}x | {100 * o_tg / floor:.0f}% | {t_pp:.1f} / {t_tg:.1f} | "
+              f"{t_tg / l_tg:.2f}x | {q_tg:.1f} | {q_tg / o_tg:.2f}x |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
