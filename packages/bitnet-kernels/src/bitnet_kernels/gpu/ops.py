@@ -1,0 +1,182 @@
+"""Python wrappers of the GPU kernels: ternary weights on the device and the matmuls that use them.
+
+All device work goes to the runtime's one stream; the functions that return numpy arrays synchronize.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bitnet_kernels.gpu.errors import GPUError
+from bitnet_kernels.gpu.runtime import Runtime, get_runtime
+
+NULL = np.intp(0)
+WARPS = 8  # warps a block of the matmul kernels (256 threads)
+TT = 8  # tokens a block column when T > 1
+SIG_TERN = "PiiPPPPPPPiiPiiiiPPPP"
+SIG_F16 = "PiiPPii"
+EPI_NAMES = {"i32": "tern_i32", "f32": "tern_f32", "resid": "tern_resid", "relu2": "tern_relu2",
+             "silu": "tern_silu", "qkv": "tern_qkv"}
+PAIRED = {"relu2", "silu", "qkv"}
+
+
+def ptr(a) -> np.intp:
+    """Device pointer of a gpuarray (or 0 for None), as the prepared calls take it."""
+    return NULL if a is None else np.intp(int(a.gpudata))
+
+
+def gpu_empty(shape, dtype, rt: Runtime | None = None):
+    import pycuda.gpuarray as ga
+
+    (rt or get_runtime())
+    return ga.empty(shape, dtype)
+
+
+def to_gpu(a: np.ndarray):
+    import pycuda.gpuarray as ga
+
+    get_runtime()
+    return ga.to_gpu(np.ascontiguousarray(a))
+
+
+class TernaryMatrix:
+    """Ternary weights (N, K) on the device in the T2 layout (K/16 words a row, see kernels.cu) with a float
+    weight scale and output scale per row (fused matrices keep each source tensor's scale)."""
+
+    def __init__(self, n: int, k: int):
+        if k % 64:
+            raise GPUError(f"ternary rows must hold a multiple of 64 weights, got K={k}")
+        self.n, self.k = n, k
+        self.words = gpu_empty((n * k // 16,), np.uint32)
+        self.ws_host = np.ones(n, np.float32)
+        self.os_host = np.ones(n, np.float32)
+        self.ws = None
+        self.os = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.n * self.k // 4 + 8 * self.n
+
+    def load_i2s(self, raw: np.ndarray, n_src: int, dst_rows: np.ndarray, scale: float,
+                 out_scale: float | None = None) -> None:
+        """Repack one I2_S tensor (n_src rows of K) on the device into rows dst_rows of this matrix."""
+        rt = get_runtime()
+        nbytes = n_src * self.k // 4
+        raw = np.ascontiguousarray(raw[:nbytes], np.uint8)
+        if raw.size != nbytes:
+            raise GPUError(f"I2_S tensor too short: {raw.size} bytes for {n_src}x{self.k}")
+        d_raw = to_gpu(raw)
+        d_rows = to_gpu(np.asarray(dst_rows, np.int32))
+        total = n_src * self.k // 16
+        rt.launch("repack_i2s", "PiiPP", ((total + 255) // 256, 1), (256, 1, 1),
+                  ptr(d_raw), np.int32(n_src), np.int32(self.k), ptr(d_rows), ptr(self.words))
+        rt.sync()
+        self.ws_host[dst_rows] = np.float32(scale)
+        self.os_host[dst_rows] = np.float32(1.0 if out_scale is None else out_scale)
+        del d_raw, d_rows
+
+    def load_codes(self, codes: np.ndarray, scale: float = 1.0) -> None:
+        """Ternary values (N, K) int8 in {-1, 0, 1} (tests and random models), packed on the host."""
+        from bitnet_quantization import i2s_pack
+
+        raw = i2s_pack(np.asarray(codes, np.int8).reshape(-1), scale)
+        self.load_i2s(raw, self.n, np.arange(self.n), scale)
+
+    def load_random_words(self, rng: np.random.Generator, scale: float = 1.0) -> None:
+        """Random codes in {0, 1, 2} straight into the T2 words (a benchmark model of a given shape)."""
+        w = rng.integers(0, 2**32, size=self.words.size, dtype=np.uint32)
+        both = (w >> np.uint32(1)) & w & np.uint32(0x55555555)  # fields holding code 3
+        w &= ~(both << np.uint32(1))  # 3 -> 1
+        self.words.set(w)
+        self.ws_host[:] = np.float32(scale)
+
+    def finish(self) -> None:
+        """Upload the per-row scales (after every load_*)."""
+        self.ws = to_gpu(self.ws_host)
+        self.os = to_gpu(self.os_host)
+
+
+def ternary_launch(rt: Runtime, mat: TernaryMatrix, epi: str, q, qsum, s, out, ldo: int, T: int,
+                   pos=None, qkv: tuple = (0, 0, 0, 0, None, None, None, None), out_i32=None) -> None:
+    """Queue one ternary matmul: int8 activations q (T, K) with their qsum and scale s, epilogue `epi`."""
+    r = 2 if epi in PAIRED else 1
+    tt = 1 if T == 1 else TT
+    name = f"{EPI_NAMES[epi]}_t{tt}"
+    grid = ((mat.n // r + WARPS - 1) // WARPS, (T + tt - 1) // tt)
+    nh, nkv, hd, nctx, cos, sin, kc, vc = qkv
+    rt.launch(name, SIG_TERN, grid, (32 * WARPS, 1, 1),
+              ptr(mat.words), np.int32(mat.n), np.int32(mat.k), _p(q), _p(qsum), _p(s), ptr(mat.ws), ptr(mat.os),
+              _p(out), _p(out_i32), np.int32(ldo), np.int32(T), _p(pos),
+              np.int32(nh), np.int32(nkv), np.int32(hd), np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc))
+
+
+def f16_launch(rt: Runtime, w, V: int, K: int, x, out, ldo: int, T: int) -> None:
+    tt = 1 if T == 1 else TT
+    grid = ((V + WARPS - 1) // WARPS, (T + tt - 1) // tt)
+    rt.launch(f"f16_gemv_t{tt}", SIG_F16, grid, (32 * WARPS, 1, 1), _p(w), np.int32(V), np.int32(K), _p(x), _p(out),
+              np.int32(ldo), np.int32(T))
+
+
+def _p(a) -> np.intp:
+    if a is None:
+        return NULL
+    if isinstance(a, (int, np.integer)):
+        return np.intp(a)
+    return ptr(a)
+
+
+def quantize_rows(x: np.ndarray):
+    """Per-token int8 quantization on the device: (q int8 (T, K), s (T,), qsum (T,)) as numpy arrays."""
+    rt = get_runtime()
+    x = np.ascontiguousarray(np.atleast_2d(x), np.float32)
+    t, k = x.shape
+    dx = to_gpu(x)
+    dq, ds, dsum = gpu_empty((t, k), np.int8), gpu_empty((t,), np.float32), gpu_empty((t,), np.int32)
+    rt.launch("quant_rows", "PiPPP", (t, 1), (1024, 1, 1), ptr(dx), np.int32(k), ptr(dq), ptr(ds), ptr(dsum))
+    rt.sync()
+    return dq.get(), ds.get(), dsum.get()
+
+
+def ternary_gemm_i32(mat: TernaryMatrix, q: np.ndarray) -> np.ndarray:
+    """Exact integer dots of ternary weights with int8 activations q (T, K) -> int32 (T, N)."""
+    rt = get_runtime()
+    q = np.ascontiguousarray(np.atleast_2d(q), np.int8)
+    t, k = q.shape
+    if k != mat.k:
+        raise GPUError(f"activations have {k} columns, the matrix {mat.k}")
+    dq = to_gpu(q)
+    dsum = to_gpu(np.zeros(t, np.int32) + q.sum(axis=1, dtype=np.int64).astype(np.int32))
+    out = gpu_empty((t, mat.n), np.int32)
+    ternary_launch(rt, mat, "i32", dq, dsum, None, None, mat.n, t, out_i32=out)
+    rt.sync()
+    return out.get()
+
+
+def i2s_linear(mat: TernaryMatrix, x: np.ndarray) -> np.ndarray:
+    """bitnet.cpp's W2A8 linear on the device: x (T, K) float32 -> (T, N) float32 (per-token int8 activations)."""
+    rt = get_runtime()
+    x = np.ascontiguousarray(np.atleast_2d(x), np.float32)
+    t, k = x.shape
+    dx = to_gpu(x)
+    dq, ds, dsum = gpu_empty((t, k), np.int8), gpu_empty((t,), np.float32), gpu_empty((t,), np.int32)
+    rt.launch("quant_rows", "PiPPP", (t, 1), (1024, 1, 1), ptr(dx), np.int32(k), ptr(dq), ptr(ds), ptr(dsum))
+    out = gpu_empty((t, mat.n), np.float32)
+    ternary_launch(rt, mat, "f32", dq, dsum, ds, out, mat.n, t)
+    rt.sync()
+    return out.get()
+
+
+def f16_matmul(w16: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """F16 weights (V, K) times float32 x (T, K) -> (T, V) float32, float32 accumulation (the LM head)."""
+    rt = get_runtime()
+    w16 = np.ascontiguousarray(w16, np.float16)
+    x = np.ascontiguousarray(np.atleast_2d(x), np.float32)
+    v, k = w16.shape
+    t = x.shape[0]
+    if k % 8:
+        raise GPUError(f"F16 rows must hold a multiple of 8 values, got {k}")
+    dw, dx = to_gpu(w16), to_gpu(x)
+    out = gpu_empty((t, v), np.float32)
+    f16_launch(rt, dw, v, k, dx, out, v, t)
+    rt.sync()
+    return out.get()

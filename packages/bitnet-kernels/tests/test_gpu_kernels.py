@@ -1,0 +1,118 @@
+"""GPU kernels against the numpy oracles: exact integer dots, bit-equal W2A8 linears, F16 head.
+
+Skipped (with the reason printed) where pycuda or a CUDA device is missing; they run on the device machine
+through tools/run_gpu_device.sh.
+"""
+
+import numpy as np
+import pytest
+
+from bitnet_quantization import i2s_pack, quantize_act_i8
+from bitnet_quantization.matmul import i2s_linear as i2s_linear_ref
+from bitnet_quantization.matmul import ternary_dot_i32
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module", autouse=True)
+def gpu():
+    from bitnet_kernels.gpu import gpu_status
+
+    ok, why = gpu_status()
+    if not ok:
+        pytest.skip(f"no GPU: {why}")
+    from bitnet_kernels.gpu import get_runtime
+
+    return get_runtime()
+
+
+def ternary(rng, n, k):
+    return rng.integers(-1, 2, size=(n, k), dtype=np.int8)
+
+
+@pytest.mark.parametrize("n,k", [(64, 256), (640, 2560), (96, 6912), (8, 128), (2560, 2560)])
+@pytest.mark.parametrize("t", [1, 3, 8, 13])
+def test_ternary_gemm_exact(n, k, t):
+    from bitnet_kernels.gpu import ops
+
+    rng = np.random.default_rng(n * 7 + k + t)
+    w = ternary(rng, n, k)
+    q = rng.integers(-128, 128, size=(t, k), dtype=np.int16).astype(np.int8)
+    m = ops.TernaryMatrix(n, k)
+    m.load_codes(w)
+    m.finish()
+    got = ops.ternary_gemm_i32(m, q)
+    assert got.dtype == np.int32 and got.shape == (t, n)
+    np.testing.assert_array_equal(got, ternary_dot_i32(w, q))
+
+
+def test_ternary_gemm_extreme_activations():
+    """All -128 / +127 activations against all -1 / +1 rows: the largest sums are still exact."""
+    from bitnet_kernels.gpu import ops
+
+    k = 6912
+    w = np.stack([np.full(k, -1, np.int8), np.full(k, 1, np.int8), np.zeros(k, np.int8)] * 3)
+    q = np.stack([np.full(k, -128, np.int8), np.full(k, 127, np.int8)])
+    m = ops.TernaryMatrix(w.shape[0], k)
+    m.load_codes(w)
+    m.finish()
+    np.testing.assert_array_equal(ops.ternary_gemm_i32(m, q), ternary_dot_i32(w, q))
+
+
+def test_repack_row_map_places_rows():
+    """load_i2s with a row map writes source row r to destination row map[r] (the fused QKV / gate-up)."""
+    from bitnet_kernels.gpu import ops
+
+    rng = np.random.default_rng(5)
+    a, b = ternary(rng, 16, 256), ternary(rng, 16, 256)
+    m = ops.TernaryMatrix(32, 256)
+    m.load_i2s(i2s_pack(a.reshape(-1), 0.5), 16, 2 * np.arange(16), 0.5)
+    m.load_i2s(i2s_pack(b.reshape(-1), 0.25), 16, 2 * np.arange(16) + 1, 0.25)
+    m.finish()
+    q = rng.integers(-128, 128, size=(2, 256), dtype=np.int16).astype(np.int8)
+    full = np.empty((32, 256), np.int8)
+    full[0::2], full[1::2] = a, b
+    np.testing.assert_array_equal(ops.ternary_gemm_i32(m, q), ternary_dot_i32(full, q))
+    assert m.ws_host[0] == np.float32(0.5) and m.ws_host[1] == np.float32(0.25)
+
+
+@pytest.mark.parametrize("t", [1, 5, 16])
+def test_activation_quantization_bit_equal(t):
+    from bitnet_kernels.gpu import ops
+
+    rng = np.random.default_rng(t)
+    x = (rng.standard_normal((t, 2560)) * rng.uniform(0.01, 30, size=(t, 1))).astype(np.float32)
+    x[0, :7] = [0.5, 1.5, -2.5, 2.5, 126.5, -0.5, 3.5]  # exact halves: rounding must go to even
+    q, s, qsum = ops.quantize_rows(x)
+    ref = quantize_act_i8(x)
+    np.testing.assert_array_equal(q, ref.q)
+    np.testing.assert_array_equal(s, ref.scale)
+    np.testing.assert_array_equal(qsum, ref.qsum)
+
+
+@pytest.mark.parametrize("t", [1, 9])
+def test_i2s_linear_bit_equal_to_oracle(t):
+    from bitnet_kernels.gpu import ops
+
+    rng = np.random.default_rng(11 + t)
+    n, k = 384, 2560
+    w = ternary(rng, n, k)
+    scale = np.float32(0.0371)
+    x = rng.standard_normal((t, k)).astype(np.float32)
+    m = ops.TernaryMatrix(n, k)
+    m.load_codes(w, float(scale))
+    m.finish()
+    got = ops.i2s_linear(m, x)
+    np.testing.assert_array_equal(got, i2s_linear_ref(w, scale, x))
+
+
+@pytest.mark.parametrize("t", [1, 4, 11])
+def test_f16_head_matches_float64(t):
+    from bitnet_kernels.gpu import ops
+
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((1000, 2560)) * 0.05).astype(np.float16)
+    x = rng.standard_normal((t, 2560)).astype(np.float32)
+    got = ops.f16_matmul(w, x)
+    ref = x.astype(np.float64) @ w.astype(np.float64).T
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-5

@@ -1,0 +1,117 @@
+"""The GPU forward pass on bitnet.cpp's fixture model: the fast-mode parity thresholds (mean KLD <= 5e-4, PPL
+within 0.5% of bitnet.cpp), the golden greedy continuation, agreement with the CPU path, graph replays.
+
+Skipped (with the reason printed) where pycuda or a CUDA device is missing.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures"
+BITNET_CPP_PPL_I2S = 17308.4364
+BOS = 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def gpu():
+    from bitnet_kernels.gpu import gpu_status
+
+    ok, why = gpu_status()
+    if not ok:
+        pytest.skip(f"no GPU: {why}")
+
+
+@pytest.fixture(scope="module")
+def gpu_model():
+    from bitnet_inference.gpu_model import load_gpu
+
+    return load_gpu(FIXTURES / "b158-a-i2s.gguf", n_ctx=256)
+
+
+def test_fixture_kld_and_ppl(gpu_model):
+    from bitnet_inference.perplexity import Stats, chunks_of, decode_logprobs, eval_chunk, read_kld_base, score_chunk
+
+    base = read_kld_base(FIXTURES / "b158-a-i2s.kld")
+    stats = Stats()
+    for c, chunk in enumerate(chunks_of(base.tokens, base.n_ctx, None, BOS)):
+        logits = eval_chunk(gpu_model, chunk, base.n_ctx)
+        score_chunk(logits, chunk, stats, decode_logprobs(base.records[c]))
+    ppl = Stats.ppl(stats.nll)[0]
+    kld = float(np.mean(stats.kld))
+    print(f"GPU fixture parity: mean KLD {kld:.3e}, PPL {ppl:.4f} (bitnet.cpp {BITNET_CPP_PPL_I2S})")
+    assert kld <= 5e-4, kld
+    assert abs(ppl / BITNET_CPP_PPL_I2S - 1) < 5e-3, ppl
+
+
+def prompt_ids(text: str) -> list[int]:
+    return [BOS] + [3 + b for b in (" " + text).replace(" ", "\u2581").encode()]
+
+
+def test_greedy_golden(gpu_model):
+    from bitnet_inference.generate import generate_step
+
+    words = (FIXTURES / "b158-a-i2s.greedy.txt").read_text(encoding="utf-8").split()
+    expected = [int(w[1:]) + 259 for w in words if w.startswith("t") and w[1:].isdigit()]
+    got = list(generate_step(gpu_model, prompt_ids("To be, or not to be"), max_tokens=32))
+    assert got == expected
+
+
+def test_matches_cpu_path(gpu_model):
+    from bitnet_inference.generate import Model
+
+    cpu = Model(FIXTURES / "b158-a-i2s.gguf", numerics="fast", n_ctx=256)
+    toks = np.random.default_rng(0).integers(0, cpu.args.n_vocab, size=40)
+    gpu_model.cache.reset()
+    cpu.cache.reset()
+    g = gpu_model.forward(toks, 0)
+    c = cpu.forward(toks, 0)
+    assert np.linalg.norm(g - c) / np.linalg.norm(c) < 2e-2
+    assert np.mean(g.argmax(1) == c.argmax(1)) >= 0.95
+    # then single-token decode steps (the CUDA graph) continue the same sequence; one int8 activation level
+    # flipped by a last-bit difference moves these random-token logits by a few percent (measured 2.5% on an
+    # H100), so the bound here is 5% and the top token must agree
+    for i in range(5):
+        tok = [int(c[-1].argmax())]
+        g1 = gpu_model.forward(tok, 40 + i, logits="last")
+        c = cpu.forward(tok, 40 + i, logits="last")
+        assert np.linalg.norm(g1 - c) / np.linalg.norm(c) < 5e-2
+        assert g1.argmax() == c.argmax()
+
+
+def test_decode_greedy_on_device(gpu_model):
+    toks = [BOS, 50, 60, 70]
+    gpu_model.cache.reset()
+    logits = gpu_model.prefill(toks)
+    tok = int(logits.argmax())
+    ref = gpu_model.forward([tok], len(toks), logits="last")[0]
+    assert gpu_model.decode_greedy(tok, len(toks)) == int(ref.argmax())
+
+
+def test_prefill_in_chunks_equals_one_pass():
+    from bitnet_inference.gpu_model import load_gpu
+
+    small = load_gpu(FIXTURES / "b158-a-i2s.gguf", n_ctx=128, max_batch=16)
+    toks = np.random.default_rng(1).integers(0, small.args.n_vocab, size=50)
+    a = small.forward(toks, 0)
+    assert a.shape == (50, small.args.n_vocab) and np.isfinite(a).all()
+    big = load_gpu(FIXTURES / "b158-a-i2s.gguf", n_ctx=128)
+    b = big.forward(toks, 0)
+    assert np.linalg.norm(a - b) / np.linalg.norm(b) < 1e-5
+
+
+def test_errors(gpu_model, monkeypatch):
+    from bitnet_inference.errors import ContextOverflowError, EngineError
+    from bitnet_inference.gpu_model import load_gpu
+    from bitnet_kernels.gpu import GPUMemoryError
+
+    with pytest.raises(ContextOverflowError):
+        gpu_model.forward(np.zeros(300, np.int64), 0)
+    with pytest.raises(EngineError, match="out of range"):
+        gpu_model.forward([10**6], 0)
+    monkeypatch.setenv("BITNET_GPU_MEMORY_LIMIT", "1M")
+    with pytest.raises(GPUMemoryError, match="BITNET_GPU_MEMORY_LIMIT"):
+        load_gpu(FIXTURES / "b158-a-i2s.gguf", n_ctx=128)

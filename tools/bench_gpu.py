@@ -1,0 +1,261 @@
+"""GPU decode and prefill at the 2B-4T shape: our pycuda kernels against PyTorch bf16 of the same graph, and the
+bandwidth floor (bytes a token over the measured device-to-device copy bandwidth). Prints one table.
+
+    python tools/bench_gpu.py                      # random weights of the 2B-4T shape, built on the device
+    python tools/bench_gpu.py --model m.gguf       # a GGUF model (I2_S) instead
+    python tools/bench_gpu.py --json out.json      # also write the numbers
+
+Decode: batch 1, a 32-token prompt, then --n-gen steps, each one CUDA-graph replay with the argmax on the device
+and the token id copied back (the host loop waits for every token). `graph` is the replay alone, timed with
+events over back-to-back replays. Prefill: --n-prompt tokens in one pass, logits of the last position.
+PyTorch: bf16 weights (dense ternary values), a static bf16 KV cache, the same RMSNorms, NEOX RoPE, GQA
+attention, squared ReLU and tied F16->bf16 head; eager, and the decode step captured in a torch CUDA graph
+(--compile adds torch.compile(mode="max-autotune-no-cudagraphs") before capture).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+SHAPE_2B4T = dict(n_vocab=128256, n_embd=2560, n_layer=30, n_head=20, n_head_kv=5, n_ff=6912, head_dim=128)
+
+
+def model_args(shape: dict):
+    from bitnet_inference.args import ModelArgs
+
+    return ModelArgs(arch="bitnet-b1.58", n_vocab=shape["n_vocab"], n_embd=shape["n_embd"], n_layer=shape["n_layer"],
+                     n_head=shape["n_head"], n_head_kv=shape["n_head_kv"], n_ff=shape["n_ff"], n_ctx_train=4096,
+                     head_dim=shape["head_dim"], n_rot=shape["head_dim"], rope_base=500000.0, norm_eps=1e-5,
+                     ffn_act="relu2", tied_head=True, has_scales=False, weight_type="I2_S")
+
+
+def copy_bandwidth(rt, nbytes: int = 2 << 30, reps: int = 10) -> float:
+    """Device-to-device copy, bytes read plus bytes written per second (median of reps)."""
+    cuda = rt.cuda
+    a, b = cuda.mem_alloc(nbytes), cuda.mem_alloc(nbytes)
+    cuda.memset_d8(a, 1, nbytes)
+    start, end = cuda.Event(), cuda.Event()
+    times = []
+    for _ in range(reps + 2):
+        start.record(rt.stream)
+        cuda.memcpy_dtod_async(b, a, nbytes, rt.stream)
+        end.record(rt.stream)
+        end.synchronize()
+        times.append(end.time_since(start) / 1e3)
+    a.free()
+    b.free()
+    return 2 * nbytes / statistics.median(times[2:])
+
+
+def bench_ours(m, n_gen: int, n_prompt: int) -> dict:
+    rt, cuda = m.rt, m.rt.cuda
+    a = m.args
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, a.n_vocab, size=32)
+    m.cache.reset()
+    tok = int(m.prefill(prompt).argmax())
+    m.decode_greedy(tok, len(prompt))  # capture + warm-up
+    t0 = time.perf_counter()
+    pos = len(prompt) + 1
+    for i in range(n_gen):
+        tok = m.decode_greedy(tok, pos + i)
+    decode_s = (time.perf_counter() - t0) / n_gen
+    g = m._decode_graph()
+    start, end = cuda.Event(), cuda.Event()
+    for _ in range(5):
+        g.replay()
+    start.record(rt.stream)
+    reps = 100
+    for _ in range(reps):
+        g.replay()
+    end.record(rt.stream)
+    end.synchronize()
+    graph_s = end.time_since(start) / 1e3 / reps
+    toks = rng.integers(0, a.n_vocab, size=n_prompt)
+    times = []
+    for _ in range(4):
+        m.cache.reset()
+        t0 = time.perf_counter()
+        m.forward(toks, 0, logits="last")
+        times.append(time.perf_counter() - t0)
+    prefill_s = statistics.median(times[1:])
+    return {"decode_tok_s": 1 / decode_s, "graph_ms": graph_s * 1e3, "graph_tok_s": 1 / graph_s,
+            "prefill_tok_s": n_prompt / prefill_s, "prefill_ms": prefill_s * 1e3}
+
+
+def bytes_per_token(a, kv_len: int) -> int:
+    hd, kvd = a.n_head * a.head_dim, a.n_head_kv * a.head_dim
+    per_layer = (hd + 2 * kvd) * a.n_embd + hd * a.n_embd + 2 * a.n_ff * a.n_embd + a.n_embd * a.n_ff
+    ternary = a.n_layer * per_layer // 4
+    head = a.n_vocab * a.n_embd * 2
+    kv = a.n_layer * 2 * kvd * kv_len * 2
+    return ternary + head + kv
+
+
+def bench_torch(a, n_gen: int, n_prompt: int, n_ctx: int, compile_: bool) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    dev = "cuda"
+    bf = torch.bfloat16
+    e, f, d, nh, nkv, L = a.n_embd, a.n_ff, a.head_dim, a.n_head, a.n_head_kv, a.n_layer
+    hd, kvd = nh * d, nkv * d
+    torch.manual_seed(0)
+
+    def tern(n, k):
+        return (torch.randint(-1, 2, (n, k), device=dev).to(bf) * 0.05).contiguous()
+
+    W = [dict(qkv=tern(hd + 2 * kvd, e), o=tern(e, hd), gu=tern(2 * f, e), down=tern(e, f),
+              n1=torch.ones(e, device=dev), n2=torch.ones(hd, device=dev), n3=torch.ones(e, device=dev),
+              n4=torch.ones(f, device=dev)) for _ in range(L)]
+    emb = (torch.randn(a.n_vocab, e, device=dev) * 0.02).to(bf)
+    onorm = torch.ones(e, device=dev)
+    kc = torch.zeros(L, nkv, n_ctx, d, device=dev, dtype=bf)
+    vc = torch.zeros(L, nkv, n_ctx, d, device=dev, dtype=bf)
+    inv = 1.0 / (a.rope_base ** (torch.arange(0, d, 2, device=dev, dtype=torch.float32) / d))
+    ang = torch.arange(n_ctx, device=dev, dtype=torch.float32)[:, None] * inv[None]
+    cos_t, sin_t = ang.cos(), ang.sin()
+    eps = a.norm_eps
+
+    def rms(x, w):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * w).to(bf)
+
+    def rope(x, pos):  # x (T, H, D), pos (T,)
+        c, s = cos_t[pos][:, None, :], sin_t[pos][:, None, :]
+        x0, x1 = x[..., : d // 2].float(), x[..., d // 2 :].float()
+        return torch.cat([x0 * c - x1 * s, x0 * s + x1 * c], -1).to(bf)
+
+    def forward(tok, pos):  # tok, pos (T,) int64; decode when T == 1 (attention over the whole static cache)
+        t = tok.shape[0]
+        x = emb[tok].float()
+        for i, w in enumerate(W):
+            h = rms(x, w["n1"])
+            qkv = h @ w["qkv"].T
+            q = rope(qkv[:, :hd].view(t, nh, d), pos)
+            k = rope(qkv[:, hd : hd + kvd].view(t, nkv, d), pos)
+            v = qkv[:, hd + kvd :].view(t, nkv, d)
+            kc[i].index_copy_(1, pos, k.transpose(0, 1))
+            vc[i].index_copy_(1, pos, v.transpose(0, 1))
+            qh = q.transpose(0, 1)  # (nh, T, d)
+            keys = torch.arange(n_ctx, device=dev)
+            mask = keys[None, :] <= pos[:, None]  # (T, n_ctx): causal over the static cache
+            o = F.scaled_dot_product_attention(qh[None], kc[i][None], vc[i][None], attn_mask=mask[None, None],
+                                               enable_gqa=True)[0]
+            o = o.transpose(0, 1).reshape(t, hd)
+            x = x + (rms(o, w["n2"]) @ w["o"].T).float()
+            gu = rms(x, w["n3"]) @ w["gu"].T
+            g, u = gu[:, :f], gu[:, f:]
+            act = torch.relu(g).square() * u
+            x = x + (rms(act, w["n4"]) @ w["down"].T).float()
+        return rms(x[-1:], onorm) @ emb.T
+
+    out = {}
+    step = torch.compile(forward, mode="max-autotune-no-cudagraphs") if compile_ else forward
+    with torch.no_grad():
+        tok = torch.zeros(1, dtype=torch.long, device=dev)
+        pos = torch.zeros(1, dtype=torch.long, device=dev)
+        for _ in range(3):
+            forward(tok, pos)
+        torch.cuda.synchronize()
+        n_eager = max(8, n_gen // 4)
+        t0 = time.perf_counter()
+        for i in range(n_eager):
+            pos.fill_(33 + i)
+            lg = forward(tok, pos)
+            tok = lg.argmax(-1)
+            tok.item()
+        out["eager_tok_s"] = n_eager / (time.perf_counter() - t0)
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(3):
+                step(tok, pos)
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_logits = step(tok, pos)
+            static_tok = static_logits.argmax(-1)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for i in range(n_gen):
+            pos.fill_(33 + i)
+            graph.replay()
+            tok.copy_(static_tok)
+            static_tok.item()
+        out["graph_tok_s"] = n_gen / (time.perf_counter() - t0)
+        toks = torch.randint(0, a.n_vocab, (n_prompt,), device=dev)
+        ps = torch.arange(n_prompt, device=dev)
+        times = []
+        for _ in range(4):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            forward(toks, ps)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        out["prefill_tok_s"] = n_prompt / statistics.median(times[1:])
+    out["bytes_per_token"] = int(sum(v.numel() * 2 for w in W for k, v in w.items() if k in ("qkv", "o", "gu", "down"))
+                                 + emb.numel() * 2)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="GGUF model (I2_S); default: random weights of the 2B-4T shape")
+    p.add_argument("--n-gen", type=int, default=256)
+    p.add_argument("--n-prompt", type=int, default=512)
+    p.add_argument("--ctx", type=int, default=1024)
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
+    p.add_argument("--compile", action="store_true", help="also torch.compile the PyTorch step before capture")
+    p.add_argument("--json", help="write the numbers to this file")
+    args = p.parse_args(argv)
+
+    from bitnet_inference.gpu_model import GPUModel, load_gpu
+    from bitnet_kernels.gpu import get_runtime
+
+    rt = get_runtime()
+    bw = copy_bandwidth(rt)
+    if args.model:
+        m = load_gpu(args.model, n_ctx=args.ctx)
+    else:
+        m = GPUModel.random(model_args(SHAPE_2B4T), n_ctx=args.ctx)
+    a = m.args
+    ours = bench_ours(m, args.n_gen, args.n_prompt)
+    bpt = bytes_per_token(a, 32 + args.n_gen // 2)
+    floor_tok_s = bw / bpt
+    res = {"device": rt.name, "copy_bw_GBps": bw / 1e9, "bytes_per_token": bpt, "floor_tok_s": floor_tok_s,
+           "ours": ours, "shape": {k: getattr(a, k) for k in SHAPE_2B4T}}
+    if not args.no_torch:
+        del m
+        res["torch"] = bench_torch(a, args.n_gen, args.n_prompt, args.ctx, args.compile)
+    rows = [("ours decode (host loop, argmax on device)", ours["decode_tok_s"]),
+            ("ours decode (graph replays, events)", ours["graph_tok_s"]),
+            (f"ours prefill {args.n_prompt}", ours["prefill_tok_s"])]
+    if "torch" in res:
+        tr = res["torch"]
+        rows += [("torch bf16 decode eager", tr["eager_tok_s"]), ("torch bf16 decode CUDA graph", tr["graph_tok_s"]),
+                 (f"torch bf16 prefill {args.n_prompt}", tr["prefill_tok_s"])]
+    print(f"\ndevice: {rt.name}; d2d copy {bw / 1e9:.0f} GB/s (read+write); bytes/token {bpt / 1e6:.1f} MB; "
+          f"floor {floor_tok_s:.0f} tok/s")
+    print(f"{'what':<46} {'tok/s':>10}")
+    for name, v in rows:
+        print(f"{name:<46} {v:>10.1f}")
+    print(f"ours decode / floor: {ours['decode_tok_s'] / floor_tok_s:.1%} (graph alone {ours['graph_tok_s'] / floor_tok_s:.1%})")
+    if "torch" in res:
+        best = max(res["torch"]["eager_tok_s"], res["torch"]["graph_tok_s"])
+        print(f"ours decode / best torch decode: {ours['decode_tok_s'] / best:.2f}x; "
+              f"prefill ours / torch: {ours['prefill_tok_s'] / res['torch']['prefill_tok_s']:.2f}x")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
