@@ -123,12 +123,12 @@ def main() -> int:
     print("|" + "---|" * 14)
     for t in args.threads:
         bw = bitnet_kernels.stream_read_bandwidth(1 << 30, threads=t, reps=5)
-        floor = bw / bytes_f16
+        floor = bw * 1e9 / bytes_f16
         l_pp, l_tg = llama(tq2, t, args.p, args.n, args.r)
         o_pp, o_tg = ours(m_i2s, t, args.p, args.n, args.r)
         t_pp, t_tg = ours(m_tq2, t, args.p, args.n, args.r)
         q_pp, q_tg = ours(m_q8, t, 1, args.n, args.r)
-        print(f"| {t} | {bw / 1e9:.1f} | {floor:.1f} | {l_pp:.1f} | {o_pp:.1f} | {o_pp / l_pp:.2f}x | {l_tg:.1f} | "
+        print(f"| {t} | {bw:.1f} | {floor:.1f} | {l_pp:.1f} | {o_pp:.1f} | {o_pp / l_pp:.2f}x | {l_tg:.1f} | "
               f"{o_tg:.1f} | {o_tg / l_tg:.2f}x | {100 * o_tg / floor:.0f}% | {t_pp:.1f} / {t_tg:.1f} | "
               f"{t_tg / l_tg:.2f}x | {q_tg:.1f} | {q_tg / o_tg:.2f}x |", flush=True)
     return 0
