@@ -116,3 +116,32 @@ def test_f16_head_matches_float64(t):
     got = ops.f16_matmul(w, x)
     ref = x.astype(np.float64) @ w.astype(np.float64).T
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-5
+
+
+def rmsnorm_fast(x, w, eps):
+    """bitnet_inference's fast-numerics RMSNorm (mean square in float64, then float32)."""
+    ms = np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True)
+    scale = (np.float32(1.0) / np.sqrt(ms.astype(np.float32) + np.float32(eps))).astype(np.float32)
+    return (x * scale) * w
+
+
+@pytest.mark.parametrize("k", [2560, 6912])
+def test_fused_norm_decode_matches_oracle(k):
+    """The decode matmul with RMSNorm + quantization fused into each block equals norm -> i2s_linear in numpy
+    (up to the order of the float64 sum of squares) and the batched two-kernel path on the GPU."""
+    from bitnet_kernels.gpu import ops
+
+    rng = np.random.default_rng(k)
+    n = 520
+    w = ternary(rng, n, k)
+    scale = np.float32(0.021)
+    x = (rng.standard_normal(k) * 3).astype(np.float32)
+    nw = rng.uniform(0.5, 1.5, k).astype(np.float32)
+    m = ops.TernaryMatrix(n, k)
+    m.load_codes(w, float(scale))
+    m.finish()
+    got = ops.decode_linear(m, x, nw, 1e-5)
+    ref = i2s_linear_ref(w, scale, rmsnorm_fast(x[None], nw, 1e-5))[0]
+    assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()
+    two = ops.norm_linear(m, x[None], nw, 1e-5)[0]
+    assert np.abs(got - two).max() <= 1e-6 * np.abs(ref).max()

@@ -91,6 +91,34 @@ def test_decode_greedy_on_device(gpu_model):
     assert gpu_model.decode_greedy(tok, len(toks)) == int(ref.argmax())
 
 
+def test_generate_greedy_on_device_equals_host_loop(gpu_model):
+    """n graph replays that feed their own argmax back equal n host-driven greedy steps."""
+    toks = [BOS, 21, 22, 23]
+    gpu_model.cache.reset()
+    first = int(gpu_model.prefill(toks).argmax())
+    host, tok = [], first
+    for i in range(12):
+        tok = gpu_model.decode_greedy(tok, len(toks) + i)
+        host.append(tok)
+    gpu_model.cache.reset()
+    gpu_model.prefill(toks)
+    assert gpu_model.generate_greedy(first, len(toks), 12) == host
+    assert gpu_model.cache.pos[0] == len(toks) + 12
+
+
+def test_fused_and_unfused_decode_agree(gpu_model):
+    """One-token steps with the norm fused into every matmul block equal the separate-kernel path."""
+    toks = [BOS, 11, 12, 13, 14]
+    outs = []
+    for fused in (True, False):
+        gpu_model.set_fused_norm(fused)
+        gpu_model.cache.reset()
+        gpu_model.prefill(toks[:3])
+        outs.append(np.concatenate([gpu_model.forward([tk], 3 + i, logits="last") for i, tk in enumerate(toks[3:])]))
+    gpu_model.set_fused_norm(True)
+    assert np.linalg.norm(outs[0] - outs[1]) / np.linalg.norm(outs[1]) < 1e-4
+
+
 def test_prefill_in_chunks_equals_one_pass():
     from bitnet_inference.gpu_model import load_gpu
 

@@ -4,7 +4,9 @@ Same interface as generate.Model for decode and prefill: `forward(tokens, pos0, 
 `cache.reset()`, `n_ctx`, `args`. At load every I2_S matrix is repacked on the device into the T2 layout
 (16-byte loads of 64 weights); Q/K/V become one matrix whose rows come in RoPE pairs, gate/up one matrix of
 interleaved rows, so a layer is five kernels: QKV (+RoPE, +KV store), attention, O (+residual),
-gate/up (+squared ReLU or SiLU), down (+residual), each matmul preceded by its RMSNorm + int8 quantization.
+gate/up (+squared ReLU or SiLU), down (+residual). For one token each matmul block computes its input's
+RMSNorm + int8 quantization itself (into shared memory; BITNET_GPU_FUSED_NORM=0 turns that off); for a batch a
+separate kernel does it once.
 Every buffer (KV cache included) is allocated once; a single-token step is captured as a CUDA graph on first
 use and replayed (position and token live in device memory).
 """
@@ -108,6 +110,7 @@ class GPUModel:
         self._check_memory()
         self._alloc()
         self._graph = None
+        self.fused_norm = os.environ.get("BITNET_GPU_FUSED_NORM", "1") != "0"
         self.cache = _Cache(self)
 
     # -- load -------------------------------------------------------------------------------------------------
@@ -156,6 +159,7 @@ class GPUModel:
         self.tok = emp((t,), np.int32)
         self.pos = emp((1,), np.int32)
         self.argmax = emp((1,), np.int32)
+        self.hist = emp((self.n_ctx + 1,), np.int32)
         kv_shape = (a.n_layer, a.n_head_kv, self.n_ctx, d)
         self.kc = emp(kv_shape, np.float16)
         self.vc = emp(kv_shape, np.float16)
@@ -170,6 +174,8 @@ class GPUModel:
         self.h_pos = cuda.pagelocked_empty((1,), np.int32)
         self.h_logits = cuda.pagelocked_empty((a.n_vocab,), F32)
         self.h_argmax = cuda.pagelocked_empty((1,), np.int32)
+        self.h_hist = cuda.pagelocked_empty((self.n_ctx + 1,), np.int32)
+        self._greedy = None
 
     def load_weights(self) -> GPUModel:
         """Norms, F16 embedding/head and the ternary matrices from the GGUF (I2_S only)."""
@@ -237,6 +243,7 @@ class GPUModel:
         self._check_memory()
         self._alloc()
         self._graph = None
+        self.fused_norm = os.environ.get("BITNET_GPU_FUSED_NORM", "1") != "0"
         self.cache = _Cache(self)
         ops, a = self.ops, args
         rng = np.random.default_rng(seed)
@@ -277,15 +284,25 @@ class GPUModel:
             rt.launch("rmsnorm_quant", "PPifPPP", (t, 1), (1024, 1, 1), p(src), p(w), np.int32(k), eps,
                       p(self.q8), p(self.s), p(self.qsum))
 
+        fused = t == 1 and self.fused_norm
         for i, L in enumerate(self.layers):
             kc = int(self.kc.gpudata) + i * kv_layer
             vc = int(self.vc.gpudata) + i * kv_layer
-            norm_quant(self.x, L.attn_norm, e)
-            ops.ternary_launch(rt, L.qkv, "qkv", self.q8, self.qsum, self.s, self.qb, hd, t, pos=self.pos,
-                               qkv=(a.n_head, a.n_head_kv, d, self.n_ctx, self.cos, self.sin, kc, vc))
-            rt.launch("attention", "PPPPiiiiPi", (a.n_head, t), (128, 1, 1), p(self.qb), np.intp(kc), np.intp(vc),
+            qkv = (a.n_head, a.n_head_kv, d, self.n_ctx, self.cos, self.sin, kc, vc)
+            if fused:
+                ops.ternary_decode_launch(rt, L.qkv, "qkv", self.x, L.attn_norm, eps, self.qb, hd, pos=self.pos,
+                                          qkv=qkv)
+            else:
+                norm_quant(self.x, L.attn_norm, e)
+                ops.ternary_launch(rt, L.qkv, "qkv", self.q8, self.qsum, self.s, self.qb, hd, t, pos=self.pos, qkv=qkv)
+            rt.launch("attention", "PPPPiiiiPi", (a.n_head, t), (256, 1, 1), p(self.qb), np.intp(kc), np.intp(vc),
                       p(self.att), np.int32(a.n_head), np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx),
                       p(self.pos), np.int32(1 if t == 1 else 0), shared=4 * self.n_ctx)
+            if fused:
+                ops.ternary_decode_launch(rt, L.o, "resid", self.att, L.attn_sub_norm, eps, self.x, e)
+                ops.ternary_decode_launch(rt, L.gu, act, self.x, L.ffn_norm, eps, self.fb, f)
+                ops.ternary_decode_launch(rt, L.down, "resid", self.fb, L.ffn_sub_norm, eps, self.x, e)
+                continue
             norm_quant(self.att, L.attn_sub_norm, hd)
             ops.ternary_launch(rt, L.o, "resid", self.q8, self.qsum, self.s, self.x, e, t)
             norm_quant(self.x, L.ffn_norm, e)
@@ -361,6 +378,49 @@ class GPUModel:
             g.end()
             self._graph = g
         return self._graph
+
+    def _greedy_graph(self):
+        if self._greedy is None:
+            from bitnet_kernels.gpu import CudaGraph
+
+            self._decode_graph()  # kernels loaded
+            g = CudaGraph(self.rt.stream)
+            g.begin()
+            self._enqueue(1, "all")
+            p = self.ops.ptr
+            self.rt.launch("argmax_step", "PiPPP", (1, 1), (1024, 1, 1), p(self.logits), np.int32(self.args.n_vocab),
+                           p(self.tok), p(self.pos), p(self.hist))
+            g.end()
+            self._greedy = g
+        return self._greedy
+
+    def generate_greedy(self, token: int, pos: int, n: int) -> list[int]:
+        """n greedy decode steps on the device, starting with `token` at position `pos`: the sampled token and
+        the position stay in device memory between the replays; the n token ids come back at the end."""
+        if n <= 0:
+            return []
+        if pos + n > self.n_ctx:
+            raise ContextOverflowError(f"{pos + n} positions do not fit the context of {self.n_ctx}; raise -c")
+        cuda, rt = self.rt.cuda, self.rt
+        self.h_tok[0] = token
+        self.h_pos[0] = pos
+        cuda.memcpy_htod_async(self.tok.gpudata, self.h_tok, rt.stream)
+        cuda.memcpy_htod_async(self.pos.gpudata, self.h_pos, rt.stream)
+        g = self._greedy_graph()
+        for _ in range(n):
+            g.replay()
+        cuda.memcpy_dtoh_async(self.h_hist, self.hist.gpudata, rt.stream)
+        rt.sync()
+        self.cache.pos[0] = pos + n
+        return [int(v) for v in self.h_hist[pos + 1 : pos + 1 + n]]
+
+    def set_fused_norm(self, on: bool) -> None:
+        """Choose the single-token path: norm fused into every matmul block (True) or separate kernels."""
+        self.fused_norm = bool(on)
+        for g in (self._graph, self._greedy):
+            if g is not None:
+                g.close()
+        self._graph = self._greedy = None
 
     def decode_greedy(self, token: int, pos: int) -> int:
         """One decode step with greedy sampling on the device: only the token id comes back."""

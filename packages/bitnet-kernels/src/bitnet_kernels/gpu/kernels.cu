@@ -88,7 +88,7 @@ struct QKVArgs {
 
 // One warp computes R rows (R = 2: a pair) for TT tokens t0 .. t0+TT-1 (clamped to T).
 // W: T2 words (N, K/16); q int8 (T, K); qsum (T,).
-template <int R, int TT, int EPI>
+template <int R, int TT, int EPI, bool SM = false>
 __device__ __forceinline__ void ternary_warp(const uint4* __restrict__ W, int row0, int N, int K,
                                              const int8_t* __restrict__ q, const int* __restrict__ qsum,
                                              const float* __restrict__ s, const float* __restrict__ ws,
@@ -128,7 +128,12 @@ __device__ __forceinline__ void ternary_warp(const uint4* __restrict__ W, int ro
 #pragma unroll
                 for (int t = 0; t < TT; t++) {
                     const int4* a = qrow[t] + c * 4;
-                    int4 a0 = __ldg(a), a1 = __ldg(a + 1), a2 = __ldg(a + 2), a3 = __ldg(a + 3);
+                    int4 a0, a1, a2, a3;
+                    if (SM) {
+                        a0 = a[0]; a1 = a[1]; a2 = a[2]; a3 = a[3];
+                    } else {
+                        a0 = __ldg(a); a1 = __ldg(a + 1); a2 = __ldg(a + 2); a3 = __ldg(a + 3);
+                    }
 #pragma unroll
                     for (int r = 0; r < R; r++) {
                         int v = acc[r][t];
@@ -155,8 +160,7 @@ __device__ __forceinline__ void ternary_warp(const uint4* __restrict__ W, int ro
         if (EPI == EPI_I32) {
 #pragma unroll
             for (int r = 0; r < R; r++) out_i32[(size_t)tok * ldo + row0 + r] = acc[r][t] - qsum[tok];
-            continue;
-        }
+        } else {
         float y[R];
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -203,8 +207,79 @@ __device__ __forceinline__ void ternary_warp(const uint4* __restrict__ W, int ro
                 vr[d + 1] = __float2half_rn(y[R - 1]);
             }
         }
+        }
     }
 }
+
+// Decode (T = 1) with the RMSNorm + int8 quantization fused in: every block normalizes and quantizes the input
+// row into shared memory (K bytes of dynamic shared memory), then its 8 warps compute 8 rows (or pairs).
+template <int R, int EPI>
+__device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int N, int K, const float* __restrict__ x,
+                                               const float* __restrict__ nw, const float* __restrict__ ws,
+                                               const float* __restrict__ os, float* out,
+                                               const int* __restrict__ pos0p, int ldo, float eps, QKVArgs qa) {
+    extern __shared__ int4 qsm_raw[];
+    int* qsm = reinterpret_cast<int*>(qsm_raw);
+    __shared__ double shd[32];
+    __shared__ float shf[32];
+    __shared__ int shi[32];
+    __shared__ float s_sh;
+    __shared__ int qsum_sh;
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    const float4* w4 = reinterpret_cast<const float4*>(nw);
+    const int K4 = K >> 2;
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < K4; i += blockDim.x) {
+        float4 v = x4[i];
+        ss += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
+    }
+    ss = block_sum<double>(ss, shd);
+    const float scale = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn((float)(ss / (double)K), eps)));
+    float amax = 0.0f;
+    for (int i = threadIdx.x; i < K4; i += blockDim.x) {
+        float4 v = x4[i], w = w4[i];
+        amax = fmaxf(amax, fabsf(__fmul_rn(__fmul_rn(v.x, scale), w.x)));
+        amax = fmaxf(amax, fabsf(__fmul_rn(__fmul_rn(v.y, scale), w.y)));
+        amax = fmaxf(amax, fabsf(__fmul_rn(__fmul_rn(v.z, scale), w.z)));
+        amax = fmaxf(amax, fabsf(__fmul_rn(__fmul_rn(v.w, scale), w.w)));
+    }
+    amax = block_max(amax, shf);
+    const float sc = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
+    int sum = 0;
+    for (int i = threadIdx.x; i < K4; i += blockDim.x) {
+        float4 v = x4[i], w = w4[i];
+        int q0 = (int)fminf(fmaxf(rintf(__fmul_rn(__fmul_rn(__fmul_rn(v.x, scale), w.x), sc)), -128.0f), 127.0f);
+        int q1 = (int)fminf(fmaxf(rintf(__fmul_rn(__fmul_rn(__fmul_rn(v.y, scale), w.y), sc)), -128.0f), 127.0f);
+        int q2 = (int)fminf(fmaxf(rintf(__fmul_rn(__fmul_rn(__fmul_rn(v.z, scale), w.z), sc)), -128.0f), 127.0f);
+        int q3 = (int)fminf(fmaxf(rintf(__fmul_rn(__fmul_rn(__fmul_rn(v.w, scale), w.w), sc)), -128.0f), 127.0f);
+        qsm[i] = (q0 & 0xff) | ((q1 & 0xff) << 8) | ((q2 & 0xff) << 16) | ((q3 & 0xff) << 24);
+        sum += q0 + q1 + q2 + q3;
+    }
+    sum = block_sum<int>(sum, shi);
+    if (threadIdx.x == 0) {
+        s_sh = sc;
+        qsum_sh = sum;
+    }
+    __syncthreads();
+    const int row0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * R;
+    if (row0 >= N) return;
+    ternary_warp<R, 1, EPI, true>(W, row0, N, K, reinterpret_cast<const int8_t*>(qsm), &qsum_sh, &s_sh, ws, os, out,
+                                  nullptr, ldo, 0, 1, pos0p, qa);
+}
+
+#define DECODE_KERNEL(NAME, R, EPI)                                                                          \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                                 \
+        const uint4* __restrict__ W, int N, int K, const float* __restrict__ x, const float* __restrict__ nw, \
+        const float* __restrict__ ws, const float* __restrict__ os, float* out, const int* __restrict__ pos0p, \
+        int ldo, float eps, QKVArgs qa) {                                                                    \
+        ternary_decode<R, EPI>(W, N, K, x, nw, ws, os, out, pos0p, ldo, eps, qa);                            \
+    }
+
+DECODE_KERNEL(tdec_f32, 1, EPI_F32)
+DECODE_KERNEL(tdec_resid, 1, EPI_RESID)
+DECODE_KERNEL(tdec_relu2, 2, EPI_RELU2)
+DECODE_KERNEL(tdec_silu, 2, EPI_SILU)
+DECODE_KERNEL(tdec_qkv, 2, EPI_QKV)
 
 // grid.x: row groups (8 warps a block, one row or pair a warp); grid.y: token tiles of TT.
 #define TERNARY_KERNEL(NAME, R, TT, EPI)                                                                      \
@@ -395,19 +470,23 @@ __device__ __forceinline__ void f16_warp(const uint4* __restrict__ W, int row, i
 F16_KERNEL(f16_gemv_t1, 1)
 F16_KERNEL(f16_gemv_t8, 8)
 
-// Causal attention over the f16 cache, one block (128 threads) a (head, token). q float (T, n_head*D) is
-// rounded through f16 (it meets an f16 cache); scores in dynamic shared memory (n_ctx floats);
-// p_f16: round P through f16 (ggml, single-token decode).
-extern "C" __global__ void __launch_bounds__(128) attention(const float* __restrict__ q, const __half* __restrict__ kc,
+// Causal attention over the f16 cache, one block (8 warps) a (head, token). q float (T, n_head*D) is rounded
+// through f16 (it meets an f16 cache); scores in dynamic shared memory (n_ctx floats); p_f16: round P through
+// f16 (ggml, single-token decode). Scores: one warp a key (lanes over D, 4 keys in flight); output: warp w sums
+// keys j = w mod 8 over all of D, then the 8 partial rows are added.
+#define ATT_WARPS 8
+extern "C" __global__ void __launch_bounds__(256) attention(const float* __restrict__ q, const __half* __restrict__ kc,
                                                              const __half* __restrict__ vc, float* __restrict__ out,
                                                              int n_head, int n_kv, int D, int n_ctx,
                                                              const int* __restrict__ pos0p, int p_f16) {
     extern __shared__ float sc[];
     __shared__ float qs[256];
     __shared__ float red[32];
+    __shared__ float part[ATT_WARPS][256];
     const int h = blockIdx.x, t = blockIdx.y, kh = h / (n_head / n_kv);
     const int pos = *pos0p + t, nk = pos + 1;
-    const int HD = n_head * D;
+    const int HD = n_head * D, D2 = D >> 1;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (int d = threadIdx.x; d < D; d += blockDim.x)
         qs[d] = __half2float(__float2half_rn(q[(size_t)t * HD + h * D + d]));
     __syncthreads();
@@ -415,17 +494,34 @@ extern "C" __global__ void __launch_bounds__(128) attention(const float* __restr
     const __half* kb = kc + (size_t)kh * n_ctx * D;
     const __half* vb = vc + (size_t)kh * n_ctx * D;
     float mx = -INFINITY;
-    for (int j = threadIdx.x; j < nk; j += blockDim.x) {
-        const __half2* kr = reinterpret_cast<const __half2*>(kb + (size_t)j * D);
-        float acc = 0.0f;
-        for (int d = 0; d < D / 2; d++) {
-            float2 kf = __half22float2(kr[d]);
-            acc = fmaf(qs[2 * d], kf.x, acc);
-            acc = fmaf(qs[2 * d + 1], kf.y, acc);
+    for (int j0 = warp; j0 < nk; j0 += 4 * ATT_WARPS) {
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int j = j0 + u * ATT_WARPS;
+            if (j < nk) {
+                const __half2* kr = reinterpret_cast<const __half2*>(kb + (size_t)j * D);
+#pragma unroll
+                for (int v = 0; v < 4; v++) {
+                    int d2 = lane + 32 * v;
+                    if (d2 < D2) {
+                        float2 kf = __half22float2(kr[d2]);
+                        acc[u] = fmaf(qs[2 * d2], kf.x, acc[u]);
+                        acc[u] = fmaf(qs[2 * d2 + 1], kf.y, acc[u]);
+                    }
+                }
+            }
         }
-        float v = __fmul_rn(acc, scale);
-        sc[j] = v;
-        mx = fmaxf(mx, v);
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int j = j0 + u * ATT_WARPS;
+            float a = warp_sum(acc[u]);
+            if (j < nk) {
+                float v = __fmul_rn(a, scale);
+                if (lane == 0) sc[j] = v;
+                mx = fmaxf(mx, v);
+            }
+        }
     }
     mx = block_max(mx, red);
     float sum = 0.0f;
@@ -435,24 +531,51 @@ extern "C" __global__ void __launch_bounds__(128) attention(const float* __restr
         sum += e;
     }
     sum = block_sum<float>(sum, red);
-    const float inv = 1.0f / sum;
     for (int j = threadIdx.x; j < nk; j += blockDim.x) {
-        float p = sc[j] * inv;
+        float p = __fdiv_rn(sc[j], sum);
         if (p_f16) p = __half2float(__float2half_rn(p));
         sc[j] = p;
     }
     __syncthreads();
+    float o[4][2];
+#pragma unroll
+    for (int v = 0; v < 4; v++) o[v][0] = o[v][1] = 0.0f;
+#pragma unroll 4
+    for (int j = warp; j < nk; j += ATT_WARPS) {
+        const float p = sc[j];
+        const __half2* vr = reinterpret_cast<const __half2*>(vb + (size_t)j * D);
+#pragma unroll
+        for (int v = 0; v < 4; v++) {
+            int d2 = lane + 32 * v;
+            if (d2 < D2) {
+                float2 vf = __half22float2(vr[d2]);
+                o[v][0] = fmaf(p, vf.x, o[v][0]);
+                o[v][1] = fmaf(p, vf.y, o[v][1]);
+            }
+        }
+    }
+#pragma unroll
+    for (int v = 0; v < 4; v++) {
+        int d2 = lane + 32 * v;
+        if (d2 < D2) {
+            part[warp][2 * d2] = o[v][0];
+            part[warp][2 * d2 + 1] = o[v][1];
+        }
+    }
+    __syncthreads();
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int j = 0; j < nk; j++) acc = fmaf(sc[j], __half2float(vb[(size_t)j * D + d]), acc);
-        out[(size_t)t * HD + h * D + d] = acc;
+        float r = 0.0f;
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; w++) r += part[w][d];
+        out[(size_t)t * HD + h * D + d] = r;
     }
 }
 
 // Greedy sampling on the device: index of the largest logit of row 0 (first on ties), one block of 1024.
-extern "C" __global__ void __launch_bounds__(1024) argmax_row(const float* __restrict__ x, int V, int* __restrict__ out) {
+__device__ int block_argmax(const float* __restrict__ x, int V) {
     __shared__ float bv[32];
     __shared__ int bi[32];
+    __shared__ int res;
     float best = -INFINITY;
     int idx = 0x7fffffff;
     for (int i = threadIdx.x; i < V; i += blockDim.x) {
@@ -478,6 +601,26 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_row(const float* __res
             int oi = __shfl_xor_sync(0xffffffffu, idx, o);
             if (ov > best || (ov == best && oi < idx)) { best = ov; idx = oi; }
         }
-        if (lane == 0) out[0] = idx;
+        if (lane == 0) res = idx;
+    }
+    __syncthreads();
+    return res;
+}
+
+extern "C" __global__ void __launch_bounds__(1024) argmax_row(const float* __restrict__ x, int V, int* __restrict__ out) {
+    int idx = block_argmax(x, V);
+    if (threadIdx.x == 0) out[0] = idx;
+}
+
+// One greedy step that feeds the next: tok[0] = argmax, hist[pos + 1] = argmax, pos += 1 (all on the device, so
+// a captured decode step can be replayed n times with no host round trip).
+extern "C" __global__ void __launch_bounds__(1024) argmax_step(const float* __restrict__ x, int V, int* tok, int* pos,
+                                                               int* hist) {
+    int idx = block_argmax(x, V);
+    if (threadIdx.x == 0) {
+        int p = *pos;
+        tok[0] = idx;
+        hist[p + 1] = idx;
+        *pos = p + 1;
     }
 }

@@ -110,6 +110,49 @@ def ternary_launch(rt: Runtime, mat: TernaryMatrix, epi: str, q, qsum, s, out, l
               np.int32(nh), np.int32(nkv), np.int32(hd), np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc))
 
 
+SIG_DEC = "PiiPPPPPPifiiiiPPPP"
+
+
+def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, eps: float, out, ldo: int, pos=None,
+                          qkv: tuple = (0, 0, 0, 0, None, None, None, None)) -> None:
+    """Queue one single-token matmul with its RMSNorm + int8 quantization fused in (x: the float input row,
+    normw: the norm weight); every block quantizes the row into K bytes of shared memory."""
+    r = 2 if epi in PAIRED else 1
+    grid = ((mat.n // r + WARPS - 1) // WARPS, 1)
+    nh, nkv, hd, nctx, cos, sin, kc, vc = qkv
+    rt.launch(f"tdec_{epi}", SIG_DEC, grid, (32 * WARPS, 1, 1),
+              ptr(mat.words), np.int32(mat.n), np.int32(mat.k), _p(x), _p(normw), ptr(mat.ws), ptr(mat.os), _p(out),
+              _p(pos), np.int32(ldo), np.float32(eps),
+              np.int32(nh), np.int32(nkv), np.int32(hd), np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc),
+              shared=mat.k)
+
+
+def decode_linear(mat: TernaryMatrix, x: np.ndarray, normw: np.ndarray, eps: float) -> np.ndarray:
+    """RMSNorm(x) * normw, per-token int8 activations, ternary matmul: one row x (K,) -> (N,) float32."""
+    rt = get_runtime()
+    dx = to_gpu(np.asarray(x, np.float32).reshape(-1))
+    dw = to_gpu(np.asarray(normw, np.float32).reshape(-1))
+    out = gpu_empty((mat.n,), np.float32)
+    ternary_decode_launch(rt, mat, "f32", dx, dw, eps, out, mat.n)
+    rt.sync()
+    return out.get()
+
+
+def norm_linear(mat: TernaryMatrix, x: np.ndarray, normw: np.ndarray, eps: float) -> np.ndarray:
+    """The same with the separate RMSNorm + quantization kernel (the batched path): x (T, K) -> (T, N)."""
+    rt = get_runtime()
+    x = np.ascontiguousarray(np.atleast_2d(x), np.float32)
+    t, k = x.shape
+    dx, dw = to_gpu(x), to_gpu(np.asarray(normw, np.float32))
+    dq, ds, dsum = gpu_empty((t, k), np.int8), gpu_empty((t,), np.float32), gpu_empty((t,), np.int32)
+    rt.launch("rmsnorm_quant", "PPifPPP", (t, 1), (1024, 1, 1), ptr(dx), ptr(dw), np.int32(k), np.float32(eps),
+              ptr(dq), ptr(ds), ptr(dsum))
+    out = gpu_empty((t, mat.n), np.float32)
+    ternary_launch(rt, mat, "f32", dq, dsum, ds, out, mat.n, t)
+    rt.sync()
+    return out.get()
+
+
 def f16_launch(rt: Runtime, w, V: int, K: int, x, out, ldo: int, T: int) -> None:
     tt = 1 if T == 1 else TT
     grid = ((V + WARPS - 1) // WARPS, (T + tt - 1) // tt)
