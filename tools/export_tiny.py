@@ -1,11 +1,13 @@
-"""Export a checkpoint of tools/train_tiny.py to GGUF with the project's writer (issue 8).
+"""Export a checkpoint of tools/train_tiny.py to GGUF through `bitnet convert` (issues 7 and 8).
 
     python tools/export_tiny.py --checkpoint RUN.part0.pt --spm DATA/spm.model --qtype I2_S --out FILE.gguf
 
 The layer matrices are ternarized exactly as the training forward pass does (absmean: q = clamp(round(W / mean|W|),
--1, 1), per-tensor scale mean|W|) and stored as I2_S (per-tensor f32 scale), TQ2_0 (per-256 fp16 scale, which is
-the same scale rounded to fp16) or F16 (q * scale). The embedding (also the LM head) is F16, the norms F32. The
-SentencePiece vocabulary goes into the metadata the way llama.cpp's `llama` tokenizer reads it.
+-1, 1), per-tensor scale mean|W|) and written as a transformers BitNet checkpoint in the `offline` form (2-bit
+packed + weight_scale, so these exact ternary values survive), with the SentencePiece model as tokenizer.model;
+then the project's converter makes the GGUF: I2_S (per-tensor f32 scale), TQ2_0 (per-256 fp16 scale) or F16
+(q * scale), embedding F16, norms F32, the vocabulary in the metadata the way llama.cpp's `llama` tokenizer reads it.
+`--direct` writes the same file without the converter (the original path, kept to check the two agree).
 
 A checkpoint trained with `--act relu2` is arch `bitnet-b1.58`; one trained with `--act silu` is arch `bitnet`
 (llama.cpp's, which always uses a SiLU FFN), so llama-cpp-python can load it.
@@ -95,6 +97,39 @@ def ternary_tensor(w: np.ndarray, qtype: str):
 
 
 def export(checkpoint: Path, spm_path: Path, qtype: str, out: Path, name: str | None = None) -> Path:
+    """Checkpoint -> offline transformers BitNet folder -> `convert` -> GGUF."""
+    import json
+    import shutil
+    import tempfile
+
+    from bitnet_models.convert import convert
+    from bitnet_models.convert.export import PROJ, hf_config, save_offline_checkpoint
+
+    cfg, state = load_checkpoint(checkpoint)
+    sd = {k: v.float().numpy() for k, v in state.items()}
+    gguf_name = dict(LAYER_TENSORS)
+    layers = []
+    for i in range(cfg["layers"]):
+        layer = {}
+        for src, dst in LAYER_TENSORS:
+            w = sd[f"blocks.{i}.{src}.weight"]
+            layer[dst] = absmean_ternarize(w) if src in TERNARY else w
+        layers.append(layer)
+    assert set(PROJ) == {gguf_name[t] for t in TERNARY}
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(spm_path))
+    config = hf_config(hidden=cfg["hidden"], layers=cfg["layers"], heads=cfg["heads"], kv_heads=cfg["kv_heads"],
+                       ffn=cfg["ffn"], vocab=cfg["vocab"], ctx=cfg["ctx"], rope_theta=float(cfg["rope_base"]),
+                       eps=float(cfg["eps"]), act=cfg["act"], bos=sp.bos_id(), eos=sp.eos_id())
+    with tempfile.TemporaryDirectory(prefix="tiny-hf-") as tmp:
+        folder = save_offline_checkpoint(tmp, config, sd["embed.weight"], sd["norm.weight"], layers)
+        shutil.copy(spm_path, folder / "tokenizer.model")
+        (folder / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True, "add_eos_token": False}))
+        return convert(folder, out, qtype.lower(), name=name or out.stem).path
+
+
+def export_direct(checkpoint: Path, spm_path: Path, qtype: str, out: Path, name: str | None = None) -> Path:
     cfg, state = load_checkpoint(checkpoint)
     arch = ARCH[cfg["act"]]
     sd = {k: v.float().numpy() for k, v in state.items()}
@@ -121,8 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--qtype", choices=sorted(FILE_TYPE), default="I2_S")
     p.add_argument("--out", required=True)
     p.add_argument("--name", help="general.name (default: the output file's stem)")
+    p.add_argument("--direct", action="store_true", help="write with the GGUF writer directly, not via convert")
     args = p.parse_args(argv)
-    path = export(Path(args.checkpoint), Path(args.spm), args.qtype, Path(args.out), args.name)
+    fn = export_direct if args.direct else export
+    path = fn(Path(args.checkpoint), Path(args.spm), args.qtype, Path(args.out), args.name)
     print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 
