@@ -143,3 +143,22 @@ def test_errors(gpu_model, monkeypatch):
     monkeypatch.setenv("BITNET_GPU_MEMORY_LIMIT", "1M")
     with pytest.raises(GPUMemoryError, match="BITNET_GPU_MEMORY_LIMIT"):
         load_gpu(FIXTURES / "b158-a-i2s.gguf", n_ctx=128)
+
+
+def test_long_sequence_matches_cpu():
+    """More keys than the attention block has threads (300 + decode steps): still the CPU path's logits."""
+    from bitnet_inference.generate import Model
+    from bitnet_inference.gpu_model import load_gpu
+
+    g = load_gpu(FIXTURES / "b158-a-i2s.gguf", n_ctx=512)
+    cpu = Model(FIXTURES / "b158-a-i2s.gguf", numerics="fast", n_ctx=512)
+    toks = np.random.default_rng(2).integers(0, cpu.args.n_vocab, size=300)
+    a = g.forward(toks, 0)
+    c = cpu.forward(toks, 0)
+    assert np.linalg.norm(a - c) / np.linalg.norm(c) < 5e-2
+    assert np.mean(a.argmax(1) == c.argmax(1)) >= 0.9
+    for i in range(3):
+        tok = [int(c[-1].argmax())]
+        a = g.forward(tok, 300 + i, logits="last")
+        c = cpu.forward(tok, 300 + i, logits="last")
+        assert np.linalg.norm(a - c) / np.linalg.norm(c) < 5e-2

@@ -104,8 +104,8 @@ class GPUModel:
             raise EngineError(f"the GPU path needs RoPE over the whole head (n_rot {a.n_rot} != head_dim {a.head_dim})")
         if a.head_dim > 256 or a.head_dim % 2:
             raise EngineError(f"the GPU path supports head_dim up to 256, got {a.head_dim}")
-        if self.n_ctx > 12 * 1024:
-            raise EngineError(f"the GPU path supports a context of up to 12288 tokens, got {self.n_ctx}; lower -c")
+        if self.n_ctx > 8192:
+            raise EngineError(f"the GPU path supports a context of up to 8192 tokens, got {self.n_ctx}; lower -c")
         self.ops, self.rt = _ops()
         self._check_memory()
         self._alloc()
@@ -394,9 +394,11 @@ class GPUModel:
             self._greedy = g
         return self._greedy
 
-    def generate_greedy(self, token: int, pos: int, n: int) -> list[int]:
+    def generate_greedy(self, token: int, pos: int, n: int, execs: int = 1) -> list[int]:
         """n greedy decode steps on the device, starting with `token` at position `pos`: the sampled token and
-        the position stay in device memory between the replays; the n token ids come back at the end."""
+        the position stay in device memory between the replays; the n token ids come back at the end.
+        execs > 1 alternates between that many instances of the captured step (an experiment: a graph
+        instance queued behind itself)."""
         if n <= 0:
             return []
         if pos + n > self.n_ctx:
@@ -407,8 +409,10 @@ class GPUModel:
         cuda.memcpy_htod_async(self.tok.gpudata, self.h_tok, rt.stream)
         cuda.memcpy_htod_async(self.pos.gpudata, self.h_pos, rt.stream)
         g = self._greedy_graph()
-        for _ in range(n):
-            g.replay()
+        while len(g.extra) + 1 < execs:
+            g.add_exec()
+        for i in range(n):
+            g.replay(i % execs)
         cuda.memcpy_dtoh_async(self.h_hist, self.hist.gpudata, rt.stream)
         rt.sync()
         self.cache.pos[0] = pos + n

@@ -470,23 +470,25 @@ __device__ __forceinline__ void f16_warp(const uint4* __restrict__ W, int row, i
 F16_KERNEL(f16_gemv_t1, 1)
 F16_KERNEL(f16_gemv_t8, 8)
 
-// Causal attention over the f16 cache, one block (8 warps) a (head, token). q float (T, n_head*D) is rounded
+// Causal attention over the f16 cache, one block (256 threads) a (head, token). q float (T, n_head*D) is rounded
 // through f16 (it meets an f16 cache); scores in dynamic shared memory (n_ctx floats); p_f16: round P through
-// f16 (ggml, single-token decode). Scores: one warp a key (lanes over D, 4 keys in flight); output: warp w sums
-// keys j = w mod 8 over all of D, then the 8 partial rows are added.
-#define ATT_WARPS 8
-extern "C" __global__ void __launch_bounds__(256) attention(const float* __restrict__ q, const __half* __restrict__ kc,
-                                                             const __half* __restrict__ vc, float* __restrict__ out,
-                                                             int n_head, int n_kv, int D, int n_ctx,
-                                                             const int* __restrict__ pos0p, int p_f16) {
+// f16 (ggml, single-token decode). Scores: one thread a key, its row read in 16-byte loads (many in flight);
+// output: 256 / (D/8) key groups x D/8 groups of 8 dims, one 16-byte load of V a step, partial rows added.
+// D must be a multiple of 8, at most 256.
+#define ATT_THREADS 256
+extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention(const float* __restrict__ q,
+                                                                     const __half* __restrict__ kc,
+                                                                     const __half* __restrict__ vc,
+                                                                     float* __restrict__ out, int n_head, int n_kv,
+                                                                     int D, int n_ctx, const int* __restrict__ pos0p,
+                                                                     int p_f16) {
     extern __shared__ float sc[];
     __shared__ float qs[256];
     __shared__ float red[32];
-    __shared__ float part[ATT_WARPS][256];
+    __shared__ float part[ATT_THREADS * 8];
     const int h = blockIdx.x, t = blockIdx.y, kh = h / (n_head / n_kv);
     const int pos = *pos0p + t, nk = pos + 1;
-    const int HD = n_head * D, D2 = D >> 1;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int HD = n_head * D, D8 = D >> 3;
     for (int d = threadIdx.x; d < D; d += blockDim.x)
         qs[d] = __half2float(__float2half_rn(q[(size_t)t * HD + h * D + d]));
     __syncthreads();
@@ -494,34 +496,24 @@ extern "C" __global__ void __launch_bounds__(256) attention(const float* __restr
     const __half* kb = kc + (size_t)kh * n_ctx * D;
     const __half* vb = vc + (size_t)kh * n_ctx * D;
     float mx = -INFINITY;
-    for (int j0 = warp; j0 < nk; j0 += 4 * ATT_WARPS) {
-        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            int j = j0 + u * ATT_WARPS;
-            if (j < nk) {
-                const __half2* kr = reinterpret_cast<const __half2*>(kb + (size_t)j * D);
-#pragma unroll
-                for (int v = 0; v < 4; v++) {
-                    int d2 = lane + 32 * v;
-                    if (d2 < D2) {
-                        float2 kf = __half22float2(kr[d2]);
-                        acc[u] = fmaf(qs[2 * d2], kf.x, acc[u]);
-                        acc[u] = fmaf(qs[2 * d2 + 1], kf.y, acc[u]);
-                    }
-                }
-            }
+    for (int j = threadIdx.x; j < nk; j += blockDim.x) {
+        const uint4* kr = reinterpret_cast<const uint4*>(kb + (size_t)j * D);
+        float acc = 0.0f;
+#pragma unroll 8
+        for (int c = 0; c < D8; c++) {
+            uint4 w = kr[c];
+            const __half2* hw = reinterpret_cast<const __half2*>(&w);
+            const float* qq = qs + 8 * c;
+            float2 f0 = __half22float2(hw[0]), f1 = __half22float2(hw[1]), f2 = __half22float2(hw[2]),
+                   f3 = __half22float2(hw[3]);
+            acc = fmaf(qq[0], f0.x, acc); acc = fmaf(qq[1], f0.y, acc);
+            acc = fmaf(qq[2], f1.x, acc); acc = fmaf(qq[3], f1.y, acc);
+            acc = fmaf(qq[4], f2.x, acc); acc = fmaf(qq[5], f2.y, acc);
+            acc = fmaf(qq[6], f3.x, acc); acc = fmaf(qq[7], f3.y, acc);
         }
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            int j = j0 + u * ATT_WARPS;
-            float a = warp_sum(acc[u]);
-            if (j < nk) {
-                float v = __fmul_rn(a, scale);
-                if (lane == 0) sc[j] = v;
-                mx = fmaxf(mx, v);
-            }
-        }
+        float v = __fmul_rn(acc, scale);
+        sc[j] = v;
+        mx = fmaxf(mx, v);
     }
     mx = block_max(mx, red);
     float sum = 0.0f;
@@ -537,36 +529,31 @@ extern "C" __global__ void __launch_bounds__(256) attention(const float* __restr
         sc[j] = p;
     }
     __syncthreads();
-    float o[4][2];
+    const int KG = blockDim.x / D8;  // key groups
+    const int g = threadIdx.x / D8, dg = threadIdx.x % D8;
+    float o[8];
 #pragma unroll
-    for (int v = 0; v < 4; v++) o[v][0] = o[v][1] = 0.0f;
+    for (int e = 0; e < 8; e++) o[e] = 0.0f;
+    if (g < KG) {
 #pragma unroll 4
-    for (int j = warp; j < nk; j += ATT_WARPS) {
-        const float p = sc[j];
-        const __half2* vr = reinterpret_cast<const __half2*>(vb + (size_t)j * D);
+        for (int j = g; j < nk; j += KG) {
+            const float p = sc[j];
+            uint4 w = reinterpret_cast<const uint4*>(vb + (size_t)j * D)[dg];
+            const __half2* hw = reinterpret_cast<const __half2*>(&w);
 #pragma unroll
-        for (int v = 0; v < 4; v++) {
-            int d2 = lane + 32 * v;
-            if (d2 < D2) {
-                float2 vf = __half22float2(vr[d2]);
-                o[v][0] = fmaf(p, vf.x, o[v][0]);
-                o[v][1] = fmaf(p, vf.y, o[v][1]);
+            for (int e = 0; e < 4; e++) {
+                float2 f = __half22float2(hw[e]);
+                o[2 * e] = fmaf(p, f.x, o[2 * e]);
+                o[2 * e + 1] = fmaf(p, f.y, o[2 * e + 1]);
             }
         }
-    }
 #pragma unroll
-    for (int v = 0; v < 4; v++) {
-        int d2 = lane + 32 * v;
-        if (d2 < D2) {
-            part[warp][2 * d2] = o[v][0];
-            part[warp][2 * d2 + 1] = o[v][1];
-        }
+        for (int e = 0; e < 8; e++) part[g * D + dg * 8 + e] = o[e];
     }
     __syncthreads();
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
         float r = 0.0f;
-#pragma unroll
-        for (int w = 0; w < ATT_WARPS; w++) r += part[w][d];
+        for (int k = 0; k < KG; k++) r += part[k * D + d];
         out[(size_t)t * HD + h * D + d] = r;
     }
 }

@@ -117,6 +117,7 @@ class CudaGraph:
         self.lib = _libcuda()
         self.graph = ctypes.c_void_p()
         self.exec = ctypes.c_void_p()
+        self.extra: list[ctypes.c_void_p] = []
 
     def begin(self) -> None:
         # CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1
@@ -129,10 +130,22 @@ class CudaGraph:
         _check(self.lib.cuGraphInstantiateWithFlags(ctypes.byref(self.exec), self.graph, ctypes.c_ulonglong(0)),
                "cuGraphInstantiate")
 
-    def replay(self) -> None:
-        _check(self.lib.cuGraphLaunch(self.exec, ctypes.c_void_p(self.stream.handle)), "cuGraphLaunch")
+    def add_exec(self) -> int:
+        """Instantiate the captured graph once more; replay(i) launches instance i (0: the first)."""
+        ex = ctypes.c_void_p()
+        _check(self.lib.cuGraphInstantiateWithFlags(ctypes.byref(ex), self.graph, ctypes.c_ulonglong(0)),
+               "cuGraphInstantiate")
+        self.extra.append(ex)
+        return len(self.extra)
+
+    def replay(self, i: int = 0) -> None:
+        ex = self.exec if i == 0 else self.extra[i - 1]
+        _check(self.lib.cuGraphLaunch(ex, ctypes.c_void_p(self.stream.handle)), "cuGraphLaunch")
 
     def close(self) -> None:
+        for ex in self.extra:
+            self.lib.cuGraphExecDestroy(ex)
+        self.extra = []
         if self.exec:
             self.lib.cuGraphExecDestroy(self.exec)
             self.exec = ctypes.c_void_p()
