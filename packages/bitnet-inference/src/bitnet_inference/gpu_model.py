@@ -102,15 +102,16 @@ class GPUModel:
         self.max_batch = max_batch
         if a.n_rot != a.head_dim:
             raise EngineError(f"the GPU path needs RoPE over the whole head (n_rot {a.n_rot} != head_dim {a.head_dim})")
-        if a.head_dim > 256 or a.head_dim % 2:
-            raise EngineError(f"the GPU path supports head_dim up to 256, got {a.head_dim}")
-        if self.n_ctx > 8192:
-            raise EngineError(f"the GPU path supports a context of up to 8192 tokens, got {self.n_ctx}; lower -c")
+        if a.head_dim > 256 or a.head_dim % 8:
+            raise EngineError(f"the GPU path supports head_dim up to 256 in multiples of 8, got {a.head_dim}")
+        if self.n_ctx > 7168:  # attention keeps a row of scores in shared memory
+            raise EngineError(f"the GPU path supports a context of up to 7168 tokens, got {self.n_ctx}; lower -c")
         self.ops, self.rt = _ops()
         self._check_memory()
         self._alloc()
         self._graph = None
         self.fused_norm = os.environ.get("BITNET_GPU_FUSED_NORM", "1") != "0"
+        self.decode_warps = 16 if os.environ.get("BITNET_GPU_DECODE_WARPS") == "16" else 8
         self.cache = _Cache(self)
 
     # -- load -------------------------------------------------------------------------------------------------
@@ -244,6 +245,7 @@ class GPUModel:
         self._alloc()
         self._graph = None
         self.fused_norm = os.environ.get("BITNET_GPU_FUSED_NORM", "1") != "0"
+        self.decode_warps = 16 if os.environ.get("BITNET_GPU_DECODE_WARPS") == "16" else 8
         self.cache = _Cache(self)
         ops, a = self.ops, args
         rng = np.random.default_rng(seed)
@@ -291,17 +293,18 @@ class GPUModel:
             qkv = (a.n_head, a.n_head_kv, d, self.n_ctx, self.cos, self.sin, kc, vc)
             if fused:
                 ops.ternary_decode_launch(rt, L.qkv, "qkv", self.x, L.attn_norm, eps, self.qb, hd, pos=self.pos,
-                                          qkv=qkv)
+                                          qkv=qkv, warps=self.decode_warps)
             else:
                 norm_quant(self.x, L.attn_norm, e)
                 ops.ternary_launch(rt, L.qkv, "qkv", self.q8, self.qsum, self.s, self.qb, hd, t, pos=self.pos, qkv=qkv)
-            rt.launch("attention", "PPPPiiiiPi", (a.n_head, t), (256, 1, 1), p(self.qb), np.intp(kc), np.intp(vc),
+            rt.launch("attention", "PPPPiiiiPi", (a.n_head, t), (512, 1, 1), p(self.qb), np.intp(kc), np.intp(vc),
                       p(self.att), np.int32(a.n_head), np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx),
                       p(self.pos), np.int32(1 if t == 1 else 0), shared=4 * self.n_ctx)
             if fused:
-                ops.ternary_decode_launch(rt, L.o, "resid", self.att, L.attn_sub_norm, eps, self.x, e)
-                ops.ternary_decode_launch(rt, L.gu, act, self.x, L.ffn_norm, eps, self.fb, f)
-                ops.ternary_decode_launch(rt, L.down, "resid", self.fb, L.ffn_sub_norm, eps, self.x, e)
+                w = self.decode_warps
+                ops.ternary_decode_launch(rt, L.o, "resid", self.att, L.attn_sub_norm, eps, self.x, e, warps=w)
+                ops.ternary_decode_launch(rt, L.gu, act, self.x, L.ffn_norm, eps, self.fb, f, warps=w)
+                ops.ternary_decode_launch(rt, L.down, "resid", self.fb, L.ffn_sub_norm, eps, self.x, e, warps=w)
                 continue
             norm_quant(self.att, L.attn_sub_norm, hd)
             ops.ternary_launch(rt, L.o, "resid", self.q8, self.qsum, self.s, self.x, e, t)
@@ -418,9 +421,14 @@ class GPUModel:
         self.cache.pos[0] = pos + n
         return [int(v) for v in self.h_hist[pos + 1 : pos + 1 + n]]
 
-    def set_fused_norm(self, on: bool) -> None:
-        """Choose the single-token path: norm fused into every matmul block (True) or separate kernels."""
+    def set_fused_norm(self, on: bool, warps: int | None = None) -> None:
+        """Choose the single-token path: norm fused into every matmul block (True) or separate kernels;
+        warps: 8 or 16 warps a fused block (fewer blocks re-read the input row)."""
         self.fused_norm = bool(on)
+        if warps is not None:
+            if warps not in (8, 16):
+                raise EngineError(f"decode blocks have 8 or 16 warps, got {warps}")
+            self.decode_warps = warps
         for g in (self._graph, self._greedy):
             if g is not None:
                 g.close()

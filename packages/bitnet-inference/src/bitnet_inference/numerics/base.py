@@ -53,7 +53,19 @@ class Numerics:
         return self.rotate(x, cos, sin)
 
     def rotate(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        half = cos.shape[-1]
+        out = x.copy()
+        x0 = x[..., :half]
+        x1 = x[..., half : 2 * half]
+        c = cos[:, None, :]
+        s = sin[:, None, :]
+        out[..., :half] = self.madd(x0, c, -(x1 * s).astype(F32))
+        out[..., half : 2 * half] = self.madd(x0, s, (x1 * c).astype(F32))
+        return out
+
+    def madd(self, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """a * b + c, each operation rounded (the emulation modes fuse it where ggml's compiler does)."""
+        return (a * b).astype(F32) + c
 
     def attention(self, q, k_cache, v_cache, pos0: int, n_ctx: int) -> np.ndarray:
         """q (T, H, D) f32; k_cache/v_cache (Hkv, S, D) f16 with rows < pos0+T filled -> (T, H*D) f32."""

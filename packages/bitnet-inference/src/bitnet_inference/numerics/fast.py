@@ -40,17 +40,6 @@ class FastNumerics(Numerics):
             return self.bk.rope_neox(out, pos.astype(np.int32), float(table.base), int(table.n_rot))
         return super().rope(x, table, pos)
 
-    def rotate(self, x, cos, sin):
-        half = cos.shape[-1]
-        out = x.copy()
-        x0 = x[..., :half]
-        x1 = x[..., half : 2 * half]
-        c = cos[:, None, :]
-        s = sin[:, None, :]
-        out[..., :half] = x0 * c - x1 * s
-        out[..., half : 2 * half] = x0 * s + x1 * c
-        return out
-
     def attention(self, q, k_cache, v_cache, pos0, n_ctx):
         t, h, d = q.shape
         half = k_cache.dtype == F16

@@ -35,16 +35,8 @@ class GgmlNumerics(Numerics):
         scale = (F32(1.0) / np.sqrt((mean + F32(eps)).astype(F32))).astype(F32)
         return ((x * scale[..., None]).astype(F32) * w).astype(F32)
 
-    def rotate(self, x, cos, sin):
-        half = cos.shape[-1]
-        out = x.copy()
-        x0 = x[..., :half]
-        x1 = x[..., half : 2 * half]
-        c = cos[:, None, :]
-        s = sin[:, None, :]
-        out[..., :half] = fma32(x0, c, -(x1 * s).astype(F32))
-        out[..., half : 2 * half] = fma32(x0, s, (x1 * c).astype(F32))
-        return out
+    def madd(self, a, b, c):
+        return fma32(a, b, c)  # RoPE's rotation, contracted to FMA by ggml's compiler
 
     def attention(self, q, k_cache, v_cache, pos0, n_ctx):
         t, h, d = q.shape
