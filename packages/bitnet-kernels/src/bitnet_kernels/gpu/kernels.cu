@@ -268,7 +268,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
 }
 
 #define DECODE_KERNEL(NAME, R, EPI)                                                                          \
-    extern "C" __global__ void __launch_bounds__(256) NAME(                                                 \
+    extern "C" __global__ void __launch_bounds__(512) NAME(                                                 \
         const uint4* __restrict__ W, int N, int K, const float* __restrict__ x, const float* __restrict__ nw, \
         const float* __restrict__ ws, const float* __restrict__ os, float* out, const int* __restrict__ pos0p, \
         int ldo, float eps, QKVArgs qa) {                                                                    \
@@ -470,12 +470,12 @@ __device__ __forceinline__ void f16_warp(const uint4* __restrict__ W, int row, i
 F16_KERNEL(f16_gemv_t1, 1)
 F16_KERNEL(f16_gemv_t8, 8)
 
-// Causal attention over the f16 cache, one block (256 threads) a (head, token). q float (T, n_head*D) is rounded
+// Causal attention over the f16 cache, one block (512 threads) a (head, token). q float (T, n_head*D) is rounded
 // through f16 (it meets an f16 cache); scores in dynamic shared memory (n_ctx floats); p_f16: round P through
 // f16 (ggml, single-token decode). Scores: one thread a key, its row read in 16-byte loads (many in flight);
-// output: 256 / (D/8) key groups x D/8 groups of 8 dims, one 16-byte load of V a step, partial rows added.
+// output: 512 / (D/8) key groups x D/8 groups of 8 dims, one 16-byte load of V a step, partial rows added.
 // D must be a multiple of 8, at most 256.
-#define ATT_THREADS 256
+#define ATT_THREADS 512
 extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention(const float* __restrict__ q,
                                                                      const __half* __restrict__ kc,
                                                                      const __half* __restrict__ vc,
@@ -565,7 +565,18 @@ __device__ int block_argmax(const float* __restrict__ x, int V) {
     __shared__ int res;
     float best = -INFINITY;
     int idx = 0x7fffffff;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+    const int V4 = V >> 2;
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+#pragma unroll 4
+    for (int i = threadIdx.x; i < V4; i += blockDim.x) {
+        float4 v = x4[i];
+        // strictly greater keeps the first index of a tie within a thread (indices only grow)
+        if (v.x > best) { best = v.x; idx = 4 * i; }
+        if (v.y > best) { best = v.y; idx = 4 * i + 1; }
+        if (v.z > best) { best = v.z; idx = 4 * i + 2; }
+        if (v.w > best) { best = v.w; idx = 4 * i + 3; }
+    }
+    for (int i = 4 * V4 + threadIdx.x; i < V; i += blockDim.x) {
         float v = x[i];
         if (v > best) { best = v; idx = i; }
     }

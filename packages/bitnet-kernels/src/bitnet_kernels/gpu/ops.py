@@ -114,13 +114,14 @@ SIG_DEC = "PiiPPPPPPifiiiiPPPP"
 
 
 def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, eps: float, out, ldo: int, pos=None,
-                          qkv: tuple = (0, 0, 0, 0, None, None, None, None)) -> None:
+                          qkv: tuple = (0, 0, 0, 0, None, None, None, None), warps: int = WARPS) -> None:
     """Queue one single-token matmul with its RMSNorm + int8 quantization fused in (x: the float input row,
-    normw: the norm weight); every block quantizes the row into K bytes of shared memory."""
+    normw: the norm weight); every block (`warps` warps, at most 16) quantizes the row into K bytes of shared
+    memory, then each warp computes one row (or pair)."""
     r = 2 if epi in PAIRED else 1
-    grid = ((mat.n // r + WARPS - 1) // WARPS, 1)
+    grid = ((mat.n // r + warps - 1) // warps, 1)
     nh, nkv, hd, nctx, cos, sin, kc, vc = qkv
-    rt.launch(f"tdec_{epi}", SIG_DEC, grid, (32 * WARPS, 1, 1),
+    rt.launch(f"tdec_{epi}", SIG_DEC, grid, (32 * warps, 1, 1),
               ptr(mat.words), np.int32(mat.n), np.int32(mat.k), _p(x), _p(normw), ptr(mat.ws), ptr(mat.os), _p(out),
               _p(pos), np.int32(ldo), np.float32(eps),
               np.int32(nh), np.int32(nkv), np.int32(hd), np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc),
