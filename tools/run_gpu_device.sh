@@ -3,7 +3,8 @@
 # Logs go under $OUT (the device tool's output folder; /tmp/bitnet-gpu-out elsewhere).
 #
 # Carried (ignored) paths it reads: .whl/ (pycuda-*.whl built for cp312 against a stub libcuda, pytools,
-# platformdirs, mako, siphash24; pycuda-*.tar.gz as the fallback sdist) and .gpucarry/ (the Cython CPU
+# platformdirs, mako, siphash24; optionally pycuda-*.tar.gz as a fallback sdist, left out by default for the
+# 64 MiB transfer limit) and .gpucarry/ (the Cython CPU
 # extension built for the device's Python, which `import bitnet_kernels` loads).
 #   usage: bash tools/run_gpu_device.sh [--no-bench] [bench_gpu.py args...]
 set -u -o pipefail
