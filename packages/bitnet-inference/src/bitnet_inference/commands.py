@@ -53,17 +53,35 @@ def open_model(args: argparse.Namespace, n_slots: int = 1):
     resolved = resolve_model(args.model, settings)
     print(f"model: {resolved.path} (from {resolved.source})", file=sys.stderr, flush=True)
     device = resolve_device(settings, resolved)
-    if device.kind != "cpu":
-        if device.requested.value != "auto":
-            raise EngineError(f"device {device.requested.value}: the GPU backend is not part of this build yet; "
-                              "use --device cpu (or auto)")
-        print("device: a GPU is present but the GPU backend is not built yet; running on the CPU", file=sys.stderr)
+    model = _open_gpu(device, resolved, args, n_slots) if device.kind != "cpu" else None
     _set_threads(device.cpu_threads)
-    model = Model(resolved.path, numerics=args.numerics, n_ctx=args.ctx_size, kv_type=getattr(args, "kv_type", "f16"),
-                  n_slots=n_slots)
+    if model is None:
+        model = Model(resolved.path, numerics=args.numerics, n_ctx=args.ctx_size,
+                      kv_type=getattr(args, "kv_type", "f16"), n_slots=n_slots)
     tok_path = resolved.tokenizer_path or settings.tokenizer
     tokenizer = load_tokenizer(model.gguf, str(tok_path) if tok_path else None)
     return model, tokenizer
+
+
+def _open_gpu(device, resolved, args: argparse.Namespace, n_slots: int):
+    """The PyCUDA model when the device strategy picked a GPU and the run is one it serves (I2_S, --numerics
+    fast, one sequence); None means the CPU, said in one line when `auto` chose it."""
+    try:
+        from bitnet_kernels.gpu import gpu_status
+
+        ok, why = gpu_status()
+    except ImportError as e:
+        ok, why = False, f"bitnet-kernels is not installed ({e})"
+    if ok and args.numerics == "fast" and n_slots == 1:
+        from bitnet_inference.gpu_model import load_gpu
+
+        print(f"device: GPU ({why})", file=sys.stderr)
+        return load_gpu(resolved.path, n_ctx=args.ctx_size)
+    reason = why if not ok else "the GPU path runs --numerics fast with one sequence"
+    if device.requested.value != "auto":
+        raise EngineError(f"device {device.requested.value}: {reason}; use --device cpu")
+    print(f"device: GPU not used ({reason}); running on the CPU", file=sys.stderr)
+    return None
 
 
 def _set_threads(n: int | None) -> None:
