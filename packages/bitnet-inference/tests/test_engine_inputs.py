@@ -135,3 +135,9 @@ def test_forward_batch_equals_sequential(fixtures):
         assert rel < 5e-3 and batched[s].argmax() == alone[s].argmax()
     with pytest.raises(EngineError, match="once"):
         m.forward_batch([1, 1], [4, 4], [0, 0])
+
+
+def test_tiny_temperature_samples_the_top_token():
+    logits = np.array([1.0, 3.0, 2.0, -np.inf], np.float32)
+    s = make_sampler(1e-118, 0, 1.0, 0.0, seed=0)
+    assert {s(logits) for _ in range(20)} == {1}

@@ -40,9 +40,13 @@ def apply_top_k(logits: np.ndarray, k: int) -> np.ndarray:
     return np.where(logits >= kth, logits, -np.inf)
 
 
-def _probs(logits: np.ndarray) -> np.ndarray:
+def _probs(logits: np.ndarray, temp: float = 1.0) -> np.ndarray:
+    """softmax(logits / temp) in float64, the maximum subtracted before dividing, so that a tiny temperature
+    gives a one-hot distribution instead of inf - inf."""
     l = logits.astype(np.float64)
-    e = np.exp(l - l.max())
+    with np.errstate(over="ignore"):
+        z = (l - l.max()) / temp
+    e = np.exp(z)
     return e / e.sum()
 
 
@@ -74,7 +78,7 @@ def make_sampler(temp: float = 0.0, top_k: int = 40, top_p: float = 0.95, min_p:
 
     def sample(logits: np.ndarray) -> int:
         l = apply_min_p(apply_top_p(apply_top_k(logits, top_k), top_p), min_p)
-        probs = _probs(l / temp)
+        probs = _probs(l, temp)
         return int(rng.choice(probs.size, p=probs))
 
     return sample
