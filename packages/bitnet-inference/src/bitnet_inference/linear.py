@@ -163,16 +163,6 @@ class DenseLinear(Linear):
         return self.numerics.dense(x, self.w).astype(F32)
 
 
-def apply_group(layers: list[Linear], x: np.ndarray) -> list[np.ndarray]:
-    """Several layers on the same input (q/k/v, gate/up): I2_S layers on the kernels share one activation
-    quantization and one parallel region; anything else runs layer by layer."""
-    if all(isinstance(l, I2SLinear) and l.use_kernels for l in layers) and layers[0].n_in == x.shape[1]:
-        ys = _kernels.i2s_linear_multi([(l.raw, l.n_out) for l in layers], layers[0].n_in,
-                                       np.ascontiguousarray(x, F32))
-        return [y if l.out_scale is None else (y * l.out_scale).astype(F32) for l, y in zip(layers, ys)]
-    return [l(x) for l in layers]
-
-
 def make_linear(gguf, name: str, numerics, use_kernels: bool, f16_always: bool = False) -> Linear:
     info = gguf.info(name)
     n_out, n_in = info.shape

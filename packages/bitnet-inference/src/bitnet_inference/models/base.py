@@ -10,7 +10,7 @@ import numpy as np
 from bitnet_inference.args import ModelArgs
 from bitnet_inference.errors import ContextOverflowError, EngineError
 from bitnet_inference.kv_cache import KVCache
-from bitnet_inference.linear import Linear, apply_group, make_linear
+from bitnet_inference.linear import Linear, make_linear
 from bitnet_inference.numerics import Numerics, RopeTable
 
 F32 = np.float32
@@ -126,10 +126,9 @@ class Transformer:
         for i, L in enumerate(self.layers):
             P = L.proj
             h = nm.rmsnorm(x, L.attn_norm, a.norm_eps)  # (T, n_embd)
-            q, k, v = apply_group([P["attn_q"], P["attn_k"], P["attn_v"]], h)
-            q = q.reshape(t, a.n_head, a.head_dim)  # (T, n_head, head_dim)
-            k = k.reshape(t, a.n_head_kv, a.head_dim)  # (T, n_head_kv, head_dim)
-            v = v.reshape(t, a.n_head_kv, a.head_dim)
+            q = P["attn_q"](h).reshape(t, a.n_head, a.head_dim)  # (T, n_head, head_dim)
+            k = P["attn_k"](h).reshape(t, a.n_head_kv, a.head_dim)  # (T, n_head_kv, head_dim)
+            v = P["attn_v"](h).reshape(t, a.n_head_kv, a.head_dim)
             q = nm.rope(q, self.rope, pos)
             k = nm.rope(k, self.rope, pos)
             attn = attend(i, q, k, v)  # (T, n_embd)
@@ -138,8 +137,7 @@ class Transformer:
             if capture:
                 capture("attn_out", i, x)
             h = nm.rmsnorm(x, L.ffn_norm, a.norm_eps)
-            gate, up = apply_group([P["ffn_gate"], P["ffn_up"]], h)
-            f = nm.ffn_act(self.ffn_act, gate, up)  # (T, n_ff)
+            f = nm.ffn_act(self.ffn_act, P["ffn_gate"](h), P["ffn_up"](h))  # (T, n_ff)
             f = nm.rmsnorm(f, L.ffn_sub_norm, a.norm_eps)
             x = (x + P["ffn_down"](f)).astype(F32)
             if capture:
