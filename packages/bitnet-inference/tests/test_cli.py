@@ -83,3 +83,13 @@ def test_bench_json_has_llama_bench_fields(fixtures, capsys):
     for r in recs:
         assert r["n_threads"] == 1 and len(r["samples_ns"]) == 2 and r["avg_ts"] > 0 and r["stddev_ts"] >= 0
     assert main(["bench", "-m", str(fixtures / "b158-a-i2s.gguf"), "-r", "0"]) == 2
+
+
+def test_q8_lm_head_close_to_f16(fixtures, capsys):
+    ppl = {}
+    for head in ("f16", "q8"):
+        assert main(["perplexity", "-m", str(fixtures / "b158-a-i2s.gguf"), "--kl-divergence-base",
+                     str(fixtures / "b158-a-i2s.kld"), "--kl-divergence", "--chunks", "2", "--lm-head", head]) == 0
+        out = capsys.readouterr().out
+        ppl[head] = float([l for l in out.splitlines() if l.startswith("Final estimate")][0].split("=")[1].split()[0])
+    assert ppl["q8"] != ppl["f16"] and abs(ppl["q8"] / ppl["f16"] - 1) < 0.01
