@@ -286,6 +286,7 @@ def test_api_key(fixtures):
 
 def test_busy_server_answers_503_and_disconnect_frees_the_slot(fixtures):
     engine, tok, app = _server(fixtures, parallel=1, queue_size=0)
+    _pace(engine)
     with serve_in_thread(app) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
         long = {"model": "tiny", "prompt": PROMPT, "max_tokens": 100, "stream": True, "ignore_eos": True}
@@ -307,15 +308,21 @@ def test_busy_server_answers_503_and_disconnect_frees_the_slot(fixtures):
         assert r.usage.completion_tokens == 2
 
 
-def test_non_streaming_disconnect_cancels(fixtures):
-    engine, tok, app = _server(fixtures, parallel=1)
-    slow = engine.model.forward_batch
+def _pace(engine, seconds=0.02):
+    """Make every decode step take at least `seconds`, so that a test about cancellation does not depend on how
+    fast the kernels decode the tiny fixture model."""
+    step = engine.model.forward_batch
 
-    def paced(*a, **k):  # a decode step that takes 20 ms, whatever the kernels' speed
-        time.sleep(0.02)
-        return slow(*a, **k)
+    def paced(*a, **k):
+        time.sleep(seconds)
+        return step(*a, **k)
 
     engine.model.forward_batch = paced
+
+
+def test_non_streaming_disconnect_cancels(fixtures):
+    engine, tok, app = _server(fixtures, parallel=1)
+    _pace(engine)
     with serve_in_thread(app) as url:
         body = {"prompt": PROMPT, "max_tokens": 100, "ignore_eos": True}
         with pytest.raises(httpx.TimeoutException):
