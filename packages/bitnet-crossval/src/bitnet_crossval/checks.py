@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from bitnet_crossval.config import ToleranceConfig
+from bitnet_inference.perplexity import log_softmax64 as log_softmax
 from bitnet_crossval.references import RefChunk
 
 KLD_FLOOR = -16.0  # llama-perplexity keeps base log-probs above this when it sums the KL divergence
@@ -66,12 +67,6 @@ def not_run(name: str, title: str, why: str) -> Check:
 
 
 # --- metrics ------------------------------------------------------------------------------------------------
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    l = x.astype(np.float64)
-    m = l.max(axis=-1, keepdims=True)
-    return l - m - np.log(np.sum(np.exp(l - m), axis=-1, keepdims=True))
-
 
 @dataclass
 class Metrics:
