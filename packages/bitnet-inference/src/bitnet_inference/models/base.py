@@ -45,6 +45,10 @@ class Transformer:
                  kv_type: str = "f16", n_slots: int = 1, lm_head: str = "f16"):
         if n_ctx <= 0:
             raise EngineError(f"context size must be positive, got {n_ctx}")
+        if kv_type not in KV_TYPES:
+            raise EngineError(f"unknown KV cache type {kv_type!r}; choose one of: {', '.join(KV_TYPES)}")
+        if lm_head not in ("f16", "q8"):
+            raise EngineError(f"unknown LM head {lm_head!r}; choose f16 (default) or q8")
         self.args = args
         self.numerics = numerics
         self.n_ctx = n_ctx
@@ -52,13 +56,9 @@ class Transformer:
         self.output = self.tok_embd if args.tied_head else _float_matrix(gguf, "output.weight")  # (n_vocab, n_embd)
         self.output_norm = gguf.array("output_norm.weight").astype(F32)  # (n_embd,)
         self.head_q8 = self._prepare_q8_head() if lm_head == "q8" else None  # ((n_vocab, n_embd) i8, (n_vocab,) f32)
-        if lm_head not in ("f16", "q8"):
-            raise EngineError(f"unknown LM head {lm_head!r}; choose f16 (default) or q8")
         self.layers = [Layer(gguf, i, numerics, use_kernels, self.uses_scales, self.head_f16_always)
                        for i in range(args.n_layer)]
         self.rope = RopeTable(args.n_rot, args.rope_base, n_ctx)
-        if kv_type not in KV_TYPES:
-            raise EngineError(f"unknown KV cache type {kv_type!r}; choose one of: {', '.join(KV_TYPES)}")
         self.cache = KVCache(args.n_layer, args.n_head_kv, n_ctx, args.head_dim, dtype=KV_TYPES[kv_type],
                              n_slots=n_slots)
 
