@@ -22,6 +22,21 @@ cdef extern from "bk_simd.h" nogil:
     void bk_i2s_gemv_rows_256(const uint8_t* w, int64_t K, const int8_t* q, int64_t n0, int64_t n1, int32_t* dot)
     void bk_i2s_gemv_rows_c(const uint8_t* w, int64_t K, const int8_t* q, int64_t n0, int64_t n1, int32_t* dot,
                             uint8_t* codes)
+    void bk_i2s_gemv2_512(const uint8_t* wa, const uint8_t* wb, int64_t K, const int8_t* q, int64_t n, int32_t* da,
+                          int32_t* db)
+    void bk_i2s_gemv2_256(const uint8_t* wa, const uint8_t* wb, int64_t K, const int8_t* q, int64_t n, int32_t* da,
+                          int32_t* db)
+    void bk_tq2_rows2_512(const uint8_t* wa, const uint8_t* wb, int64_t K, const int8_t* q, const float* da,
+                          const int32_t* bq, int64_t n, float* ya, float* yb)
+    void bk_f16_gemv2_512(const uint16_t* wa, const uint16_t* wb, int64_t K, const float* x, int64_t n, float* ya,
+                          float* yb)
+    void bk_f16_gemv2_256(const uint16_t* wa, const uint16_t* wb, int64_t K, const float* x, int64_t n, float* ya,
+                          float* yb)
+    void bk_q8_gemv2_512(const int8_t* w, const float* wscale, int64_t K, const uint8_t* xu, float s, int64_t na0,
+                         int64_t nb0, int64_t n, float* y)
+    void bk_q8_gemv2_256(const int8_t* w, const float* wscale, int64_t K, const int8_t* xq, float s, int64_t na0,
+                         int64_t nb0, int64_t n, float* y)
+    uint64_t bk_stream_sum2_512(const uint8_t* p, const uint8_t* q, int64_t n)
     void bk_prep_act_tiles(const int8_t* q, int64_t T, int64_t K, int64_t tw, int64_t vw, int32_t* at)
     void bk_i2s_gemm_block_512(const uint8_t* w, int64_t N, int64_t K, int64_t n0, int64_t T, const int32_t* at,
                                const int32_t* qsum, const float* s, float ws, int32_t* yi, float* yf, uint8_t* wu)
@@ -103,6 +118,43 @@ cdef int _threads = 1
 
 DEF GEMV_CHUNK = 16  # rows per scheduling unit of the GEMVs
 
+
+# Decode GEMVs read two streams at once: job c of a GEMV over C chunks is the pair (chunk c, chunk c + P), P =
+# ceil(C / 2), walked row by row in lockstep by the *2 kernels of bk_simd.h. The pool hands each thread a
+# contiguous run of jobs, so at 1 thread the two streams are the two halves of the rows, each read front to
+# back; one stream alone leaves a Zen 4 core far below its memory bandwidth (see bk_i2s_gemv2_512).
+
+cdef int _streams = 2  # 1: the one-stream scheduling (one chunk a job), kept for side-by-side benchmarks
+
+
+def set_decode_streams(int n):
+    global _streams
+    if n not in (1, 2):
+        raise ValueError("decode streams must be 1 or 2")
+    _streams = n
+
+
+def get_decode_streams():
+    return _streams
+
+
+cdef inline int64_t _npairs(int64_t nchunks) noexcept nogil:
+    return (nchunks + 1) // 2
+
+
+cdef inline void _pair_rows(int64_t c, int64_t N, int64_t* a0, int64_t* a1, int64_t* b0, int64_t* b1) noexcept nogil:
+    """Rows of job c over one matrix of N rows: [a0, a1) and [b0, b1) (empty when chunk c + P does not exist)."""
+    cdef int64_t nchunks = (N + GEMV_CHUNK - 1) // GEMV_CHUNK
+    cdef int64_t cb = c + _npairs(nchunks)
+    a0[0] = c * GEMV_CHUNK
+    a1[0] = _min(N, a0[0] + GEMV_CHUNK)
+    if cb < nchunks:
+        b0[0] = cb * GEMV_CHUNK
+        b1[0] = _min(N, b0[0] + GEMV_CHUNK)
+    else:
+        b0[0] = a1[0]
+        b1[0] = a1[0]
+
 FEATURE_NAMES = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni")
 ISA_NAMES = ("portable", "avx2", "avx512vnni")
 
@@ -178,6 +230,7 @@ DEF MAX_MATS = 8  # matrices sharing one input in i2s_linear_multi
 
 cdef struct GemvCtx:
     int isa
+    int m
     const uint8_t** w
     const int64_t* N
     const int64_t* first
@@ -190,16 +243,17 @@ cdef struct GemvCtx:
     float** yf
 
 
-cdef void _i2s_gemv_chunk(void* ctxp, int64_t c) noexcept nogil:
-    cdef GemvCtx* g = <GemvCtx*>ctxp
-    cdef int32_t dots[GEMV_CHUNK]
-    cdef int mat = 0
-    cdef int64_t n0, n1, i
+cdef inline void _i2s_locate(GemvCtx* g, int64_t c, int* mat, int64_t* n0, int64_t* n1) noexcept nogil:
+    cdef int m = 0
+    while c >= g.first[m + 1]:
+        m += 1
+    mat[0] = m
+    n0[0] = (c - g.first[m]) * GEMV_CHUNK
+    n1[0] = _min(g.N[m], n0[0] + GEMV_CHUNK)
+
+
+cdef inline void _i2s_rows(GemvCtx* g, int mat, int64_t n0, int64_t n1, int32_t* dots) noexcept nogil:
     cdef uint8_t* codes
-    while c >= g.first[mat + 1]:
-        mat += 1
-    n0 = (c - g.first[mat]) * GEMV_CHUNK
-    n1 = _min(g.N[mat], n0 + GEMV_CHUNK)
     if g.isa == BK_VNNI:
         bk_i2s_gemv_rows_512(g.w[mat], g.K, g.q, n0, n1, dots)
     elif g.isa == BK_AVX2:
@@ -208,11 +262,57 @@ cdef void _i2s_gemv_chunk(void* ctxp, int64_t c) noexcept nogil:
         codes = <uint8_t*>malloc(g.K)
         bk_i2s_gemv_rows_c(g.w[mat], g.K, g.q, n0, n1, dots, codes)
         free(codes)
+
+
+cdef inline void _i2s_emit(GemvCtx* g, int mat, int64_t n0, int64_t n1, const int32_t* dots) noexcept nogil:
+    cdef int64_t i
     for i in range(n0, n1):
         if g.yi != NULL:
             g.yi[i] = dots[i - n0] - g.qsum
         else:
             g.yf[mat][i] = (<float>(dots[i - n0] - g.qsum) / g.s) * g.ws[mat]
+
+
+cdef void _i2s_gemv_one(void* ctxp, int64_t c) noexcept nogil:
+    cdef GemvCtx* g = <GemvCtx*>ctxp
+    cdef int32_t da[GEMV_CHUNK]
+    cdef int ma
+    cdef int64_t a0, a1
+    _i2s_locate(g, c, &ma, &a0, &a1)
+    _i2s_rows(g, ma, a0, a1, da)
+    _i2s_emit(g, ma, a0, a1, da)
+
+
+cdef void _i2s_gemv_chunk(void* ctxp, int64_t c) noexcept nogil:
+    """Job c: chunks c and c + P (see _npairs), two streams in lockstep where the ISA has a two-stream kernel."""
+    cdef GemvCtx* g = <GemvCtx*>ctxp
+    cdef int32_t da[GEMV_CHUNK]
+    cdef int32_t db[GEMV_CHUNK]
+    cdef int ma, mb
+    cdef int64_t a0, a1, b0, b1, n
+    cdef int64_t cb = c + _npairs(g.first[g.m])
+    cdef int64_t rb = g.K // 4
+    _i2s_locate(g, c, &ma, &a0, &a1)
+    if cb >= g.first[g.m] or g.isa == BK_PORTABLE:
+        _i2s_rows(g, ma, a0, a1, da)
+        _i2s_emit(g, ma, a0, a1, da)
+        if cb < g.first[g.m]:
+            _i2s_locate(g, cb, &mb, &b0, &b1)
+            _i2s_rows(g, mb, b0, b1, db)
+            _i2s_emit(g, mb, b0, b1, db)
+        return
+    _i2s_locate(g, cb, &mb, &b0, &b1)
+    n = _min(a1 - a0, b1 - b0)
+    if g.isa == BK_VNNI:
+        bk_i2s_gemv2_512(g.w[ma] + a0 * rb, g.w[mb] + b0 * rb, g.K, g.q, n, da, db)
+    else:
+        bk_i2s_gemv2_256(g.w[ma] + a0 * rb, g.w[mb] + b0 * rb, g.K, g.q, n, da, db)
+    if a0 + n < a1:
+        _i2s_rows(g, ma, a0 + n, a1, da + n)
+    if b0 + n < b1:
+        _i2s_rows(g, mb, b0 + n, b1, db + n)
+    _i2s_emit(g, ma, a0, a1, da)
+    _i2s_emit(g, mb, b0, b1, db)
 
 
 cdef void _i2s_gemv(int m, const uint8_t** w, const int64_t* N, int64_t K, const int8_t* q, int32_t qsum, float s,
@@ -228,6 +328,7 @@ cdef void _i2s_gemv(int m, const uint8_t** w, const int64_t* N, int64_t K, const
         nchunks += (N[j] + GEMV_CHUNK - 1) // GEMV_CHUNK
     first[m] = nchunks
     g.isa = _isa
+    g.m = m
     g.w = w
     g.N = N
     g.first = first
@@ -238,7 +339,10 @@ cdef void _i2s_gemv(int m, const uint8_t** w, const int64_t* N, int64_t K, const
     g.ws = ws
     g.yi = yi
     g.yf = yf
-    bk_pool_run(_threads, _i2s_gemv_chunk, &g, nchunks)
+    if _streams == 1:
+        bk_pool_run(_threads, _i2s_gemv_one, &g, nchunks)
+    else:
+        bk_pool_run(_threads, _i2s_gemv_chunk, &g, _npairs(nchunks))
 
 
 cdef void _i2s_gemm(const uint8_t* w, int64_t N, int64_t K, const int8_t* q, const int32_t* qsum, const float* s,
@@ -331,10 +435,25 @@ cdef struct Tq2Ctx:
     float* y
 
 
-cdef void _tq2_chunk(void* ctxp, int64_t c) noexcept nogil:
+cdef void _tq2_one(void* ctxp, int64_t c) noexcept nogil:
     cdef Tq2Ctx* g = <Tq2Ctx*>ctxp
     cdef int64_t n0 = c * GEMV_CHUNK
     bk_tq2_rows_512(g.w, g.K, g.q, g.da, g.bq, n0, _min(g.N, n0 + GEMV_CHUNK), g.y + n0)
+
+
+cdef void _tq2_chunk(void* ctxp, int64_t c) noexcept nogil:
+    """Job c: chunks c and c + P in lockstep (see _npairs)."""
+    cdef Tq2Ctx* g = <Tq2Ctx*>ctxp
+    cdef int64_t a0, a1, b0, b1, n
+    cdef int64_t rb = (g.K // 256) * 66
+    _pair_rows(c, g.N, &a0, &a1, &b0, &b1)
+    n = _min(a1 - a0, b1 - b0)
+    if n > 0:
+        bk_tq2_rows2_512(g.w + a0 * rb, g.w + b0 * rb, g.K, g.q, g.da, g.bq, n, g.y + a0, g.y + b0)
+    if a0 + n < a1:
+        bk_tq2_rows_512(g.w, g.K, g.q, g.da, g.bq, a0 + n, a1, g.y + a0 + n)
+    if b0 + n < b1:
+        bk_tq2_rows_512(g.w, g.K, g.q, g.da, g.bq, b0 + n, b1, g.y + b0 + n)
 
 
 cdef struct TqRowsCtx:
@@ -457,7 +576,10 @@ cdef void tq_linear_k(const uint8_t* w, int qtype, int64_t N, int64_t K, const f
         tq.da = da
         tq.bq = bq
         tq.y = y
-        bk_pool_run(_threads, _tq2_chunk, &tq, nchunks)
+        if _streams == 1:
+            bk_pool_run(_threads, _tq2_one, &tq, nchunks)
+        else:
+            bk_pool_run(_threads, _tq2_chunk, &tq, _npairs(nchunks))
         free(q)
         free(da)
         free(bs16)
@@ -529,10 +651,31 @@ cdef struct HeadCtx:
     float* y
 
 
+cdef void _f16_pair(void* ctxp, int64_t c) noexcept nogil:
+    """One token, job c: chunks c and c + P in lockstep (see _npairs)."""
+    cdef HeadCtx* h = <HeadCtx*>ctxp
+    cdef const uint16_t* w = <const uint16_t*>h.w
+    cdef int64_t a0, a1, b0, b1, n
+    _pair_rows(c, h.N, &a0, &a1, &b0, &b1)
+    n = _min(a1 - a0, b1 - b0)
+    if n > 0:
+        if h.isa == BK_VNNI:
+            bk_f16_gemv2_512(w + a0 * h.K, w + b0 * h.K, h.K, <const float*>h.x, n, h.y + a0, h.y + b0)
+        else:
+            bk_f16_gemv2_256(w + a0 * h.K, w + b0 * h.K, h.K, <const float*>h.x, n, h.y + a0, h.y + b0)
+    if a0 + n < a1:
+        _f16_rows(h, a0 + n, a1)
+    if b0 + n < b1:
+        _f16_rows(h, b0 + n, b1)
+
+
 cdef void _f16_chunk(void* ctxp, int64_t c) noexcept nogil:
     cdef HeadCtx* h = <HeadCtx*>ctxp
     cdef int64_t n0 = c * GEMV_CHUNK
-    cdef int64_t n1 = _min(h.N, n0 + GEMV_CHUNK)
+    _f16_rows(h, n0, _min(h.N, n0 + GEMV_CHUNK))
+
+
+cdef void _f16_rows(HeadCtx* h, int64_t n0, int64_t n1) noexcept nogil:
     cdef float* wf
     if h.isa == BK_VNNI:
         bk_f16_rows_512(<const uint16_t*>h.w, h.K, <const float*>h.x, h.T, h.N, n0, n1, h.y)
@@ -553,7 +696,10 @@ cdef void f16_gemv_k(const uint16_t* w, int64_t N, int64_t K, const float* x, in
     h.x = x
     h.T = T
     h.y = y
-    bk_pool_run(_threads, _f16_chunk, &h, (N + GEMV_CHUNK - 1) // GEMV_CHUNK)
+    if T == 1 and h.isa != BK_PORTABLE and _streams == 2:
+        bk_pool_run(_threads, _f16_pair, &h, _npairs((N + GEMV_CHUNK - 1) // GEMV_CHUNK))
+    else:
+        bk_pool_run(_threads, _f16_chunk, &h, (N + GEMV_CHUNK - 1) // GEMV_CHUNK)
 
 
 cdef void q8_head_prepare_k(const uint16_t* w, int64_t N, int64_t K, int8_t* q, float* scale) noexcept nogil:
@@ -569,10 +715,30 @@ cdef void q8_head_prepare_k(const uint16_t* w, int64_t N, int64_t K, int8_t* q, 
         free(wf)
 
 
+cdef void _q8_pair(void* ctxp, int64_t c) noexcept nogil:
+    """One token, job c: chunks c and c + P in lockstep (see _npairs)."""
+    cdef HeadCtx* h = <HeadCtx*>ctxp
+    cdef int64_t a0, a1, b0, b1, n
+    _pair_rows(c, h.N, &a0, &a1, &b0, &b1)
+    n = _min(a1 - a0, b1 - b0)
+    if n > 0:
+        if h.isa == BK_VNNI:
+            bk_q8_gemv2_512(<const int8_t*>h.w, h.scale, h.K, <const uint8_t*>h.x, h.s[0], a0, b0, n, h.y)
+        else:
+            bk_q8_gemv2_256(<const int8_t*>h.w, h.scale, h.K, <const int8_t*>h.x, h.s[0], a0, b0, n, h.y)
+    if a0 + n < a1:
+        _q8_rows(h, a0 + n, a1)
+    if b0 + n < b1:
+        _q8_rows(h, b0 + n, b1)
+
+
 cdef void _q8_chunk(void* ctxp, int64_t c) noexcept nogil:
     cdef HeadCtx* h = <HeadCtx*>ctxp
     cdef int64_t n0 = c * GEMV_CHUNK
-    cdef int64_t n1 = _min(h.N, n0 + GEMV_CHUNK)
+    _q8_rows(h, n0, _min(h.N, n0 + GEMV_CHUNK))
+
+
+cdef void _q8_rows(HeadCtx* h, int64_t n0, int64_t n1) noexcept nogil:
     if h.isa == BK_VNNI:
         bk_q8_rows_512(<const int8_t*>h.w, h.scale, h.K, <const uint8_t*>h.x, h.s, h.T, h.N, n0, n1, h.y)
     elif h.isa == BK_AVX2:
@@ -602,7 +768,10 @@ cdef void q8_head_gemv_k(const int8_t* w, const float* scale, int64_t N, int64_t
     h.s = s
     h.T = T
     h.y = y
-    bk_pool_run(_threads, _q8_chunk, &h, (N + GEMV_CHUNK - 1) // GEMV_CHUNK)
+    if T == 1 and isa != BK_PORTABLE and _streams == 2:
+        bk_pool_run(_threads, _q8_pair, &h, _npairs((N + GEMV_CHUNK - 1) // GEMV_CHUNK))
+    else:
+        bk_pool_run(_threads, _q8_chunk, &h, (N + GEMV_CHUNK - 1) // GEMV_CHUNK)
     free(xq)
     free(s)
     free(qsum)
@@ -888,17 +1057,28 @@ def silu_mul(const float[::1] g, const float[::1] u, float[::1] y, int64_t n):
         silu_mul_k(&g[0], &u[0], &y[0], n)
 
 
-def stream_read(const uint8_t[::1] buf, int nthreads, int reps):
-    """Bandwidth probe: sums the 64-bit words of buf, each thread a contiguous share (result defeats DCE)."""
+def stream_read(const uint8_t[::1] buf, int nthreads, int reps, int streams=1):
+    """Bandwidth probe: sums the 64-bit words of buf (the result defeats dead-code elimination). streams=1: each
+    thread a contiguous share in 1 MiB pieces; streams=2: each thread's share as two halves read in lockstep."""
     cdef int64_t chunk = 1 << 20
     cdef int64_t nchunks = buf.shape[0] // chunk
     cdef const uint8_t* p = &buf[0]
     cdef uint64_t total = 0
     cdef int isa = _isa
-    cdef int r
-    cdef int64_t c
+    cdef int r, t
+    cdef int64_t c, c0, c1, half
     with nogil:
         for r in range(reps):
-            for c in prange(nchunks, num_threads=nthreads, schedule='static'):
-                total += bk_stream_sum(isa, p + c * chunk, chunk)
+            if streams == 1:
+                for c in prange(nchunks, num_threads=nthreads, schedule='static'):
+                    total += bk_stream_sum(isa, p + c * chunk, chunk)
+            else:
+                for t in prange(nthreads, num_threads=nthreads, schedule='static'):
+                    c0 = nchunks * t // nthreads
+                    c1 = nchunks * (t + 1) // nthreads
+                    half = (c1 - c0) * chunk // 2 // 128 * 128
+                    if isa == BK_VNNI:
+                        total += bk_stream_sum2_512(p + c0 * chunk, p + c0 * chunk + half, half)
+                    else:
+                        total += bk_stream_sum(isa, p + c0 * chunk, 2 * half)
     return total

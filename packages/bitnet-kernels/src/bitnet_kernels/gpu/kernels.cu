@@ -86,6 +86,72 @@ struct QKVArgs {
     __half* vc;
 };
 
+// RoPE'd q to out (row tok), RoPE'd k and v to the f16 cache at position pos; pair = row0 / 2 of the fused
+// QKV matrix (Q and K rows in RoPE pairs (i, i + D/2), then V in order).
+__device__ __forceinline__ void qkv_store(int tok, int pair, float y0, float y1, float* out, int ldo, int pos,
+                                          const QKVArgs& qa) {
+    const int D = qa.head_dim, half = D >> 1;
+    const int pq = qa.n_head * half, pk = qa.n_kv * half;
+    if (pair < pq + pk) {
+        int p = pair < pq ? pair : pair - pq;
+        int h = p / half, i = p % half;
+        float c = qa.cos_tab[(size_t)pos * half + i], sn = qa.sin_tab[(size_t)pos * half + i];
+        float o0 = __fsub_rn(__fmul_rn(y0, c), __fmul_rn(y1, sn));
+        float o1 = __fadd_rn(__fmul_rn(y0, sn), __fmul_rn(y1, c));
+        if (pair < pq) {
+            float* qo = out + (size_t)tok * ldo + h * D;
+            qo[i] = o0;
+            qo[i + half] = o1;
+        } else {
+            __half* kr = qa.kc + ((size_t)h * qa.n_ctx + pos) * D;
+            kr[i] = __float2half_rn(o0);
+            kr[i + half] = __float2half_rn(o1);
+        }
+    } else {
+        int j = (pair - pq - pk) * 2;  // flat index into v (n_kv * D)
+        int h = j / D, d = j % D;
+        __half* vr = qa.vc + ((size_t)h * qa.n_ctx + pos) * D;
+        vr[d] = __float2half_rn(y0);
+        vr[d + 1] = __float2half_rn(y1);
+    }
+}
+
+// The epilogue of one row (R = 1) or one pair of rows (R = 2: a0 row0, a1 row0 + 1) of token tok: integer dots
+// (codes, so minus qsum) to float, then the mode's store.
+template <int R, int EPI>
+__device__ __forceinline__ void epi_store(int tok, int row0, int a0, int a1, const int* __restrict__ qsum,
+                                          const float* __restrict__ s, const float* __restrict__ ws,
+                                          const float* __restrict__ os, float* out, int* out_i32, int ldo,
+                                          const int* __restrict__ pos0p, const QKVArgs& qa) {
+    const int acc[2] = {a0, a1};
+    if (EPI == EPI_I32) {
+#pragma unroll
+        for (int r = 0; r < R; r++) out_i32[(size_t)tok * ldo + row0 + r] = acc[r] - qsum[tok];
+        return;
+    }
+    float y[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float d = (float)(acc[r] - qsum[tok]);
+        y[r] = (__fdiv_rn(d, s[tok]) * ws[row0 + r]) * os[row0 + r];
+    }
+    if (EPI == EPI_F32) {
+#pragma unroll
+        for (int r = 0; r < R; r++) out[(size_t)tok * ldo + row0 + r] = y[r];
+    } else if (EPI == EPI_RESID) {
+#pragma unroll
+        for (int r = 0; r < R; r++) out[(size_t)tok * ldo + row0 + r] += y[r];
+    } else if (EPI == EPI_RELU2) {
+        float g = fmaxf(y[0], 0.0f);
+        out[(size_t)tok * ldo + (row0 >> 1)] = __fmul_rn(__fmul_rn(g, g), y[R - 1]);
+    } else if (EPI == EPI_SILU) {
+        float g = y[0];
+        out[(size_t)tok * ldo + (row0 >> 1)] = __fmul_rn(__fdiv_rn(g, 1.0f + expf(-g)), y[R - 1]);
+    } else if (EPI == EPI_QKV) {
+        qkv_store(tok, row0 >> 1, y[0], y[R - 1], out, ldo, *pos0p + tok, qa);
+    }
+}
+
 // One warp computes R rows (R = 2: a pair) for TT tokens t0 .. t0+TT-1 (clamped to T).
 // W: T2 words (N, K/16); q int8 (T, K); qsum (T,).
 template <int R, int TT, int EPI, bool SM = false>
@@ -157,57 +223,7 @@ __device__ __forceinline__ void ternary_warp(const uint4* __restrict__ W, int ro
     for (int t = 0; t < TT; t++) {
         int tok = t0 + t;
         if (lane != (t & 31) || tok >= T) continue;
-        if (EPI == EPI_I32) {
-#pragma unroll
-            for (int r = 0; r < R; r++) out_i32[(size_t)tok * ldo + row0 + r] = acc[r][t] - qsum[tok];
-        } else {
-        float y[R];
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            float d = (float)(acc[r][t] - qsum[tok]);
-            y[r] = (__fdiv_rn(d, s[tok]) * ws[row0 + r]) * os[row0 + r];
-        }
-        if (EPI == EPI_F32) {
-#pragma unroll
-            for (int r = 0; r < R; r++) out[(size_t)tok * ldo + row0 + r] = y[r];
-        } else if (EPI == EPI_RESID) {
-#pragma unroll
-            for (int r = 0; r < R; r++) out[(size_t)tok * ldo + row0 + r] += y[r];
-        } else if (EPI == EPI_RELU2) {
-            float g = fmaxf(y[0], 0.0f);
-            out[(size_t)tok * ldo + (row0 >> 1)] = __fmul_rn(__fmul_rn(g, g), y[R - 1]);
-        } else if (EPI == EPI_SILU) {
-            float g = y[0];
-            out[(size_t)tok * ldo + (row0 >> 1)] = __fmul_rn(__fdiv_rn(g, 1.0f + expf(-g)), y[R - 1]);
-        } else if (EPI == EPI_QKV) {
-            const int D = qa.head_dim, half = D >> 1;
-            const int pair = row0 >> 1;
-            const int pq = qa.n_head * half, pk = qa.n_kv * half;
-            const int pos = *pos0p + tok;
-            if (pair < pq + pk) {
-                int p = pair < pq ? pair : pair - pq;
-                int h = p / half, i = p % half;
-                float c = qa.cos_tab[(size_t)pos * half + i], sn = qa.sin_tab[(size_t)pos * half + i];
-                float o0 = __fsub_rn(__fmul_rn(y[0], c), __fmul_rn(y[R - 1], sn));
-                float o1 = __fadd_rn(__fmul_rn(y[0], sn), __fmul_rn(y[R - 1], c));
-                if (pair < pq) {
-                    float* qo = out + (size_t)tok * ldo + h * D;
-                    qo[i] = o0;
-                    qo[i + half] = o1;
-                } else {
-                    __half* kr = qa.kc + ((size_t)h * qa.n_ctx + pos) * D;
-                    kr[i] = __float2half_rn(o0);
-                    kr[i + half] = __float2half_rn(o1);
-                }
-            } else {
-                int j = (pair - pq - pk) * 2;  // flat index into v (n_kv * D)
-                int h = j / D, d = j % D;
-                __half* vr = qa.vc + ((size_t)h * qa.n_ctx + pos) * D;
-                vr[d] = __float2half_rn(y[0]);
-                vr[d + 1] = __float2half_rn(y[R - 1]);
-            }
-        }
-        }
+        epi_store<R, EPI>(tok, row0, acc[0][t], acc[R - 1][t], qsum, s, ws, os, out, out_i32, ldo, pos0p, qa);
     }
 }
 
@@ -616,6 +632,621 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_step(const float* __re
                                                                int* hist) {
     int idx = block_argmax(x, V);
     if (threadIdx.x == 0) {
+        int p = *pos;
+        tok[0] = idx;
+        hist[p + 1] = idx;
+        *pos = p + 1;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Prefill: ternary x int8 GEMM on the int8 tensor cores (mma.sync m16n8k32 s8 x s8 -> s32, exact).
+// C[t, n] = sum_k q[t, k] * code[n, k] (codes 0..2 straight from the T2 words: (word >> 2s) & 0x03030303 is the
+// B fragment of 4 consecutive k), minus qsum[t] in the epilogue, as the dp4a kernels do. Block tile: 64 tokens x
+// 128 rows, K in steps of 128 through double-buffered shared memory (cp.async); 8 warps of 32 tokens x 32 rows.
+// Needs K % 128 == 0.
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+
+__device__ __forceinline__ void mma_s8(int* c, const uint32_t* a, const uint32_t* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+#define GM 64
+#define GN 128
+#define GK 128
+#define APITCH 144  // bytes a token row in shared memory (128 + 16: conflict-free fragment loads)
+#define BPITCH 48   // bytes a weight row (32 + 16)
+
+template <int R, int EPI>
+__device__ __forceinline__ void tern_mma_body(const uint32_t* __restrict__ W, int N, int K,
+                                              const int8_t* __restrict__ q, const int* __restrict__ qsum,
+                                              const float* __restrict__ s, const float* __restrict__ ws,
+                                              const float* __restrict__ os, float* out, int* out_i32, int ldo, int T,
+                                              const int* __restrict__ pos0p, const QKVArgs& qa) {
+    __shared__ __align__(16) int8_t As[2][GM * APITCH];
+    __shared__ __align__(16) uint8_t Bs[2][GN * BPITCH];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int n0 = blockIdx.x * GN, m0 = blockIdx.y * GM;
+    const int wm = (warp >> 2) * 32, wn = (warp & 3) * 32;
+    const int g = lane >> 2, t4 = lane & 3;
+    const int wpr = K >> 4;
+    int acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0;
+    const int nk = K / GK;
+    auto load = [&](int kt, int buf) {
+#pragma unroll
+        for (int i = tid; i < GM * 8; i += 256) {
+            int r = i >> 3, c = i & 7;
+            int tok = min(m0 + r, T - 1);
+            cp_async16(&As[buf][r * APITCH + c * 16], q + (size_t)tok * K + kt * GK + c * 16);
+        }
+        {
+            int r = tid >> 1, c = tid & 1;
+            int row = min(n0 + r, N - 1);
+            cp_async16(&Bs[buf][r * BPITCH + c * 16], W + (size_t)row * wpr + kt * 8 + c * 4);
+        }
+        cp_async_commit();
+    };
+    load(0, 0);
+    for (int kt = 0; kt < nk; kt++) {
+        if (kt + 1 < nk) {
+            load(kt + 1, (kt + 1) & 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const int8_t* Ab = As[kt & 1];
+        const uint8_t* Bb = Bs[kt & 1];
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++) {
+            uint32_t a[2][4], b[4][2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int8_t* base = Ab + (wm + 16 * i + g) * APITCH + ks * 32 + 4 * t4;
+                a[i][0] = *reinterpret_cast<const uint32_t*>(base);
+                a[i][1] = *reinterpret_cast<const uint32_t*>(base + 8 * APITCH);
+                a[i][2] = *reinterpret_cast<const uint32_t*>(base + 16);
+                a[i][3] = *reinterpret_cast<const uint32_t*>(base + 8 * APITCH + 16);
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const uint2 w = *reinterpret_cast<const uint2*>(Bb + (wn + 8 * j + g) * BPITCH + 8 * ks);
+                b[j][0] = (w.x >> (2 * t4)) & 0x03030303u;
+                b[j][1] = (w.y >> (2 * t4)) & 0x03030303u;
+            }
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) mma_s8(acc[i][j], a[i], b[j]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int tok = m0 + wm + 16 * i + g + 8 * h;
+                const int row = n0 + wn + 8 * j + 2 * t4;
+                if (tok >= T || row >= N) continue;
+                const int c0 = acc[i][j][2 * h], c1 = acc[i][j][2 * h + 1];
+                if (R == 2) {
+                    epi_store<2, EPI>(tok, row, c0, c1, qsum, s, ws, os, out, out_i32, ldo, pos0p, qa);
+                } else {
+                    epi_store<1, EPI>(tok, row, c0, c0, qsum, s, ws, os, out, out_i32, ldo, pos0p, qa);
+                    if (row + 1 < N)
+                        epi_store<1, EPI>(tok, row + 1, c1, c1, qsum, s, ws, os, out, out_i32, ldo, pos0p, qa);
+                }
+            }
+}
+
+// grid.x: row tiles of 128, grid.y: token tiles of 64; 256 threads.
+#define MMA_KERNEL(NAME, R, EPI)                                                                              \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                                  \
+        const uint32_t* __restrict__ W, int N, int K, const int8_t* __restrict__ q, const int* __restrict__ qsum, \
+        const float* __restrict__ s, const float* __restrict__ ws, const float* __restrict__ os, float* out,  \
+        int* out_i32, int ldo, int T, const int* __restrict__ pos0p, QKVArgs qa) {                            \
+        tern_mma_body<R, EPI>(W, N, K, q, qsum, s, ws, os, out, out_i32, ldo, T, pos0p, qa);                  \
+    }
+
+MMA_KERNEL(tmma_i32, 1, EPI_I32)
+MMA_KERNEL(tmma_f32, 1, EPI_F32)
+MMA_KERNEL(tmma_resid, 1, EPI_RESID)
+MMA_KERNEL(tmma_relu2, 2, EPI_RELU2)
+MMA_KERNEL(tmma_silu, 2, EPI_SILU)
+MMA_KERNEL(tmma_qkv, 2, EPI_QKV)
+
+// ---------------------------------------------------------------------------------------------------------------
+// The whole single-token step (all layers) as one persistent kernel: one 512-thread block an SM, grid-wide
+// barriers between the stages. Each block owns a contiguous slice of rows of every ternary matrix and streams
+// the slices, stage after stage, into a ring of shared-memory buffers with cp.async, NBUF - 1 stages ahead of the
+// compute, so the weight bytes flow while the blocks wait at barriers and normalize their inputs.
+// Per layer: QKV (norm + quant of x in every block, RoPE, K/V store) | attention, split over keys
+// (flash-decoding; the last split of a head to finish combines) | O (+ residual) | gate/up (relu^2 or silu) |
+// down (+ residual). Then block 0 writes the head's RMSNorm. Data written inside the kernel is read with
+// ld.global.cg (L2), never through the non-coherent L1.
+
+struct LayerDev {
+    const uint4* w[4];  // qkv, o, gate/up, down (T2 words)
+    const float* ws[4];
+    const float* os[4];
+    const float* nw[4];  // attn_norm, attn_sub_norm, ffn_norm, ffn_sub_norm
+    __half* kc;
+    __half* vc;
+};
+
+struct StepArgs {
+    const LayerDev* layers;
+    float* x;
+    float* qb;
+    float* att;
+    float* fb;
+    float* part;
+    const float* cos_tab;
+    const float* sin_tab;
+    const int* pos;
+    unsigned* sync;  // [0]: barrier count; [64 + h]: attention splits done of head h
+    const float* out_norm;
+    float* hn;
+    int n_layer, E, F, HD, n_head, n_kv, D, n_ctx, act, round_f16, nsplit, buf_bytes;
+    int units[4];  // rows (R = 1) or pairs (R = 2) a block, per matrix
+    float eps;
+    int nbuf;
+};
+
+#define MK_THREADS 512
+#define MK_WARPS 16
+
+__device__ __forceinline__ void grid_bar(unsigned* cnt, unsigned& target) {
+    target += gridDim.x;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        atomicAdd(cnt, 1u);
+        unsigned v;
+        do {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
+        } while (v < target);
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+struct MkShared {
+    double shd[32];
+    float shf[32];
+    int shi[32];
+    float s;
+    int qsum;
+    int last;
+};
+
+// RMSNorm(x) * nw then int8 quantization of one row of K (<= 8192) floats into shared memory (as bitnet.cpp).
+__device__ void mk_norm_quant(const float* x, const float* __restrict__ nw, int K, float eps, int* qsm, MkShared& sh) {
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    const float4* w4 = reinterpret_cast<const float4*>(nw);
+    const int K4 = K >> 2;
+    float4 xv[4], wv[4];
+    double ss = 0.0;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        int i = threadIdx.x + k * MK_THREADS;
+        if (i < K4) {
+            xv[k] = __ldcg(x4 + i);
+            wv[k] = __ldg(w4 + i);
+            float4 v = xv[k];
+            ss += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
+        }
+    }
+    ss = block_sum<double>(ss, sh.shd);
+    const float scale = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn((float)(ss / (double)K), eps)));
+    float amax = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        int i = threadIdx.x + k * MK_THREADS;
+        if (i < K4) {
+            float4 v = xv[k], w = wv[k];
+            amax = fmaxf(amax, fabsf(__fmul_rn(__fmul_rn(v.x, scale), w.x)));
+            amax = fmaxf(amax, fabsf(__fmul_rn(__fmul_rn(v.y, scale), w.y)));
+            amax = fmaxf(amax, fabsf(__fmul_rn(__fmul_rn(v.z, scale), w.z)));
+            amax = fmaxf(amax, fabsf(__fmul_rn(__fmul_rn(v.w, scale), w.w)));
+        }
+    }
+    amax = block_max(amax, sh.shf);
+    const float sc = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
+    int sum = 0;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        int i = threadIdx.x + k * MK_THREADS;
+        if (i < K4) {
+            float4 v = xv[k], w = wv[k];
+            int q0 = (int)fminf(fmaxf(rintf(__fmul_rn(__fmul_rn(__fmul_rn(v.x, scale), w.x), sc)), -128.0f), 127.0f);
+            int q1 = (int)fminf(fmaxf(rintf(__fmul_rn(__fmul_rn(__fmul_rn(v.y, scale), w.y), sc)), -128.0f), 127.0f);
+            int q2 = (int)fminf(fmaxf(rintf(__fmul_rn(__fmul_rn(__fmul_rn(v.z, scale), w.z), sc)), -128.0f), 127.0f);
+            int q3 = (int)fminf(fmaxf(rintf(__fmul_rn(__fmul_rn(__fmul_rn(v.w, scale), w.w), sc)), -128.0f), 127.0f);
+            qsm[i] = (q0 & 0xff) | ((q1 & 0xff) << 8) | ((q2 & 0xff) << 16) | ((q3 & 0xff) << 24);
+            sum += q0 + q1 + q2 + q3;
+        }
+    }
+    sum = block_sum<int>(sum, sh.shi);
+    if (threadIdx.x == 0) {
+        sh.s = sc;
+        sh.qsum = sum;
+    }
+    __syncthreads();
+}
+
+// The block's slice of matrix m: rows [row0, row0 + nrows) (R rows a unit).
+__device__ __forceinline__ void mk_slice(const StepArgs& A, int m, int& row0, int& nrows, int& K) {
+    const int R = (m == 0 || m == 2) ? 2 : 1;
+    const int N = m == 0 ? A.HD + 2 * A.n_kv * A.D : (m == 2 ? 2 * A.F : A.E);
+    K = m == 1 ? A.HD : (m == 3 ? A.F : A.E);
+    const int u0 = blockIdx.x * A.units[m];
+    const int u1 = min(u0 + A.units[m], N / R);
+    row0 = u0 * R;
+    nrows = max(u1 - u0, 0) * R;
+}
+
+__device__ __forceinline__ void mk_issue(const StepArgs& A, int idx, char* buf) {
+    const int l = idx >> 2, m = idx & 3;
+    int row0, nrows, K;
+    mk_slice(A, m, row0, nrows, K);
+    const char* src = reinterpret_cast<const char*>(A.layers[l].w[m]) + (size_t)row0 * (K >> 2);
+    const int n16 = nrows * (K >> 2) >> 4;
+    for (int i = threadIdx.x; i < n16; i += MK_THREADS) cp_async16(buf + 16 * i, src + 16 * i);
+    cp_async_commit();
+}
+
+__device__ __forceinline__ void mk_wait(int newer) {
+    switch (newer) {
+        case 0: cp_async_wait<0>(); break;
+        case 1: cp_async_wait<1>(); break;
+        case 2: cp_async_wait<2>(); break;
+        default: cp_async_wait<3>(); break;
+    }
+    __syncthreads();
+}
+
+// One block's rows of matrix m from shared memory: warp w takes units w, w + 16, ...; lane l holds the
+// activation chunks l, l + 32, ... (64 int8 each) in registers. Epilogue by lane 0 of the warp.
+template <int CPL>
+__device__ void mk_gemv(const StepArgs& A, const LayerDev& L, int m, const uint4* wb, const int4* q8, int li,
+                        const MkShared& sh) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int row0, nrows, K;
+    mk_slice(A, m, row0, nrows, K);
+    const int R = (m == 0 || m == 2) ? 2 : 1;
+    const int C = K >> 6;
+    constexpr bool REG = CPL <= 2;  // activations held in registers (else read from shared memory each row)
+    int4 a[REG ? CPL : 1][4];
+#pragma unroll
+    for (int i = 0; i < (REG ? CPL : 0); i++) {
+        int c = lane + 32 * i;
+        if (c < C) {
+            a[i][0] = q8[4 * c]; a[i][1] = q8[4 * c + 1]; a[i][2] = q8[4 * c + 2]; a[i][3] = q8[4 * c + 3];
+        } else {
+            a[i][0] = a[i][1] = a[i][2] = a[i][3] = make_int4(0, 0, 0, 0);
+        }
+    }
+    const int nunits = nrows / R;
+    const float sv = sh.s;
+    const int qs = sh.qsum;
+    const float* ws = L.ws[m];
+    const float* os = L.os[m];
+    for (int u = warp; u < nunits; u += MK_WARPS) {
+        int acc0 = 0, acc1 = 0;
+        const uint4* w0 = wb + (size_t)(u * R) * C;
+#pragma unroll
+        for (int i = 0; i < CPL; i++) {
+            int c = lane + 32 * i;
+            if (c < C) {
+                int4 b0, b1, b2, b3;
+                if (REG) {
+                    b0 = a[REG ? i : 0][0]; b1 = a[REG ? i : 0][1]; b2 = a[REG ? i : 0][2]; b3 = a[REG ? i : 0][3];
+                } else {
+                    b0 = q8[4 * c]; b1 = q8[4 * c + 1]; b2 = q8[4 * c + 2]; b3 = q8[4 * c + 3];
+                }
+                uint4 w = w0[c];
+                acc0 = dot16(w.x, b0, acc0);
+                acc0 = dot16(w.y, b1, acc0);
+                acc0 = dot16(w.z, b2, acc0);
+                acc0 = dot16(w.w, b3, acc0);
+                if (R == 2) {
+                    uint4 v = w0[C + c];
+                    acc1 = dot16(v.x, b0, acc1);
+                    acc1 = dot16(v.y, b1, acc1);
+                    acc1 = dot16(v.z, b2, acc1);
+                    acc1 = dot16(v.w, b3, acc1);
+                }
+            }
+        }
+        acc0 = warp_sum(acc0);
+        if (R == 2) acc1 = warp_sum(acc1);
+        if (lane != 0) continue;
+        const int row = row0 + u * R;
+        float y0 = (__fdiv_rn((float)(acc0 - qs), sv) * __ldg(ws + row)) * __ldg(os + row);
+        if (m == 1 || m == 3) {
+            float* xp = A.x + row;
+            __stcg(xp, __ldcg(xp) + y0);
+        } else {
+            float y1 = (__fdiv_rn((float)(acc1 - qs), sv) * __ldg(ws + row + 1)) * __ldg(os + row + 1);
+            if (m == 2) {
+                float r;
+                if (A.act == 0) {
+                    float g = fmaxf(y0, 0.0f);
+                    r = __fmul_rn(__fmul_rn(g, g), y1);
+                } else {
+                    r = __fmul_rn(__fdiv_rn(y0, 1.0f + expf(-y0)), y1);
+                }
+                __stcg(A.fb + (row >> 1), r);
+            } else {
+                QKVArgs qa;
+                qa.n_head = A.n_head; qa.n_kv = A.n_kv; qa.head_dim = A.D; qa.n_ctx = A.n_ctx;
+                qa.cos_tab = A.cos_tab; qa.sin_tab = A.sin_tab; qa.kc = L.kc; qa.vc = L.vc;
+                qkv_store(0, row >> 1, y0, y1, A.qb, 0, __ldcg(A.pos), qa);
+            }
+        }
+    }
+}
+
+__device__ void mk_gemv_any(const StepArgs& A, const LayerDev& L, int m, const uint4* wb, const int4* q8, int li,
+                            const MkShared& sh) {
+    const int K = m == 1 ? A.HD : (m == 3 ? A.F : A.E);
+    const int cpl = ((K >> 6) + 31) >> 5;
+    switch (cpl) {
+        case 1: mk_gemv<1>(A, L, m, wb, q8, li, sh); break;
+        case 2: mk_gemv<2>(A, L, m, wb, q8, li, sh); break;
+        case 3: mk_gemv<3>(A, L, m, wb, q8, li, sh); break;
+        case 4: mk_gemv<4>(A, L, m, wb, q8, li, sh); break;
+        case 5: mk_gemv<5>(A, L, m, wb, q8, li, sh); break;
+        case 6: mk_gemv<6>(A, L, m, wb, q8, li, sh); break;
+        case 7: mk_gemv<7>(A, L, m, wb, q8, li, sh); break;
+        default: mk_gemv<8>(A, L, m, wb, q8, li, sh); break;
+    }
+}
+
+// Attention of one (head, key split): scores (LK = D/8 lanes a key, one 16-byte load of K a lane), local
+// softmax, P.V unnormalized; partial (max, sum, o[D]) to A.part; the last split of the head combines into att.
+__device__ void mk_attention(const StepArgs& A, const LayerDev& L, int li, float* sc, float* red, MkShared& sh) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int D = A.D, D8 = D >> 3, LK = D8, KPW = 32 / LK, KPR = MK_WARPS * KPW;
+    const int nsplit = A.nsplit;
+    const int pos = __ldcg(A.pos), nk = pos + 1;
+    const int chunk = (nk + nsplit - 1) / nsplit;
+    const float scale = 1.0f / sqrtf((float)D);
+    for (int it = blockIdx.x; it < A.n_head * nsplit; it += gridDim.x) {
+        const int h = it / nsplit, sp = it % nsplit, kh = h / (A.n_head / A.n_kv);
+        const int j0 = min(sp * chunk, nk), j1 = min(j0 + chunk, nk), n = j1 - j0;
+        const __half* kb = L.kc + (size_t)kh * A.n_ctx * D;
+        const __half* vb = L.vc + (size_t)kh * A.n_ctx * D;
+        const int c = lane % LK;
+        float qv[8];
+        {
+            const float* qp = A.qb + h * D + 8 * c;
+#pragma unroll
+            for (int e = 0; e < 8; e++) qv[e] = __half2float(__float2half_rn(__ldcg(qp + e)));
+        }
+        for (int jb = 0; jb < n; jb += KPR) {
+            const int j = jb + warp * KPW + lane / LK;
+            float acc = 0.0f;
+            if (j < n) {
+                uint4 w = __ldcg(reinterpret_cast<const uint4*>(kb + (size_t)(j0 + j) * D) + c);
+                const __half2* hw = reinterpret_cast<const __half2*>(&w);
+                float2 f0 = __half22float2(hw[0]), f1 = __half22float2(hw[1]), f2 = __half22float2(hw[2]),
+                       f3 = __half22float2(hw[3]);
+                acc = fmaf(qv[0], f0.x, acc); acc = fmaf(qv[1], f0.y, acc);
+                acc = fmaf(qv[2], f1.x, acc); acc = fmaf(qv[3], f1.y, acc);
+                acc = fmaf(qv[4], f2.x, acc); acc = fmaf(qv[5], f2.y, acc);
+                acc = fmaf(qv[6], f3.x, acc); acc = fmaf(qv[7], f3.y, acc);
+            }
+            for (int o = LK >> 1; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+            if (c == 0 && j < n) sc[j] = __fmul_rn(acc, scale);
+        }
+        __syncthreads();
+        float mx = -INFINITY;
+        for (int j = threadIdx.x; j < n; j += MK_THREADS) mx = fmaxf(mx, sc[j]);
+        mx = block_max(mx, sh.shf);
+        float sum = 0.0f;
+        for (int j = threadIdx.x; j < n; j += MK_THREADS) {
+            float e = expf(sc[j] - mx);
+            sc[j] = e;
+            sum += e;
+        }
+        sum = block_sum<float>(sum, sh.shf);  // ends with a barrier: sc complete
+        // P.V: warp w takes keys w, w + 16, ...; lane covers dims 4 lane .. 4 lane + 3 (and + 128)
+        float o[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) o[e] = 0.0f;
+        for (int j = warp; j < n; j += MK_WARPS) {
+            const float p = sc[j];
+            const uint2* vr = reinterpret_cast<const uint2*>(vb + (size_t)(j0 + j) * D);
+#pragma unroll
+            for (int hlf = 0; hlf < 2; hlf++) {
+                const int qd = lane + 32 * hlf;
+                if (4 * qd < D) {
+                    uint2 v = __ldcg(vr + qd);
+                    const __half2* hv = reinterpret_cast<const __half2*>(&v);
+                    float2 a0 = __half22float2(hv[0]), a1 = __half22float2(hv[1]);
+                    o[4 * hlf + 0] = fmaf(p, a0.x, o[4 * hlf + 0]);
+                    o[4 * hlf + 1] = fmaf(p, a0.y, o[4 * hlf + 1]);
+                    o[4 * hlf + 2] = fmaf(p, a1.x, o[4 * hlf + 2]);
+                    o[4 * hlf + 3] = fmaf(p, a1.y, o[4 * hlf + 3]);
+                }
+            }
+        }
+#pragma unroll
+        for (int hlf = 0; hlf < 2; hlf++) {
+            const int qd = lane + 32 * hlf;
+            if (4 * qd < D) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) red[warp * D + 4 * qd + e] = o[4 * hlf + e];
+            }
+        }
+        __syncthreads();
+        float* pp = A.part + (size_t)(h * nsplit + sp) * (D + 2);
+        for (int d = threadIdx.x; d < D; d += MK_THREADS) {
+            float r = 0.0f;
+#pragma unroll 4
+            for (int w = 0; w < MK_WARPS; w++) r += red[w * D + d];
+            __stcg(pp + 2 + d, r);
+        }
+        if (threadIdx.x == 0) {
+            __stcg(pp, mx);
+            __stcg(pp + 1, sum);
+        }
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            unsigned old = atomicAdd(A.sync + 64 + h, 1u);
+            sh.last = (old == (unsigned)((li + 1) * nsplit - 1));
+        }
+        __syncthreads();
+        if (sh.last) {
+            __threadfence();
+            const float* hp = A.part + (size_t)h * nsplit * (D + 2);
+            for (int d = threadIdx.x; d < D; d += MK_THREADS) {
+                float M = -INFINITY;
+                for (int k = 0; k < nsplit; k++) M = fmaxf(M, __ldcg(hp + k * (D + 2)));
+                float Ls = 0.0f, acc = 0.0f;
+                for (int k = 0; k < nsplit; k++) {
+                    const float* pk = hp + k * (D + 2);
+                    float f = expf(__ldcg(pk) - M);
+                    Ls = fmaf(__ldcg(pk + 1), f, Ls);
+                    acc = fmaf(__ldcg(pk + 2 + d), f, acc);
+                }
+                __stcg(A.att + h * D + d, __fdiv_rn(acc, Ls));
+            }
+        }
+        __syncthreads();
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MK_THREADS, 1) decode_step(const StepArgs* __restrict__ Ap) {
+    extern __shared__ __align__(16) char mk_smem[];
+    __shared__ StepArgs A;
+    __shared__ MkShared sh;
+    if (threadIdx.x == 0) A = *Ap;
+    __syncthreads();
+    const int maxk = max(max(A.E, A.F), A.HD);
+    char* wbuf = mk_smem;
+    int* q8 = reinterpret_cast<int*>(mk_smem + (size_t)A.nbuf * A.buf_bytes);
+    float* sc = reinterpret_cast<float*>(reinterpret_cast<char*>(q8) + ((maxk + 15) & ~15));
+    const int sc_len = (A.n_ctx + A.nsplit - 1) / A.nsplit;
+    float* red = sc + ((sc_len + 3) & ~3);
+    unsigned target = 0;
+    int issued = 0, done = 0;
+    const int total = 4 * A.n_layer;
+    auto pump = [&]() {
+        while (issued < total && issued < done + A.nbuf) {
+            mk_issue(A, issued, wbuf + (size_t)(issued % A.nbuf) * A.buf_bytes);
+            issued++;
+        }
+    };
+    auto compute = [&](int li, int m, const LayerDev& L) {
+        const int idx = 4 * li + m;
+        mk_wait(issued - idx - 1);
+        mk_gemv_any(A, L, m, reinterpret_cast<const uint4*>(wbuf + (size_t)(idx % A.nbuf) * A.buf_bytes),
+                    reinterpret_cast<const int4*>(q8), li, sh);
+        __syncthreads();
+        done = idx + 1;
+    };
+    for (int li = 0; li < A.n_layer; li++) {
+        const LayerDev& L = A.layers[li];
+        pump();
+        if (li > 0) grid_bar(A.sync, target);
+        mk_norm_quant(A.x, L.nw[0], A.E, A.eps, q8, sh);
+        compute(li, 0, L);
+        pump();
+        grid_bar(A.sync, target);
+        mk_attention(A, L, li, sc, red, sh);
+        pump();
+        grid_bar(A.sync, target);
+        mk_norm_quant(A.att, L.nw[1], A.HD, A.eps, q8, sh);
+        compute(li, 1, L);
+        pump();
+        grid_bar(A.sync, target);
+        mk_norm_quant(A.x, L.nw[2], A.E, A.eps, q8, sh);
+        compute(li, 2, L);
+        pump();
+        grid_bar(A.sync, target);
+        mk_norm_quant(A.fb, L.nw[3], A.F, A.eps, q8, sh);
+        compute(li, 3, L);
+    }
+    grid_bar(A.sync, target);
+    if (blockIdx.x != 0) return;
+    // the head's RMSNorm (as rmsnorm_f32)
+    const int E = A.E;
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < E; i += MK_THREADS) {
+        double v = (double)__ldcg(A.x + i);
+        ss += v * v;
+    }
+    ss = block_sum<double>(ss, sh.shd);
+    float scale = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn((float)(ss / (double)E), A.eps)));
+    for (int i = threadIdx.x; i < E; i += MK_THREADS) {
+        float y = __fmul_rn(__fmul_rn(__ldcg(A.x + i), scale), __ldg(A.out_norm + i));
+        if (A.round_f16) y = __half2float(__float2half_rn(y));
+        A.hn[i] = y;
+    }
+}
+
+// The F16 head for one token with the argmax folded in: every block (8 warps, one row a warp) offers its best
+// row to a 64-bit atomicMax on key = (order-preserving bits of the logit) << 32 | ~index, so ties go to the
+// first index as in block_argmax. key must be 0 before the launch.
+__device__ __forceinline__ unsigned long long argmax_key(float v, int idx) {
+    unsigned u = __float_as_uint(v);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return ((unsigned long long)u << 32) | (unsigned)(0xffffffffu - (unsigned)idx);
+}
+
+extern "C" __global__ void __launch_bounds__(256) f16_head_argmax(const uint4* __restrict__ W, int V, int K,
+                                                                  const float* __restrict__ x,
+                                                                  float* __restrict__ out,
+                                                                  unsigned long long* key) {
+    __shared__ unsigned long long best[8];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int row = blockIdx.x * 8 + warp;
+    unsigned long long k = 0;
+    if (row < V) {
+        f16_warp<1>(W, row, K, x, out, V, 0, 1);
+        if (lane == 0) {
+            __threadfence_block();
+            k = argmax_key(out[row], row);
+        }
+    }
+    if (lane == 0) best[warp] = k;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned long long b = best[0];
+        for (int w = 1; w < 8; w++) b = max(b, best[w]);
+        atomicMax(key, b);
+    }
+}
+
+// After the head: the argmax index out of key; step != 0 also feeds it to the next replay (tok, hist, pos).
+extern "C" __global__ void argmax_finish(const unsigned long long* key, int* out, int* tok, int* pos, int* hist,
+                                         int step) {
+    if (threadIdx.x != 0) return;
+    int idx = (int)(0xffffffffu - (unsigned)(*key & 0xffffffffull));
+    out[0] = idx;
+    if (step) {
         int p = *pos;
         tok[0] = idx;
         hist[p + 1] = idx;
