@@ -30,11 +30,14 @@ def ternary(rng, n, k):
     return rng.integers(-1, 2, size=(n, k), dtype=np.int8)
 
 
-@pytest.mark.parametrize("n,k", [(64, 256), (640, 2560), (96, 6912), (8, 128), (2560, 2560)])
-@pytest.mark.parametrize("t", [1, 3, 8, 13])
-def test_ternary_gemm_exact(n, k, t):
+@pytest.mark.parametrize("mma", [True, False], ids=["mma", "dp4a"])
+@pytest.mark.parametrize("n,k", [(64, 256), (640, 2560), (96, 6912), (8, 128), (2560, 2560), (200, 192), (9, 384)])
+@pytest.mark.parametrize("t", [1, 3, 8, 13, 70])
+def test_ternary_gemm_exact(n, k, t, mma, monkeypatch):
+    """Both batched paths (int8 tensor cores where K % 128 == 0, dp4a) and the one-token GEMV: exact."""
     from bitnet_kernels.gpu import ops
 
+    monkeypatch.setattr(ops, "MMA", mma)
     rng = np.random.default_rng(n * 7 + k + t)
     w = ternary(rng, n, k)
     q = rng.integers(-128, 128, size=(t, k), dtype=np.int16).astype(np.int8)
@@ -46,9 +49,12 @@ def test_ternary_gemm_exact(n, k, t):
     np.testing.assert_array_equal(got, ternary_dot_i32(w, q))
 
 
-def test_ternary_gemm_extreme_activations():
+@pytest.mark.parametrize("mma", [True, False], ids=["mma", "dp4a"])
+def test_ternary_gemm_extreme_activations(mma, monkeypatch):
     """All -128 / +127 activations against all -1 / +1 rows: the largest sums are still exact."""
     from bitnet_kernels.gpu import ops
+
+    monkeypatch.setattr(ops, "MMA", mma)
 
     k = 6912
     w = np.stack([np.full(k, -1, np.int8), np.full(k, 1, np.int8), np.zeros(k, np.int8)] * 3)
@@ -90,7 +96,7 @@ def test_activation_quantization_bit_equal(t):
     np.testing.assert_array_equal(qsum, ref.qsum)
 
 
-@pytest.mark.parametrize("t", [1, 9])
+@pytest.mark.parametrize("t", [1, 9, 100])
 def test_i2s_linear_bit_equal_to_oracle(t):
     from bitnet_kernels.gpu import ops
 

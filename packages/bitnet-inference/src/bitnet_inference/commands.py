@@ -28,6 +28,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm-head", choices=("f16", "q8"), default="f16",
                    help="f16 (default, as the file stores it) or q8: an int8 copy made at load, half the bytes per "
                         "decoded token (needs the cpu extra; docs/benchmarks.md has its perplexity cost)")
+    p.add_argument("--mmap", action="store_true",
+                   help="use the weights in place from the memory-mapped file (faster load, pages shared between "
+                        "processes, slower decode) instead of copying them onto huge pages at load (the default "
+                        "with the cpu extra)")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -60,7 +64,8 @@ def open_model(args: argparse.Namespace, n_slots: int = 1):
     _set_threads(device.cpu_threads)
     if model is None:
         model = Model(resolved.path, numerics=args.numerics, n_ctx=args.ctx_size,
-                      kv_type=getattr(args, "kv_type", "f16"), n_slots=n_slots, lm_head=getattr(args, "lm_head", "f16"))
+                      kv_type=getattr(args, "kv_type", "f16"), n_slots=n_slots, lm_head=getattr(args, "lm_head", "f16"),
+                      weights="mmap" if getattr(args, "mmap", False) else "auto")
     tok_path = resolved.tokenizer_path or settings.tokenizer
     tokenizer = load_tokenizer(model.gguf, str(tok_path) if tok_path else None)
     return model, tokenizer
@@ -276,6 +281,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-r", "--repetitions", type=int, default=3, help="repetitions of each test (default 3)")
     p.add_argument("--numerics", choices=("fast", "ggml", "llama"), default="fast", help="numerics (default fast)")
     p.add_argument("--lm-head", choices=("f16", "q8"), default="f16", help="LM head: f16 (default) or int8 (q8)")
+    p.add_argument("--mmap", action="store_true", help="use the weights in place from the memory map (llama-bench's "
+                   "default) instead of resident on huge pages")
     p.add_argument("--json", action="store_true", help="print llama-bench-style JSON records instead of a table")
 
 
@@ -298,7 +305,8 @@ def _bench(args: argparse.Namespace) -> int:
     if any(t < 1 for t in threads):
         raise EngineError("-t takes thread counts >= 1")
     n_ctx = max(max(args.n_prompt, default=0), max(args.n_gen, default=0), 1) + 1
-    model = Model(resolved.path, numerics=args.numerics, n_ctx=n_ctx, lm_head=args.lm_head)
+    model = Model(resolved.path, numerics=args.numerics, n_ctx=n_ctx, lm_head=args.lm_head,
+                  weights="mmap" if args.mmap else "auto")
     backend = B.backend_name()
     results = []
     for t in threads:

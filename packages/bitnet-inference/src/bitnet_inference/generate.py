@@ -15,6 +15,7 @@ from bitnet_inference.errors import EngineError
 from bitnet_inference.models import ARCHS
 from bitnet_inference.numerics import get_numerics
 from bitnet_inference.sampling import LogitsProcessor, Sampler, greedy
+from bitnet_inference.weights import place_weights
 from bitnet_models import ModelConfigError, read_gguf
 
 PREFILL_BATCH = 512
@@ -24,7 +25,7 @@ class Model:
     """A loaded model: the GGUF file (memory-mapped), its args, and the transformer with its KV cache."""
 
     def __init__(self, path: str | Path, numerics: str = "fast", n_ctx: int | None = None, use_kernels: bool = True,
-                 kv_type: str = "f16", n_slots: int = 1, lm_head: str = "f16"):
+                 kv_type: str = "f16", n_slots: int = 1, lm_head: str = "f16", weights: str = "auto"):
         self.path = Path(path)
         self.gguf = read_gguf(self.path)
         try:
@@ -36,7 +37,10 @@ class Model:
             raise EngineError(f"architecture {self.args.arch!r} has no engine module; supported: {', '.join(ARCHS)}")
         self.n_ctx = n_ctx or min(self.args.n_ctx_train, 4096)
         self.numerics = get_numerics(numerics, use_kernels)
-        self.net = arch.Model(self.gguf, self.args, self.numerics, self.n_ctx, use_kernels=use_kernels, kv_type=kv_type,
+        fast_kernels = self.numerics.name == "fast" and getattr(self.numerics, "bk", None) is not None
+        # weights: "auto" (resident on huge pages with the fast kernels), "resident" or "mmap"; see weights.py
+        self.weights = place_weights(self.gguf, weights, fast_kernels)
+        self.net = arch.Model(self.weights, self.args, self.numerics, self.n_ctx, use_kernels=use_kernels, kv_type=kv_type,
                                  n_slots=n_slots, lm_head=lm_head)
 
     @property

@@ -109,10 +109,142 @@ class GPUModel:
         self.ops, self.rt = _ops()
         self._check_memory()
         self._alloc()
+        self._init_decode_mode()
+        self.cache = _Cache(self)
+
+    def _init_decode_mode(self) -> None:
         self._graph = None
+        self._greedy = None
+        self._mega = None
         self.fused_norm = os.environ.get("BITNET_GPU_FUSED_NORM", "1") != "0"
         self.decode_warps = 16 if os.environ.get("BITNET_GPU_DECODE_WARPS") == "16" else 8
-        self.cache = _Cache(self)
+        self.megakernel = os.environ.get("BITNET_GPU_MEGAKERNEL", "1") != "0" and self.fused_norm
+
+    # -- the one-kernel decode step ---------------------------------------------------------------------------
+
+    def _mega_plan(self) -> dict | None:
+        """Sizes of the persistent decode kernel for this model and card, or None where it does not apply (then
+        the step runs as 5 kernels a layer)."""
+        a, rt = self.args, self.rt
+        cuda = rt.cuda
+        d, e, f, hd = a.head_dim, a.n_embd, a.n_ff, a.n_head * a.head_dim
+        d8 = d // 8
+        if d % 8 or d8 & (d8 - 1) or d8 > 32 or a.n_head % a.n_head_kv or max(e, f, hd) > 8192:
+            return None
+        if min(e, f, hd) % 64:
+            return None
+        grid = rt.device.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)
+        optin = rt.device.get_attribute(cuda.device_attribute.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        fn = rt.fn("decode_step", "P")
+        try:
+            static = fn.get_attribute(cuda.function_attribute.SHARED_SIZE_BYTES)
+        except Exception:  # the kernel's static shared memory is about 4 KiB
+            static = 8192
+        kvd = a.n_head_kv * d
+        mats = [(hd + 2 * kvd, e, 2), (e, hd, 1), (2 * f, e, 2), (e, f, 1)]  # rows, K, rows a unit
+        units = [-(-(n // r) // grid) for n, k, r in mats]
+        if max(units[0], units[1]) > 256:  # MK_MAXU: rows a block keeps in shared memory
+            return None
+        maxrows = max(u * r for u, (n, k, r) in zip(units, mats))
+        sc_off = (max(u * r * k // 4 for u, (n, k, r) in zip(units, mats)) + 15) & ~15
+        buf = (sc_off + 8 * maxrows + 15) & ~15  # the words, then the rows' weight and output scales
+        nsplit = max(1, min(32, grid // a.n_head))
+        sc_len = -(-self.n_ctx // nsplit)
+        rest = ((max(e, f, hd) + 15) & ~15) + ((sc_len + 3) & ~3) * 4 + 16 * d * 4
+        for nbuf in (3, 2):
+            smem = nbuf * buf + rest
+            if smem + static <= optin:
+                return dict(grid=grid, units=units, buf=buf, nbuf=nbuf, nsplit=nsplit, smem=smem, sc_off=sc_off,
+                            maxrows=maxrows)
+        return None
+
+    def _mega_setup(self):
+        """Device structures of the persistent decode kernel (built once, after the weights)."""
+        if self._mega is not None:
+            return self._mega
+        import struct
+
+        plan = self._mega_plan()
+        if plan is None:
+            self._mega = False
+            return False
+        ops, a, rt = self.ops, self.args, self.rt
+        cuda = rt.cuda
+        p = lambda g: int(g.gpudata)  # noqa: E731
+        kv_layer = a.n_head_kv * self.n_ctx * a.head_dim * 2
+        blob = b""
+        for i, L in enumerate(self.layers):
+            mats = (L.qkv, L.o, L.gu, L.down)
+            norms = (L.attn_norm, L.attn_sub_norm, L.ffn_norm, L.ffn_sub_norm)
+            blob += struct.pack("<18Q", *[p(m.words) for m in mats], *[p(m.ws) for m in mats],
+                                *[p(m.os) for m in mats], *[p(nw) for nw in norms],
+                                p(self.kc) + i * kv_layer, p(self.vc) + i * kv_layer)
+        self.mk_layers = ops.to_gpu(np.frombuffer(blob, np.uint8))
+        self.mk_part = ops.gpu_empty((a.n_head * plan["nsplit"] * (a.head_dim + 2),), F32)
+        self.mk_sync = ops.gpu_empty((256,), np.uint32)
+        cuda.memset_d32(self.mk_sync.gpudata, 0, 256)
+        self._mega = plan
+        self.mk_args = ops.to_gpu(self._mega_args(0))
+        fn = rt.fn("decode_step", "P")
+        fn.set_attribute(cuda.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, plan["smem"])
+        return plan
+
+    def _mega_args(self, trace: int) -> np.ndarray:
+        """The persistent kernel's StepArgs (kernels.cu) as bytes; trace: device address of a timestamp buffer
+        (grid, n_layer, 24) uint64, or 0."""
+        import struct
+
+        a, plan = self.args, self._mega
+        p = lambda g: int(g.gpudata)  # noqa: E731
+        act = 0 if self.ffn_act == "relu2" else 1
+        args = struct.pack("<13Q12i4ifiii", p(self.mk_layers), p(self.x), p(self.qb), p(self.att), p(self.fb),
+                           p(self.mk_part), p(self.cos), p(self.sin), p(self.pos), p(self.mk_sync),
+                           p(self.output_norm), p(self.hn), trace,
+                           a.n_layer, a.n_embd, a.n_ff, a.n_head * a.head_dim, a.n_head, a.n_head_kv, a.head_dim,
+                           self.n_ctx, act, 1, plan["nsplit"], plan["buf"], *plan["units"], float(a.norm_eps),
+                           plan["nbuf"], plan["sc_off"], plan["maxrows"])
+        return np.frombuffer(args, np.uint8)
+
+    def mega_trace(self, token: int, pos: int) -> np.ndarray:
+        """One decode step of the persistent kernel with timestamps: (grid, n_layer, 24) ns (%globaltimer) at
+        its stage points (see decode_step in kernels.cu); for the benchmark's breakdown."""
+        ops, rt, a = self.ops, self.rt, self.args
+        if self.decode_mode != "mega":
+            raise EngineError("the persistent decode kernel is not in use")
+        plan = self._mega
+        tr = ops.gpu_empty((plan["grid"], a.n_layer, 24), np.uint64)
+        rt.cuda.memset_d32(tr.gpudata, 0, tr.size * 2)
+        targs = ops.to_gpu(self._mega_args(int(tr.gpudata)))
+        self.h_tok[0], self.h_pos[0] = token, pos
+        rt.cuda.memcpy_htod(self.tok.gpudata, self.h_tok[:1])
+        rt.cuda.memcpy_htod(self.pos.gpudata, self.h_pos)
+        p = ops.ptr
+        rt.cuda.memset_d32_async(self.mk_sync.gpudata, 0, 256, rt.stream)
+        rt.launch("embed", "PPiP", (1, 1), (256, 1, 1), p(self.emb), p(self.tok), np.int32(a.n_embd), p(self.x))
+        rt.launch("decode_step", "P", (plan["grid"], 1), (512, 1, 1), p(targs), shared=plan["smem"])
+        rt.sync()
+        return tr.get()
+
+    def _enqueue_mega(self, step: bool) -> None:
+        """One decode step as: reset the sync words, embedding, the persistent kernel, head + argmax."""
+        ops, rt, a = self.ops, self.rt, self.args
+        plan = self._mega
+        p = ops.ptr
+        rt.cuda.memset_d32_async(self.mk_sync.gpudata, 0, 256, rt.stream)
+        rt.launch("embed", "PPiP", (1, 1), (256, 1, 1), p(self.emb), p(self.tok), np.int32(a.n_embd), p(self.x))
+        rt.launch("decode_step", "P", (plan["grid"], 1), (512, 1, 1), p(self.mk_args), shared=plan["smem"])
+        key = np.intp(int(self.mk_sync.gpudata) + 8)
+        rt.launch("f16_head_argmax", "PiiPPP", ((a.n_vocab + 7) // 8, 1), (256, 1, 1), p(self.head),
+                  np.int32(a.n_vocab), np.int32(a.n_embd), p(self.hn), p(self.logits), key)
+        rt.launch("argmax_finish", "PPPPPi", (1, 1), (32, 1, 1), key, p(self.argmax), p(self.tok), p(self.pos),
+                  p(self.hist), np.int32(1 if step else 0))
+
+    @property
+    def decode_mode(self) -> str:
+        """"mega" (one persistent kernel a step), "fused" (5 kernels a layer, norm in each block) or "unfused"."""
+        if not self.fused_norm:
+            return "unfused"
+        return "mega" if self.megakernel and self._mega_setup() else "fused"
 
     # -- load -------------------------------------------------------------------------------------------------
 
@@ -243,9 +375,7 @@ class GPUModel:
         self.ops, self.rt = _ops()
         self._check_memory()
         self._alloc()
-        self._graph = None
-        self.fused_norm = os.environ.get("BITNET_GPU_FUSED_NORM", "1") != "0"
-        self.decode_warps = 16 if os.environ.get("BITNET_GPU_DECODE_WARPS") == "16" else 8
+        self._init_decode_mode()
         self.cache = _Cache(self)
         ops, a = self.ops, args
         rng = np.random.default_rng(seed)
@@ -371,13 +501,20 @@ class GPUModel:
         if self._graph is None:
             from bitnet_kernels.gpu import CudaGraph
 
-            self._enqueue(1, "all")  # loads every kernel before capture
+            mega = self.decode_mode == "mega"
+            if mega:
+                self._enqueue_mega(False)  # loads every kernel before capture
+            else:
+                self._enqueue(1, "all")
             self.rt.sync()
             g = CudaGraph(self.rt.stream)
             g.begin()
-            self._enqueue(1, "all")
-            self.rt.launch("argmax_row", "PiP", (1, 1), (1024, 1, 1), self.ops.ptr(self.logits),
-                           np.int32(self.args.n_vocab), self.ops.ptr(self.argmax))
+            if mega:
+                self._enqueue_mega(False)
+            else:
+                self._enqueue(1, "all")
+                self.rt.launch("argmax_row", "PiP", (1, 1), (1024, 1, 1), self.ops.ptr(self.logits),
+                               np.int32(self.args.n_vocab), self.ops.ptr(self.argmax))
             g.end()
             self._graph = g
         return self._graph
@@ -389,10 +526,13 @@ class GPUModel:
             self._decode_graph()  # kernels loaded
             g = CudaGraph(self.rt.stream)
             g.begin()
-            self._enqueue(1, "all")
-            p = self.ops.ptr
-            self.rt.launch("argmax_step", "PiPPP", (1, 1), (1024, 1, 1), p(self.logits), np.int32(self.args.n_vocab),
-                           p(self.tok), p(self.pos), p(self.hist))
+            if self.decode_mode == "mega":
+                self._enqueue_mega(True)
+            else:
+                self._enqueue(1, "all")
+                p = self.ops.ptr
+                self.rt.launch("argmax_step", "PiPPP", (1, 1), (1024, 1, 1), p(self.logits),
+                               np.int32(self.args.n_vocab), p(self.tok), p(self.pos), p(self.hist))
             g.end()
             self._greedy = g
         return self._greedy
@@ -421,9 +561,18 @@ class GPUModel:
         self.cache.pos[0] = pos + n
         return [int(v) for v in self.h_hist[pos + 1 : pos + 1 + n]]
 
+    def set_decode_mode(self, mode: str, warps: int | None = None) -> None:
+        """Choose the single-token path: "mega" (one persistent kernel a step, where the model's shape allows),
+        "fused" (5 kernels a layer, RMSNorm + quantization in every matmul block; warps: 8 or 16 a block) or
+        "unfused" (separate norm kernels)."""
+        if mode not in ("mega", "fused", "unfused"):
+            raise EngineError(f"decode mode is mega, fused or unfused, got {mode!r}")
+        self.set_fused_norm(mode != "unfused", warps)
+        self.megakernel = mode == "mega"
+
     def set_fused_norm(self, on: bool, warps: int | None = None) -> None:
-        """Choose the single-token path: norm fused into every matmul block (True) or separate kernels;
-        warps: 8 or 16 warps a fused block (fewer blocks re-read the input row)."""
+        """Choose the single-token path: norm fused into every matmul block (True: the persistent kernel where
+        enabled, else 5 kernels a layer) or separate kernels; warps: 8 or 16 warps a fused block."""
         self.fused_norm = bool(on)
         if warps is not None:
             if warps not in (8, 16):

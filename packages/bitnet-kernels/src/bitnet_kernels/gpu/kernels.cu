@@ -88,14 +88,19 @@ struct QKVArgs {
 
 // RoPE'd q to out (row tok), RoPE'd k and v to the f16 cache at position pos; pair = row0 / 2 of the fused
 // QKV matrix (Q and K rows in RoPE pairs (i, i + D/2), then V in order).
-__device__ __forceinline__ void qkv_store(int tok, int pair, float y0, float y1, float* out, int ldo, int pos,
-                                          const QKVArgs& qa) {
+// The RoPE angle index of a pair (-1 for V pairs).
+__device__ __forceinline__ int qkv_rope_index(int pair, const QKVArgs& qa) {
+    const int half = qa.head_dim >> 1, pq = qa.n_head * half, pk = qa.n_kv * half;
+    return pair < pq + pk ? (pair < pq ? pair : pair - pq) % half : -1;
+}
+
+__device__ __forceinline__ void qkv_store_cs(int tok, int pair, float y0, float y1, float c, float sn, float* out,
+                                             int ldo, int pos, const QKVArgs& qa) {
     const int D = qa.head_dim, half = D >> 1;
     const int pq = qa.n_head * half, pk = qa.n_kv * half;
     if (pair < pq + pk) {
         int p = pair < pq ? pair : pair - pq;
         int h = p / half, i = p % half;
-        float c = qa.cos_tab[(size_t)pos * half + i], sn = qa.sin_tab[(size_t)pos * half + i];
         float o0 = __fsub_rn(__fmul_rn(y0, c), __fmul_rn(y1, sn));
         float o1 = __fadd_rn(__fmul_rn(y0, sn), __fmul_rn(y1, c));
         if (pair < pq) {
@@ -114,6 +119,17 @@ __device__ __forceinline__ void qkv_store(int tok, int pair, float y0, float y1,
         vr[d] = __float2half_rn(y0);
         vr[d + 1] = __float2half_rn(y1);
     }
+}
+
+__device__ __forceinline__ void qkv_store(int tok, int pair, float y0, float y1, float* out, int ldo, int pos,
+                                          const QKVArgs& qa) {
+    const int i = qkv_rope_index(pair, qa), half = qa.head_dim >> 1;
+    float c = 0.0f, sn = 0.0f;
+    if (i >= 0) {
+        c = qa.cos_tab[(size_t)pos * half + i];
+        sn = qa.sin_tab[(size_t)pos * half + i];
+    }
+    qkv_store_cs(tok, pair, y0, y1, c, sn, out, ldo, pos, qa);
 }
 
 // The epilogue of one row (R = 1) or one pair of rows (R = 2: a0 row0, a1 row0 + 1) of token tok: integer dots
@@ -650,6 +666,10 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
     unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
 }
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(s), "l"(gmem) : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
@@ -805,10 +825,13 @@ struct StepArgs {
     unsigned* sync;  // [0]: barrier count; [64 + h]: attention splits done of head h
     const float* out_norm;
     float* hn;
+    unsigned long long* trace;  // optional: %globaltimer at each stage point, (block, layer, 24)
     int n_layer, E, F, HD, n_head, n_kv, D, n_ctx, act, round_f16, nsplit, buf_bytes;
     int units[4];  // rows (R = 1) or pairs (R = 2) a block, per matrix
     float eps;
     int nbuf;
+    int sc_off;  // byte offset of the per-row weight and output scales in a buffer (after the words)
+    int maxrows;  // rows a block, at most (the scale areas hold that many floats each)
 };
 
 #define MK_THREADS 512
@@ -819,12 +842,11 @@ __device__ __forceinline__ void grid_bar(unsigned* cnt, unsigned& target) {
     __syncthreads();
     if (threadIdx.x == 0) {
         __threadfence();
-        atomicAdd(cnt, 1u);
+        asm volatile("red.relaxed.gpu.global.add.u32 [%0], 1;" ::"l"(cnt) : "memory");
         unsigned v;
         do {
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
         } while (v < target);
-        __threadfence();
     }
     __syncthreads();
 }
@@ -837,6 +859,24 @@ struct MkShared {
     int qsum;
     int last;
 };
+
+// Block-wide sum / max with one barrier: every warp reduces the warp partials itself (sh: 16 slots, not reused
+// by the next reduction before another barrier).
+template <typename T>
+__device__ __forceinline__ T mk_sum(T v, T* sh) {
+    v = warp_sum(v);
+    if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
+    __syncthreads();
+    T r = (threadIdx.x & 31) < MK_WARPS ? sh[threadIdx.x & 31] : (T)0;
+    return warp_sum(r);
+}
+__device__ __forceinline__ float mk_max(float v, float* sh) {
+    v = warp_max(v);
+    if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float r = (threadIdx.x & 31) < MK_WARPS ? sh[threadIdx.x & 31] : 0.0f;
+    return warp_max(r);
+}
 
 // RMSNorm(x) * nw then int8 quantization of one row of K (<= 8192) floats into shared memory (as bitnet.cpp).
 __device__ void mk_norm_quant(const float* x, const float* __restrict__ nw, int K, float eps, int* qsm, MkShared& sh) {
@@ -855,7 +895,7 @@ __device__ void mk_norm_quant(const float* x, const float* __restrict__ nw, int 
             ss += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
         }
     }
-    ss = block_sum<double>(ss, sh.shd);
+    ss = mk_sum<double>(ss, sh.shd);
     const float scale = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn((float)(ss / (double)K), eps)));
     float amax = 0.0f;
 #pragma unroll
@@ -869,7 +909,7 @@ __device__ void mk_norm_quant(const float* x, const float* __restrict__ nw, int 
             amax = fmaxf(amax, fabsf(__fmul_rn(__fmul_rn(v.w, scale), w.w)));
         }
     }
-    amax = block_max(amax, sh.shf);
+    amax = mk_max(amax, sh.shf);
     const float sc = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
     int sum = 0;
 #pragma unroll
@@ -885,7 +925,7 @@ __device__ void mk_norm_quant(const float* x, const float* __restrict__ nw, int 
             sum += q0 + q1 + q2 + q3;
         }
     }
-    sum = block_sum<int>(sum, sh.shi);
+    sum = mk_sum<int>(sum, sh.shi);
     if (threadIdx.x == 0) {
         sh.s = sc;
         sh.qsum = sum;
@@ -904,14 +944,40 @@ __device__ __forceinline__ void mk_slice(const StepArgs& A, int m, int& row0, in
     nrows = max(u1 - u0, 0) * R;
 }
 
-__device__ __forceinline__ void mk_issue(const StepArgs& A, int idx, char* buf) {
+__device__ __forceinline__ void mk_issue(const StepArgs& A, int idx, char* buf, unsigned long long* mbar) {
     const int l = idx >> 2, m = idx & 3;
     int row0, nrows, K;
     mk_slice(A, m, row0, nrows, K);
-    const char* src = reinterpret_cast<const char*>(A.layers[l].w[m]) + (size_t)row0 * (K >> 2);
-    const int n16 = nrows * (K >> 2) >> 4;
-    for (int i = threadIdx.x; i < n16; i += MK_THREADS) cp_async16(buf + 16 * i, src + 16 * i);
+    const LayerDev& L = A.layers[l];
+    const char* src = reinterpret_cast<const char*>(L.w[m]) + (size_t)row0 * (K >> 2);
+    const unsigned bytes = (unsigned)nrows * (K >> 2);
+    if (threadIdx.x == 0) {  // one bulk copy (the TMA engine) of the whole slice
+        const unsigned mb = (unsigned)__cvta_generic_to_shared(mbar);
+        const unsigned dst = (unsigned)__cvta_generic_to_shared(buf);
+        unsigned long long state;
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 %0, [%1], %2;"
+                     : "=l"(state) : "r"(mb), "r"(bytes) : "memory");
+        if (bytes)
+            asm volatile(
+                "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+                "l"(src), "r"(bytes), "r"(mb) : "memory");
+    }
+    float* scl = reinterpret_cast<float*>(buf + A.sc_off);
+    for (int i = threadIdx.x; i < 2 * nrows; i += MK_THREADS) {
+        if (i < nrows) cp_async4(scl + i, L.ws[m] + row0 + i);
+        else cp_async4(scl + A.maxrows + i - nrows, L.os[m] + row0 + i - nrows);
+    }
     cp_async_commit();
+}
+
+__device__ __forceinline__ void mbar_wait(unsigned long long* mbar, unsigned parity) {
+    const unsigned mb = (unsigned)__cvta_generic_to_shared(mbar);
+    unsigned ok = 0;
+    while (!ok)
+        asm volatile(
+            "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+            : "=r"(ok) : "r"(mb), "r"(parity) : "memory");
 }
 
 __device__ __forceinline__ void mk_wait(int newer) {
@@ -926,9 +992,19 @@ __device__ __forceinline__ void mk_wait(int newer) {
 
 // One block's rows of matrix m from shared memory: warp w takes units w, w + 16, ...; lane l holds the
 // activation chunks l, l + 32, ... (64 int8 each) in registers. Epilogue by lane 0 of the warp.
+#define MK_MAXU 256  // rows (pairs) of x (of QKV) a block at most: the residual rows and RoPE angles it keeps
+
+struct MkRows {
+    float xs[MK_MAXU];  // the block's rows of the residual stream x (O and down own the same rows)
+    float cs[MK_MAXU];  // cos / sin of the block's QKV pairs at this step's position
+    float sn[MK_MAXU];
+};
+
 template <int CPL>
 __device__ void mk_gemv(const StepArgs& A, const LayerDev& L, int m, const uint4* wb, const int4* q8, int li,
-                        const MkShared& sh) {
+                        const MkShared& sh, MkRows& rows) {
+    const float* wss = reinterpret_cast<const float*>(reinterpret_cast<const char*>(wb) + A.sc_off);
+    const float* oss = wss + A.maxrows;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int row0, nrows, K;
     mk_slice(A, m, row0, nrows, K);
@@ -948,9 +1024,13 @@ __device__ void mk_gemv(const StepArgs& A, const LayerDev& L, int m, const uint4
     const int nunits = nrows / R;
     const float sv = sh.s;
     const int qs = sh.qsum;
-    const float* ws = L.ws[m];
-    const float* os = L.os[m];
-    for (int u = warp; u < nunits; u += MK_WARPS) {
+    const int pos = m == 0 ? __ldcg(A.pos) : 0;
+    for (int u2 = warp; u2 < nunits; u2 += 2 * MK_WARPS) {
+    int accs[2][2] = {{0, 0}, {0, 0}};
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        const int u = u2 + e * MK_WARPS;
+        if (u >= nunits) break;
         int acc0 = 0, acc1 = 0;
         const uint4* w0 = wb + (size_t)(u * R) * C;
 #pragma unroll
@@ -977,16 +1057,27 @@ __device__ void mk_gemv(const StepArgs& A, const LayerDev& L, int m, const uint4
                 }
             }
         }
-        acc0 = warp_sum(acc0);
-        if (R == 2) acc1 = warp_sum(acc1);
-        if (lane != 0) continue;
-        const int row = row0 + u * R;
-        float y0 = (__fdiv_rn((float)(acc0 - qs), sv) * __ldg(ws + row)) * __ldg(os + row);
+        accs[e][0] = acc0;
+        accs[e][1] = acc1;
+    }
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        accs[e][0] = warp_sum(accs[e][0]);
+        if (R == 2) accs[e][1] = warp_sum(accs[e][1]);
+    }
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        const int u = u2 + e * MK_WARPS;
+        if (u >= nunits || lane != 0) continue;
+        const int acc0 = accs[e][0], acc1 = accs[e][1];
+        const int row = row0 + u * R, lr = u * R;
+        float y0 = (__fdiv_rn((float)(acc0 - qs), sv) * wss[lr]) * oss[lr];
         if (m == 1 || m == 3) {
-            float* xp = A.x + row;
-            __stcg(xp, __ldcg(xp) + y0);
+            const float v = rows.xs[u] + y0;
+            rows.xs[u] = v;
+            __stcg(A.x + row, v);
         } else {
-            float y1 = (__fdiv_rn((float)(acc1 - qs), sv) * __ldg(ws + row + 1)) * __ldg(os + row + 1);
+            float y1 = (__fdiv_rn((float)(acc1 - qs), sv) * wss[lr + 1]) * oss[lr + 1];
             if (m == 2) {
                 float r;
                 if (A.act == 0) {
@@ -1000,25 +1091,26 @@ __device__ void mk_gemv(const StepArgs& A, const LayerDev& L, int m, const uint4
                 QKVArgs qa;
                 qa.n_head = A.n_head; qa.n_kv = A.n_kv; qa.head_dim = A.D; qa.n_ctx = A.n_ctx;
                 qa.cos_tab = A.cos_tab; qa.sin_tab = A.sin_tab; qa.kc = L.kc; qa.vc = L.vc;
-                qkv_store(0, row >> 1, y0, y1, A.qb, 0, __ldcg(A.pos), qa);
+                qkv_store_cs(0, row >> 1, y0, y1, rows.cs[u], rows.sn[u], A.qb, 0, pos, qa);
             }
         }
+    }
     }
 }
 
 __device__ void mk_gemv_any(const StepArgs& A, const LayerDev& L, int m, const uint4* wb, const int4* q8, int li,
-                            const MkShared& sh) {
+                            const MkShared& sh, MkRows& rows) {
     const int K = m == 1 ? A.HD : (m == 3 ? A.F : A.E);
     const int cpl = ((K >> 6) + 31) >> 5;
     switch (cpl) {
-        case 1: mk_gemv<1>(A, L, m, wb, q8, li, sh); break;
-        case 2: mk_gemv<2>(A, L, m, wb, q8, li, sh); break;
-        case 3: mk_gemv<3>(A, L, m, wb, q8, li, sh); break;
-        case 4: mk_gemv<4>(A, L, m, wb, q8, li, sh); break;
-        case 5: mk_gemv<5>(A, L, m, wb, q8, li, sh); break;
-        case 6: mk_gemv<6>(A, L, m, wb, q8, li, sh); break;
-        case 7: mk_gemv<7>(A, L, m, wb, q8, li, sh); break;
-        default: mk_gemv<8>(A, L, m, wb, q8, li, sh); break;
+        case 1: mk_gemv<1>(A, L, m, wb, q8, li, sh, rows); break;
+        case 2: mk_gemv<2>(A, L, m, wb, q8, li, sh, rows); break;
+        case 3: mk_gemv<3>(A, L, m, wb, q8, li, sh, rows); break;
+        case 4: mk_gemv<4>(A, L, m, wb, q8, li, sh, rows); break;
+        case 5: mk_gemv<5>(A, L, m, wb, q8, li, sh, rows); break;
+        case 6: mk_gemv<6>(A, L, m, wb, q8, li, sh, rows); break;
+        case 7: mk_gemv<7>(A, L, m, wb, q8, li, sh, rows); break;
+        default: mk_gemv<8>(A, L, m, wb, q8, li, sh, rows); break;
     }
 }
 
@@ -1043,21 +1135,28 @@ __device__ void mk_attention(const StepArgs& A, const LayerDev& L, int li, float
 #pragma unroll
             for (int e = 0; e < 8; e++) qv[e] = __half2float(__float2half_rn(__ldcg(qp + e)));
         }
-        for (int jb = 0; jb < n; jb += KPR) {
-            const int j = jb + warp * KPW + lane / LK;
-            float acc = 0.0f;
-            if (j < n) {
-                uint4 w = __ldcg(reinterpret_cast<const uint4*>(kb + (size_t)(j0 + j) * D) + c);
-                const __half2* hw = reinterpret_cast<const __half2*>(&w);
+        for (int jb = 0; jb < n; jb += 4 * KPR) {
+            uint4 w[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int j = jb + u * KPR + warp * KPW + lane / LK;
+                w[u] = j < n ? __ldcg(reinterpret_cast<const uint4*>(kb + (size_t)(j0 + j) * D) + c)
+                             : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int j = jb + u * KPR + warp * KPW + lane / LK;
+                const __half2* hw = reinterpret_cast<const __half2*>(&w[u]);
                 float2 f0 = __half22float2(hw[0]), f1 = __half22float2(hw[1]), f2 = __half22float2(hw[2]),
                        f3 = __half22float2(hw[3]);
+                float acc = 0.0f;
                 acc = fmaf(qv[0], f0.x, acc); acc = fmaf(qv[1], f0.y, acc);
                 acc = fmaf(qv[2], f1.x, acc); acc = fmaf(qv[3], f1.y, acc);
                 acc = fmaf(qv[4], f2.x, acc); acc = fmaf(qv[5], f2.y, acc);
                 acc = fmaf(qv[6], f3.x, acc); acc = fmaf(qv[7], f3.y, acc);
+                for (int o = LK >> 1; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+                if (c == 0 && j < n) sc[j] = __fmul_rn(acc, scale);
             }
-            for (int o = LK >> 1; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-            if (c == 0 && j < n) sc[j] = __fmul_rn(acc, scale);
         }
         __syncthreads();
         float mx = -INFINITY;
@@ -1074,6 +1173,7 @@ __device__ void mk_attention(const StepArgs& A, const LayerDev& L, int li, float
         float o[8];
 #pragma unroll
         for (int e = 0; e < 8; e++) o[e] = 0.0f;
+#pragma unroll 4
         for (int j = warp; j < n; j += MK_WARPS) {
             const float p = sc[j];
             const uint2* vr = reinterpret_cast<const uint2*>(vb + (size_t)(j0 + j) * D);
@@ -1118,18 +1218,21 @@ __device__ void mk_attention(const StepArgs& A, const LayerDev& L, int li, float
             sh.last = (old == (unsigned)((li + 1) * nsplit - 1));
         }
         __syncthreads();
-        if (sh.last) {
+        if (sh.last) {  // combine: every split's (max, sum) to shared memory, then o over the splits
             __threadfence();
             const float* hp = A.part + (size_t)h * nsplit * (D + 2);
+            float* ml = red;  // 2 * nsplit floats (the P.V scratch is free again)
+            if (threadIdx.x < 2 * nsplit) ml[threadIdx.x] = __ldcg(hp + (threadIdx.x >> 1) * (D + 2) + (threadIdx.x & 1));
+            __syncthreads();
+            float M = -INFINITY;
+            for (int k = 0; k < nsplit; k++) M = fmaxf(M, ml[2 * k]);
             for (int d = threadIdx.x; d < D; d += MK_THREADS) {
-                float M = -INFINITY;
-                for (int k = 0; k < nsplit; k++) M = fmaxf(M, __ldcg(hp + k * (D + 2)));
                 float Ls = 0.0f, acc = 0.0f;
+#pragma unroll 8
                 for (int k = 0; k < nsplit; k++) {
-                    const float* pk = hp + k * (D + 2);
-                    float f = expf(__ldcg(pk) - M);
-                    Ls = fmaf(__ldcg(pk + 1), f, Ls);
-                    acc = fmaf(__ldcg(pk + 2 + d), f, acc);
+                    float f = expf(ml[2 * k] - M);
+                    Ls = fmaf(ml[2 * k + 1], f, Ls);
+                    acc = fmaf(__ldcg(hp + k * (D + 2) + 2 + d), f, acc);
                 }
                 __stcg(A.att + h * D + d, __fdiv_rn(acc, Ls));
             }
@@ -1142,8 +1245,54 @@ extern "C" __global__ void __launch_bounds__(MK_THREADS, 1) decode_step(const St
     extern __shared__ __align__(16) char mk_smem[];
     __shared__ StepArgs A;
     __shared__ MkShared sh;
-    if (threadIdx.x == 0) A = *Ap;
+    __shared__ LayerDev Ls;
+    __shared__ MkRows rows;
+    __shared__ __align__(8) unsigned long long mbar[4];
+    if (threadIdx.x == 0) {
+        A = *Ap;
+        for (int b = 0; b < 4; b++) {
+            unsigned mb = (unsigned)__cvta_generic_to_shared(mbar + b);
+            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(mb) : "memory");
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
     __syncthreads();
+    {  // the block's residual rows and RoPE angles, kept in shared memory for the whole step
+        const int pos = __ldcg(A.pos);
+        const int r0 = blockIdx.x * A.units[1], nr = max(min(A.units[1], A.E - r0), 0);
+        for (int i = threadIdx.x; i < nr; i += MK_THREADS) rows.xs[i] = __ldcg(A.x + r0 + i);
+        QKVArgs qa;
+        qa.n_head = A.n_head; qa.n_kv = A.n_kv; qa.head_dim = A.D;
+        const int half = A.D >> 1;
+        for (int i = threadIdx.x; i < A.units[0]; i += MK_THREADS) {
+            const int ri = qkv_rope_index(blockIdx.x * A.units[0] + i, qa);
+            rows.cs[i] = ri >= 0 ? __ldg(A.cos_tab + (size_t)pos * half + ri) : 0.0f;
+            rows.sn[i] = ri >= 0 ? __ldg(A.sin_tab + (size_t)pos * half + ri) : 0.0f;
+        }
+    }
+    // L2 prefetch of what a layer's critical path reads from memory (norm weights, the K/V cache up to pos),
+    // one layer ahead; item k by block k % grid.
+    auto l2_prefetch = [&](int l) {
+        if (l >= A.n_layer || threadIdx.x != 0) return;
+        const LayerDev& P = A.layers[l];
+        const int pos = __ldcg(A.pos);
+        const int nitems = 4 + 2 * A.n_kv;
+        for (int k = blockIdx.x; k < nitems; k += gridDim.x) {
+            const void* p;
+            unsigned bytes;
+            if (k < 4) {
+                p = P.nw[k];
+                bytes = 4u * (k == 1 ? A.HD : (k == 3 ? A.F : A.E));
+            } else {
+                const int kh = (k - 4) >> 1;
+                const __half* base = ((k - 4) & 1) ? P.vc : P.kc;
+                p = base + (size_t)kh * A.n_ctx * A.D;
+                bytes = (unsigned)pos * A.D * 2u;
+            }
+            if (bytes) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+        }
+    };
+    l2_prefetch(0);
     const int maxk = max(max(A.E, A.F), A.HD);
     char* wbuf = mk_smem;
     int* q8 = reinterpret_cast<int*>(mk_smem + (size_t)A.nbuf * A.buf_bytes);
@@ -1155,39 +1304,74 @@ extern "C" __global__ void __launch_bounds__(MK_THREADS, 1) decode_step(const St
     const int total = 4 * A.n_layer;
     auto pump = [&]() {
         while (issued < total && issued < done + A.nbuf) {
-            mk_issue(A, issued, wbuf + (size_t)(issued % A.nbuf) * A.buf_bytes);
+            mk_issue(A, issued, wbuf + (size_t)(issued % A.nbuf) * A.buf_bytes, mbar + issued % A.nbuf);
             issued++;
         }
     };
     auto compute = [&](int li, int m, const LayerDev& L) {
         const int idx = 4 * li + m;
+        mbar_wait(mbar + idx % A.nbuf, (unsigned)(idx / A.nbuf) & 1u);
         mk_wait(issued - idx - 1);
+        if (A.trace != nullptr && threadIdx.x == 0) {
+            unsigned long long t;
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+            A.trace[((size_t)blockIdx.x * A.n_layer + li) * 24 + 16 + m] = t;
+        }
         mk_gemv_any(A, L, m, reinterpret_cast<const uint4*>(wbuf + (size_t)(idx % A.nbuf) * A.buf_bytes),
-                    reinterpret_cast<const int4*>(q8), li, sh);
+                    reinterpret_cast<const int4*>(q8), li, sh, rows);
         __syncthreads();
         done = idx + 1;
     };
-    for (int li = 0; li < A.n_layer; li++) {
-        const LayerDev& L = A.layers[li];
+    int li = 0;
+    auto mark = [&](int ev) {
+        if (A.trace != nullptr && threadIdx.x == 0) {
+            unsigned long long t;
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+            A.trace[((size_t)blockIdx.x * A.n_layer + li) * 24 + ev] = t;
+        }
+    };
+    for (li = 0; li < A.n_layer; li++) {
+        __syncthreads();
+        if (threadIdx.x < sizeof(LayerDev) / 8)
+            reinterpret_cast<unsigned long long*>(&Ls)[threadIdx.x] =
+                reinterpret_cast<const unsigned long long*>(A.layers + li)[threadIdx.x];
+        __syncthreads();
+        const LayerDev& L = Ls;
+        mark(0);
+        l2_prefetch(li + 1);
         pump();
         if (li > 0) grid_bar(A.sync, target);
+        mark(1);
         mk_norm_quant(A.x, L.nw[0], A.E, A.eps, q8, sh);
+        mark(2);
         compute(li, 0, L);
+        mark(3);
         pump();
         grid_bar(A.sync, target);
+        mark(4);
         mk_attention(A, L, li, sc, red, sh);
+        mark(5);
         pump();
         grid_bar(A.sync, target);
+        mark(6);
         mk_norm_quant(A.att, L.nw[1], A.HD, A.eps, q8, sh);
+        mark(7);
         compute(li, 1, L);
+        mark(8);
         pump();
         grid_bar(A.sync, target);
+        mark(9);
         mk_norm_quant(A.x, L.nw[2], A.E, A.eps, q8, sh);
+        mark(10);
         compute(li, 2, L);
+        mark(11);
         pump();
         grid_bar(A.sync, target);
+        mark(12);
         mk_norm_quant(A.fb, L.nw[3], A.F, A.eps, q8, sh);
+        mark(13);
         compute(li, 3, L);
+        mark(14);
     }
     grid_bar(A.sync, target);
     if (blockIdx.x != 0) return;
@@ -1252,4 +1436,10 @@ extern "C" __global__ void argmax_finish(const unsigned long long* key, int* out
         hist[p + 1] = idx;
         *pos = p + 1;
     }
+}
+
+// n grid-wide barriers of the persistent decode kernel in a row (a benchmark of their cost); cnt must be 0.
+extern "C" __global__ void __launch_bounds__(MK_THREADS, 1) bar_test(unsigned* cnt, int n) {
+    unsigned target = 0;
+    for (int i = 0; i < n; i++) grid_bar(cnt, target);
 }

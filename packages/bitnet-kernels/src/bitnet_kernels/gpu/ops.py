@@ -5,6 +5,8 @@ All device work goes to the runtime's one stream; the functions that return nump
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from bitnet_kernels.gpu.errors import GPUError
@@ -18,6 +20,8 @@ SIG_F16 = "PiiPPii"
 EPI_NAMES = {"i32": "tern_i32", "f32": "tern_f32", "resid": "tern_resid", "relu2": "tern_relu2",
              "silu": "tern_silu", "qkv": "tern_qkv"}
 PAIRED = {"relu2", "silu", "qkv"}
+# batched ternary matmuls (T > 1) on the int8 tensor cores (mma.sync) when K % 128 == 0; BITNET_GPU_MMA=0: dp4a
+MMA = os.environ.get("BITNET_GPU_MMA", "1") != "0"
 
 
 def ptr(a) -> np.intp:
@@ -100,9 +104,14 @@ def ternary_launch(rt: Runtime, mat: TernaryMatrix, epi: str, q, qsum, s, out, l
                    pos=None, qkv: tuple = (0, 0, 0, 0, None, None, None, None), out_i32=None) -> None:
     """Queue one ternary matmul: int8 activations q (T, K) with their qsum and scale s, epilogue `epi`."""
     r = 2 if epi in PAIRED else 1
-    tt = 1 if T == 1 else TT
-    name = f"{EPI_NAMES[epi]}_t{tt}"
-    grid = ((mat.n // r + WARPS - 1) // WARPS, (T + tt - 1) // tt)
+    if T > 1 and mat.k % 128 == 0 and MMA:
+        # int8 tensor cores: 128 rows x 64 tokens a block
+        name = f"tmma_{epi}"
+        grid = ((mat.n + 127) // 128, (T + 63) // 64)
+    else:
+        tt = 1 if T == 1 else TT
+        name = f"{EPI_NAMES[epi]}_t{tt}"
+        grid = ((mat.n // r + WARPS - 1) // WARPS, (T + tt - 1) // tt)
     nh, nkv, hd, nctx, cos, sin, kc, vc = qkv
     rt.launch(name, SIG_TERN, grid, (32 * WARPS, 1, 1),
               ptr(mat.words), np.int32(mat.n), np.int32(mat.k), _p(q), _p(qsum), _p(s), ptr(mat.ws), ptr(mat.os),
