@@ -14,11 +14,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 from bitnet_kernels.cpu import (  # noqa: E402
+    DecodePlan,
     Q8KActivations,
     QuantizedActivations,
     attention,
     cpu_info,
     f16_gemv,
+    f16_round,
     force_isa,
     get_num_threads,
     i2s_gemm_i32,
@@ -41,12 +43,14 @@ from bitnet_kernels.cpu import (  # noqa: E402
 from bitnet_kernels.errors import KernelError  # noqa: E402
 
 __all__ = [
+    "DecodePlan",
     "KernelError",
     "Q8KActivations",
     "QuantizedActivations",
     "attention",
     "cpu_info",
     "f16_gemv",
+    "f16_round",
     "force_isa",
     "get_num_threads",
     "i2s_gemm_i32",

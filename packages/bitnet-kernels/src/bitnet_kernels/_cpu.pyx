@@ -6,10 +6,12 @@ The def functions at the bottom are raw entry points for bitnet_kernels.cpu, whi
 first; they take flat C-contiguous buffers and trust their sizes.
 """
 from libc.stdint cimport int8_t, uint8_t, int16_t, uint16_t, int32_t, int64_t, uint64_t
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy
 from libc.math cimport powf, sqrtf
 from cython.parallel cimport prange, parallel
+
+import numpy as np
 
 cdef extern from "bk_simd.h" nogil:
     int BK_PORTABLE, BK_AVX2, BK_VNNI
@@ -37,6 +39,8 @@ cdef extern from "bk_simd.h" nogil:
     void bk_q8_gemv2_256(const int8_t* w, const float* wscale, int64_t K, const int8_t* xq, float s, int64_t na0,
                          int64_t nb0, int64_t n, float* y)
     uint64_t bk_stream_sum2_512(const uint8_t* p, const uint8_t* q, int64_t n)
+    uint16_t bk_f2h(float f)
+    float bk_h2f(uint16_t h)
     void bk_prep_act_tiles(const int8_t* q, int64_t T, int64_t K, int64_t tw, int64_t vw, int32_t* at)
     void bk_i2s_gemm_block_512(const uint8_t* w, int64_t N, int64_t K, int64_t n0, int64_t T, const int32_t* at,
                                const int32_t* qsum, const float* s, float ws, int32_t* yi, float* yf, uint8_t* wu)
@@ -1082,3 +1086,175 @@ def stream_read(const uint8_t[::1] buf, int nthreads, int reps, int streams=1):
                     else:
                         total += bk_stream_sum(isa, p + c0 * chunk, 2 * half)
     return total
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One decoded token through every layer in one call (no Python between the kernels)
+
+DEF N_PROJ = 7  # q, k, v, o, gate, up, down
+
+cdef struct LayerPlan:
+    const float* attn_norm
+    const float* attn_sub_norm
+    const float* ffn_norm
+    const float* ffn_sub_norm
+    const uint8_t* w[N_PROJ]
+    int qtype[N_PROJ]  # 0: I2_S, 1: TQ1_0, 2: TQ2_0
+    float out_scale[N_PROJ]
+    bint has_scale[N_PROJ]
+
+
+cdef class DecodePlan:
+    """The fast numerics' decode step for one token, layer by layer with the same kernels in the same order as
+    bitnet_inference's Python loop (so the same bits), without returning to Python between them. Built once
+    per model from its weights and KV cache, which the caller keeps alive (the plan holds references)."""
+    cdef LayerPlan* L
+    cdef int n_layer
+    cdef int64_t E, F, H, Hkv, D, S, n_slots, n_rot
+    cdef float eps, base
+    cdef bint silu, lane_order
+    cdef uint16_t* kc
+    cdef uint16_t* vc
+    cdef float* buf
+    cdef list keep
+
+    def __cinit__(self):
+        self.L = NULL
+        self.buf = NULL
+
+    def __init__(self, list layers, k_cache, v_cache, int64_t n_embd, int64_t n_ff, int64_t n_head, int64_t n_head_kv,
+                 int64_t head_dim, int64_t n_rot, float eps, float rope_base, str act, bint lane_order):
+        """layers: per layer (attn_norm, attn_sub_norm, ffn_norm, ffn_sub_norm, [(raw uint8, qtype, out_scale or
+        None)] * 7); k_cache / v_cache: float16 (n_slots, n_layer, n_head_kv, n_ctx, head_dim), C-contiguous."""
+        cdef int i, j
+        cdef const float[::1] f32v
+        cdef const uint8_t[::1] u8v
+        cdef uint16_t[:, :, :, :, ::1] kv
+        if act not in ("relu2", "silu"):
+            raise ValueError(f"unknown activation {act!r}")
+        if n_rot < 2 or n_rot % 2 or n_rot > head_dim or n_head % n_head_kv:
+            raise ValueError("decode plan: unsupported head layout")
+        self.n_layer = len(layers)
+        self.E, self.F, self.H, self.Hkv, self.D, self.n_rot = n_embd, n_ff, n_head, n_head_kv, head_dim, n_rot
+        self.eps, self.base, self.silu, self.lane_order = eps, rope_base, act == "silu", lane_order
+        self.keep = [layers, k_cache, v_cache]
+        kv = k_cache.view(np.uint16)
+        if kv.shape[1] != self.n_layer or kv.shape[2] != n_head_kv or kv.shape[4] != head_dim:
+            raise ValueError("decode plan: KV cache shape does not match the model")
+        self.n_slots, self.S = kv.shape[0], kv.shape[3]
+        self.kc = &kv[0, 0, 0, 0, 0]
+        kv = v_cache.view(np.uint16)
+        if kv.shape[0] != self.n_slots or kv.shape[1] != self.n_layer or kv.shape[3] != self.S:
+            raise ValueError("decode plan: V cache shape does not match the K cache")
+        self.vc = &kv[0, 0, 0, 0, 0]
+        self.L = <LayerPlan*>calloc(self.n_layer, sizeof(LayerPlan))
+        self.buf = <float*>malloc((4 * n_embd + 2 * n_head * head_dim + 2 * n_head_kv * head_dim + 3 * n_ff + 64)
+                                  * sizeof(float))
+        if self.L == NULL or self.buf == NULL:
+            raise MemoryError()
+        dims = [(n_head * head_dim, n_embd), (n_head_kv * head_dim, n_embd), (n_head_kv * head_dim, n_embd),
+                (n_embd, n_head * head_dim), (n_ff, n_embd), (n_ff, n_embd), (n_embd, n_ff)]
+        for i, layer in enumerate(layers):
+            norms, projs = layer[:4], layer[4]
+            for j, nw in enumerate(norms):
+                f32v = nw
+                if f32v.shape[0] != (n_ff if j == 3 else n_embd):
+                    raise ValueError(f"decode plan: layer {i} norm {j} has {f32v.shape[0]} weights")
+            f32v = norms[0]
+            self.L[i].attn_norm = &f32v[0]
+            f32v = norms[1]
+            self.L[i].attn_sub_norm = &f32v[0]
+            f32v = norms[2]
+            self.L[i].ffn_norm = &f32v[0]
+            f32v = norms[3]
+            self.L[i].ffn_sub_norm = &f32v[0]
+            if len(projs) != N_PROJ:
+                raise ValueError("decode plan: 7 projections per layer")
+            for j, (raw, qt, sc) in enumerate(projs):
+                u8v = raw
+                n, k = dims[j]
+                need = n * k // 4 + 32 if qt == 0 else n * (k // 256) * (54 if qt == 1 else 66)
+                if qt not in (0, 1, 2) or u8v.shape[0] != need:
+                    raise ValueError(f"decode plan: layer {i} projection {j}: {u8v.shape[0]} bytes, expected {need}")
+                self.L[i].w[j] = &u8v[0]
+                self.L[i].qtype[j] = qt
+                self.L[i].has_scale[j] = sc is not None
+                self.L[i].out_scale[j] = sc if sc is not None else 1.0
+
+    def __dealloc__(self):
+        free(self.L)
+        free(self.buf)
+
+    def step(self, float[::1] x, int64_t pos, int64_t slot):
+        """x (n_embd,) float32: the token's embedding in, the last layer's output out (in place)."""
+        if x.shape[0] != self.E or not (0 <= slot < self.n_slots) or not (0 <= pos < self.S):
+            raise ValueError("decode plan: bad x, slot or position")
+        with nogil:
+            self._step(&x[0], pos, slot)
+
+    cdef void _proj(self, int i, int j, const float* x, int64_t N, int64_t K, float* y) noexcept nogil:
+        cdef LayerPlan* l = &self.L[i]
+        cdef int64_t r
+        if l.qtype[j] == 0:
+            i2s_linear_k(l.w[j], N, K, x, 1, y)
+        else:
+            tq_linear_k(l.w[j], l.qtype[j], N, K, x, 1, y, self.lane_order)
+        if l.has_scale[j]:
+            for r in range(N):
+                y[r] = y[r] * l.out_scale[j]
+
+    cdef void _step(self, float* x, int64_t pos, int64_t slot) noexcept nogil:
+        cdef int64_t E = self.E, F = self.F, H = self.H, Hkv = self.Hkv, D = self.D, S = self.S
+        cdef int64_t QD = H * D, KD = Hkv * D, h, d, r
+        cdef float* hb = self.buf
+        cdef float* q = hb + E
+        cdef float* k = q + QD
+        cdef float* v = k + KD
+        cdef float* att = v + KD
+        cdef float* o = att + QD
+        cdef float* g = o + E
+        cdef float* u = g + F
+        cdef float* f = u + F
+        cdef float* dn = f + F
+        cdef int32_t p32 = <int32_t>pos
+        cdef uint16_t* kc
+        cdef uint16_t* vc
+        cdef int i
+        for i in range(self.n_layer):
+            kc = self.kc + (slot * self.n_layer + i) * Hkv * S * D
+            vc = self.vc + (slot * self.n_layer + i) * Hkv * S * D
+            rmsnorm_k(x, self.L[i].attn_norm, 1, E, self.eps, hb)
+            self._proj(i, 0, hb, QD, E, q)
+            self._proj(i, 1, hb, KD, E, k)
+            self._proj(i, 2, hb, KD, E, v)
+            rope_neox_k(q, &p32, 1, H, D, self.base, self.n_rot)
+            rope_neox_k(k, &p32, 1, Hkv, D, self.base, self.n_rot)
+            for h in range(Hkv):  # the cache stores F16 (numpy's astype rounding)
+                for d in range(D):
+                    kc[(h * S + pos) * D + d] = bk_f2h(k[h * D + d])
+                    vc[(h * S + pos) * D + d] = bk_f2h(v[h * D + d])
+            for r in range(QD):  # q meets the F16 cache as F16
+                q[r] = bk_h2f(bk_f2h(q[r]))
+            attention_k(q, kc, vc, 1, H, Hkv, S, D, pos, pos + 1, att)
+            rmsnorm_k(att, self.L[i].attn_sub_norm, 1, QD, self.eps, att)
+            self._proj(i, 3, att, E, QD, o)
+            for r in range(E):
+                x[r] = x[r] + o[r]
+            rmsnorm_k(x, self.L[i].ffn_norm, 1, E, self.eps, hb)
+            self._proj(i, 4, hb, F, E, g)
+            self._proj(i, 5, hb, F, E, u)
+            if self.silu:
+                silu_mul_k(g, u, f, F)
+            else:
+                relu2_mul_k(g, u, f, F)
+            rmsnorm_k(f, self.L[i].ffn_sub_norm, 1, F, self.eps, f)
+            self._proj(i, 6, f, E, F, dn)
+            for r in range(E):
+                x[r] = x[r] + dn[r]
+
+
+def f16_round(const float[::1] x, uint16_t[::1] out):
+    """float32 -> float16 bits with the decode plan's conversion (tests compare it with numpy)."""
+    cdef int64_t i
+    for i in range(x.shape[0]):
+        out[i] = bk_f2h(x[i])

@@ -1427,6 +1427,27 @@ static void bk_attn_one_c(const float *q, const uint16_t *k, const uint16_t *v, 
         for (int64_t d = 0; d < D; d++) out[d] += sc[j] * bk_h2f(v[j * D + d]);
 }
 
+/* float -> IEEE half, round to nearest even, as numpy's astype(float16) (overflow to inf, subnormals, NaN kept) */
+static inline uint16_t bk_f2h(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000u, mag = x & 0x7fffffffu;
+    if (mag >= 0x7f800000u) return (uint16_t)(mag == 0x7f800000u ? sign | 0x7c00u : sign | 0x7e00u | ((mag >> 13) & 0x3ffu));
+    if (mag >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520 rounds to inf */
+    if (mag < 0x38800000u) {                                   /* below the smallest normal half, 2^-14 */
+        if (mag < 0x33000000u) return (uint16_t)sign;          /* <= 2^-25: rounds to zero */
+        const uint32_t e = mag >> 23, m = (mag & 0x7fffffu) | 0x800000u, shift = 126 - e;
+        uint32_t h = m >> shift;
+        const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (h & 1u))) h++;
+        return (uint16_t)(sign | h);
+    }
+    uint32_t h = (mag - 0x38000000u) >> 13;
+    const uint32_t rem = mag & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++;
+    return (uint16_t)(sign | h);
+}
+
 /* ---------------------------------------------------------------------------------------------------------- */
 /* streaming read probe (memory bandwidth): n is a multiple of 256                                            */
 BK_T512 static uint64_t bk_stream_sum_512(const uint8_t *p, int64_t n) {

@@ -412,6 +412,22 @@ def silu_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray | None = None) ->
     return _elementwise(_cpu.silu_mul, gate, up, out)
 
 
+# --- the fused decode step ---------------------------------------------------------------------------------------
+
+# DecodePlan(layers, k_cache, v_cache, n_embd, n_ff, n_head, n_head_kv, head_dim, n_rot, eps, rope_base, act,
+# lane_order): a model's one-token pass through every layer in one call (its docstring says more).
+DecodePlan = _cpu.DecodePlan
+
+
+
+def f16_round(x: np.ndarray) -> np.ndarray:
+    """float32 -> float16 as the decode plan rounds (round to nearest even, as numpy's astype)."""
+    _check("x", x, np.float32, ndim=1)
+    out = np.empty(x.shape[0], np.uint16)
+    _cpu.f16_round(x, out)
+    return out.view(np.float16)
+
+
 # --- machine probe ----------------------------------------------------------------------------------------------
 
 def stream_read_bandwidth(nbytes: int = 1 << 30, threads: int = 1, reps: int = 5) -> float:

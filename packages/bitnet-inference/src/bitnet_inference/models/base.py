@@ -10,7 +10,7 @@ import numpy as np
 from bitnet_inference.args import ModelArgs
 from bitnet_inference.errors import ContextOverflowError, EngineError
 from bitnet_inference.kv_cache import KVCache
-from bitnet_inference.linear import Linear, make_linear
+from bitnet_inference.linear import I2SLinear, Linear, TQLinear, make_linear
 from bitnet_inference.numerics import Numerics, RopeTable
 
 F32 = np.float32
@@ -61,6 +61,7 @@ class Transformer:
         self.rope = RopeTable(args.n_rot, args.rope_base, n_ctx)
         self.cache = KVCache(args.n_layer, args.n_head_kv, n_ctx, args.head_dim, dtype=KV_TYPES[kv_type],
                              n_slots=n_slots)
+        self.plan = self._decode_plan()  # one-token steps in one kernel call, when the fast kernels can run them
 
     # -- the forward pass ----------------------------------------------------------------------------------
 
@@ -79,6 +80,11 @@ class Transformer:
                 f"{pos0 + t} tokens do not fit the context of {self.n_ctx}; raise -c/--ctx-size or shorten the input"
             )
         self._check_tokens(tokens)
+        if t == 1 and capture is None and self.plan is not None:
+            x = self.tok_embd[tokens].astype(F32)  # (1, n_embd)
+            self.plan.step(x[0], pos0, slot)
+            self.cache.pos[slot] = pos0 + 1
+            return self._head(x)
         pos = np.arange(pos0, pos0 + t)
         x = self._layers(tokens, pos, lambda i, q, k, v: self._attend_one(i, q, k, v, pos0, slot), capture)
         self.cache.pos[slot] = pos0 + t
@@ -143,6 +149,32 @@ class Transformer:
             if capture:
                 capture("layer_out", i, x)
         return x
+
+    def _decode_plan(self):
+        """bitnet_kernels' DecodePlan: the loop of `_layers` for one token in Cython, the same kernels in the same
+        order (bit-identical logits, tested), none of the ~60 us of Python a layer. None where the fast kernels
+        do not run every step of it (numpy or emulation numerics, float projections, an F32 cache, odd RoPE)."""
+        nm, a = self.numerics, self.args
+        bk = getattr(nm, "bk", None)
+        if nm.name != "fast" or bk is None or not hasattr(bk, "DecodePlan") or self.cache.k.dtype != np.float16:
+            return None
+        if self.ffn_act not in ("relu2", "silu") or a.n_rot % 2 or a.n_head * a.head_dim != a.n_embd:
+            return None
+        layers, lane_order = [], False
+        for L in self.layers:
+            projs = []
+            for name in PROJ:
+                lin = L.proj[name]
+                if isinstance(lin, I2SLinear) and lin.use_kernels:
+                    qt = 0
+                elif isinstance(lin, TQLinear) and lin.use_kernels:
+                    qt, lane_order = (2 if lin.qtype == "TQ2_0" else 1), lin.lane_order
+                else:
+                    return None
+                projs.append((lin.raw, qt, None if lin.out_scale is None else float(lin.out_scale)))
+            layers.append((L.attn_norm, L.attn_sub_norm, L.ffn_norm, L.ffn_sub_norm, projs))
+        return bk.DecodePlan(layers, self.cache.k, self.cache.v, a.n_embd, a.n_ff, a.n_head, a.n_head_kv,
+                             a.head_dim, a.n_rot, float(a.norm_eps), float(self.rope.base), self.ffn_act, lane_order)
 
     def _prepare_q8_head(self):
         """The optional int8 head (`--lm-head q8`): per-row absmax int8 of the F16 head, converted once at load;

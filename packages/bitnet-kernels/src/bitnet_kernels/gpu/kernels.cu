@@ -854,6 +854,7 @@ __device__ __forceinline__ void grid_bar(unsigned* cnt, unsigned& target) {
 struct MkShared {
     double shd[32];
     float shf[32];
+    float shg[32];
     int shi[32];
     float s;
     int qsum;
@@ -1161,14 +1162,14 @@ __device__ void mk_attention(const StepArgs& A, const LayerDev& L, int li, float
         __syncthreads();
         float mx = -INFINITY;
         for (int j = threadIdx.x; j < n; j += MK_THREADS) mx = fmaxf(mx, sc[j]);
-        mx = block_max(mx, sh.shf);
+        mx = mk_max(mx, sh.shf);
         float sum = 0.0f;
         for (int j = threadIdx.x; j < n; j += MK_THREADS) {
             float e = expf(sc[j] - mx);
             sc[j] = e;
             sum += e;
         }
-        sum = block_sum<float>(sum, sh.shf);  // ends with a barrier: sc complete
+        sum = mk_sum<float>(sum, sh.shg);  // its barrier follows the writes: sc complete
         // P.V: warp w takes keys w, w + 16, ...; lane covers dims 4 lane .. 4 lane + 3 (and + 128)
         float o[8];
 #pragma unroll
