@@ -67,7 +67,7 @@ def test_plan_checks_its_inputs(fixtures):
                       a.norm_eps, 10000.0, "relu2", False)
 
 
-def test_f16_round_matches_numpy():
+def test_f16_round_matches_numpy(isa):
     rng = np.random.default_rng(5)
     x = np.concatenate([rng.standard_normal(20000).astype(np.float32) * s for s in (1e-8, 3e-6, 6e-5, 1.0, 3e4, 7e4)]
                        + [np.array([65504, 65519.99, 65520, 2.0**-25, 2.0**-24, 0.0, -0.0, np.inf, -np.inf], np.float32)])

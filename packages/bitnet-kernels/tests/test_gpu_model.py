@@ -106,9 +106,16 @@ def test_generate_greedy_on_device_equals_host_loop(gpu_model):
     assert gpu_model.cache.pos[0] == len(toks) + 12
 
 
-def test_fixture_decodes_with_the_persistent_kernel(gpu_model):
-    """The fixture's shape takes the one-kernel decode step, so the parity tests above exercise it."""
-    assert gpu_model.decode_mode == "mega"
+def test_greedy_golden_persistent_kernel(gpu_model):
+    """The opt-in one-kernel decode step (BITNET_GPU_MEGAKERNEL=1) gives the golden continuation too, and its
+    device loop equals its host loop."""
+    gpu_model.set_decode_mode("mega")
+    try:
+        assert gpu_model.decode_mode == "mega"
+        test_greedy_golden(gpu_model)
+        test_generate_greedy_on_device_equals_host_loop(gpu_model)
+    finally:
+        gpu_model.set_decode_mode("fused", 8)
 
 
 def test_decode_modes_agree(gpu_model):
@@ -123,6 +130,7 @@ def test_decode_modes_agree(gpu_model):
         gpu_model.prefill(toks[:3])
         outs.append(np.concatenate([gpu_model.forward([tk], 3 + i, logits="last") for i, tk in enumerate(toks[3:])]))
     assert gpu_model.decode_mode == "mega"
+    gpu_model.set_decode_mode("fused", 8)
     assert np.linalg.norm(outs[0] - outs[1]) / np.linalg.norm(outs[1]) < 1e-4
     assert np.linalg.norm(outs[2] - outs[0]) / np.linalg.norm(outs[0]) < 1e-4
     rel = np.linalg.norm(outs[3] - outs[0]) / np.linalg.norm(outs[0])

@@ -118,7 +118,8 @@ class GPUModel:
         self._mega = None
         self.fused_norm = os.environ.get("BITNET_GPU_FUSED_NORM", "1") != "0"
         self.decode_warps = 16 if os.environ.get("BITNET_GPU_DECODE_WARPS") == "16" else 8
-        self.megakernel = os.environ.get("BITNET_GPU_MEGAKERNEL", "1") != "0" and self.fused_norm
+        # the persistent one-kernel step is opt-in: on an H100 it is slower than 5 kernels a layer (docs/gpu.md)
+        self.megakernel = os.environ.get("BITNET_GPU_MEGAKERNEL", "0") == "1" and self.fused_norm
 
     # -- the one-kernel decode step ---------------------------------------------------------------------------
 
@@ -239,6 +240,15 @@ class GPUModel:
         rt.launch("argmax_finish", "PPPPPi", (1, 1), (32, 1, 1), key, p(self.argmax), p(self.tok), p(self.pos),
                   p(self.hist), np.int32(1 if step else 0))
 
+    def _enqueue_step(self, step: bool) -> None:
+        """One decode step as 5 kernels a layer; the head folds the argmax in (step: it feeds the next replay)."""
+        rt, p = self.rt, self.ops.ptr
+        key = int(self.step_key.gpudata)
+        rt.cuda.memset_d32_async(key, 0, 2, rt.stream)
+        self._enqueue(1, "all", argmax_key=key)
+        rt.launch("argmax_finish", "PPPPPi", (1, 1), (32, 1, 1), np.intp(key), p(self.argmax), p(self.tok),
+                  p(self.pos), p(self.hist), np.int32(1 if step else 0))
+
     @property
     def decode_mode(self) -> str:
         """"mega" (one persistent kernel a step), "fused" (5 kernels a layer, norm in each block) or "unfused"."""
@@ -293,6 +303,7 @@ class GPUModel:
         self.pos = emp((1,), np.int32)
         self.argmax = emp((1,), np.int32)
         self.hist = emp((self.n_ctx + 1,), np.int32)
+        self.step_key = emp((2,), np.uint32)  # the decode step's argmax (64-bit key, see f16_head_argmax)
         kv_shape = (a.n_layer, a.n_head_kv, self.n_ctx, d)
         self.kc = emp(kv_shape, np.float16)
         self.vc = emp(kv_shape, np.float16)
@@ -402,8 +413,10 @@ class GPUModel:
 
     # -- the forward pass -------------------------------------------------------------------------------------
 
-    def _enqueue(self, t: int, head_rows: str) -> None:
-        """Queue the pass over tokens self.tok[:t] at positions *self.pos ..; the head over all rows or the last."""
+    def _enqueue(self, t: int, head_rows: str, argmax_key: int = 0) -> None:
+        """Queue the pass over tokens self.tok[:t] at positions *self.pos ..; the head over all rows or the last.
+        argmax_key (one token): device address of a zeroed 64-bit word; the head kernel then also folds the
+        argmax into it (f16_head_argmax)."""
         ops, rt, a = self.ops, self.rt, self.args
         e, f, hd, d = a.n_embd, a.n_ff, a.n_head * a.head_dim, a.head_dim
         eps = np.float32(a.norm_eps)
@@ -447,7 +460,11 @@ class GPUModel:
         f16 = 1 if (self.head_f16_always or rows == 1) else 0
         rt.launch("rmsnorm_f32", "PPifPi", (rows, 1), (1024, 1, 1), np.intp(src), p(self.output_norm), np.int32(e),
                   eps, p(self.hn), np.int32(f16))
-        ops.f16_launch(rt, self.head, a.n_vocab, e, self.hn, self.logits, a.n_vocab, rows)
+        if argmax_key and rows == 1:
+            rt.launch("f16_head_argmax", "PiiPPP", ((a.n_vocab + 7) // 8, 1), (256, 1, 1), p(self.head),
+                      np.int32(a.n_vocab), np.int32(e), p(self.hn), p(self.logits), np.intp(argmax_key))
+        else:
+            ops.f16_launch(rt, self.head, a.n_vocab, e, self.hn, self.logits, a.n_vocab, rows)
 
     def forward(self, tokens, pos0: int, logits: str = "all", capture=None, slot: int = 0) -> np.ndarray:
         """Evaluate tokens (T,) at positions pos0.. and return logits (T, V) ("all") or (1, V) ("last")."""
@@ -505,16 +522,14 @@ class GPUModel:
             if mega:
                 self._enqueue_mega(False)  # loads every kernel before capture
             else:
-                self._enqueue(1, "all")
+                self._enqueue_step(False)
             self.rt.sync()
             g = CudaGraph(self.rt.stream)
             g.begin()
             if mega:
                 self._enqueue_mega(False)
             else:
-                self._enqueue(1, "all")
-                self.rt.launch("argmax_row", "PiP", (1, 1), (1024, 1, 1), self.ops.ptr(self.logits),
-                               np.int32(self.args.n_vocab), self.ops.ptr(self.argmax))
+                self._enqueue_step(False)
             g.end()
             self._graph = g
         return self._graph
@@ -529,10 +544,7 @@ class GPUModel:
             if self.decode_mode == "mega":
                 self._enqueue_mega(True)
             else:
-                self._enqueue(1, "all")
-                p = self.ops.ptr
-                self.rt.launch("argmax_step", "PiPPP", (1, 1), (1024, 1, 1), p(self.logits),
-                               np.int32(self.args.n_vocab), p(self.tok), p(self.pos), p(self.hist))
+                self._enqueue_step(True)
             g.end()
             self._greedy = g
         return self._greedy

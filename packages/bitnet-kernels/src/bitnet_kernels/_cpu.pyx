@@ -40,6 +40,8 @@ cdef extern from "bk_simd.h" nogil:
                          int64_t nb0, int64_t n, float* y)
     uint64_t bk_stream_sum2_512(const uint8_t* p, const uint8_t* q, int64_t n)
     uint16_t bk_f2h(float f)
+    void bk_f2h_row(int isa, const float* x, uint16_t* out, int64_t n)
+    void bk_round_f16_row(int isa, float* x, int64_t n)
     float bk_h2f(uint16_t h)
     void bk_prep_act_tiles(const int8_t* q, int64_t T, int64_t K, int64_t tw, int64_t vw, int32_t* at)
     void bk_i2s_gemm_block_512(const uint8_t* w, int64_t N, int64_t K, int64_t n0, int64_t T, const int32_t* at,
@@ -1230,11 +1232,9 @@ cdef class DecodePlan:
             rope_neox_k(q, &p32, 1, H, D, self.base, self.n_rot)
             rope_neox_k(k, &p32, 1, Hkv, D, self.base, self.n_rot)
             for h in range(Hkv):  # the cache stores F16 (numpy's astype rounding)
-                for d in range(D):
-                    kc[(h * S + pos) * D + d] = bk_f2h(k[h * D + d])
-                    vc[(h * S + pos) * D + d] = bk_f2h(v[h * D + d])
-            for r in range(QD):  # q meets the F16 cache as F16
-                q[r] = bk_h2f(bk_f2h(q[r]))
+                bk_f2h_row(_isa, k + h * D, kc + (h * S + pos) * D, D)
+                bk_f2h_row(_isa, v + h * D, vc + (h * S + pos) * D, D)
+            bk_round_f16_row(_isa, q, QD)  # q meets the F16 cache as F16
             attention_k(q, kc, vc, 1, H, Hkv, S, D, pos, pos + 1, att)
             rmsnorm_k(att, self.L[i].attn_sub_norm, 1, QD, self.eps, att)
             self._proj(i, 3, att, E, QD, o)
@@ -1254,7 +1254,7 @@ cdef class DecodePlan:
 
 
 def f16_round(const float[::1] x, uint16_t[::1] out):
-    """float32 -> float16 bits with the decode plan's conversion (tests compare it with numpy)."""
-    cdef int64_t i
-    for i in range(x.shape[0]):
-        out[i] = bk_f2h(x[i])
+    """float32 -> float16 bits with the decode plan's conversion on the current ISA path (tests compare it with
+    numpy)."""
+    if x.shape[0]:
+        bk_f2h_row(_isa, &x[0], &out[0], x.shape[0])

@@ -1448,6 +1448,35 @@ static inline uint16_t bk_f2h(float f) {
     return (uint16_t)(sign | h);
 }
 
+/* n floats -> halves; F16C rounds to nearest even as bk_f2h does (differences only in NaN payloads) */
+BK_T256 static void bk_f2h_row_256(const float *x, uint16_t *out, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(out + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) out[i] = bk_f2h(x[i]);
+}
+/* x rounded through half precision in place (a query meeting an F16 cache) */
+BK_T256 static void bk_round_f16_row_256(float *x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT)));
+    for (; i < n; i++) x[i] = bk_h2f(bk_f2h(x[i]));
+}
+static void bk_f2h_row(int isa, const float *x, uint16_t *out, int64_t n) {
+    if (isa != BK_PORTABLE) {
+        bk_f2h_row_256(x, out, n);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) out[i] = bk_f2h(x[i]);
+}
+static void bk_round_f16_row(int isa, float *x, int64_t n) {
+    if (isa != BK_PORTABLE) {
+        bk_round_f16_row_256(x, n);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) x[i] = bk_h2f(bk_f2h(x[i]));
+}
+
 /* ---------------------------------------------------------------------------------------------------------- */
 /* streaming read probe (memory bandwidth): n is a multiple of 256                                            */
 BK_T512 static uint64_t bk_stream_sum_512(const uint8_t *p, int64_t n) {

@@ -880,7 +880,7 @@ __device__ __forceinline__ float mk_max(float v, float* sh) {
 }
 
 // RMSNorm(x) * nw then int8 quantization of one row of K (<= 8192) floats into shared memory (as bitnet.cpp).
-__device__ void mk_norm_quant(const float* x, const float* __restrict__ nw, int K, float eps, int* qsm, MkShared& sh) {
+__device__ __noinline__ void mk_norm_quant(const float* x, const float* __restrict__ nw, int K, float eps, int* qsm, MkShared& sh) {
     const float4* x4 = reinterpret_cast<const float4*>(x);
     const float4* w4 = reinterpret_cast<const float4*>(nw);
     const int K4 = K >> 2;
@@ -945,7 +945,7 @@ __device__ __forceinline__ void mk_slice(const StepArgs& A, int m, int& row0, in
     nrows = max(u1 - u0, 0) * R;
 }
 
-__device__ __forceinline__ void mk_issue(const StepArgs& A, int idx, char* buf, unsigned long long* mbar) {
+__device__ __noinline__ void mk_issue(const StepArgs& A, int idx, char* buf, unsigned long long* mbar) {
     const int l = idx >> 2, m = idx & 3;
     int row0, nrows, K;
     mk_slice(A, m, row0, nrows, K);
@@ -1001,7 +1001,11 @@ struct MkRows {
     float sn[MK_MAXU];
 };
 
-template <int CPL>
+__device__ __noinline__ void mk_epilogue(const StepArgs& A, const LayerDev& L, int m, int u, int row, int acc0,
+                                         int acc1, const float* wss, const float* oss, float sv, int qs, int pos,
+                                         MkRows& rows);
+
+template <int CPL, int R>
 __device__ void mk_gemv(const StepArgs& A, const LayerDev& L, int m, const uint4* wb, const int4* q8, int li,
                         const MkShared& sh, MkRows& rows) {
     const float* wss = reinterpret_cast<const float*>(reinterpret_cast<const char*>(wb) + A.sc_off);
@@ -1009,7 +1013,6 @@ __device__ void mk_gemv(const StepArgs& A, const LayerDev& L, int m, const uint4
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int row0, nrows, K;
     mk_slice(A, m, row0, nrows, K);
-    const int R = (m == 0 || m == 2) ? 2 : 1;
     const int C = K >> 6;
     constexpr bool REG = CPL <= 2;  // activations held in registers (else read from shared memory each row)
     int4 a[REG ? CPL : 1][4];
@@ -1026,12 +1029,8 @@ __device__ void mk_gemv(const StepArgs& A, const LayerDev& L, int m, const uint4
     const float sv = sh.s;
     const int qs = sh.qsum;
     const int pos = m == 0 ? __ldcg(A.pos) : 0;
-    for (int u2 = warp; u2 < nunits; u2 += 2 * MK_WARPS) {
-    int accs[2][2] = {{0, 0}, {0, 0}};
-#pragma unroll
-    for (int e = 0; e < 2; e++) {
-        const int u = u2 + e * MK_WARPS;
-        if (u >= nunits) break;
+#pragma unroll 1
+    for (int u = warp; u < nunits; u += MK_WARPS) {
         int acc0 = 0, acc1 = 0;
         const uint4* w0 = wb + (size_t)(u * R) * C;
 #pragma unroll
@@ -1058,20 +1057,19 @@ __device__ void mk_gemv(const StepArgs& A, const LayerDev& L, int m, const uint4
                 }
             }
         }
-        accs[e][0] = acc0;
-        accs[e][1] = acc1;
+        acc0 = warp_sum(acc0);
+        if (R == 2) acc1 = warp_sum(acc1);
+        if (lane == 0) mk_epilogue(A, L, m, u, row0 + u * R, acc0, acc1, wss, oss, sv, qs, pos, rows);
     }
-#pragma unroll
-    for (int e = 0; e < 2; e++) {
-        accs[e][0] = warp_sum(accs[e][0]);
-        if (R == 2) accs[e][1] = warp_sum(accs[e][1]);
-    }
-#pragma unroll
-    for (int e = 0; e < 2; e++) {
-        const int u = u2 + e * MK_WARPS;
-        if (u >= nunits || lane != 0) continue;
-        const int acc0 = accs[e][0], acc1 = accs[e][1];
-        const int row = row0 + u * R, lr = u * R;
+}
+
+// The epilogue of one unit (row or pair) of the block's slice (lane 0), out of line: it runs once a unit.
+__device__ __noinline__ void mk_epilogue(const StepArgs& A, const LayerDev& L, int m, int u, int row, int acc0,
+                                         int acc1, const float* wss, const float* oss, float sv, int qs, int pos,
+                                         MkRows& rows) {
+    {
+        const int R = (m == 0 || m == 2) ? 2 : 1;
+        const int lr = u * R;
         float y0 = (__fdiv_rn((float)(acc0 - qs), sv) * wss[lr]) * oss[lr];
         if (m == 1 || m == 3) {
             const float v = rows.xs[u] + y0;
@@ -1096,28 +1094,28 @@ __device__ void mk_gemv(const StepArgs& A, const LayerDev& L, int m, const uint4
             }
         }
     }
-    }
 }
 
-__device__ void mk_gemv_any(const StepArgs& A, const LayerDev& L, int m, const uint4* wb, const int4* q8, int li,
+__device__ __noinline__ void mk_gemv_any(const StepArgs& A, const LayerDev& L, int m, const uint4* wb, const int4* q8, int li,
                             const MkShared& sh, MkRows& rows) {
     const int K = m == 1 ? A.HD : (m == 3 ? A.F : A.E);
     const int cpl = ((K >> 6) + 31) >> 5;
-    switch (cpl) {
-        case 1: mk_gemv<1>(A, L, m, wb, q8, li, sh, rows); break;
-        case 2: mk_gemv<2>(A, L, m, wb, q8, li, sh, rows); break;
-        case 3: mk_gemv<3>(A, L, m, wb, q8, li, sh, rows); break;
-        case 4: mk_gemv<4>(A, L, m, wb, q8, li, sh, rows); break;
-        case 5: mk_gemv<5>(A, L, m, wb, q8, li, sh, rows); break;
-        case 6: mk_gemv<6>(A, L, m, wb, q8, li, sh, rows); break;
-        case 7: mk_gemv<7>(A, L, m, wb, q8, li, sh, rows); break;
-        default: mk_gemv<8>(A, L, m, wb, q8, li, sh, rows); break;
+    const bool pair = m == 0 || m == 2;
+    switch (cpl * 2 + pair) {
+        case 2: mk_gemv<1, 1>(A, L, m, wb, q8, li, sh, rows); break;
+        case 3: mk_gemv<1, 2>(A, L, m, wb, q8, li, sh, rows); break;
+        case 4: mk_gemv<2, 1>(A, L, m, wb, q8, li, sh, rows); break;
+        case 5: mk_gemv<2, 2>(A, L, m, wb, q8, li, sh, rows); break;
+        case 6: mk_gemv<3, 1>(A, L, m, wb, q8, li, sh, rows); break;
+        case 7: mk_gemv<3, 2>(A, L, m, wb, q8, li, sh, rows); break;
+        case 8: mk_gemv<4, 1>(A, L, m, wb, q8, li, sh, rows); break;
+        default: mk_gemv<4, 2>(A, L, m, wb, q8, li, sh, rows); break;  // K <= 8192
     }
 }
 
 // Attention of one (head, key split): scores (LK = D/8 lanes a key, one 16-byte load of K a lane), local
 // softmax, P.V unnormalized; partial (max, sum, o[D]) to A.part; the last split of the head combines into att.
-__device__ void mk_attention(const StepArgs& A, const LayerDev& L, int li, float* sc, float* red, MkShared& sh) {
+__device__ __noinline__ void mk_attention(const StepArgs& A, const LayerDev& L, int li, float* sc, float* red, MkShared& sh) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int D = A.D, D8 = D >> 3, LK = D8, KPW = 32 / LK, KPR = MK_WARPS * KPW;
     const int nsplit = A.nsplit;
@@ -1136,16 +1134,17 @@ __device__ void mk_attention(const StepArgs& A, const LayerDev& L, int li, float
 #pragma unroll
             for (int e = 0; e < 8; e++) qv[e] = __half2float(__float2half_rn(__ldcg(qp + e)));
         }
-        for (int jb = 0; jb < n; jb += 4 * KPR) {
-            uint4 w[4];
+#pragma unroll 1
+        for (int jb = 0; jb < n; jb += 2 * KPR) {
+            uint4 w[2];
 #pragma unroll
-            for (int u = 0; u < 4; u++) {
+            for (int u = 0; u < 2; u++) {
                 const int j = jb + u * KPR + warp * KPW + lane / LK;
                 w[u] = j < n ? __ldcg(reinterpret_cast<const uint4*>(kb + (size_t)(j0 + j) * D) + c)
                              : make_uint4(0, 0, 0, 0);
             }
 #pragma unroll
-            for (int u = 0; u < 4; u++) {
+            for (int u = 0; u < 2; u++) {
                 const int j = jb + u * KPR + warp * KPW + lane / LK;
                 const __half2* hw = reinterpret_cast<const __half2*>(&w[u]);
                 float2 f0 = __half22float2(hw[0]), f1 = __half22float2(hw[1]), f2 = __half22float2(hw[2]),
@@ -1174,7 +1173,7 @@ __device__ void mk_attention(const StepArgs& A, const LayerDev& L, int li, float
         float o[8];
 #pragma unroll
         for (int e = 0; e < 8; e++) o[e] = 0.0f;
-#pragma unroll 4
+#pragma unroll 2
         for (int j = warp; j < n; j += MK_WARPS) {
             const float p = sc[j];
             const uint2* vr = reinterpret_cast<const uint2*>(vb + (size_t)(j0 + j) * D);
@@ -1229,7 +1228,7 @@ __device__ void mk_attention(const StepArgs& A, const LayerDev& L, int li, float
             for (int k = 0; k < nsplit; k++) M = fmaxf(M, ml[2 * k]);
             for (int d = threadIdx.x; d < D; d += MK_THREADS) {
                 float Ls = 0.0f, acc = 0.0f;
-#pragma unroll 8
+#pragma unroll 4
                 for (int k = 0; k < nsplit; k++) {
                     float f = expf(ml[2 * k] - M);
                     Ls = fmaf(ml[2 * k + 1], f, Ls);
@@ -1329,6 +1328,7 @@ extern "C" __global__ void __launch_bounds__(MK_THREADS, 1) decode_step(const St
             unsigned long long t;
             asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
             A.trace[((size_t)blockIdx.x * A.n_layer + li) * 24 + ev] = t;
+            if (ev == 0 || ev == 14) A.trace[((size_t)blockIdx.x * A.n_layer + li) * 24 + 20 + (ev != 0)] = clock64();
         }
     };
     for (li = 0; li < A.n_layer; li++) {
