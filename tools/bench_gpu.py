@@ -185,6 +185,18 @@ def breakdown(m) -> dict:
         ops.f16_launch(rt, m.head, a.n_vocab, e, m.hn, m.logits, a.n_vocab, 1)
 
     out["head (norm + F16 GEMV)"] = time_graph(rt, head, reps=5) * 1e6
+
+    def head_argmax():
+        key = int(m.step_key.gpudata)
+        rt.cuda.memset_d32_async(key, 0, 2, rt.stream)
+        rt.launch("rmsnorm_f32", "PPifPi", (1, 1), (1024, 1, 1), p(m.x), p(m.output_norm), np.int32(e), eps,
+                  p(m.hn), np.int32(1))
+        rt.launch("f16_head_argmax", "PiiPPP", ((a.n_vocab + 7) // 8, 1), (256, 1, 1), p(m.head),
+                  np.int32(a.n_vocab), np.int32(e), p(m.hn), p(m.logits), np.intp(key))
+        rt.launch("argmax_finish", "PPPPPi", (1, 1), (32, 1, 1), np.intp(key), p(m.argmax), p(m.tok), p(m.pos),
+                  p(m.hist), np.int32(0))
+
+    out["head + argmax folded in (the decode step's)"] = time_graph(rt, head_argmax, reps=5) * 1e6
     out["argmax"] = time_graph(rt, lambda: rt.launch("argmax_row", "PiP", (1, 1), (1024, 1, 1), p(m.logits),
                                                      np.int32(a.n_vocab), p(m.argmax))) * 1e6
     return out
@@ -243,6 +255,87 @@ def cold_breakdown(m) -> dict:
         end.synchronize()
         times.append(end.time_since(start) * 1e3)
     out["one decode graph, device time (us)"] = statistics.median(times)
+    return out
+
+
+TRACE_EVENTS = [(0, "layer start"), (1, "qkv: barrier passed"), (2, "qkv: norm+quant done"),
+                (16, "qkv: weights in smem"), (3, "qkv: gemv done"), (4, "attn: barrier passed"),
+                (5, "attn: done"), (6, "o: barrier passed"), (7, "o: norm+quant done"), (17, "o: weights in smem"),
+                (8, "o: gemv done"), (9, "gu: barrier passed"), (10, "gu: norm+quant done"),
+                (18, "gu: weights in smem"), (11, "gu: gemv done"), (12, "down: barrier passed"),
+                (13, "down: norm+quant done"), (19, "down: weights in smem"), (14, "down: gemv done")]
+
+
+def mega_trace(m, pos: int) -> dict:
+    """Timeline of one layer of the persistent decode kernel (%globaltimer in every block): microseconds from
+    the layer's first start, median and max over the blocks; and the whole kernel's span."""
+    if m.decode_mode != "mega":
+        return {}
+    m.mega_trace(1, pos)  # warm
+    tr = m.mega_trace(1, pos).astype(np.int64)
+    li = m.args.n_layer // 2
+    t0 = tr[:, li, 0].min()
+    out = {}
+    for ev, name in TRACE_EVENTS:
+        v = (tr[:, li, ev] - t0) / 1e3
+        out[f"mega L{li} {name} (median/max us)"] = f"{np.median(v):7.2f} {v.max():7.2f}"
+    clk = (tr[:, li, 21] - tr[:, li, 20]) / (tr[:, li, 14] - tr[:, li, 0])
+    out["mega: SM clock during a layer (GHz, median)"] = f"{np.median(clk):.3f}"
+    span = (tr[:, -1, 14].max() - tr[:, 0, 0].min()) / 1e3
+    out["mega: all layers span (us)"] = f"{span:.1f}"
+    out["mega: layer time (us)"] = f"{(tr[:, -1, 0].min() - tr[:, 1, 0].min()) / 1e3 / (m.args.n_layer - 2):.2f}"
+    return out
+
+
+def barrier_cost(m) -> dict:
+    """Microseconds of one grid-wide barrier of the persistent decode kernel (1000 in one launch)."""
+    import numpy as np
+
+    from bitnet_kernels.gpu import ops
+
+    rt = m.rt
+    grid = rt.device.get_attribute(rt.cuda.device_attribute.MULTIPROCESSOR_COUNT)
+    cnt = ops.gpu_empty((1,), np.uint32)
+    out = {}
+    for n in (10, 1010):
+        def run(n=n):
+            rt.cuda.memset_d32_async(cnt.gpudata, 0, 1, rt.stream)
+            rt.launch("bar_test", "Pi", (grid, 1), (512, 1, 1), ops.ptr(cnt), np.int32(n))
+        out[n] = time_graph(rt, run, reps=5, iters=5)
+    return {"grid barrier (us)": (out[1010] - out[10]) / 1000 * 1e6}
+
+
+def prefill_breakdown(m, t: int) -> dict:
+    """Device time of one layer's prefill kernels for t tokens (weights of layer 0), microseconds."""
+    import numpy as np
+
+    from bitnet_kernels.gpu import ops
+
+    rt, a, L = m.rt, m.args, m.layers[0]
+    e, f, d, hd = a.n_embd, a.n_ff, a.head_dim, a.n_head * a.head_dim
+    t = min(t, m.max_batch)
+    eps = np.float32(a.norm_eps)
+    p = ops.ptr
+    kc, vc = int(m.kc.gpudata), int(m.vc.gpudata)
+    qkv = (a.n_head, a.n_head_kv, d, m.n_ctx, m.cos, m.sin, kc, vc)
+    m.h_pos[0] = 0
+    rt.cuda.memcpy_htod(m.pos.gpudata, m.h_pos)
+    parts = {
+        "rmsnorm_quant": lambda: rt.launch("rmsnorm_quant", "PPifPPP", (t, 1), (1024, 1, 1), p(m.x), p(L.attn_norm),
+                                           np.int32(e), eps, p(m.q8), p(m.s), p(m.qsum)),
+        "qkv": lambda: ops.ternary_launch(rt, L.qkv, "qkv", m.q8, m.qsum, m.s, m.qb, hd, t, pos=m.pos, qkv=qkv),
+        "attention": lambda: rt.launch("attention", "PPPPiiiiPi", (a.n_head, t), (512, 1, 1), p(m.qb), np.intp(kc),
+                                       np.intp(vc), p(m.att), np.int32(a.n_head), np.int32(a.n_head_kv),
+                                       np.int32(d), np.int32(m.n_ctx), p(m.pos), np.int32(0), shared=4 * m.n_ctx),
+        "o": lambda: ops.ternary_launch(rt, L.o, "resid", m.q8, m.qsum, m.s, m.hn, e, t),
+        "gate/up": lambda: ops.ternary_launch(rt, L.gu, "relu2", m.q8, m.qsum, m.s, m.fb, f, t),
+        "down": lambda: ops.ternary_launch(rt, L.down, "resid", m.q8, m.qsum, m.s, m.hn, e, t),
+    }
+    out = {f"prefill {t}: {k}": time_graph(rt, fn, reps=3, iters=5) * 1e6 for k, fn in parts.items()}
+    saved = ops.MMA
+    ops.MMA = False
+    out[f"prefill {t}: gate/up dp4a"] = time_graph(rt, parts["gate/up"], reps=3, iters=5) * 1e6
+    ops.MMA = saved
     return out
 
 
@@ -383,22 +476,29 @@ def main(argv=None) -> int:
     else:
         m = GPUModel.random(model_args(SHAPE_2B4T), n_ctx=args.ctx)
     a = m.args
+    mode = m.decode_mode
     ours = bench_ours(m, args.n_gen, args.n_prompt)
-    print("ours (fused norm):", ours, flush=True)
-    m.set_fused_norm(False)
+    ours["mode"] = mode
+    print(f"ours ({mode}):", ours, flush=True)
+    m.set_decode_mode("mega")
+    mega = bench_ours(m, args.n_gen, 64) if m.decode_mode == "mega" else None
+    if mega:
+        ours["mega_decode_tok_s"], ours["mega_device_loop_tok_s"] = mega["decode_tok_s"], mega["device_loop_tok_s"]
+        print("ours (one persistent kernel a step):", mega, flush=True)
+        for k, v in mega_trace(m, 32 + args.n_gen).items():
+            print(f"  {k:<52} {v}", flush=True)
+    m.set_decode_mode("unfused")
     unf = bench_ours(m, args.n_gen, 64)
     ours["unfused_decode_tok_s"], ours["unfused_graph_tok_s"] = unf["decode_tok_s"], unf["graph_tok_s"]
     print("ours (separate norm kernels):", unf, flush=True)
-    m.set_fused_norm(True, 16)
-    w16 = bench_ours(m, args.n_gen, 64)
-    ours["w16_decode_tok_s"], ours["w16_device_loop_tok_s"] = w16["decode_tok_s"], w16["device_loop_tok_s"]
-    print("ours (fused norm, 16-warp blocks):", w16, flush=True)
-    m.set_fused_norm(True, 8)
+    m.set_decode_mode(mode, 8)
     # the breakdown at the position the decode runs reached (attention reads that many keys)
     m.h_pos[0] = 32 + args.n_gen
     rt.cuda.memcpy_htod(m.pos.gpudata, m.h_pos)
     bd = breakdown(m)
     bd.update(cold_breakdown(m))
+    bd.update(barrier_cost(m))
+    bd.update(prefill_breakdown(m, args.n_prompt))
     for k, v in bd.items():
         print(f"  {k:<36} {v:8.1f} us", flush=True)
     bpt = bytes_per_token(a, 32 + args.n_gen // 2)
@@ -422,8 +522,8 @@ def main(argv=None) -> int:
             ("ours decode (replay + sync each step, wall)", 1e3 / ours["synced_replay_wall_ms"]),
             ("ours decode (1e6 / one isolated graph's device us)", 1e6 / bd["one decode graph, device time (us)"]),
             ("ours decode (graph replays, events)", ours["graph_tok_s"]),
+            ("ours decode, one persistent kernel a step (device loop)", ours.get("mega_device_loop_tok_s", 0)),
             ("ours decode, separate norm kernels (host loop)", ours["unfused_decode_tok_s"]),
-            ("ours decode, 16-warp fused blocks (device loop)", ours["w16_device_loop_tok_s"]),
             (f"ours prefill {args.n_prompt}", ours["prefill_tok_s"])]
     if "torch" in res:
         tr = res["torch"]
@@ -431,13 +531,14 @@ def main(argv=None) -> int:
                  (f"torch bf16 prefill {args.n_prompt}", tr["prefill_tok_s"])]
         if "compiled_graph_tok_s" in tr:
             rows.append(("torch bf16 decode torch.compile + CUDA graph", tr["compiled_graph_tok_s"]))
-    print(f"\ndevice: {rt.name}; d2d copy {bw / 1e9:.0f} GB/s (read+write); bytes/token {bpt / 1e6:.1f} MB; "
+    print(f"\ndecode mode: {ours['mode']}")
+    print(f"device: {rt.name}; d2d copy {bw / 1e9:.0f} GB/s (read+write); bytes/token {bpt / 1e6:.1f} MB; "
           f"floor {floor_tok_s:.0f} tok/s")
     print(f"{'what':<56} {'tok/s':>10}")
     for name, v in rows:
         print(f"{name:<56} {v:>10.1f}")
     best_ours = max(ours["decode_tok_s"], ours["device_loop_tok_s"], ours["device_loop_2exec_tok_s"],
-                    ours["w16_device_loop_tok_s"])
+                    ours.get("mega_device_loop_tok_s", 0))
     print(f"ours decode / floor: {best_ours / floor_tok_s:.1%}")
     if "torch" in res:
         best = max(res["torch"]["eager_tok_s"], res["torch"]["graph_tok_s"], res["torch"].get("compiled_graph_tok_s", 0))

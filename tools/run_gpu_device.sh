@@ -34,9 +34,9 @@ if ! $PY -c 'import ctypes; ctypes.CDLL("libcuda.so.1", mode=ctypes.RTLD_GLOBAL)
 fi
 $PY -c 'from bitnet_kernels.gpu import gpu_status; print("gpu_status:", gpu_status())' 2>&1 | tee -a "$OUT/device.txt"
 
-$PY -m pytest packages/bitnet-kernels/tests/test_gpu_kernels.py packages/bitnet-kernels/tests/test_gpu_model.py \
+timeout ${GPU_TEST_TIMEOUT:-300} $PY -m pytest packages/bitnet-kernels/tests/test_gpu_kernels.py packages/bitnet-kernels/tests/test_gpu_model.py \
   -q -rs -s -p no:cacheprovider -o addopts="" 2>&1 | tee "$OUT/tests.log" | grep -Ev "^\.+ *\[" | tail -40
 
 if [ "${1:-}" != "--no-bench" ]; then
-  $PY tools/bench_gpu.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log" | tail -25
+  timeout ${GPU_BENCH_TIMEOUT:-420} $PY tools/bench_gpu.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log" | tail -25
 fi
