@@ -3,8 +3,9 @@
 Prints one table: streaming read bandwidth, then per thread count the I2_S decode GEMV through all 30 layers'
 7 matrices (one token; also grouped as the engine calls them), the F16 and int8 LM heads (vocab 128256 x 2560),
 the prefill GEMM (T tokens through all 210 matrices) in tokens/s, and with --tq2 the same for TQ2_0 weights.
-Decode rows give GB/s, the share of the measured bandwidth and the process CPU time: on a shared machine the
-CPU time at 1 thread is what the kernel took while it held the core.
+Weights sit on transparent huge pages, as the engine keeps them (--no-hugepages: numpy's own pages). Decode
+rows give GB/s, the share of the measured bandwidth and the process CPU time: on a shared machine the CPU time
+at 1 thread is what the kernel took while it held the core.
 
     python tools/bench_kernels.py [--threads 1 2] [--reps 5] [--prefill 128] [--isa avx512vnni] [--tq2]
 """
@@ -31,6 +32,30 @@ def valid_i2s_bytes(rng: np.random.Generator, n: int) -> np.ndarray:
     return table[rng.integers(0, len(table), size=n, dtype=np.uint8)]
 
 
+_ARENAS: list = []
+
+
+def huge_copy(a: np.ndarray) -> np.ndarray:
+    """a copied into anonymous memory advised MADV_HUGEPAGE, where bitnet-inference's fast path keeps its
+    weights (bitnet_inference/weights.py); --no-hugepages leaves numpy's own allocation."""
+    import mmap
+
+    if not HUGEPAGES:
+        return a
+    m = mmap.mmap(-1, a.nbytes + (4 << 20), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        m.madvise(mmap.MADV_HUGEPAGE)
+    _ARENAS.append(m)
+    base = np.frombuffer(m, np.uint8)
+    skip = (-base.ctypes.data) % (2 << 20)
+    out = base[skip : skip + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+HUGEPAGES = True
+
+
 def make_i2s_model(rng) -> list[tuple[np.ndarray, int, int]]:
     mats = []
     for _ in range(LAYERS):
@@ -39,7 +64,7 @@ def make_i2s_model(rng) -> list[tuple[np.ndarray, int, int]]:
             raw[: n * k // 4] = valid_i2s_bytes(rng, n * k // 4)
             raw[n * k // 4 :] = 0
             raw[n * k // 4 : n * k // 4 + 4] = np.array([0.75], "<f4").view(np.uint8)
-            mats.append((raw, n, k))
+            mats.append((huge_copy(raw), n, k))
     return mats
 
 
@@ -55,7 +80,7 @@ def make_tq2_model(rng) -> list[tuple[np.ndarray, int, int]]:
             raw = np.empty((nblk, 66), np.uint8)
             raw[:, :64] = valid_i2s_bytes(rng, nblk * 64).reshape(nblk, 64)
             raw[:, 64:] = np.full(nblk, 0.01, np.float16).view(np.uint8).reshape(nblk, 2)
-            mats.append((raw.reshape(-1), n, k))
+            mats.append((huge_copy(raw.reshape(-1)), n, k))
     return mats
 
 
@@ -79,6 +104,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--prefill", type=int, default=128, help="tokens in the prefill GEMM (default 128)")
     ap.add_argument("--isa", default=None, help="force an ISA path (avx512vnni, avx2, portable)")
+    ap.add_argument("--no-hugepages", action="store_true", help="leave the weights in numpy's 4 KiB pages")
     ap.add_argument("--skip-head", action="store_true", help="skip the LM-head rows (saves 1 GB of memory)")
     ap.add_argument("--tq2", action="store_true", help="also time TQ2_0 weights of the same shapes (0.55 GB more)")
     args = ap.parse_args()
@@ -88,13 +114,15 @@ def main() -> None:
     print(f"# bitnet-kernels {info['isa']} path; OMP_WAIT_POLICY={info['omp_wait_policy']} "
           f"GOMP_SPINCOUNT={info['gomp_spincount']}")
 
+    global HUGEPAGES
+    HUGEPAGES = not args.no_hugepages
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     mats = make_i2s_model(rng)
     i2s_bytes = sum(m[0].nbytes for m in mats)
     head = head_q = head_s = None
     if not args.skip_head:
-        head = (rng.standard_normal((VOCAB, HIDDEN), dtype=np.float32) * 0.02).astype(np.float16)
+        head = huge_copy((rng.standard_normal((VOCAB, HIDDEN), dtype=np.float32) * 0.02).astype(np.float16))
     print(f"# generated {i2s_bytes / 1e9:.3f} GB of I2_S weights"
           + ("" if head is None else f" + {head.nbytes / 1e9:.3f} GB F16 head") + f" in {time.perf_counter() - t0:.1f} s")
     tq_mats = make_tq2_model(rng) if args.tq2 else None
