@@ -18,6 +18,7 @@ from __future__ import annotations
 import mmap
 import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -36,7 +37,9 @@ class ResidentWeights:
     small tensors, dequantize) is the file's."""
 
     def __init__(self, gguf, min_bytes: int = BIG):
+        t0 = time.perf_counter()
         self._gguf = gguf
+        self.load_seconds = 0.0
         infos = [i for i in gguf.tensors.values() if i.qtype.name in RESIDENT_TYPES and i.nbytes >= min_bytes]
         offsets, total = {}, 0
         for info in infos:
@@ -70,6 +73,7 @@ class ResidentWeights:
                 if err:
                     raise EngineError(err)
         self._arena.flags.writeable = False
+        self.load_seconds = time.perf_counter() - t0
 
     def _read_piece(self, piece) -> str | None:
         info, start, end = piece
