@@ -232,6 +232,16 @@ def cold_breakdown(m) -> dict:
                                                                 warps=16),
         "down 16 warps": lambda L: ops.ternary_decode_launch(rt, L.down, "resid", m.fb, L.ffn_sub_norm, eps, m.hn, e,
                                                              warps=16),
+        "qkv 4 warps": lambda L: ops.ternary_decode_launch(rt, L.qkv, "qkv", m.x, L.attn_norm, eps, m.qb, hd,
+                                                           pos=m.pos, warps=4,
+                                                           qkv=(a.n_head, a.n_head_kv, a.head_dim, m.n_ctx, m.cos,
+                                                                m.sin, int(m.kc.gpudata), int(m.vc.gpudata))),
+        "o 4 warps": lambda L: ops.ternary_decode_launch(rt, L.o, "resid", m.att, L.attn_sub_norm, eps, m.hn, e,
+                                                         warps=4),
+        "gate/up 4 warps": lambda L: ops.ternary_decode_launch(rt, L.gu, "relu2", m.x, L.ffn_norm, eps, m.fb, f,
+                                                               warps=4),
+        "down 4 warps": lambda L: ops.ternary_decode_launch(rt, L.down, "resid", m.fb, L.ffn_sub_norm, eps, m.hn, e,
+                                                            warps=4),
     }
     for name, fn in kinds.items():
         def all_layers(fn=fn):

@@ -1,5 +1,5 @@
-"""Launch the persistent decode step of a random 2B-4T-shaped model a few times (for ncu / compute-sanitizer on
-the device): python tools/gpu_profile_step.py [n_launches]."""
+"""Run decode steps of a random 2B-4T-shaped model (for ncu / compute-sanitizer on the device):
+python tools/gpu_profile_step.py [n_steps] [mode: fused | mega | unfused]."""
 
 import sys
 
@@ -16,7 +16,7 @@ def main() -> int:
     m = GPUModel.random(model_args(SHAPE_2B4T), n_ctx=1024)
     m.cache.reset()
     m.prefill(np.arange(1, 200))
-    assert m.decode_mode == "mega", m.decode_mode
+    m.set_decode_mode(sys.argv[2] if len(sys.argv) > 2 else "fused")
     tok = 5
     for i in range(n):
         tok = m.decode_greedy(tok, 199 + i)

@@ -252,6 +252,8 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
                                                const int* __restrict__ pos0p, int ldo, float eps, QKVArgs qa) {
     extern __shared__ int4 qsm_raw[];
     int* qsm = reinterpret_cast<int*>(qsm_raw);
+    // the input row (K floats) in shared memory after the K bytes of int8: x, then x * scale * nw
+    float4* xs = reinterpret_cast<float4*>(reinterpret_cast<char*>(qsm_raw) + K);
     __shared__ double shd[32];
     __shared__ float shf[32];
     __shared__ int shi[32];
@@ -261,29 +263,35 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     const float4* w4 = reinterpret_cast<const float4*>(nw);
     const int K4 = K >> 2;
     double ss = 0.0;
+#pragma unroll 4
     for (int i = threadIdx.x; i < K4; i += blockDim.x) {
         float4 v = x4[i];
+        xs[i] = v;
         ss += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
     }
     ss = block_sum<double>(ss, shd);
     const float scale = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn((float)(ss / (double)K), eps)));
     float amax = 0.0f;
+#pragma unroll 4
     for (int i = threadIdx.x; i < K4; i += blockDim.x) {
-        float4 v = x4[i], w = w4[i];
-        amax = fmaxf(amax, fabsf(__fmul_rn(__fmul_rn(v.x, scale), w.x)));
-        amax = fmaxf(amax, fabsf(__fmul_rn(__fmul_rn(v.y, scale), w.y)));
-        amax = fmaxf(amax, fabsf(__fmul_rn(__fmul_rn(v.z, scale), w.z)));
-        amax = fmaxf(amax, fabsf(__fmul_rn(__fmul_rn(v.w, scale), w.w)));
+        float4 v = xs[i], w = __ldg(w4 + i), t;
+        t.x = __fmul_rn(__fmul_rn(v.x, scale), w.x);
+        t.y = __fmul_rn(__fmul_rn(v.y, scale), w.y);
+        t.z = __fmul_rn(__fmul_rn(v.z, scale), w.z);
+        t.w = __fmul_rn(__fmul_rn(v.w, scale), w.w);
+        xs[i] = t;
+        amax = fmaxf(fmaxf(fmaxf(fmaxf(amax, fabsf(t.x)), fabsf(t.y)), fabsf(t.z)), fabsf(t.w));
     }
     amax = block_max(amax, shf);
     const float sc = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
     int sum = 0;
+#pragma unroll 4
     for (int i = threadIdx.x; i < K4; i += blockDim.x) {
-        float4 v = x4[i], w = w4[i];
-        int q0 = (int)fminf(fmaxf(rintf(__fmul_rn(__fmul_rn(__fmul_rn(v.x, scale), w.x), sc)), -128.0f), 127.0f);
-        int q1 = (int)fminf(fmaxf(rintf(__fmul_rn(__fmul_rn(__fmul_rn(v.y, scale), w.y), sc)), -128.0f), 127.0f);
-        int q2 = (int)fminf(fmaxf(rintf(__fmul_rn(__fmul_rn(__fmul_rn(v.z, scale), w.z), sc)), -128.0f), 127.0f);
-        int q3 = (int)fminf(fmaxf(rintf(__fmul_rn(__fmul_rn(__fmul_rn(v.w, scale), w.w), sc)), -128.0f), 127.0f);
+        float4 t = xs[i];
+        int q0 = (int)fminf(fmaxf(rintf(__fmul_rn(t.x, sc)), -128.0f), 127.0f);
+        int q1 = (int)fminf(fmaxf(rintf(__fmul_rn(t.y, sc)), -128.0f), 127.0f);
+        int q2 = (int)fminf(fmaxf(rintf(__fmul_rn(t.z, sc)), -128.0f), 127.0f);
+        int q3 = (int)fminf(fmaxf(rintf(__fmul_rn(t.w, sc)), -128.0f), 127.0f);
         qsm[i] = (q0 & 0xff) | ((q1 & 0xff) << 8) | ((q2 & 0xff) << 16) | ((q3 & 0xff) << 24);
         sum += q0 + q1 + q2 + q3;
     }
@@ -300,7 +308,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
 }
 
 #define DECODE_KERNEL(NAME, R, EPI)                                                                          \
-    extern "C" __global__ void __launch_bounds__(512) NAME(                                                 \
+    extern "C" __global__ void __launch_bounds__(512, 4) NAME(                                              \
         const uint4* __restrict__ W, int N, int K, const float* __restrict__ x, const float* __restrict__ nw, \
         const float* __restrict__ ws, const float* __restrict__ os, float* out, const int* __restrict__ pos0p, \
         int ldo, float eps, QKVArgs qa) {                                                                    \

@@ -134,7 +134,7 @@ def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, e
               ptr(mat.words), np.int32(mat.n), np.int32(mat.k), _p(x), _p(normw), ptr(mat.ws), ptr(mat.os), _p(out),
               _p(pos), np.int32(ldo), np.float32(eps),
               np.int32(nh), np.int32(nkv), np.int32(hd), np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc),
-              shared=mat.k)
+              shared=5 * mat.k)  # int8 row + the float row
 
 
 def decode_linear(mat: TernaryMatrix, x: np.ndarray, normw: np.ndarray, eps: float) -> np.ndarray:
