@@ -523,6 +523,7 @@ def main(argv=None) -> int:
             try:
                 tc = bench_torch(a, args.n_gen, args.n_prompt, args.ctx, True)
                 res["torch"]["compiled_graph_tok_s"] = tc["graph_tok_s"]
+                res["torch"]["prefill_tok_s_second_run"] = tc["prefill_tok_s"]
                 print("torch compiled:", tc, flush=True)
             except Exception as ex:  # report, keep the other numbers
                 print(f"torch.compile variant failed: {type(ex).__name__}: {ex}", flush=True)
@@ -539,6 +540,8 @@ def main(argv=None) -> int:
         tr = res["torch"]
         rows += [("torch bf16 decode eager", tr["eager_tok_s"]), ("torch bf16 decode CUDA graph", tr["graph_tok_s"]),
                  (f"torch bf16 prefill {args.n_prompt}", tr["prefill_tok_s"])]
+        if "prefill_tok_s_second_run" in tr:
+            rows.append((f"torch bf16 prefill {args.n_prompt} (second run)", tr["prefill_tok_s_second_run"]))
         if "compiled_graph_tok_s" in tr:
             rows.append(("torch bf16 decode torch.compile + CUDA graph", tr["compiled_graph_tok_s"]))
     print(f"\ndecode mode: {ours['mode']}")
@@ -552,8 +555,9 @@ def main(argv=None) -> int:
     print(f"ours decode / floor: {best_ours / floor_tok_s:.1%}")
     if "torch" in res:
         best = max(res["torch"]["eager_tok_s"], res["torch"]["graph_tok_s"], res["torch"].get("compiled_graph_tok_s", 0))
+        best_pf = max(res["torch"]["prefill_tok_s"], res["torch"].get("prefill_tok_s_second_run", 0))
         print(f"ours decode / best torch decode: {best_ours / best:.2f}x; "
-              f"prefill ours / torch: {ours['prefill_tok_s'] / res['torch']['prefill_tok_s']:.2f}x")
+              f"prefill ours / best torch prefill: {ours['prefill_tok_s'] / best_pf:.2f}x")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(res, fh, indent=1)
