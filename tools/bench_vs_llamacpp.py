@@ -1,12 +1,13 @@
 """Ours against llama.cpp (llama-cpp-python) on the 2B-4T shape, side by side in one run.
 
-    python tools/bench_vs_llamacpp.py [--threads 1 2] [-p 128] [-n 64] [-r 3]
+    python tools/bench_vs_llamacpp.py [--threads 1 2] [-p 128] [-n 64] [-r 5]
 
 Models: random ternary weights in the exact 2B-4T layout, written by tools/make_synthetic_model.py if missing:
 models/synthetic-2b4t-i2_s.gguf (arch bitnet-b1.58, I2_S; what bitnet.cpp runs) and
 models/synthetic-2b4t-tq2_0.gguf (arch bitnet, TQ2_0, the same ternary values; what llama.cpp runs).
-Per thread count, llama.cpp and ours run one after the other, so that a busy machine hurts both alike; the memory
-floor (streaming read bandwidth at that thread count, measured before and after its tests, the higher of the two)
+Per thread count, the repetitions rotate through llama.cpp and our three configurations (I2_S, TQ2_0, I2_S with
+the int8 head), so that a change in what this shared machine gives us lands on all of them alike; the table
+gives medians. The memory floor (streaming read bandwidth at that thread count, measured before and after its tests, the higher of the two)
 bounds decode: bytes read per token / bandwidth.
 Prints a table; speed is never asserted by tests.
 """
@@ -44,45 +45,73 @@ def decode_bytes(model, q8_head: bool) -> int:
     return total + (head // 2 if q8_head else head)
 
 
-def ours(model, threads: int, n_prompt: int, n_gen: int, reps: int):
-    import bitnet_kernels
+class Ours:
+    """One of our models as a pp / tg test pair (the same tests as `bitnet bench`)."""
 
-    from bitnet_inference.bench import run_test
+    def __init__(self, model, vocab: int):
+        self.model = model
+        self.rng = np.random.default_rng(0)
+        self.vocab = vocab
 
-    bitnet_kernels.set_num_threads(threads)
-    pp = run_test(model, n_prompt, 0, reps, threads)
-    tg = run_test(model, 0, n_gen, reps, threads)
-    return pp.avg_ts, tg.avg_ts
-
-
-def llama(path: Path, threads: int, n_prompt: int, n_gen: int, reps: int):
-    from llama_cpp import Llama
-
-    llm = Llama(str(path), n_ctx=max(n_prompt, n_gen) + 8, n_batch=n_prompt, n_ubatch=n_prompt, n_threads=threads,
-                n_threads_batch=threads, verbose=False, flash_attn=False)
-    rng = np.random.default_rng(0)
-    vocab = llm.n_vocab()
-
-    def pp_once():
-        llm.reset()
-        toks = rng.integers(0, vocab, n_prompt).tolist()
+    def pp_once(self, n_prompt: int) -> float:
+        self.model.cache.reset()
+        toks = self.rng.integers(0, self.vocab, n_prompt)
         t0 = time.perf_counter()
-        llm.eval(toks)
+        self.model.forward(toks, 0, logits="last")
         return n_prompt / (time.perf_counter() - t0)
 
-    def tg_once():
-        llm.reset()
-        tok = int(rng.integers(0, vocab))
+    def tg_once(self, n_gen: int) -> float:
+        self.model.cache.reset()
+        tok = int(self.rng.integers(0, self.vocab))
         t0 = time.perf_counter()
-        for _ in range(n_gen):
-            llm.eval([tok])
+        for i in range(n_gen):
+            tok = int(np.argmax(self.model.forward([tok], i, logits="last")[0]))
         return n_gen / (time.perf_counter() - t0)
 
-    pp_once(), tg_once()  # warm-up
-    pp = float(np.mean([pp_once() for _ in range(reps)]))
-    tg = float(np.mean([tg_once() for _ in range(reps)]))
-    llm.close()
-    return pp, tg
+
+class Llama:
+    """llama.cpp (llama-cpp-python) on the TQ2_0 file, the same tests."""
+
+    def __init__(self, path: Path, threads: int, n_prompt: int, n_gen: int):
+        from llama_cpp import Llama as _Llama
+
+        self.llm = _Llama(str(path), n_ctx=max(n_prompt, n_gen) + 8, n_batch=n_prompt, n_ubatch=n_prompt,
+                          n_threads=threads, n_threads_batch=threads, verbose=False, flash_attn=False)
+        self.rng = np.random.default_rng(0)
+        self.vocab = self.llm.n_vocab()
+
+    def pp_once(self, n_prompt: int) -> float:
+        self.llm.reset()
+        toks = self.rng.integers(0, self.vocab, n_prompt).tolist()
+        t0 = time.perf_counter()
+        self.llm.eval(toks)
+        return n_prompt / (time.perf_counter() - t0)
+
+    def tg_once(self, n_gen: int) -> float:
+        self.llm.reset()
+        tok = int(self.rng.integers(0, self.vocab))
+        t0 = time.perf_counter()
+        for _ in range(n_gen):
+            self.llm.eval([tok])
+        return n_gen / (time.perf_counter() - t0)
+
+
+def side_by_side(engines: dict, threads: int, n_prompt: int, n_gen: int, reps: int) -> dict:
+    """Median pp and tg tok/s of each engine; repetitions rotate through the engines (after one warm-up each),
+    so that a change in what the shared machine gives us lands on all of them alike."""
+    import bitnet_kernels
+
+    bitnet_kernels.set_num_threads(threads)
+    pp = {k: [] for k in engines}
+    tg = {k: [] for k in engines}
+    for e in engines.values():
+        e.pp_once(n_prompt), e.tg_once(n_gen)
+    for _ in range(reps):
+        for k, e in engines.items():
+            pp[k].append(e.pp_once(n_prompt))
+        for k, e in engines.items():
+            tg[k].append(e.tg_once(n_gen))
+    return {k: (float(np.median(pp[k])), float(np.median(tg[k]))) for k in engines}
 
 
 def main() -> int:
@@ -90,7 +119,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("-p", type=int, default=128)
     ap.add_argument("-n", type=int, default=64)
-    ap.add_argument("-r", type=int, default=3)
+    ap.add_argument("-r", type=int, default=5)
     args = ap.parse_args()
 
     import bitnet_kernels
@@ -114,7 +143,7 @@ def main() -> int:
     bytes_q8 = decode_bytes(m_i2s, True)
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {bitnet_kernels.cpu_info().get('isa')} kernels; "
-          f"pp{args.p} / tg{args.n}, {args.r} repetitions")
+          f"pp{args.p} / tg{args.n}, {args.r} repetitions (medians)")
     copy_s = getattr(m_i2s.weights, "load_seconds", 0.0)
     print(f"load() to first token on the {size_gb:.2f} GB I2_S file: {ttft:.2f} s (copying the weights onto huge "
           f"pages: {copy_s:.2f} s); resident memory after it {rss_gb:.2f} GB ({rss_gb / size_gb:.2f}x the file)")
@@ -126,10 +155,12 @@ def main() -> int:
     for t in args.threads:
         # the bandwidth before and after this thread count's tests; the floor takes the higher (the stricter bound)
         bw0 = bitnet_kernels.stream_read_bandwidth(1 << 30, threads=t, reps=5)
-        l_pp, l_tg = llama(tq2, t, args.p, args.n, args.r)
-        o_pp, o_tg = ours(m_i2s, t, args.p, args.n, args.r)
-        t_pp, t_tg = ours(m_tq2, t, args.p, args.n, args.r)
-        q_pp, q_tg = ours(m_q8, t, 1, args.n, args.r)
+        vocab = m_i2s.args.n_vocab
+        ll = Llama(tq2, t, args.p, args.n)
+        r = side_by_side({"llama": ll, "i2s": Ours(m_i2s, vocab), "tq2": Ours(m_tq2, vocab), "q8": Ours(m_q8, vocab)},
+                         t, args.p, args.n, args.r)
+        ll.llm.close()
+        (l_pp, l_tg), (o_pp, o_tg), (t_pp, t_tg), (_, q_tg) = r["llama"], r["i2s"], r["tq2"], r["q8"]
         bw1 = bitnet_kernels.stream_read_bandwidth(1 << 30, threads=t, reps=5)
         bw = max(bw0, bw1)
         floor = bw * 1e9 / bytes_f16

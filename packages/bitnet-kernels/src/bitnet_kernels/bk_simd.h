@@ -711,35 +711,7 @@ BK_T512 static void bk_tq_row_512(const uint8_t *codes, const float *dw, int64_t
 
 /* TQ2_0 decode on VNNI: codes extracted in registers straight from the 66-byte blocks (no codes buffer); */
 /* group j of half h holds x[h*128 + j*32 + m], so the activations stay in natural order.                    */
-BK_T512 static void bk_tq2_rows_512(const uint8_t *w, int64_t K, const int8_t *q, const float *da,
-                                    const int32_t *bq, int64_t n0, int64_t n1, float *y) {
-    const int64_t nb = K / 256;
-    const __m256i m3 = _mm256_set1_epi8(3);
-    for (int64_t n = n0; n < n1; n++) {
-        const uint8_t *wr = w + n * nb * 66;
-        float acc = 0.0f;
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = wr + b * 66;
-            const int8_t *a = q + b * 256;
-            const __m256i v0 = _mm256_loadu_si256((const __m256i *)blk), v1 = _mm256_loadu_si256((const __m256i *)(blk + 32));
-            __m256i s0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_and_si256(v0, m3), _mm256_loadu_si256((const __m256i *)a));
-            __m256i s1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_and_si256(v1, m3), _mm256_loadu_si256((const __m256i *)(a + 128)));
-            s0 = _mm256_dpbusd_epi32(s0, _mm256_and_si256(_mm256_srli_epi16(v0, 2), m3), _mm256_loadu_si256((const __m256i *)(a + 32)));
-            s1 = _mm256_dpbusd_epi32(s1, _mm256_and_si256(_mm256_srli_epi16(v1, 2), m3), _mm256_loadu_si256((const __m256i *)(a + 160)));
-            s0 = _mm256_dpbusd_epi32(s0, _mm256_and_si256(_mm256_srli_epi16(v0, 4), m3), _mm256_loadu_si256((const __m256i *)(a + 64)));
-            s1 = _mm256_dpbusd_epi32(s1, _mm256_and_si256(_mm256_srli_epi16(v1, 4), m3), _mm256_loadu_si256((const __m256i *)(a + 192)));
-            s0 = _mm256_dpbusd_epi32(s0, _mm256_and_si256(_mm256_srli_epi16(v0, 6), m3), _mm256_loadu_si256((const __m256i *)(a + 96)));
-            s1 = _mm256_dpbusd_epi32(s1, _mm256_and_si256(_mm256_srli_epi16(v1, 6), m3), _mm256_loadu_si256((const __m256i *)(a + 224)));
-            uint16_t h;
-            memcpy(&h, blk + 64, 2);
-            const float d = da[b] * _cvtsh_ss(h);
-            acc = acc + (float)(bk_hsum256(_mm256_add_epi32(s0, s1)) - bq[b]) * d;
-        }
-        y[n - n0] = acc;
-    }
-}
-
-/* two rows far apart in lockstep (see bk_i2s_gemv2_512); per-row arithmetic as bk_tq2_rows_512 */
+/* one 256-weight block's integer dot (codes 0..2 against int8 activations) */
 BK_T512 static inline int32_t bk_tq2_block_512(const uint8_t *blk, const int8_t *a, __m256i m3) {
     const __m256i v0 = _mm256_loadu_si256((const __m256i *)blk), v1 = _mm256_loadu_si256((const __m256i *)(blk + 32));
     __m256i s0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_and_si256(v0, m3), _mm256_loadu_si256((const __m256i *)a));
@@ -752,6 +724,26 @@ BK_T512 static inline int32_t bk_tq2_block_512(const uint8_t *blk, const int8_t 
     s1 = _mm256_dpbusd_epi32(s1, _mm256_and_si256(_mm256_srli_epi16(v1, 6), m3), _mm256_loadu_si256((const __m256i *)(a + 224)));
     return bk_hsum256(_mm256_add_epi32(s0, s1));
 }
+BK_T512 static void bk_tq2_rows_512(const uint8_t *w, int64_t K, const int8_t *q, const float *da,
+                                    const int32_t *bq, int64_t n0, int64_t n1, float *y) {
+    const int64_t nb = K / 256;
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *wr = w + n * nb * 66;
+        float acc = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = wr + b * 66;
+            const int8_t *a = q + b * 256;
+            uint16_t h;
+            memcpy(&h, blk + 64, 2);
+            const float d = da[b] * _cvtsh_ss(h);
+            acc = acc + (float)(bk_tq2_block_512(blk, a, m3) - bq[b]) * d;
+        }
+        y[n - n0] = acc;
+    }
+}
+
+/* two rows far apart in lockstep (see bk_i2s_gemv2_512); per-row arithmetic as bk_tq2_rows_512 */
 BK_T512 static void bk_tq2_rows2_512(const uint8_t *wa0, const uint8_t *wb0, int64_t K, const int8_t *q,
                                      const float *da, const int32_t *bq, int64_t n, float *ya, float *yb) {
     const int64_t nb = K / 256;
