@@ -50,6 +50,8 @@ class ResidentWeights:
         if not infos:
             self._arena = None
             return
+        if not hasattr(mmap, "MAP_ANONYMOUS"):
+            raise EngineError("resident weights need anonymous memory maps (Linux, macOS); use --mmap here")
         try:
             self._map = mmap.mmap(-1, total + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         except (OSError, ValueError) as e:
