@@ -214,34 +214,26 @@ def cold_breakdown(m) -> dict:
     e, f, hd = a.n_embd, a.n_ff, a.n_head * a.head_dim
     eps = np.float32(a.norm_eps)
     out = {}
+    qkv = (a.n_head, a.n_head_kv, a.head_dim, m.n_ctx, m.cos, m.sin, int(m.kc.gpudata), int(m.vc.gpudata))
+
+    def variants(suffix: str, **kw) -> dict:
+        """The four decode matmuls of a layer, launched with the keyword arguments kw (e.g. warps=16)."""
+        return {
+            "qkv" + suffix: lambda L: ops.ternary_decode_launch(rt, L.qkv, "qkv", m.x, L.attn_norm, eps, m.qb, hd,
+                                                               pos=m.pos, qkv=qkv, **kw),
+            "o" + suffix: lambda L: ops.ternary_decode_launch(rt, L.o, "resid", m.att, L.attn_sub_norm, eps, m.hn, e,
+                                                             **kw),
+            "gate/up" + suffix: lambda L: ops.ternary_decode_launch(rt, L.gu, "relu2", m.x, L.ffn_norm, eps, m.fb, f,
+                                                                   **kw),
+            "down" + suffix: lambda L: ops.ternary_decode_launch(rt, L.down, "resid", m.fb, L.ffn_sub_norm, eps, m.hn,
+                                                                e, **kw),
+        }
+
     kinds = {
-        "qkv": lambda L: ops.ternary_decode_launch(rt, L.qkv, "qkv", m.x, L.attn_norm, eps, m.qb, hd, pos=m.pos,
-                                                   qkv=(a.n_head, a.n_head_kv, a.head_dim, m.n_ctx, m.cos, m.sin,
-                                                        int(m.kc.gpudata), int(m.vc.gpudata))),
-        "o": lambda L: ops.ternary_decode_launch(rt, L.o, "resid", m.att, L.attn_sub_norm, eps, m.hn, e),
-        "gate/up": lambda L: ops.ternary_decode_launch(rt, L.gu, "relu2", m.x, L.ffn_norm, eps, m.fb, f),
-        "down": lambda L: ops.ternary_decode_launch(rt, L.down, "resid", m.fb, L.ffn_sub_norm, eps, m.hn, e),
+        **variants(""),
         "gate/up unfused": lambda L: ops.ternary_launch(rt, L.gu, "relu2", m.q8, m.qsum, m.s, m.fb, f, 1),
-        "qkv 16 warps": lambda L: ops.ternary_decode_launch(rt, L.qkv, "qkv", m.x, L.attn_norm, eps, m.qb, hd,
-                                                            pos=m.pos, warps=16,
-                                                            qkv=(a.n_head, a.n_head_kv, a.head_dim, m.n_ctx, m.cos,
-                                                                 m.sin, int(m.kc.gpudata), int(m.vc.gpudata))),
-        "o 16 warps": lambda L: ops.ternary_decode_launch(rt, L.o, "resid", m.att, L.attn_sub_norm, eps, m.hn, e,
-                                                          warps=16),
-        "gate/up 16 warps": lambda L: ops.ternary_decode_launch(rt, L.gu, "relu2", m.x, L.ffn_norm, eps, m.fb, f,
-                                                                warps=16),
-        "down 16 warps": lambda L: ops.ternary_decode_launch(rt, L.down, "resid", m.fb, L.ffn_sub_norm, eps, m.hn, e,
-                                                             warps=16),
-        "qkv 4 warps": lambda L: ops.ternary_decode_launch(rt, L.qkv, "qkv", m.x, L.attn_norm, eps, m.qb, hd,
-                                                           pos=m.pos, warps=4,
-                                                           qkv=(a.n_head, a.n_head_kv, a.head_dim, m.n_ctx, m.cos,
-                                                                m.sin, int(m.kc.gpudata), int(m.vc.gpudata))),
-        "o 4 warps": lambda L: ops.ternary_decode_launch(rt, L.o, "resid", m.att, L.attn_sub_norm, eps, m.hn, e,
-                                                         warps=4),
-        "gate/up 4 warps": lambda L: ops.ternary_decode_launch(rt, L.gu, "relu2", m.x, L.ffn_norm, eps, m.fb, f,
-                                                               warps=4),
-        "down 4 warps": lambda L: ops.ternary_decode_launch(rt, L.down, "resid", m.fb, L.ffn_sub_norm, eps, m.hn, e,
-                                                            warps=4),
+        **variants(" 16 warps", warps=16),
+        **variants(" 4 warps", warps=4),
     }
     for name, fn in kinds.items():
         def all_layers(fn=fn):
