@@ -11,6 +11,9 @@ into one private anonymous mapping advised MADV_HUGEPAGE: the load costs one cop
 copy is read with `read`, not through the map, so the file's pages are not mapped into this process), and
 the page cache keeps no claim on the weights the engine uses. `weights="mmap"` (CLI `--mmap`) keeps the
 old behaviour: tensors used in place from the map, the fastest load and pages shared between processes.
+"auto" gives the copy 0.8 s: on this VM fresh memory was sometimes slow to fault in (2-3.4 s for the same copy
+right after other processes had freed gigabytes), and then the weights stay in the map, said in one line on
+stderr, so that the first token never waits for it; `weights="resident"` copies whatever it costs.
 """
 
 from __future__ import annotations
@@ -27,16 +30,26 @@ from bitnet_inference.errors import EngineError
 
 HUGE = 2 << 20  # transparent huge page size on x86-64
 BIG = 1 << 20  # tensors at least this large are made resident
-PIECE = 64 << 20  # bytes one read call fills
+PIECE = 32 << 20  # bytes one read call fills
 RESIDENT_TYPES = ("I2_S", "TQ1_0", "TQ2_0", "F16", "F32")
 WEIGHT_MODES = ("auto", "resident", "mmap")
+AUTO_BUDGET_S = 0.8  # auto mode keeps the weights in the map rather than spend longer than this copying
+
+
+SLOW = "slow"  # _read_piece's answer once the deadline has passed
+
+
+class SlowMemoryError(EngineError):
+    """Faulting in the resident arena would take longer than the caller's budget."""
 
 
 class ResidentWeights:
     """A GGUFFile whose large tensors are served from one anonymous huge-page arena; everything else (metadata,
     small tensors, dequantize) is the file's."""
 
-    def __init__(self, gguf, min_bytes: int = BIG):
+    def __init__(self, gguf, min_bytes: int = BIG, budget_s: float | None = None):
+        """budget_s: give up (SlowMemoryError) when the copy is not done after this many seconds; None copies
+        whatever it costs."""
         t0 = time.perf_counter()
         self._gguf = gguf
         self.load_seconds = 0.0
@@ -65,20 +78,30 @@ class ResidentWeights:
                 self._map.madvise(mmap.MADV_HUGEPAGE)
             except OSError:
                 pass  # THP off in this kernel: 4 KiB anonymous pages still beat the page cache
-        # pieces of at most 64 MiB read by one thread per core: most of the load is the kernel faulting in and
+        workers = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+        # pieces of at most 32 MiB read by one thread per core: most of the load is the kernel faulting in and
         # zeroing the fresh huge pages (0.78 s of 1.1 s for 1.18 GB on one core here), which parallelizes
         pieces = [(info, start, min(info.nbytes, start + PIECE)) for info in infos
                   for start in range(0, info.nbytes, PIECE)]
-        workers = max(1, min(len(pieces), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+        workers = min(len(pieces), workers)
+        # Fresh memory is not always cheap: right after other processes had freed gigabytes, this VM faulted in
+        # huge pages at 0.3 GB/s (3.4 s for 1 GiB, 0.2-0.8 s otherwise), and a small probe did not predict it (its
+        # pages came fast). So with a budget the copy stops at the deadline and the caller falls back.
+        self._deadline = None if budget_s is None else t0 + budget_s
         with ThreadPoolExecutor(workers) as pool:
-            for err in pool.map(self._read_piece, pieces):
-                if err:
-                    raise EngineError(err)
+            errors = [e for e in pool.map(self._read_piece, pieces) if e]
+        if any(e is not SLOW for e in errors):
+            raise EngineError(next(e for e in errors if e is not SLOW))
+        if errors:
+            raise SlowMemoryError(f"copying {total / 1e9:.2f} GB onto fresh memory took longer than {budget_s:.1f} s "
+                                  "(this machine was slow to hand out memory just then)")
         self._arena.flags.writeable = False
         self.load_seconds = time.perf_counter() - t0
 
-    def _read_piece(self, piece) -> str | None:
+    def _read_piece(self, piece):
         info, start, end = piece
+        if self._deadline is not None and time.perf_counter() > self._deadline:
+            return SLOW
         off = self._offsets[info.name]
         dst = memoryview(self._arena[off + start : off + end])
         with open(self._gguf.path, "rb", buffering=0) as fh:
@@ -121,6 +144,13 @@ def place_weights(gguf, mode: str, fast_kernels: bool):
     mmap otherwise (the numpy and emulation paths gain nothing from it)."""
     if mode not in WEIGHT_MODES:
         raise EngineError(f"unknown weights placement {mode!r}; choose one of: {', '.join(WEIGHT_MODES)}")
-    if mode == "auto":
-        mode = "resident" if fast_kernels and sys.platform.startswith("linux") else "mmap"
-    return ResidentWeights(gguf) if mode == "resident" else gguf
+    if mode == "mmap" or (mode == "auto" and not (fast_kernels and sys.platform.startswith("linux"))):
+        return gguf
+    if mode == "resident":
+        return ResidentWeights(gguf)
+    try:
+        return ResidentWeights(gguf, budget_s=AUTO_BUDGET_S)
+    except SlowMemoryError as e:
+        print(f"weights: kept in the memory map: {e}; Model(weights='resident') copies them anyway",
+              file=sys.stderr)
+        return gguf
