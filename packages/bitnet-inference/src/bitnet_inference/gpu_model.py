@@ -120,9 +120,6 @@ class GPUModel:
         self.decode_warps = 16 if os.environ.get("BITNET_GPU_DECODE_WARPS") == "16" else 8
         # the persistent one-kernel step is opt-in: on an H100 it is slower than 5 kernels a layer (docs/gpu.md)
         self.megakernel = os.environ.get("BITNET_GPU_MEGAKERNEL", "0") == "1" and self.fused_norm
-        # one-token steps: after each layer's QKV, one launch prefetches the rest of the layer's weights and the
-        # next layer's QKV into L2 while attention runs (BITNET_GPU_L2_PREFETCH=0 turns it off)
-        self.l2_prefetch = os.environ.get("BITNET_GPU_L2_PREFETCH", "1") != "0"
 
     # -- the one-kernel decode step ---------------------------------------------------------------------------
 
@@ -443,13 +440,6 @@ class GPUModel:
             else:
                 norm_quant(self.x, L.attn_norm, e)
                 ops.ternary_launch(rt, L.qkv, "qkv", self.q8, self.qsum, self.s, self.qb, hd, t, pos=self.pos, qkv=qkv)
-            if fused and self.l2_prefetch:
-                nxt = self.layers[i + 1].qkv if i + 1 < len(self.layers) else None
-                ranges = [(L.o.words, L.o.words.nbytes), (L.gu.words, L.gu.words.nbytes),
-                          (L.down.words, L.down.words.nbytes), (nxt.words if nxt else L.o.words,
-                                                                nxt.words.nbytes if nxt else 0)]
-                rt.launch("l2_prefetch4", "PiPiPiPi", (264, 1), (512, 1, 1),
-                          *[v for w, n in ranges for v in (p(w), np.int32(n))])
             rt.launch("attention", "PPPPiiiiPi", (a.n_head, t), (512, 1, 1), p(self.qb), np.intp(kc), np.intp(vc),
                       p(self.att), np.int32(a.n_head), np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx),
                       p(self.pos), np.int32(1 if t == 1 else 0), shared=4 * self.n_ctx)

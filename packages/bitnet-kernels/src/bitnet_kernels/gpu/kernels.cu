@@ -349,19 +349,6 @@ TERNARY_KERNEL(tern_qkv_t8, 2, 8, EPI_QKV)
 
 // I2_S (128-weight blocks of 32 bytes; byte p: weights p, p+32, p+64, p+96 in bits 7:6 .. 1:0) -> T2 words.
 // Source row n goes to destination row dst_rows[n]; one thread a destination word.
-// L2 prefetch of up to four byte ranges (the weights of the kernels that follow), in one short launch: every
-// thread issues `prefetch.global.L2` for its 128-byte lines and ends; the lines arrive while the next kernels
-// (attention first) run, so the matmuls after it read their weights from L2 instead of waiting on HBM.
-extern "C" __global__ void __launch_bounds__(512) l2_prefetch4(const char* p0, int n0, const char* p1, int n1,
-                                                                const char* p2, int n2, const char* p3, int n3) {
-    const int tid = blockIdx.x * blockDim.x + threadIdx.x, stride = gridDim.x * blockDim.x;
-    const char* ps[4] = {p0, p1, p2, p3};
-    const int ns[4] = {n0, n1, n2, n3};
-#pragma unroll
-    for (int r = 0; r < 4; r++)
-        for (int off = tid * 128; off < ns[r]; off += stride * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(ps[r] + off));
-}
-
 extern "C" __global__ void repack_i2s(const uint8_t* __restrict__ raw, int N, int K, const int* __restrict__ dst_rows,
                                       uint32_t* __restrict__ out) {
     const int wpr = K >> 4;
