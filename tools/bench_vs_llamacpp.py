@@ -144,10 +144,13 @@ def main() -> int:
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {bitnet_kernels.cpu_info().get('isa')} kernels; "
           f"pp{args.p} / tg{args.n}, {args.r} repetitions (medians)")
-    if hasattr(m_i2s.weights, "load_seconds"):
-        placed = f"copying the weights onto huge pages: {m_i2s.weights.load_seconds:.2f} s"
+    w = m_i2s.weights
+    if hasattr(w, "load_seconds"):
+        small = w.small_pages_from
+        share = 100 if small is None else 100 * small / max(w.resident_bytes, 1)
+        placed = f"copying the weights: {w.load_seconds:.2f} s, {share:.0f}% of them on huge pages"
     else:
-        placed = "weights kept in the memory map (the copy ran out of its time)"
+        placed = "weights in the memory map"
     print(f"load() to first token on the {size_gb:.2f} GB I2_S file: {ttft:.2f} s ({placed}); resident memory "
           f"after it {rss_gb:.2f} GB ({rss_gb / size_gb:.2f}x the file)")
     print(f"decode reads {bytes_f16 / 1e9:.3f} GB/token with the F16 head, {bytes_q8 / 1e9:.3f} GB with --lm-head q8")

@@ -11,9 +11,9 @@ into one private anonymous mapping advised MADV_HUGEPAGE: the load costs one cop
 copy is read with `read`, not through the map, so the file's pages are not mapped into this process), and
 the page cache keeps no claim on the weights the engine uses. `weights="mmap"` (CLI `--mmap`) keeps the
 old behaviour: tensors used in place from the map, the fastest load and pages shared between processes.
-"auto" gives the copy 0.8 s: on this VM fresh memory was sometimes slow to fault in (2-3.4 s for the same copy
-right after other processes had freed gigabytes), and then the weights stay in the map, said in one line on
-stderr, so that the first token never waits for it; `weights="resident"` copies whatever it costs.
+Huge pages get 0.5 s of the copy: on this VM fresh huge pages were sometimes slow to fault in (2-3.4 s for the
+same copy right after other processes had freed gigabytes, where 4 KiB pages stayed fast), so after that the
+rest of the arena is faulted in as 4 KiB pages (`small_pages_from` says where).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import mmap
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,23 +34,16 @@ BIG = 1 << 20  # tensors at least this large are made resident
 PIECE = 32 << 20  # bytes one read call fills
 RESIDENT_TYPES = ("I2_S", "TQ1_0", "TQ2_0", "F16", "F32")
 WEIGHT_MODES = ("auto", "resident", "mmap")
-AUTO_BUDGET_S = 0.8  # auto mode keeps the weights in the map rather than spend longer than this copying
-
-
-SLOW = "slow"  # _read_piece's answer once the deadline has passed
-
-
-class SlowMemoryError(EngineError):
-    """Faulting in the resident arena would take longer than the caller's budget."""
+HUGE_BUDGET_S = 0.5  # after this long copying, the rest of the arena is faulted in as 4 KiB pages
 
 
 class ResidentWeights:
     """A GGUFFile whose large tensors are served from one anonymous huge-page arena; everything else (metadata,
     small tensors, dequantize) is the file's."""
 
-    def __init__(self, gguf, min_bytes: int = BIG, budget_s: float | None = None):
-        """budget_s: give up (SlowMemoryError) when the copy is not done after this many seconds; None copies
-        whatever it costs."""
+    def __init__(self, gguf, min_bytes: int = BIG, huge_budget_s: float | None = HUGE_BUDGET_S):
+        """huge_budget_s: seconds of copying onto huge pages, after which the rest of the arena uses 4 KiB pages
+        (None: huge pages whatever they cost)."""
         t0 = time.perf_counter()
         self._gguf = gguf
         self.load_seconds = 0.0
@@ -84,25 +78,31 @@ class ResidentWeights:
         pieces = [(info, start, min(info.nbytes, start + PIECE)) for info in infos
                   for start in range(0, info.nbytes, PIECE)]
         workers = min(len(pieces), workers)
-        # Fresh memory is not always cheap: right after other processes had freed gigabytes, this VM faulted in
-        # huge pages at 0.3 GB/s (3.4 s for 1 GiB, 0.2-0.8 s otherwise), and a small probe did not predict it (its
-        # pages came fast). So with a budget the copy stops at the deadline and the caller falls back.
-        self._deadline = None if budget_s is None else t0 + budget_s
+        # Fresh huge pages are not always cheap: right after other processes had freed gigabytes, this VM faulted
+        # them in at 0.3-0.5 GB/s (1.9-3.4 s for 1 GiB, where 4 KiB pages took 0.45 s and huge pages 0.2-0.3 s
+        # otherwise), and a small probe did not predict it (its pages came fast). So past a deadline the rest of
+        # the arena is faulted in as 4 KiB pages: a bounded load, most of the huge-page gain kept.
+        self._deadline = None if huge_budget_s is None else t0 + huge_budget_s
+        self._small = threading.Lock()
+        self.small_pages_from = None  # arena offset from which pages are 4 KiB (None: huge pages throughout)
         with ThreadPoolExecutor(workers) as pool:
             errors = [e for e in pool.map(self._read_piece, pieces) if e]
-        if any(e is not SLOW for e in errors):
-            raise EngineError(next(e for e in errors if e is not SLOW))
         if errors:
-            raise SlowMemoryError(f"copying {total / 1e9:.2f} GB onto fresh memory took longer than {budget_s:.1f} s "
-                                  "(this machine was slow to hand out memory just then)")
+            raise EngineError(errors[0])
         self._arena.flags.writeable = False
         self.load_seconds = time.perf_counter() - t0
 
-    def _read_piece(self, piece):
+    def _read_piece(self, piece) -> str | None:
         info, start, end = piece
-        if self._deadline is not None and time.perf_counter() > self._deadline:
-            return SLOW
         off = self._offsets[info.name]
+        if self._deadline is not None and self.small_pages_from is None and time.perf_counter() > self._deadline:
+            with self._small:
+                if self.small_pages_from is None and hasattr(mmap, "MADV_NOHUGEPAGE"):
+                    try:
+                        self._map.madvise(mmap.MADV_NOHUGEPAGE)  # pages already in stay huge
+                        self.small_pages_from = off + start
+                    except OSError:
+                        pass
         dst = memoryview(self._arena[off + start : off + end])
         with open(self._gguf.path, "rb", buffering=0) as fh:
             fh.seek(info.offset + start)
@@ -146,11 +146,4 @@ def place_weights(gguf, mode: str, fast_kernels: bool):
         raise EngineError(f"unknown weights placement {mode!r}; choose one of: {', '.join(WEIGHT_MODES)}")
     if mode == "mmap" or (mode == "auto" and not (fast_kernels and sys.platform.startswith("linux"))):
         return gguf
-    if mode == "resident":
-        return ResidentWeights(gguf)
-    try:
-        return ResidentWeights(gguf, budget_s=AUTO_BUDGET_S)
-    except SlowMemoryError as e:
-        print(f"weights: kept in the memory map: {e}; Model(weights='resident') copies them anyway",
-              file=sys.stderr)
-        return gguf
+    return ResidentWeights(gguf)
