@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +38,7 @@ def main() -> int:
 
     import bitnet_kernels as bk
 
+    from bitnet_inference.bench import tg_ns
     from bitnet_inference.generate import Model
 
     mapped = Model(args.model, n_ctx=args.n + 8, weights="mmap")
@@ -55,11 +55,7 @@ def main() -> int:
     def decode(model, n):
         model.cache.reset()
         model.forward([1], 0, logits="last")
-        tok = 5
-        t0 = time.perf_counter()
-        for i in range(n):
-            tok = int(np.argmax(model.forward([tok], i + 1, logits="last")[0]))
-        return n / (time.perf_counter() - t0)
+        return n / (tg_ns(model, 5, n, pos0=1) / 1e9)
 
     print(f"# {args.model}: {bytes_per_token / 1e9:.3f} GB read per token; -n {args.n}, -r {args.r}")
     print("| threads | configuration | median tok/s | best tok/s | vs baseline | % of floor |")

@@ -54,19 +54,14 @@ class Ours:
         self.vocab = vocab
 
     def pp_once(self, n_prompt: int) -> float:
-        self.model.cache.reset()
-        toks = self.rng.integers(0, self.vocab, n_prompt)
-        t0 = time.perf_counter()
-        self.model.forward(toks, 0, logits="last")
-        return n_prompt / (time.perf_counter() - t0)
+        from bitnet_inference.bench import pp_ns
+
+        return n_prompt / (pp_ns(self.model, self.rng.integers(0, self.vocab, n_prompt)) / 1e9)
 
     def tg_once(self, n_gen: int) -> float:
-        self.model.cache.reset()
-        tok = int(self.rng.integers(0, self.vocab))
-        t0 = time.perf_counter()
-        for i in range(n_gen):
-            tok = int(np.argmax(self.model.forward([tok], i, logits="last")[0]))
-        return n_gen / (time.perf_counter() - t0)
+        from bitnet_inference.bench import tg_ns
+
+        return n_gen / (tg_ns(self.model, int(self.rng.integers(0, self.vocab)), n_gen) / 1e9)
 
 
 class Llama:

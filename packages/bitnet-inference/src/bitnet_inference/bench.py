@@ -44,21 +44,33 @@ class BenchResult:
         return f"pp{self.n_prompt}" if self.n_prompt else f"tg{self.n_gen}"
 
 
+def pp_ns(model, tokens) -> int:
+    """llama-bench's pp test once: a fresh context evaluates `tokens` in one batch; nanoseconds."""
+    model.cache.reset()
+    t0 = time.perf_counter_ns()
+    model.forward(tokens, 0, logits="last")
+    return time.perf_counter_ns() - t0
+
+
+def tg_ns(model, tok: int, n_gen: int, pos0: int = 0) -> int:
+    """llama-bench's tg test once: greedy decoding of n_gen tokens one at a time from `tok` at position pos0 (a
+    fresh context when pos0 = 0); nanoseconds."""
+    if pos0 == 0:
+        model.cache.reset()
+    t0 = time.perf_counter_ns()
+    for i in range(n_gen):
+        tok = int(np.argmax(model.forward([tok], pos0 + i, logits="last")[0]))
+    return time.perf_counter_ns() - t0
+
+
 def run_test(model, n_prompt: int, n_gen: int, reps: int, n_threads: int, seed: int = 0) -> BenchResult:
     rng = np.random.default_rng(seed)
     vocab = model.args.n_vocab
 
     def once() -> int:
-        model.cache.reset()
-        t0 = time.perf_counter_ns()
         if n_prompt:
-            model.forward(rng.integers(0, vocab, n_prompt), 0, logits="last")
-        else:
-            tok = int(rng.integers(0, vocab))
-            for i in range(n_gen):
-                logits = model.forward([tok], i, logits="last")
-                tok = int(np.argmax(logits[0]))
-        return time.perf_counter_ns() - t0
+            return pp_ns(model, rng.integers(0, vocab, n_prompt))
+        return tg_ns(model, int(rng.integers(0, vocab)), n_gen)
 
     once()  # warm-up: page the weights in, build tables
     return BenchResult(n_prompt, n_gen, n_threads, [once() for _ in range(reps)])
