@@ -37,18 +37,14 @@ _ARENAS: list = []
 
 def huge_copy(a: np.ndarray) -> np.ndarray:
     """a copied into anonymous memory advised MADV_HUGEPAGE, where bitnet-inference's fast path keeps its
-    weights (bitnet_inference/weights.py); --no-hugepages leaves numpy's own allocation."""
-    import mmap
+    weights (bitnet_inference.weights.huge_page_buffer); --no-hugepages leaves numpy's own allocation."""
+    from bitnet_inference.weights import huge_page_buffer
 
     if not HUGEPAGES:
         return a
-    m = mmap.mmap(-1, a.nbytes + (4 << 20), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        m.madvise(mmap.MADV_HUGEPAGE)
+    buf, m = huge_page_buffer(a.nbytes)
     _ARENAS.append(m)
-    base = np.frombuffer(m, np.uint8)
-    skip = (-base.ctypes.data) % (2 << 20)
-    out = base[skip : skip + a.nbytes].view(a.dtype).reshape(a.shape)
+    out = buf.view(a.dtype).reshape(a.shape)
     out[...] = a
     return out
 

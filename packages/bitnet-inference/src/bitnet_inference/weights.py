@@ -37,6 +37,26 @@ WEIGHT_MODES = ("auto", "resident", "mmap")
 HUGE_BUDGET_S = 0.5  # after this long copying, the rest of the arena is faulted in as 4 KiB pages
 
 
+def huge_page_buffer(nbytes: int) -> tuple[np.ndarray, mmap.mmap]:
+    """nbytes of private anonymous memory advised MADV_HUGEPAGE, starting on a huge-page boundary: the uint8 array
+    and the map that owns it (keep both alive). Nothing is faulted in yet."""
+    if not hasattr(mmap, "MAP_ANONYMOUS"):
+        raise EngineError("resident weights need anonymous memory maps (Linux, macOS); use --mmap here")
+    try:
+        m = mmap.mmap(-1, nbytes + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except (OSError, ValueError) as e:
+        raise EngineError(f"cannot allocate {nbytes / 1e9:.2f} GB for the model's weights ({e}); "
+                          "free memory, or run with --mmap to use them in place from the file") from None
+    if hasattr(m, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            m.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:
+            pass  # THP off in this kernel: 4 KiB anonymous pages still beat the page cache
+    base = np.frombuffer(m, dtype=np.uint8)
+    skip = (-base.ctypes.data) % HUGE
+    return base[skip : skip + nbytes], m
+
+
 class ResidentWeights:
     """A GGUFFile whose large tensors are served from one anonymous huge-page arena; everything else (metadata,
     small tensors, dequantize) is the file's."""
@@ -57,21 +77,7 @@ class ResidentWeights:
         if not infos:
             self._arena = None
             return
-        if not hasattr(mmap, "MAP_ANONYMOUS"):
-            raise EngineError("resident weights need anonymous memory maps (Linux, macOS); use --mmap here")
-        try:
-            self._map = mmap.mmap(-1, total + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        except (OSError, ValueError) as e:
-            raise EngineError(f"cannot allocate {total / 1e9:.2f} GB for the model's weights ({e}); "
-                              "free memory, or run with --mmap to use them in place from the file") from None
-        base = np.frombuffer(self._map, dtype=np.uint8)
-        skip = (-base.ctypes.data) % HUGE  # start on a huge-page boundary
-        self._arena = base[skip : skip + total]
-        if hasattr(self._map, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
-            try:
-                self._map.madvise(mmap.MADV_HUGEPAGE)
-            except OSError:
-                pass  # THP off in this kernel: 4 KiB anonymous pages still beat the page cache
+        self._arena, self._map = huge_page_buffer(total)
         workers = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
         # pieces of at most 32 MiB read by one thread per core: most of the load is the kernel faulting in and
         # zeroing the fresh huge pages (0.78 s of 1.1 s for 1.18 GB on one core here), which parallelizes
