@@ -39,10 +39,8 @@ cdef extern from "bk_simd.h" nogil:
     void bk_q8_gemv2_256(const int8_t* w, const float* wscale, int64_t K, const int8_t* xq, float s, int64_t na0,
                          int64_t nb0, int64_t n, float* y)
     uint64_t bk_stream_sum2_512(const uint8_t* p, const uint8_t* q, int64_t n)
-    uint16_t bk_f2h(float f)
     void bk_f2h_row(int isa, const float* x, uint16_t* out, int64_t n)
     void bk_round_f16_row(int isa, float* x, int64_t n)
-    float bk_h2f(uint16_t h)
     void bk_prep_act_tiles(const int8_t* q, int64_t T, int64_t K, int64_t tw, int64_t vw, int32_t* at)
     void bk_i2s_gemm_block_512(const uint8_t* w, int64_t N, int64_t K, int64_t n0, int64_t T, const int32_t* at,
                                const int32_t* qsum, const float* s, float ws, int32_t* yi, float* yf, uint8_t* wu)
@@ -1207,7 +1205,7 @@ cdef class DecodePlan:
 
     cdef void _step(self, float* x, int64_t pos, int64_t slot) noexcept nogil:
         cdef int64_t E = self.E, F = self.F, H = self.H, Hkv = self.Hkv, D = self.D, S = self.S
-        cdef int64_t QD = H * D, KD = Hkv * D, h, d, r
+        cdef int64_t QD = H * D, KD = Hkv * D, h, r
         cdef float* hb = self.buf
         cdef float* q = hb + E
         cdef float* k = q + QD
