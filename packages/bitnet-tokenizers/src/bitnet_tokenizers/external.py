@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bitnet_models.convert.tokenizer import pre_tokenizer_name
 from bitnet_tokenizers.errors import TokenizerError
 from bitnet_tokenizers.vocab import TokenType, Vocab, vocab_from_metadata
 
@@ -60,15 +61,6 @@ def _from_spm_model(data: bytes, path: str) -> dict[str, Any]:
     return md
 
 
-def _detect_pre(tj: dict[str, Any]) -> str | None:
-    text = json.dumps(tj.get("pre_tokenizer"))
-    if r"\\p{N}{1,3}" in text:
-        return "llama-bpe"
-    if '"ByteLevel"' in text and '"use_regex": true' in text:
-        return "gpt-2"
-    return None
-
-
 def _from_hf_json(data: bytes, path: str, pre: str | None) -> dict[str, Any]:
     try:
         tj = json.loads(data)
@@ -89,7 +81,7 @@ def _from_hf_json(data: bytes, path: str, pre: str | None) -> dict[str, Any]:
     for text, t in added.items():
         types[t["id"]] = int(TokenType.CONTROL if t.get("special") else TokenType.USER_DEFINED)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    pre = pre or _detect_pre(tj)
+    pre = pre or pre_tokenizer_name(tj)
     if pre is None:
         raise TokenizerError(f"{path}: cannot tell which pre-tokenizer this tokenizer.json uses; "
                              "use it with a GGUF that names one in tokenizer.ggml.pre")

@@ -134,7 +134,8 @@ def chat_template(folder: Path, tcfg: dict[str, Any]) -> str | None:
     return t if isinstance(t, str) and t else None
 
 
-def _pre_name(tj: dict[str, Any]) -> str | None:
+def pre_tokenizer_name(tj: dict[str, Any]) -> str | None:
+    """llama.cpp's `tokenizer.ggml.pre` for a tokenizer.json's pre-tokenizer: llama-bpe, gpt-2, or None."""
     text = json.dumps(tj.get("pre_tokenizer"))
     if r"\\p{N}{1,3}" in text:
         return "llama-bpe"
@@ -197,7 +198,7 @@ def _bpe_vocab(folder: Path, n_vocab: int, tcfg: dict[str, Any], pre: str | None
     if model.get("byte_fallback"):
         raise CheckpointError(f"{path}: a SentencePiece-style BPE (byte_fallback) needs its tokenizer.model, "
                               "which is missing from the folder")
-    pre = pre or _pre_name(tj)
+    pre = pre or pre_tokenizer_name(tj)
     if pre is None:
         raise CheckpointError(f"{path}: cannot tell which pre-tokenizer this tokenizer uses (known: LLaMA-3's "
                               "'llama-bpe', GPT-2's 'gpt-2'); name it with --tokenizer-pre")
