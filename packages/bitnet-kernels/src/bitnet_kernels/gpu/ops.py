@@ -178,14 +178,21 @@ def _p(a) -> np.intp:
     return ptr(a)
 
 
-def quantize_rows(x: np.ndarray):
-    """Per-token int8 quantization on the device: (q int8 (T, K), s (T,), qsum (T,)) as numpy arrays."""
-    rt = get_runtime()
+def _quant_rows_launch(rt: Runtime, x: np.ndarray):
+    """Queue per-token int8 quantization of x (T, K) float32: device arrays (x, q int8 (T, K), s (T,), qsum (T,));
+    the caller keeps x alive until the queue has run."""
     x = np.ascontiguousarray(np.atleast_2d(x), np.float32)
     t, k = x.shape
     dx = to_gpu(x)
     dq, ds, dsum = gpu_empty((t, k), np.int8), gpu_empty((t,), np.float32), gpu_empty((t,), np.int32)
     rt.launch("quant_rows", "PiPPP", (t, 1), (1024, 1, 1), ptr(dx), np.int32(k), ptr(dq), ptr(ds), ptr(dsum))
+    return dx, dq, ds, dsum
+
+
+def quantize_rows(x: np.ndarray):
+    """Per-token int8 quantization on the device: (q int8 (T, K), s (T,), qsum (T,)) as numpy arrays."""
+    rt = get_runtime()
+    _dx, dq, ds, dsum = _quant_rows_launch(rt, x)
     rt.sync()
     return dq.get(), ds.get(), dsum.get()
 
@@ -208,11 +215,8 @@ def ternary_gemm_i32(mat: TernaryMatrix, q: np.ndarray) -> np.ndarray:
 def i2s_linear(mat: TernaryMatrix, x: np.ndarray) -> np.ndarray:
     """bitnet.cpp's W2A8 linear on the device: x (T, K) float32 -> (T, N) float32 (per-token int8 activations)."""
     rt = get_runtime()
-    x = np.ascontiguousarray(np.atleast_2d(x), np.float32)
-    t, k = x.shape
-    dx = to_gpu(x)
-    dq, ds, dsum = gpu_empty((t, k), np.int8), gpu_empty((t,), np.float32), gpu_empty((t,), np.int32)
-    rt.launch("quant_rows", "PiPPP", (t, 1), (1024, 1, 1), ptr(dx), np.int32(k), ptr(dq), ptr(ds), ptr(dsum))
+    _dx, dq, ds, dsum = _quant_rows_launch(rt, x)
+    t = dq.shape[0]
     out = gpu_empty((t, mat.n), np.float32)
     ternary_launch(rt, mat, "f32", dq, dsum, ds, out, mat.n, t)
     rt.sync()
