@@ -51,11 +51,54 @@ def test_weights_mode_errors_and_auto(tmp_path, fixtures):
         ResidentWeights(g2, min_bytes=0)
 
 
-def test_past_the_huge_page_budget_the_copy_goes_on_in_small_pages(fixtures):
+def test_past_the_load_budget_a_background_thread_copies_the_rest(fixtures):
     g = read_gguf(fixtures / "b158-a-i2s.gguf")
-    r = ResidentWeights(g, min_bytes=0, huge_budget_s=0.0)  # the deadline has passed before the first piece
-    assert r.small_pages_from is not None
+    r = ResidentWeights(g, min_bytes=0, huge_budget_s=0.0, background=False)  # deadline passed: nothing copied
+    assert r.resident_fraction == 0.0 and not r.done.is_set()
+    for name in g.tensors:  # served from the map meanwhile
+        assert np.shares_memory(r.raw(name), g.raw(name))
+    r = ResidentWeights(g, min_bytes=0, huge_budget_s=0.0)
+    assert r.wait(30) and r.resident_fraction == 1.0 and r.background_seconds is not None
+    names = r.take_new()
+    assert sorted(names) == sorted(r._offsets) and r.take_new() == []  # each name handed over once
     for name in g.tensors:
         np.testing.assert_array_equal(r.raw(name), g.raw(name))
-    assert ResidentWeights(g, min_bytes=0, huge_budget_s=None).small_pages_from is None
+        if name in names:
+            assert not np.shares_memory(r.raw(name), g.raw(name)) and not r.raw(name).flags.writeable
+    full = ResidentWeights(g, min_bytes=0, huge_budget_s=None)  # everything before the load returns
+    assert full.done.is_set() and full.take_new() == [] and full.resident_fraction == 1.0
     assert isinstance(place_weights(g, "auto", True), ResidentWeights)
+    assert place_weights(g, "resident", True).resident_fraction == 1.0
+
+
+def test_model_adopts_weights_as_they_arrive(fixtures, monkeypatch):
+    import bitnet_inference.weights as W
+
+    path = fixtures / "b158-a-i2s.gguf"
+    ref = Model(path, n_ctx=16, weights="mmap")
+    monkeypatch.setattr(W, "HUGE_BUDGET_S", 0.0)
+    monkeypatch.setattr(W, "BIG", 0)  # the fixture's tensors are small: make them all resident
+    m = Model(path, n_ctx=16)  # auto: everything left to the background copy
+    w = m.weights
+    lin = m.net.layers[0].proj["attn_q"]
+    assert np.shares_memory(lin.raw, w._gguf.raw(lin.name))  # still the map
+    toks = [1, 5, 9, 2]
+    want = ref.forward(toks, 0)
+    assert w.wait(30)
+    plan = m.net.plan
+    got = m.forward(toks, 0)  # adopts first, then runs
+    np.testing.assert_array_equal(want.view(np.uint32), got.view(np.uint32))
+    assert not np.shares_memory(lin.raw, w._gguf.raw(lin.name))
+    assert lin.raw.ctypes.data == w.raw(lin.name).ctypes.data
+    assert (plan is None) == (m.net.plan is None) and (plan is None or m.net.plan is not plan)  # rebuilt
+    for t in range(3):  # one-token steps through the rebuilt plan match the map's
+        np.testing.assert_array_equal(ref.forward([t + 3], 4 + t).view(np.uint32),
+                                      m.forward([t + 3], 4 + t).view(np.uint32))
+
+
+def test_unmap_pages_keeps_the_bytes(fixtures):
+    g = read_gguf(fixtures / "b158-a-i2s.gguf")
+    name = max(g.tensors, key=lambda n: g.tensors[n].nbytes)
+    before = g.raw(name).copy()
+    g.unmap_pages(name)
+    np.testing.assert_array_equal(g.raw(name), before)  # faulted back in from the page cache

@@ -47,10 +47,22 @@ class Model:
     def cache(self):
         return self.net.cache
 
+    def adopt_weights(self) -> None:
+        """Point the transformer at the tensors the background copy has finished (weights.ResidentWeights) and
+        drop the map's pages of them; every forward pass does this first (a no-op once the copy is over)."""
+        take = getattr(self.weights, "take_new", None)
+        if take is not None:
+            names = take()
+            if names:
+                self.net.rebind_weights(self.weights, names)
+                self.weights.unmap(names)
+
     def forward(self, tokens, pos0: int, logits: str = "all", capture=None, slot: int = 0) -> np.ndarray:
+        self.adopt_weights()
         return self.net.forward(tokens, pos0, logits=logits, capture=capture, slot=slot)
 
     def forward_batch(self, tokens, positions, slots) -> np.ndarray:
+        self.adopt_weights()
         return self.net.forward_batch(tokens, positions, slots)
 
     def prefill(self, tokens: Sequence[int], pos0: int = 0, slot: int = 0) -> np.ndarray:

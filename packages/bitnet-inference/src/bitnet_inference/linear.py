@@ -52,6 +52,11 @@ class Linear:
     def forward(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def rebind(self, weights) -> None:
+        """Read the weights from `weights` from now on (the same bytes elsewhere: see weights.ResidentWeights)."""
+        if hasattr(self, "raw"):
+            self.raw = weights.raw(self.name)
+
 
 class I2SLinear(Linear):
     numerics_kind = "i2s"
@@ -156,6 +161,10 @@ class DenseLinear(Linear):
         self.w = np.ascontiguousarray(w) if self.f16 else np.ascontiguousarray(w, F32)
         self.numerics = numerics
         self.f16_always = f16_always
+
+    def rebind(self, weights) -> None:
+        if self.f16:  # a zero-copy view of the file's F16 bytes (F32/quantized weights were converted at load)
+            self.w = np.ascontiguousarray(weights.array(self.name))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         if self.f16:

@@ -11,13 +11,18 @@ into one private anonymous mapping advised MADV_HUGEPAGE: the load costs one cop
 copy is read with `read`, not through the map, so the file's pages are not mapped into this process), and
 the page cache keeps no claim on the weights the engine uses. `weights="mmap"` (CLI `--mmap`) keeps the
 old behaviour: tensors used in place from the map, the fastest load and pages shared between processes.
-Huge pages get 0.5 s of the copy: on this VM fresh huge pages were sometimes slow to fault in (2-3.4 s for the
-same copy right after other processes had freed gigabytes, where 4 KiB pages stayed fast), so after that the
-rest of the arena is faulted in as 4 KiB pages (`small_pages_from` says where).
+The load itself copies for 0.5 s (`HUGE_BUDGET_S`), and a background thread copies the rest, still onto huge
+pages, while the first tokens read those tensors from the map: this VM faults fresh memory in at anything from
+0.2 to 3.4 s for the 1.19 GB file (host-side faults, worst right after other processes freed gigabytes; 4 KiB
+pages are no cheaper then), so a load that waited for the whole copy could miss the 1.5 s time-to-first-token
+target, and one that fell back to 4 KiB pages or the map for good decoded about 8% slower. `Model.forward`
+re-points the transformer at each tensor as it arrives (between forward passes, never during one) and drops the
+map's pages of it from the process, so resident memory ends at one copy of the weights.
 """
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import sys
@@ -34,7 +39,10 @@ BIG = 1 << 20  # tensors at least this large are made resident
 PIECE = 32 << 20  # bytes one read call fills
 RESIDENT_TYPES = ("I2_S", "TQ1_0", "TQ2_0", "F16", "F32")
 WEIGHT_MODES = ("auto", "resident", "mmap")
-HUGE_BUDGET_S = 0.5  # after this long copying, the rest of the arena is faulted in as 4 KiB pages
+HUGE_BUDGET_S = 0.5  # seconds the load copies; a background thread copies the rest
+_DEFAULT = object()
+_SKIPPED = object()
+log = logging.getLogger("bitnet_inference.weights")
 
 
 def huge_page_buffer(nbytes: int) -> tuple[np.ndarray, mmap.mmap]:
@@ -59,14 +67,29 @@ def huge_page_buffer(nbytes: int) -> tuple[np.ndarray, mmap.mmap]:
 
 class ResidentWeights:
     """A GGUFFile whose large tensors are served from one anonymous huge-page arena; everything else (metadata,
-    small tensors, dequantize) is the file's."""
+    small tensors, dequantize) is the file's.
 
-    def __init__(self, gguf, min_bytes: int = BIG, huge_budget_s: float | None = HUGE_BUDGET_S):
-        """huge_budget_s: seconds of copying onto huge pages, after which the rest of the arena uses 4 KiB pages
-        (None: huge pages whatever they cost)."""
+    The copy runs in two phases. At load, worker threads copy pieces for `huge_budget_s`; whatever is left is
+    served from the memory map for now and copied by one background thread, still onto huge pages. A tensor is
+    served from the arena once all of its bytes are there; `take_new()` hands the names that arrived since the
+    last call to the owner, which re-points its arrays at them between forward passes (`Model` does this), and
+    `unmap` then drops the map's pages of those tensors from this process."""
+
+    def __init__(self, gguf, min_bytes: int | None = None, huge_budget_s: float | None | object = _DEFAULT,
+                 background: bool = True):
+        """huge_budget_s: seconds the load may spend copying (None: copy everything before returning); the
+        default is the module's HUGE_BUDGET_S. min_bytes: smaller tensors stay in the map (default BIG). background: copy the rest in a background thread (False: serve
+        it from the map for good)."""
         t0 = time.perf_counter()
+        if huge_budget_s is _DEFAULT:
+            huge_budget_s = HUGE_BUDGET_S
+        if min_bytes is None:
+            min_bytes = BIG
         self._gguf = gguf
         self.load_seconds = 0.0
+        self.background_seconds: float | None = None  # load start to the last byte copied (None: not yet)
+        self.error: str | None = None  # why the background copy stopped, if it did
+        self.done = threading.Event()  # set once every large tensor is served from the arena (or on error)
         infos = [i for i in gguf.tensors.values() if i.qtype.name in RESIDENT_TYPES and i.nbytes >= min_bytes]
         offsets, total = {}, 0
         for info in infos:
@@ -74,42 +97,39 @@ class ResidentWeights:
             total += -(-info.nbytes // 4096) * 4096  # each tensor page-aligned
         self._offsets = offsets
         self.resident_bytes = total
+        self._lock = threading.Lock()
+        self._resident: set[str] = set()  # tensors whose bytes are all in the arena
+        self._new: list[str] = []  # made resident by the background thread, not yet taken
+        self._left = {info.name: -(-info.nbytes // PIECE) for info in infos}  # pieces still to copy
         if not infos:
             self._arena = None
+            self.done.set()
             return
         self._arena, self._map = huge_page_buffer(total)
         workers = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-        # pieces of at most 32 MiB read by one thread per core: most of the load is the kernel faulting in and
-        # zeroing the fresh huge pages (0.78 s of 1.1 s for 1.18 GB on one core here), which parallelizes
+        # pieces of at most 32 MiB, one thread per core: much of the load is the kernel faulting in fresh pages
         pieces = [(info, start, min(info.nbytes, start + PIECE)) for info in infos
                   for start in range(0, info.nbytes, PIECE)]
-        workers = min(len(pieces), workers)
-        # Fresh huge pages are not always cheap: right after other processes had freed gigabytes, this VM faulted
-        # them in at 0.3-0.5 GB/s (1.9-3.4 s for 1 GiB, where 4 KiB pages took 0.45 s and huge pages 0.2-0.3 s
-        # otherwise), and a small probe did not predict it (its pages came fast). So past a deadline the rest of
-        # the arena is faulted in as 4 KiB pages: a bounded load, most of the huge-page gain kept.
-        self._deadline = None if huge_budget_s is None else t0 + huge_budget_s
-        self._small = threading.Lock()
-        self.small_pages_from = None  # arena offset from which pages are 4 KiB (None: huge pages throughout)
-        with ThreadPoolExecutor(workers) as pool:
-            errors = [e for e in pool.map(self._read_piece, pieces) if e]
+        deadline = None if huge_budget_s is None else t0 + huge_budget_s
+        with ThreadPoolExecutor(min(len(pieces), workers)) as pool:
+            results = list(pool.map(lambda p: self._copy(p, deadline, False), pieces))
+        errors = [r for r in results if r not in (None, _SKIPPED)]
         if errors:
             raise EngineError(errors[0])
-        self._arena.flags.writeable = False
+        rest = [p for p, r in zip(pieces, results) if r is _SKIPPED]
         self.load_seconds = time.perf_counter() - t0
+        if not rest:
+            self.background_seconds = self.load_seconds
+            self.done.set()
+        elif background:
+            threading.Thread(target=self._copy_rest, args=(rest, t0), name="bitnet-weights", daemon=True).start()
 
-    def _read_piece(self, piece) -> str | None:
+    def _copy(self, piece, deadline, late: bool):
+        """Copy one piece into the arena; _SKIPPED past the deadline, an error message, or None."""
         info, start, end = piece
-        off = self._offsets[info.name]
-        if self._deadline is not None and self.small_pages_from is None and time.perf_counter() > self._deadline:
-            with self._small:
-                if self.small_pages_from is None and hasattr(mmap, "MADV_NOHUGEPAGE"):
-                    try:
-                        self._map.madvise(mmap.MADV_NOHUGEPAGE)  # pages already in stay huge
-                        self.small_pages_from = off + start
-                    except OSError:
-                        pass
-        dst = memoryview(self._arena[off + start : off + end])
+        if deadline is not None and time.perf_counter() > deadline:
+            return _SKIPPED
+        dst = memoryview(self._arena[self._offsets[info.name] + start : self._offsets[info.name] + end])
         with open(self._gguf.path, "rb", buffering=0) as fh:
             fh.seek(info.offset + start)
             done = 0
@@ -119,19 +139,75 @@ class ResidentWeights:
                     return (f"{self._gguf.path}: tensor {info.name!r} ends past the end of the file; the file is "
                             "truncated: download or convert it again")
                 done += n
+        with self._lock:
+            self._left[info.name] -= 1
+            if self._left[info.name] == 0:
+                self._resident.add(info.name)
+                if late:
+                    self._new.append(info.name)
         return None
+
+    def _copy_rest(self, pieces, t0: float) -> None:
+        try:
+            for p in pieces:
+                err = self._copy(p, None, True)
+                if err:
+                    self.error = err
+                    log.warning("weights: background copy stopped (%s); the rest stays in the memory map", err)
+                    return
+            self.background_seconds = time.perf_counter() - t0
+        except OSError as e:  # the file vanished or became unreadable: keep serving from the map
+            self.error = str(e)
+            log.warning("weights: background copy stopped (%s); the rest stays in the memory map", e)
+        finally:
+            self.done.set()
+
+    # -- the owner's side ----------------------------------------------------------------------------------
+
+    def take_new(self) -> list[str]:
+        """Names of the tensors the background copy finished since the last call (cheap when there are none)."""
+        if not self._new:
+            return []
+        with self._lock:
+            new, self._new = self._new, []
+        return new
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the background copy is over; True when every large tensor is in the arena."""
+        self.done.wait(timeout)
+        return self.done.is_set() and self.error is None
+
+    @property
+    def resident_fraction(self) -> float:
+        """Share of the large tensors' bytes served from the arena now."""
+        if not self._offsets:
+            return 1.0
+        with self._lock:
+            have = sum(self._gguf.info(n).nbytes for n in self._resident)
+        return have / sum(self._gguf.info(n).nbytes for n in self._offsets)
+
+    def unmap(self, names) -> None:
+        """Drop the memory map's pages of these (resident) tensors from this process; see GGUFFile.unmap_pages."""
+        unmap = getattr(self._gguf, "unmap_pages", None)
+        if unmap is not None:
+            for name in names:
+                unmap(name)
+
+    # -- the GGUFFile interface ----------------------------------------------------------------------------
 
     def __getattr__(self, name):
         return getattr(self._gguf, name)
 
     def raw(self, name: str) -> np.ndarray:
-        off = self._offsets.get(name)
-        if off is None:
+        if name not in self._resident:
             return self._gguf.raw(name)
-        return self._arena[off : off + self._gguf.info(name).nbytes]
+        off = self._offsets[name]
+        view = self._arena[off : off + self._gguf.info(name).nbytes]
+        view.flags.writeable = False
+        return view
 
     def array(self, name: str) -> np.ndarray:
-        if name not in self._offsets:
+        if name not in self._resident:
             return self._gguf.array(name)
         info = self._gguf.info(name)
         dt = info.qtype.numpy_dtype
@@ -147,9 +223,10 @@ class ResidentWeights:
 def place_weights(gguf, mode: str, fast_kernels: bool):
     """The object the transformer reads its tensors from: `gguf` itself (mmap) or a ResidentWeights over it.
     auto = resident when the Cython kernels run the fast numerics on Linux (where decode speed is the point),
-    mmap otherwise (the numpy and emulation paths gain nothing from it)."""
+    mmap otherwise (the numpy and emulation paths gain nothing from it); the load copies for HUGE_BUDGET_S and
+    a background thread copies the rest. resident = everything copied before the load returns."""
     if mode not in WEIGHT_MODES:
         raise EngineError(f"unknown weights placement {mode!r}; choose one of: {', '.join(WEIGHT_MODES)}")
     if mode == "mmap" or (mode == "auto" and not (fast_kernels and sys.platform.startswith("linux"))):
         return gguf
-    return ResidentWeights(gguf)
+    return ResidentWeights(gguf, huge_budget_s=None if mode == "resident" else _DEFAULT)

@@ -63,6 +63,24 @@ class Transformer:
                              n_slots=n_slots)
         self.plan = self._decode_plan()  # one-token steps in one kernel call, when the fast kernels can run them
 
+    def rebind_weights(self, weights, names) -> None:
+        """Read the named tensors from `weights` from now on (the same bytes, moved: weights.ResidentWeights) and
+        rebuild the decode plan over them. Call between forward passes."""
+        names = set(names)
+        if not names:
+            return
+        for attr, name in (("tok_embd", "token_embd.weight"), ("output", "output.weight")):
+            arr = getattr(self, attr)
+            if name in names and weights.info(name).qtype.name in ("F16", "F32"):  # zero-copy views; others converted
+                setattr(self, attr, weights.array(name))
+        if self.args.tied_head:
+            self.output = self.tok_embd
+        for L in self.layers:
+            for lin in L.proj.values():
+                if lin.name in names:
+                    lin.rebind(weights)
+        self.plan = self._decode_plan()
+
     # -- the forward pass ----------------------------------------------------------------------------------
 
     def forward(self, tokens: np.ndarray, pos0: int, logits: str = "all", capture=None, slot: int = 0) -> np.ndarray:
