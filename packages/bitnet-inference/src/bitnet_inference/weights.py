@@ -108,7 +108,10 @@ class ResidentWeights:
         self._arena, self._map = huge_page_buffer(total)
         workers = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
         # pieces of at most 32 MiB, one thread per core: much of the load is the kernel faulting in fresh pages
-        pieces = [(info, start, min(info.nbytes, start + PIECE)) for info in infos
+        # smallest tensors first: at the deadline at most a piece or two of the layer matrices is half-copied, and
+        # the one large tensor (the embedding / F16 head) is the one left to the background thread, so the pages
+        # held twice at the first token (arena + map) stay few
+        pieces = [(info, start, min(info.nbytes, start + PIECE)) for info in sorted(infos, key=lambda i: i.nbytes)
                   for start in range(0, info.nbytes, PIECE)]
         deadline = None if huge_budget_s is None else t0 + huge_budget_s
         with ThreadPoolExecutor(min(len(pieces), workers)) as pool:
