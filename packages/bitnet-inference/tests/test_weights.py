@@ -1,6 +1,7 @@
 """Weights resident on huge pages (the fast path's default) serve the same bytes as the memory map."""
 
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -78,12 +79,17 @@ def test_model_adopts_weights_as_they_arrive(fixtures, monkeypatch):
     ref = Model(path, n_ctx=16, weights="mmap")
     monkeypatch.setattr(W, "HUGE_BUDGET_S", 0.0)
     monkeypatch.setattr(W, "BIG", 0)  # the fixture's tensors are small: make them all resident
+    go = threading.Event()  # hold the background copy until the model is built, so the test is deterministic
+    copy_rest = W.ResidentWeights._copy_rest
+    monkeypatch.setattr(W.ResidentWeights, "_copy_rest", lambda self, *a: (go.wait(30), copy_rest(self, *a)))
     m = Model(path, n_ctx=16)  # auto: everything left to the background copy
     w = m.weights
     lin = m.net.layers[0].proj["attn_q"]
     assert np.shares_memory(lin.raw, w._gguf.raw(lin.name))  # still the map
     toks = [1, 5, 9, 2]
     want = ref.forward(toks, 0)
+    np.testing.assert_array_equal(want.view(np.uint32), m.forward(toks, 0).view(np.uint32))  # from the map
+    go.set()
     assert w.wait(30)
     plan = m.net.plan
     got = m.forward(toks, 0)  # adopts first, then runs
