@@ -162,10 +162,13 @@ def breakdown(m) -> dict:
     qkv = (a.n_head, a.n_head_kv, d, m.n_ctx, m.cos, m.sin, kc, vc)
     parts = {
         "qkv (fused norm, RoPE, KV store)": lambda: ops.ternary_decode_launch(rt, L.qkv, "qkv", m.x, L.attn_norm, eps,
-                                                                              m.qb, hd, pos=m.pos, qkv=qkv),
-        "attention": lambda: rt.launch("attention", "PPPPiiiiPi", (a.n_head, 1), (512, 1, 1), p(m.qb), np.intp(kc),
-                                       np.intp(vc), p(m.att), np.int32(a.n_head), np.int32(a.n_head_kv),
-                                       np.int32(d), np.int32(m.n_ctx), p(m.pos), np.int32(1), shared=4 * m.n_ctx),
+                                                                              m.qb, hd, pos=m.pos, qkv=qkv, rope=m.rope_cur),
+        "attention (one block a head)": lambda: rt.launch("attention", "PPPPiiiiPi", (a.n_head, 1), (512, 1, 1),
+                                                          p(m.qb), np.intp(kc), np.intp(vc), p(m.att),
+                                                          np.int32(a.n_head), np.int32(a.n_head_kv), np.int32(d),
+                                                          np.int32(m.n_ctx), p(m.pos), np.int32(1),
+                                                          shared=4 * m.n_ctx),
+        "attention split (attn_split)": lambda: m._attention(1, kc, vc),
         "o (fused norm, residual)": lambda: ops.ternary_decode_launch(rt, L.o, "resid", m.att, L.attn_sub_norm, eps,
                                                                       m.hn, e),
         "gate/up (fused norm, relu2)": lambda: ops.ternary_decode_launch(rt, L.gu, "relu2", m.x, L.ffn_norm, eps,
@@ -220,7 +223,7 @@ def cold_breakdown(m) -> dict:
         """The four decode matmuls of a layer, launched with the keyword arguments kw (e.g. warps=16)."""
         return {
             "qkv" + suffix: lambda L: ops.ternary_decode_launch(rt, L.qkv, "qkv", m.x, L.attn_norm, eps, m.qb, hd,
-                                                               pos=m.pos, qkv=qkv, **kw),
+                                                               pos=m.pos, qkv=qkv, rope=m.rope_cur, **kw),
             "o" + suffix: lambda L: ops.ternary_decode_launch(rt, L.o, "resid", m.att, L.attn_sub_norm, eps, m.hn, e,
                                                              **kw),
             "gate/up" + suffix: lambda L: ops.ternary_decode_launch(rt, L.gu, "relu2", m.x, L.ffn_norm, eps, m.fb, f,
@@ -230,10 +233,10 @@ def cold_breakdown(m) -> dict:
         }
 
     kinds = {
-        **variants(""),
+        **variants(" hoisted loads", hoist=True),
+        **variants(" loads after norm", hoist=False),
         "gate/up unfused": lambda L: ops.ternary_launch(rt, L.gu, "relu2", m.q8, m.qsum, m.s, m.fb, f, 1),
-        **variants(" 16 warps", warps=16),
-        **variants(" 4 warps", warps=4),
+        **variants(" 16 warps hoisted", warps=16, hoist=True),
     }
     for name, fn in kinds.items():
         def all_layers(fn=fn):
@@ -493,6 +496,31 @@ def main(argv=None) -> int:
     unf = bench_ours(m, args.n_gen, 64)
     ours["unfused_decode_tok_s"], ours["unfused_graph_tok_s"] = unf["decode_tok_s"], unf["graph_tok_s"]
     print("ours (separate norm kernels):", unf, flush=True)
+    # the kernels of the 11:09 run: one attention block a head, weights loaded after the norm prologue
+    from bitnet_kernels.gpu import ops
+
+    m.set_decode_mode("fused", 8)
+    m.attn_split = False
+    old = bench_ours(m, args.n_gen, 64)
+    ours["old_decode_tok_s"], ours["old_device_loop_tok_s"] = old["decode_tok_s"], old["device_loop_tok_s"]
+    print("ours (the 11:09 step: norm in every block, one attention block a head):", old, flush=True)
+    m.attn_split = True
+    # the int8 head (--lm-head q8) on the same model
+    m.lm_head = "q8"
+    m._prepare_head()
+    m.set_decode_mode(mode, 8)
+    q8 = bench_ours(m, args.n_gen, 64)
+    ours["q8_head_decode_tok_s"], ours["q8_head_device_loop_tok_s"] = q8["decode_tok_s"], q8["device_loop_tok_s"]
+    print("ours (int8 head):", q8, flush=True)
+
+    def q8_head():
+        key = int(m.step_key.gpudata)
+        rt.cuda.memset_d32_async(key, 0, 2, rt.stream)
+        m._head_q8(int(m.x.gpudata), 1, key)
+
+    q8_head_us = time_graph(rt, q8_head, reps=5) * 1e6
+    m.lm_head = "f16"
+    m.head_q8 = m.head_scale = None
     m.set_decode_mode(mode, 8)
     # the breakdown at the position the decode runs reached (attention reads that many keys)
     m.h_pos[0] = 32 + args.n_gen
@@ -501,6 +529,7 @@ def main(argv=None) -> int:
     bd.update(cold_breakdown(m))
     bd.update(barrier_cost(m))
     bd.update(prefill_breakdown(m, args.n_prompt))
+    bd["int8 head: norm + quant + int8 GEMV + argmax"] = q8_head_us
     for k, v in bd.items():
         print(f"  {k:<36} {v:8.1f} us", flush=True)
     bpt = bytes_per_token(a, 32 + args.n_gen // 2)
@@ -527,6 +556,9 @@ def main(argv=None) -> int:
             ("ours decode (graph replays, events)", ours["graph_tok_s"]),
             ("ours decode, one persistent kernel a step (device loop)", ours.get("mega_device_loop_tok_s", 0)),
             ("ours decode, separate norm kernels (host loop)", ours["unfused_decode_tok_s"]),
+            ("ours decode, 11:09 step: norm in every block, 1 attn block/head (device loop)",
+             ours["old_device_loop_tok_s"]),
+            ("ours decode, int8 head --lm-head q8 (device loop)", ours["q8_head_device_loop_tok_s"]),
             (f"ours prefill {args.n_prompt}", ours["prefill_tok_s"])]
     if "torch" in res:
         tr = res["torch"]
@@ -539,12 +571,13 @@ def main(argv=None) -> int:
     print(f"\ndecode mode: {ours['mode']}")
     print(f"device: {rt.name}; d2d copy {bw / 1e9:.0f} GB/s (read+write); bytes/token {bpt / 1e6:.1f} MB; "
           f"floor {floor_tok_s:.0f} tok/s")
-    print(f"{'what':<56} {'tok/s':>10}")
+    print(f"{'what':<68} {'tok/s':>10}")
     for name, v in rows:
-        print(f"{name:<56} {v:>10.1f}")
+        print(f"{name:<68} {v:>10.1f}")
     best_ours = max(ours["decode_tok_s"], ours["device_loop_tok_s"], ours["device_loop_2exec_tok_s"],
                     ours.get("mega_device_loop_tok_s", 0))
-    print(f"ours decode / floor: {best_ours / floor_tok_s:.1%}")
+    print(f"ours decode / floor: {best_ours / floor_tok_s:.1%} (F16 head); int8 head: "
+          f"{ours['q8_head_device_loop_tok_s']:.1f} tok/s")
     if "torch" in res:
         best = max(res["torch"]["eager_tok_s"], res["torch"]["graph_tok_s"], res["torch"].get("compiled_graph_tok_s", 0))
         best_pf = max(res["torch"]["prefill_tok_s"], res["torch"].get("prefill_tok_s_second_run", 0))

@@ -1,21 +1,205 @@
-"""Run decode steps of a random 2B-4T-shaped model (for ncu / compute-sanitizer on the device):
-python tools/gpu_profile_step.py [n_steps] [mode: fused | mega | unfused]."""
+"""Decode steps of a random 2B-4T-shaped model on the device, for profiling.
 
+    python tools/gpu_profile_step.py [n_steps] [mode: fused | mega | unfused]   # steps to run under ncu
+    python tools/gpu_profile_step.py ablate [pos]                              # in-graph cost of each kernel
+    python tools/gpu_profile_step.py timeline [pos]                            # one layer's stage timestamps
+
+`ablate` captures the one-token step (the decode graph) with one kind of layer kernel left out, or with every
+layer kernel replaced by an empty kernel of the same grid, for each combination of the split attention
+(`attn_split`) and the hoisted loads of the decode matmuls (`tdech_*`), and prints the device time of each
+graph: the difference to the full step over the layer count is what one kernel of that kind costs inside the
+graph, gaps included. `timeline` replays the step with layer 15's kernels writing %globaltimer at their stage
+points (thread 0 of every block) and prints, per kernel, when its first block started, the median block's
+stages, and when its last block ended, in us from the layer's first QKV block.
+"""
+
+import statistics
 import sys
 
 import numpy as np
 
+KINDS = ("qkv", "attn", "o", "gu", "down")
 
-def main() -> int:
+
+def build(pos: int):
     sys.path.insert(0, "tools")
     from bench_gpu import SHAPE_2B4T, model_args
 
     from bitnet_inference.gpu_model import GPUModel
 
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     m = GPUModel.random(model_args(SHAPE_2B4T), n_ctx=1024)
     m.cache.reset()
-    m.prefill(np.arange(1, 200))
+    m.prefill(np.arange(1, pos + 1))
+    m.h_pos[0] = pos  # the captured step reads its position from device memory
+    m.rt.cuda.memcpy_htod(m.pos.gpudata, m.h_pos)
+    return m
+
+
+def kind_of(m, name: str, args) -> str:
+    if name.startswith(("tdec_", "tdech_", "tdq_", "tdc_", "tdcn_", "tdcw_")):
+        epi = name.split("_", 1)[1]
+        if epi == "qkv":
+            return "qkv"
+        if epi in ("relu2", "silu"):
+            return "gu"
+        return "down" if int(args[2]) == m.args.n_ff else "o"
+    if name in ("attention", "attn_split"):
+        return "attn"
+    return "other"
+
+
+def step_time(m, skip: set, noop: bool, reps: int = 20) -> float:
+    """Device microseconds of one captured decode step with the kernels of kinds `skip` left out (noop: an
+    empty kernel of the same grid instead)."""
+    from bitnet_kernels.gpu import CudaGraph
+
+    rt = m.rt
+    orig = type(rt).launch.__get__(rt)
+
+    def launch(name, sig, grid, block, *args, shared=0):
+        if kind_of(m, name, args) in skip:
+            if noop:
+                orig("noop", "", grid, block)
+            return
+        orig(name, sig, grid, block, *args, shared=shared)
+
+    rt.launch = launch
+    try:
+        m._enqueue_step(False)
+        rt.sync()
+        g = CudaGraph(rt.stream)
+        g.begin()
+        m._enqueue_step(False)
+        g.end()
+    finally:
+        del rt.launch
+    for _ in range(3):
+        g.replay()
+    start, end = rt.cuda.Event(), rt.cuda.Event()
+    times = []
+    for _ in range(5):
+        start.record(rt.stream)
+        for _ in range(reps):
+            g.replay()
+        end.record(rt.stream)
+        end.synchronize()
+        times.append(end.time_since(start) * 1e3 / reps)
+    g.close()
+    return statistics.median(times)
+
+
+CONFIGS = [("fused", False, "fused step, one attention block a head"),
+           ("fused", True, "fused step, split attention"),
+           ("cluster", True, "cluster norm (tdc), weights after the norm"),
+           ("mix:qkv=hoist,o=fused,gu=fused,down=cluster", True, "mix: hoist / fused / fused / cluster"),
+           ("mix:qkv=hoist,o=fused,gu=fused,down=clustern", True, "mix: hoist / fused / fused / clustern"),
+           ("mix:qkv=fused,o=fused,gu=fused,down=cluster", True, "mix: fused / fused / fused / cluster"),
+           ("mix:qkv=cluster,o=fused,gu=fused,down=cluster", True, "mix: cluster / fused / fused / cluster"),
+           ("mix:qkv=hoist,o=clustern,gu=clustern,down=clustern", True, "mix: hoist / clustern x3"),
+           ("mix:qkv=hoist,o=hoist,gu=fused,down=cluster", True, "mix: hoist / hoist / fused / cluster")]
+
+
+def set_config(m, mode: str, split: bool) -> None:
+    from bitnet_kernels.gpu import ops
+
+    ops.DC_WFIRST = mode == "clusterw"
+    ops.DEC_HOIST = mode == "fusedh"
+    if mode.startswith("mix:"):
+        m.set_decode_mode("mix", 8)
+        m.mix = dict(kv.split("=") for kv in mode[4:].split(","))
+    else:
+        m.set_decode_mode("cluster" if mode.startswith("cluster") else "fused" if mode == "fusedh" else mode, 8)
+    m.attn_split = split
+
+
+def ablate(pos: int) -> int:
+    m = build(pos)
+    n = m.args.n_layer
+    print(f"device: {m.rt.name}; position {pos}; device us of one decode step (graph), and per layer kernel")
+    print(f"{'':<44} {'full':>8} " + " ".join(f"{'-' + k:>8}" for k in KINDS) + f" {'noop all':>9} {'none':>8}")
+    for mode, split, label in CONFIGS:
+        set_config(m, mode, split)
+        full = step_time(m, set(), False)
+        drops = [step_time(m, {k}, False) for k in KINDS]
+        noop = step_time(m, set(KINDS), True)
+        none = step_time(m, set(KINDS), False)
+        per = " ".join(f"{(full - d) / n:8.2f}" for d in drops)
+        print(f"{label:<44} {full:8.1f} {per} {(noop - none) / n / 5:9.2f} {none:8.1f}", flush=True)
+    print("columns -K: (full - step without kind K) / layers = us one kernel of kind K costs in the graph; "
+          "noop all: us an empty kernel of the same grid costs (a layer's 5 replaced, per kernel); none: the step "
+          "without any layer kernel (embedding, head, argmax)")
+    return 0
+
+
+STAGES = {"fused": "start, prologue done, GEMV loop done (warp 0, hoisted kernels only), epilogue done (warp 0)",
+          "q1": "start, int8 row in smem, GEMV loop done (warp 0), epilogue done, tail start, tail done (last block)",
+          "attn": "start, K/V in smem, P.V done, counter taken (splits > 1), head done, tail done (last block)"}
+
+
+def timeline_one(m, layer: int) -> dict:
+    """Stage timestamps of layer `layer`'s five kernels in one replay of the captured step."""
+    from bitnet_kernels.gpu import CudaGraph, ops
+
+    rt, a = m.rt, m.args
+    blocks = {"qkv": -(-(a.n_head * a.head_dim + 2 * a.n_head_kv * a.head_dim) // 2 // 8),
+              "attn": a.n_head * m.att_splits, "o": -(-a.n_embd // 8), "gu": -(-a.n_ff // 8),
+              "down": -(-a.n_embd // 8)}
+    bufs = {k: ops.gpu_empty((n + 64, 8), np.uint64) for k, n in blocks.items()}  # + whole clusters
+    m._trace = {"layer": layer, **bufs}
+    try:
+        m._enqueue_step(False)
+        rt.sync()
+        g = CudaGraph(rt.stream)
+        g.begin()
+        m._enqueue_step(False)
+        g.end()
+    finally:
+        m._trace = None
+    for _ in range(3):
+        g.replay()
+    for b in bufs.values():
+        rt.cuda.memset_d32(b.gpudata, 0, b.size * 2)
+    g.replay()
+    rt.sync()
+    g.close()
+    return {k: b.get().astype(np.int64) for k, b in bufs.items()}
+
+
+def timeline(pos: int) -> int:
+    m = build(pos)
+    layer = m.args.n_layer // 2
+    print(f"device: {m.rt.name}; position {pos}; layer {layer}; us from the layer's first QKV block")
+    for mode, split, label in CONFIGS[1:4]:
+        set_config(m, mode, split)
+        tr = timeline_one(m, layer)
+        t0 = tr["qkv"][:, 0][tr["qkv"][:, 0] > 0].min()
+        print(f"-- {label}")
+        for k in KINDS:
+            t = tr[k]
+            t = t[t[:, 0] > 0]
+            if not len(t):
+                print(f"  {k:<5} (no trace)")
+                continue
+            cols = []
+            for st in range(6):
+                v = t[:, st]
+                v = v[v > 0]
+                cols.append(f"{(np.median(v) - t0) / 1e3:7.2f}" if len(v) else "      -")
+            end = t.max()
+            print(f"  {k:<5} blocks {len(t):4d} first {(t[:, 0].min() - t0) / 1e3:7.2f} | median stages "
+                  f"{' '.join(cols)} | last end {(end - t0) / 1e3:7.2f}")
+    for k, v in STAGES.items():
+        print(f"stages, {k}: {v}")
+    return 0
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "ablate":
+        return ablate(int(sys.argv[2]) if len(sys.argv) > 2 else 288)
+    if len(sys.argv) > 1 and sys.argv[1] == "timeline":
+        return timeline(int(sys.argv[2]) if len(sys.argv) > 2 else 288)
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    m = build(199)
     m.set_decode_mode(sys.argv[2] if len(sys.argv) > 2 else "fused")
     tok = 5
     for i in range(n):

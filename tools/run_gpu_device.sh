@@ -37,6 +37,20 @@ $PY -c 'from bitnet_kernels.gpu import gpu_status; print("gpu_status:", gpu_stat
 timeout ${GPU_TEST_TIMEOUT:-300} $PY -m pytest packages/bitnet-kernels/tests/test_gpu_kernels.py packages/bitnet-kernels/tests/test_gpu_model.py \
   -q -rs -s -p no:cacheprovider -o addopts="" 2>&1 | tee "$OUT/tests.log" | grep -Ev "^\.+ *\[" | tail -40
 
+# GPU_PROFILE=1: the in-graph cost of each layer kernel (tools/gpu_profile_step.py ablate), one layer's stage
+# timestamps (timeline), then Nsight Compute on one layer's five kernels inside a graph replay (ncu.txt)
+if [ "${GPU_PROFILE:-0}" = "1" ]; then
+  timeout ${GPU_PROFILE_TIMEOUT:-150} $PY tools/gpu_profile_step.py ablate 288 2>&1 | tee "$OUT/ablate.txt"
+  timeout ${GPU_PROFILE_TIMEOUT:-150} $PY tools/gpu_profile_step.py timeline 288 2>&1 | tee "$OUT/timeline.txt"
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  # launches before layer 15 of the first replay: 30 prefill attentions, one eager step (150), 15 layers
+  timeout ${GPU_PROFILE_TIMEOUT:-150} $NCU --clock-control none \
+    -k 'regex:^(tdech?_|attn_split|attention)' --launch-skip 255 --launch-count 5 \
+    --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+    --section MemoryWorkloadAnalysis $PY tools/gpu_profile_step.py 2 fused > "$OUT/ncu.txt" 2>&1
+  grep -E "^  [a-z_]+ |Duration|Warp Cycles Per Issued|Achieved Occupancy" "$OUT/ncu.txt" | head -40
+fi
+
 if [ "${1:-}" != "--no-bench" ]; then
   timeout ${GPU_BENCH_TIMEOUT:-420} $PY tools/bench_gpu.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log" | tail -25
 fi

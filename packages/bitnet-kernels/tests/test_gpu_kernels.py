@@ -151,3 +151,142 @@ def test_fused_norm_decode_matches_oracle(k):
     assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()
     two = ops.norm_linear(m, x[None], nw, 1e-5)[0]
     assert np.abs(got - two).max() <= 1e-6 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("k", [256, 2560, 6912])
+def test_decode_hoisted_loads_bit_equal(k, monkeypatch):
+    """The decode matmul that issues its prologue-independent loads first (tdech_*) gives the same bits as the
+    one that loads them after the prologue (tdec_*)."""
+    from bitnet_kernels.gpu import ops
+
+    rng = np.random.default_rng(k + 1)
+    n = 777
+    w = ternary(rng, n, k)
+    x = (rng.standard_normal(k) * 2).astype(np.float32)
+    nw = rng.uniform(0.5, 1.5, k).astype(np.float32)
+    m = ops.TernaryMatrix(n, k)
+    m.load_codes(w, 0.03)
+    m.finish()
+    outs = []
+    for pf in (True, False):
+        monkeypatch.setattr(ops, "DEC_HOIST", pf)
+        outs.append(ops.decode_linear(m, x, nw, 1e-5))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("variant", ["tdc", "tdcn", "tdcw"])
+@pytest.mark.parametrize("warps", [8, 16])
+@pytest.mark.parametrize("k", [256, 2560, 6912, 8192])
+def test_decode_cluster_norm_bit_equal(k, warps, variant):
+    """The decode matmul whose norm + quantization a cluster of blocks shares (tdc_*, tdcn_*, tdcw_*; grids
+    rounded up to whole clusters) gives the bits of the one where every block normalizes the row itself."""
+    from bitnet_kernels.gpu import ops
+
+    kw = {"wfirst": variant == "tdcw", "l2_weights": variant == "tdc"}
+    rng = np.random.default_rng(k + warps)
+    n = 1000 + warps  # not a multiple of a cluster's rows
+    w = ternary(rng, n, k)
+    x = (rng.standard_normal(k) * 2).astype(np.float32)
+    nw = rng.uniform(0.5, 1.5, k).astype(np.float32)
+    m = ops.TernaryMatrix(n, k)
+    m.load_codes(w, 0.03)
+    m.finish()
+    got = ops.decode_linear(m, x, nw, 1e-5, kind="cluster", warps=warps, **kw)
+    np.testing.assert_array_equal(got, ops.decode_linear(m, x, nw, 1e-5, warps=warps))
+
+
+@pytest.mark.parametrize("k", [256, 2560, 6912])
+def test_decode_quantize_once_bit_equal(k):
+    """The quantize-once decode kernels (tdq_*): the first launch's last block normalizes and quantizes the rows
+    the launch wrote (from the blocks' partial sums of squares), the second launch reads that int8 row; its
+    output has the bits of the fused-norm kernel (every block normalizes) on the same row."""
+    from bitnet_kernels.gpu import ops
+
+    rng = np.random.default_rng(k + 2)
+    k0, n = 512, 1001
+    a = ops.TernaryMatrix(k, k0)
+    a.load_codes(ternary(rng, k, k0), 0.03)
+    a.finish()
+    b = ops.TernaryMatrix(n, k)
+    b.load_codes(ternary(rng, n, k), 0.02)
+    b.finish()
+    q0 = rng.integers(-128, 128, size=k0).astype(np.int8)
+    nw = rng.uniform(0.5, 1.5, k).astype(np.float32)
+    y, z = ops.decode_chain_q(a, q0, 41.5, b, nw, 1e-5)
+    assert np.abs(y).max() > 0
+    np.testing.assert_array_equal(z, ops.decode_linear(b, y, nw, 1e-5))
+
+
+def attention_ref(q, kc, vc, nk, n_head, n_kv):
+    """One token's attention in float64 over keys 0..nk-1 (q rounded through f16 as the kernels do)."""
+    d = q.shape[-1]
+    out = np.zeros((n_head, d))
+    for h in range(n_head):
+        kh = h // (n_head // n_kv)
+        qh = q[h].astype(np.float16).astype(np.float64)
+        s = kc[kh, :nk].astype(np.float64) @ qh / np.sqrt(d)
+        p = np.exp(s - s.max())
+        out[h] = (p / p.sum()) @ vc[kh, :nk].astype(np.float64)
+    return out
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_split_attention_matches_float64(d):
+    """The one-token attention split over key blocks (attn_split: partials, the last block of a head combines
+    and resets its counter) against float64, at key counts around the block size, twice in a row (the counter
+    must be back at 0), and against the one-block kernel."""
+    from bitnet_kernels.gpu import get_runtime, ops
+
+    rt = get_runtime()
+    rng = np.random.default_rng(d)
+    n_head, n_kv, n_ctx = 8, 2, 1100
+    splits = -(-n_ctx // 32)
+    kc = (rng.standard_normal((n_kv, n_ctx, d)) * 0.5).astype(np.float16)
+    vc = rng.standard_normal((n_kv, n_ctx, d)).astype(np.float16)
+    dk, dv = ops.to_gpu(kc), ops.to_gpu(vc)
+    part = ops.gpu_empty((n_head * splits * (d + 2),), np.float32)
+    cnt = ops.to_gpu(np.zeros(n_head, np.uint32))
+    out = ops.gpu_empty((n_head * d,), np.float32)
+    out1 = ops.gpu_empty((n_head * d,), np.float32)
+    p = ops.ptr
+    for nk in (1, 31, 32, 33, 64, 100, 289, 1100):
+        q = rng.standard_normal((n_head, d)).astype(np.float32)
+        dq, dpos = ops.to_gpu(q), ops.to_gpu(np.array([nk - 1], np.int32))
+        ref = attention_ref(q, kc, vc, nk, n_head, n_kv)
+        got = []
+        for _ in range(2):
+            out.fill(np.float32(np.nan))
+            rt.launch("attn_split", "PPPPPPiiiiPPifPPPPP", (n_head, splits), (128, 1, 1), p(dq), p(dk), p(dv),
+                      p(out), p(part), p(cnt), np.int32(n_head), np.int32(n_kv), np.int32(d), np.int32(n_ctx),
+                      p(dpos), np.intp(0), np.int32(0), np.float32(0), np.intp(0), np.intp(0), np.intp(0),
+                      np.intp(0), np.intp(0), shared=2 * 32 * (d + 8) * 2 + 4096)
+            rt.sync()
+            got.append(out.get().reshape(n_head, d))
+        np.testing.assert_array_equal(got[0], got[1])
+        assert (cnt.get() == 0).all()
+        err = np.linalg.norm(got[0] - ref) / np.linalg.norm(ref)
+        assert err < 1e-5, (nk, err)
+        rt.launch("attention", "PPPPiiiiPi", (n_head, 1), (512, 1, 1), p(dq), p(dk), p(dv), p(out1), np.int32(n_head),
+                  np.int32(n_kv), np.int32(d), np.int32(n_ctx), p(dpos), np.int32(0), shared=4 * n_ctx)
+        rt.sync()
+        one = out1.get().reshape(n_head, d)
+        assert np.linalg.norm(got[0] - one) / np.linalg.norm(one) < 1e-5
+
+
+@pytest.mark.parametrize("t", [1, 5, 9])
+def test_q8_head_matches_cpu_q8_head(t):
+    """The int8 LM head on the device: the same int8 rows and scales as bitnet_kernels.cpu.q8_head_prepare and
+    the same logits as the CPU q8 head (exact integer dots, the same float expression)."""
+    from bitnet_kernels import cpu
+    from bitnet_kernels.gpu import ops
+
+    rng = np.random.default_rng(t + 40)
+    w = (rng.standard_normal((1003, 2560)) * 0.05).astype(np.float16)
+    w[7] = 0  # a zero row: q 0, scale 0
+    x = rng.standard_normal((t, 2560)).astype(np.float32)
+    got, q, scale = ops.q8_head_matmul(w, x)
+    q_ref, scale_ref = cpu.q8_head_prepare(w)
+    np.testing.assert_array_equal(q, q_ref)
+    np.testing.assert_array_equal(scale, scale_ref)
+    ref = cpu.q8_head_gemv(q_ref, scale_ref, x)
+    np.testing.assert_array_equal(got, ref)

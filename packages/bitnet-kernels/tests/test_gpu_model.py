@@ -115,22 +115,25 @@ def test_greedy_golden_persistent_kernel(gpu_model):
         test_greedy_golden(gpu_model)
         test_generate_greedy_on_device_equals_host_loop(gpu_model)
     finally:
-        gpu_model.set_decode_mode("fused", 8)
+        gpu_model.set_decode_mode("mix", 8)
 
 
 def test_decode_modes_agree(gpu_model):
     """One-token steps: the 5-kernel path with the norm fused into every matmul block equals the separate-kernel
-    path (same attention); the persistent kernel (split-key attention, P not rounded to f16) stays close and picks
-    the same tokens."""
+    path (same attention) and, bit for bit, the quantize-once path (q1); the persistent kernel (its own split-key
+    attention, P not rounded to f16) stays close and picks the same tokens."""
     toks = [BOS, 11, 12, 13, 14, 15, 16]
     outs = []
-    for mode, warps in (("fused", 8), ("unfused", 8), ("fused", 16), ("mega", 8)):
+    for mode, warps in (("fused", 8), ("unfused", 8), ("fused", 16), ("mega", 8), ("q1", 8), ("q1", 16),
+                        ("cluster", 8), ("cluster", 16), ("mix", 8), ("mix", 16)):
         gpu_model.set_decode_mode(mode, warps)
         gpu_model.cache.reset()
         gpu_model.prefill(toks[:3])
         outs.append(np.concatenate([gpu_model.forward([tk], 3 + i, logits="last") for i, tk in enumerate(toks[3:])]))
-    assert gpu_model.decode_mode == "mega"
-    gpu_model.set_decode_mode("fused", 8)
+    assert gpu_model.decode_mode == "mix"
+    gpu_model.set_decode_mode("mix", 8)
+    for k in (4, 5, 6, 7, 8, 9):
+        np.testing.assert_array_equal(outs[k], outs[0])
     assert np.linalg.norm(outs[0] - outs[1]) / np.linalg.norm(outs[1]) < 1e-4
     assert np.linalg.norm(outs[2] - outs[0]) / np.linalg.norm(outs[0]) < 1e-4
     rel = np.linalg.norm(outs[3] - outs[0]) / np.linalg.norm(outs[0])
@@ -196,3 +199,56 @@ def test_long_sequence_matches_cpu():
         a = g.forward(tok, 600 + i, logits="last")
         c = cpu.forward(tok, 600 + i, logits="last")
         assert np.linalg.norm(a - c) / np.linalg.norm(c) < 5e-2
+
+
+def test_split_attention_and_hoisted_loads(gpu_model, monkeypatch):
+    """One-token steps: the decode matmuls' hoisted loads change no bit; the split attention (P not
+    rounded to f16) stays within last-bit distance of the one-block kernel and picks the same tokens."""
+    from bitnet_kernels.gpu import ops
+
+    toks = [BOS, 31, 32, 33, 34, 35, 36, 37, 38]
+
+    def run(split, pf):
+        monkeypatch.setattr(ops, "DEC_HOIST", pf)
+        gpu_model.attn_split = split
+        gpu_model.set_decode_mode("fused", 8)  # recapture
+        gpu_model.cache.reset()
+        gpu_model.prefill(toks[:2])
+        return np.concatenate([gpu_model.forward([tk], 2 + i, logits="last") for i, tk in enumerate(toks[2:])])
+
+    try:
+        base = run(False, False)
+        pf = run(False, True)
+        split = run(True, True)
+    finally:
+        gpu_model.attn_split = True
+        monkeypatch.setattr(ops, "DEC_HOIST", True)
+        gpu_model.set_decode_mode("mix", 8)
+    np.testing.assert_array_equal(pf, base)
+    rel = np.linalg.norm(split - base) / np.linalg.norm(base)
+    print(f"split attention vs one block a head: relative difference {rel:.2e}")
+    assert rel < 5e-2
+    assert (split.argmax(1) == base.argmax(1)).all()
+
+
+def test_q8_head_matches_cpu_q8_head():
+    """--lm-head q8 on the GPU: the logits of the CPU path's q8 head (same int8 head, same activation
+    quantization), for a prompt and for decode steps (the graph with the argmax folded in)."""
+    from bitnet_inference.generate import Model
+    from bitnet_inference.gpu_model import load_gpu
+
+    g = load_gpu(FIXTURES / "b158-a-i2s.gguf", n_ctx=128, lm_head="q8")
+    cpu = Model(FIXTURES / "b158-a-i2s.gguf", numerics="fast", n_ctx=128, lm_head="q8")
+    toks = np.random.default_rng(5).integers(0, cpu.args.n_vocab, size=20)
+    a = g.forward(toks, 0)
+    c = cpu.forward(toks, 0)
+    rel = np.linalg.norm(a - c) / np.linalg.norm(c)
+    print(f"GPU q8 head vs CPU q8 head: relative difference {rel:.2e}")
+    assert rel < 2e-2
+    assert np.mean(a.argmax(1) == c.argmax(1)) >= 0.95
+    tok = int(c[-1].argmax())
+    for i in range(4):
+        nxt = g.decode_greedy(tok, 20 + i)
+        c1 = cpu.forward([tok], 20 + i, logits="last")[0]
+        assert nxt == int(c1.argmax())
+        tok = nxt

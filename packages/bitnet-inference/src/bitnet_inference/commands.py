@@ -84,7 +84,7 @@ def _open_gpu(device, resolved, args: argparse.Namespace, n_slots: int):
         from bitnet_inference.gpu_model import load_gpu
 
         print(f"device: GPU ({why})", file=sys.stderr)
-        return load_gpu(resolved.path, n_ctx=args.ctx_size)
+        return load_gpu(resolved.path, n_ctx=args.ctx_size, lm_head=getattr(args, "lm_head", "f16"))
     reason = why if not ok else "the GPU path runs --numerics fast with one sequence"
     if device.requested.value != "auto":
         raise EngineError(f"device {device.requested.value}: {reason}; use --device cpu")

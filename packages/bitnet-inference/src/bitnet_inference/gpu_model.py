@@ -26,6 +26,9 @@ from bitnet_models import ModelConfigError, read_gguf
 
 F32 = np.float32
 MAX_BATCH = 512
+ATT_SPLIT_KEYS = 32  # keys a block of the split one-token attention (AS_KEYS in kernels.cu)
+MIX_KINDS = ("fused", "hoist", "cluster", "clustern")
+MIX_DEFAULT = {"qkv": "hoist", "o": "fused", "gu": "fused", "down": "cluster"}
 
 
 def _ops():
@@ -81,9 +84,12 @@ class GPUModel:
     """A GGUF model on the GPU. `numerics` must be "fast" (the GPU path's numerics)."""
 
     def __init__(self, path: str | Path, numerics: str = "fast", n_ctx: int | None = None, max_batch: int = MAX_BATCH,
-                 gguf=None, args: ModelArgs | None = None):
+                 gguf=None, args: ModelArgs | None = None, lm_head: str = "f16"):
         if numerics != "fast":
             raise EngineError(f"the GPU path computes `fast` numerics; got --numerics {numerics}")
+        if lm_head not in ("f16", "q8"):
+            raise EngineError(f"unknown LM head {lm_head!r}; choose f16 (default) or q8")
+        self.lm_head = lm_head
         self.path = Path(path) if path else None
         self.gguf = gguf if gguf is not None else read_gguf(self.path)
         if args is None:
@@ -120,6 +126,23 @@ class GPUModel:
         self.decode_warps = 16 if os.environ.get("BITNET_GPU_DECODE_WARPS") == "16" else 8
         # the persistent one-kernel step is opt-in: on an H100 it is slower than 5 kernels a layer (docs/gpu.md)
         self.megakernel = os.environ.get("BITNET_GPU_MEGAKERNEL", "0") == "1" and self.fused_norm
+        # one-token attention split over keys (attn_split); BITNET_GPU_ATTN_SPLIT=0: one block a head
+        self.attn_split = os.environ.get("BITNET_GPU_ATTN_SPLIT", "1") != "0"
+        # the 5-kernel step's kind: "cluster" (default: the norm shared by a cluster of blocks), "q1" (quantized
+        # once by the producer's last block) or "fused" (every block normalizes); BITNET_GPU_DECODE picks one
+        self.step_kind = os.environ.get("BITNET_GPU_DECODE", "mix")
+        if self.step_kind not in ("mix", "cluster", "q1", "fused"):
+            raise EngineError(f"BITNET_GPU_DECODE is mix, cluster, q1 or fused, got {self.step_kind!r}")
+        # "mix": the decode kernel of each matmul (fused: every block normalizes; hoist: the same with the
+        # epilogue's loads issued first and the K/V cache asked into L2; cluster / clustern: the norm shared by a
+        # cluster of blocks, with / without the weight rows asked into L2 first), e.g.
+        # BITNET_GPU_DECODE_KERNELS=qkv=hoist,o=fused,gu=fused,down=cluster
+        self.mix = dict(MIX_DEFAULT)
+        for item in filter(None, os.environ.get("BITNET_GPU_DECODE_KERNELS", "").split(",")):
+            k, _, v = item.partition("=")
+            if k not in self.mix or v not in MIX_KINDS:
+                raise EngineError(f"BITNET_GPU_DECODE_KERNELS: {item!r} is not <qkv|o|gu|down>=<{'|'.join(MIX_KINDS)}>")
+            self.mix[k] = v
 
     # -- the one-kernel decode step ---------------------------------------------------------------------------
 
@@ -235,8 +258,11 @@ class GPUModel:
         rt.launch("embed", "PPiP", (1, 1), (256, 1, 1), p(self.emb), p(self.tok), np.int32(a.n_embd), p(self.x))
         rt.launch("decode_step", "P", (plan["grid"], 1), (512, 1, 1), p(self.mk_args), shared=plan["smem"])
         key = np.intp(int(self.mk_sync.gpudata) + 8)
-        rt.launch("f16_head_argmax", "PiiPPP", ((a.n_vocab + 7) // 8, 1), (256, 1, 1), p(self.head),
-                  np.int32(a.n_vocab), np.int32(a.n_embd), p(self.hn), p(self.logits), key)
+        if self.head_q8 is not None:
+            self._head_q8(int(self.x.gpudata), 1, int(key))
+        else:
+            rt.launch("f16_head_argmax", "PiiPPP", ((a.n_vocab + 7) // 8, 1), (256, 1, 1), p(self.head),
+                      np.int32(a.n_vocab), np.int32(a.n_embd), p(self.hn), p(self.logits), key)
         rt.launch("argmax_finish", "PPPPPi", (1, 1), (32, 1, 1), key, p(self.argmax), p(self.tok), p(self.pos),
                   p(self.hist), np.int32(1 if step else 0))
 
@@ -245,16 +271,103 @@ class GPUModel:
         rt, p = self.rt, self.ops.ptr
         key = int(self.step_key.gpudata)
         rt.cuda.memset_d32_async(key, 0, 2, rt.stream)
-        self._enqueue(1, "all", argmax_key=key)
+        if self.decode_mode == "q1":
+            self._enqueue_q1(argmax_key=key)
+        elif self.decode_mode in ("cluster", "mix"):
+            self._enqueue_cluster(argmax_key=key)
+        else:
+            self._enqueue(1, "all", argmax_key=key)
         rt.launch("argmax_finish", "PPPPPi", (1, 1), (32, 1, 1), np.intp(key), p(self.argmax), p(self.tok),
                   p(self.pos), p(self.hist), np.int32(1 if step else 0))
 
+    def _dec(self, kind: str, mat, epi: str, x, normw, out, ldo: int, **kw) -> None:
+        """One decode matmul with the kernel `kind` (MIX_KINDS)."""
+        ops, rt, eps = self.ops, self.rt, float(self.args.norm_eps)
+        if kind in ("fused", "hoist"):
+            ops.ternary_decode_launch(rt, mat, epi, x, normw, eps, out, ldo, hoist=kind == "hoist", **kw)
+        else:
+            ops.ternary_decode_c_launch(rt, mat, epi, x, normw, eps, out, ldo, l2_weights=kind == "cluster", **kw)
+
+    def _enqueue_cluster(self, argmax_key: int) -> None:
+        """One token, 5 kernels a layer: the matmuls with the kernels of self.mix (decode mode "mix") or all with
+        the cluster-shared norm (tdc_*, mode "cluster"), the split attention; the embedding kernel also writes the
+        step's RoPE row."""
+        ops, rt, a = self.ops, self.rt, self.args
+        e, f, hd, d = a.n_embd, a.n_ff, a.n_head * a.head_dim, a.head_dim
+        eps = float(a.norm_eps)
+        p = ops.ptr
+        rt.launch("embed_rope", "PPiPPPPiP", (1, 1), (256, 1, 1), p(self.emb), p(self.tok), np.int32(e), p(self.x),
+                  p(self.pos), p(self.cos), p(self.sin), np.int32(d // 2), p(self.rope_cur))
+        kv_layer = a.n_head_kv * self.n_ctx * d * 2
+        act = "relu2" if self.ffn_act == "relu2" else "silu"
+        trace = getattr(self, "_trace", None)
+        w = self.decode_warps
+        mix = self.mix if self.step_kind == "mix" else dict.fromkeys(MIX_DEFAULT, "cluster")
+        for i, L in enumerate(self.layers):
+            kc = int(self.kc.gpudata) + i * kv_layer
+            vc = int(self.vc.gpudata) + i * kv_layer
+            qkv = (a.n_head, a.n_head_kv, d, self.n_ctx, self.cos, self.sin, kc, vc)
+            tr = trace if trace is not None and trace["layer"] == i else {}
+            self._dec(mix["qkv"], L.qkv, "qkv", self.x, L.attn_norm, self.qb, hd, pos=self.pos, qkv=qkv,
+                      rope=self.rope_cur, warps=w, trace=tr.get("qkv"))
+            self._attention(1, kc, vc, trace=tr.get("attn"))
+            self._dec(mix["o"], L.o, "resid", self.att, L.attn_sub_norm, self.x, e, warps=w, trace=tr.get("o"))
+            self._dec(mix["gu"], L.gu, act, self.x, L.ffn_norm, self.fb, f, warps=w, trace=tr.get("gu"))
+            self._dec(mix["down"], L.down, "resid", self.fb, L.ffn_sub_norm, self.x, e, warps=w,
+                      trace=tr.get("down"))
+        self._enqueue_head(1, "all", argmax_key)
+
+    def _enqueue_q1(self, argmax_key: int) -> None:
+        """One token through the quantize-once kernels: the embedding kernel normalizes and quantizes x for the
+        first QKV; then per layer QKV, attention (its last block quantizes the attention row for O), O (its
+        last block quantizes x for gate/up), gate/up (-> down's input), down (-> the next layer's QKV input);
+        every matmul reads int8 rows made once (buffers dq[0] / dq[1] alternate), no norm prologue."""
+        ops, rt, a = self.ops, self.rt, self.args
+        e, f, hd, d = a.n_embd, a.n_ff, a.n_head * a.head_dim, a.head_dim
+        eps = float(a.norm_eps)
+        p = ops.ptr
+        qrow = self.dq.shape[1]
+        qb = [int(self.dq.gpudata), int(self.dq.gpudata) + qrow]
+        sq = [int(self.dsq.gpudata), int(self.dsq.gpudata) + 8]
+        cnt = int(self.dcnt.gpudata)  # +0 O, +4 gate/up, +8 down, +12 attention heads
+        part = [int(self.dpart.gpudata) + 8 * 8192 * j for j in range(5)]  # O, gate/up, down, attention, embed
+        rt.launch("embed_quant", "PPiPPfPPPPPPiP", (1, 1), (1024, 1, 1), p(self.emb), p(self.tok), np.int32(e),
+                  p(self.x), p(self.layers[0].attn_norm), np.float32(eps), np.intp(qb[0]), np.intp(sq[0]),
+                  np.intp(part[4]), p(self.pos), p(self.cos), p(self.sin), np.int32(d // 2), p(self.rope_cur),
+                  shared=4 * e)
+        kv_layer = a.n_head_kv * self.n_ctx * d * 2
+        act = "relu2" if self.ffn_act == "relu2" else "silu"
+        trace = getattr(self, "_trace", None)
+        w = self.decode_warps
+        for i, L in enumerate(self.layers):
+            kc = int(self.kc.gpudata) + i * kv_layer
+            vc = int(self.vc.gpudata) + i * kv_layer
+            qkv = (a.n_head, a.n_head_kv, d, self.n_ctx, self.cos, self.sin, kc, vc)
+            tr = trace if trace is not None and trace["layer"] == i else {}
+            nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
+            ops.ternary_decode_q_launch(rt, L.qkv, "qkv", qb[0], sq[0], self.qb, hd, pos=self.pos, qkv=qkv,
+                                        rope=self.rope_cur, warps=w, trace=tr.get("qkv"))
+            self._attention(1, kc, vc, trace=tr.get("attn"),
+                            tail=(L.attn_sub_norm, hd, qb[1], sq[1], cnt + 12, eps, part[3]))
+            ops.ternary_decode_q_launch(rt, L.o, "resid", qb[1], sq[1], self.x, e, warps=w, eps=eps,
+                                        tail=(self.x, part[0], L.ffn_norm, e, qb[0], sq[0], cnt), trace=tr.get("o"))
+            ops.ternary_decode_q_launch(rt, L.gu, act, qb[0], sq[0], self.fb, f, warps=w, eps=eps,
+                                        tail=(self.fb, part[1], L.ffn_sub_norm, f, qb[1], sq[1], cnt + 4),
+                                        trace=tr.get("gu"))
+            ops.ternary_decode_q_launch(rt, L.down, "resid", qb[1], sq[1], self.x, e, warps=w, eps=eps,
+                                        tail=(self.x, part[2], nxt.attn_norm, e, qb[0], sq[0], cnt + 8)
+                                        if nxt else None, trace=tr.get("down"))
+        self._enqueue_head(1, "all", argmax_key)
+
     @property
     def decode_mode(self) -> str:
-        """"mega" (one persistent kernel a step), "fused" (5 kernels a layer, norm in each block) or "unfused"."""
+        """"q1" (5 kernels a layer, each matmul input normalized and quantized once; the default), "mega" (one
+        persistent kernel a step), "fused" (5 kernels a layer, norm in each block) or "unfused"."""
         if not self.fused_norm:
             return "unfused"
-        return "mega" if self.megakernel and self._mega_setup() else "fused"
+        if self.megakernel and self._mega_setup():
+            return "mega"
+        return self.step_kind
 
     # -- load -------------------------------------------------------------------------------------------------
 
@@ -270,7 +383,8 @@ class GPUModel:
         kv = 2 * a.n_layer * a.n_head_kv * self.n_ctx * a.head_dim * 2
         t = self.max_batch
         act = t * (4 * (3 * a.n_embd + a.n_head * a.head_dim + a.n_ff) + max(a.n_embd, a.n_ff))
-        return kv + act + t * a.n_vocab * 4 + self.n_ctx * a.head_dim * 4
+        head_q8 = a.n_vocab * (a.n_embd + 4) if getattr(self, "lm_head", "f16") == "q8" else 0
+        return kv + act + t * a.n_vocab * 4 + self.n_ctx * a.head_dim * 4 + head_q8
 
     def _check_memory(self) -> None:
         need = self._weight_bytes() + self._buffer_bytes()
@@ -304,6 +418,19 @@ class GPUModel:
         self.argmax = emp((1,), np.int32)
         self.hist = emp((self.n_ctx + 1,), np.int32)
         self.step_key = emp((2,), np.uint32)  # the decode step's argmax (64-bit key, see f16_head_argmax)
+        self.head_q8 = self.head_scale = None  # the int8 head (lm_head "q8"), made by _prepare_head
+        # the quantize-once decode step: two int8 rows with (s, qsum) each, and its tail counters (0 between runs)
+        self.dq = emp((2, (max(e, f, hd) + 15) // 16 * 16), np.int8)
+        self.dsq = emp((2, 2), F32)
+        self.dcnt = emp((8,), np.uint32)
+        self.rt.cuda.memset_d32(self.dcnt.gpudata, 0, 8)
+        self.dpart = emp((5, 8192), np.float64)  # the tails' partial sums of squares (one a block)
+        self.rope_cur = emp((d,), F32)  # the step's cos / sin row
+        # split attention: (m, l, o) of every (head, key block), and a counter a head (0 between launches)
+        self.att_splits = -(-self.n_ctx // ATT_SPLIT_KEYS)
+        self.att_part = emp((a.n_head * self.att_splits * (d + 2),), F32)
+        self.att_cnt = emp((a.n_head,), np.uint32)
+        self.rt.cuda.memset_d32(self.att_cnt.gpudata, 0, a.n_head)
         kv_shape = (a.n_layer, a.n_head_kv, self.n_ctx, d)
         self.kc = emp(kv_shape, np.float16)
         self.vc = emp(kv_shape, np.float16)
@@ -336,6 +463,7 @@ class GPUModel:
             out = g.array("output.weight")
             self.head = ops.to_gpu(out if out.dtype == np.float16 else g.dequantize("output.weight").astype(np.float16))
         self.output_norm = ops.to_gpu(g.array("output_norm.weight").astype(F32))
+        self._prepare_head()
         qr, kr, vr = qkv_rows(a.n_head, a.n_head_kv, a.head_dim)
         self.layers = []
         for i in range(a.n_layer):
@@ -374,12 +502,24 @@ class GPUModel:
         self.rt.sync()
         return self
 
+    def _prepare_head(self) -> None:
+        """The int8 head (lm_head "q8"), made on the device from the F16 one as the CPU path's --lm-head q8."""
+        self.head_q8 = self.head_scale = None
+        if self.lm_head != "q8":
+            return
+        a = self.args
+        if self.head.dtype != np.float16:
+            raise EngineError(f"--lm-head q8 converts an F16 head; this head is {self.head.dtype}")
+        self.head_q8, self.head_scale = self.ops.q8_head_prepare(self.rt, self.head, a.n_vocab, a.n_embd)
+
     @classmethod
-    def random(cls, args: ModelArgs, n_ctx: int = 4096, max_batch: int = MAX_BATCH, seed: int = 0) -> GPUModel:
+    def random(cls, args: ModelArgs, n_ctx: int = 4096, max_batch: int = MAX_BATCH, seed: int = 0,
+               lm_head: str = "f16") -> GPUModel:
         """A model of args' shape with random ternary weights and F16 embeddings, built on the device (for
         benchmarks at a shape without writing a GGUF)."""
         self = cls.__new__(cls)
         self.path, self.gguf, self.args = None, None, args
+        self.lm_head = lm_head
         arch = ARCHS[args.arch]
         self.ffn_act, self.head_f16_always, self.uses_scales = arch.Model.ffn_act, arch.Model.head_f16_always, False
         self.n_ctx, self.max_batch = n_ctx, max_batch
@@ -395,6 +535,7 @@ class GPUModel:
         self.head = self.emb
         ones = np.ones(e, F32)
         self.output_norm = ops.to_gpu(ones)
+        self._prepare_head()
         self.layers = []
         for _ in range(a.n_layer):
             L = _Layer()
@@ -421,7 +562,11 @@ class GPUModel:
         e, f, hd, d = a.n_embd, a.n_ff, a.n_head * a.head_dim, a.head_dim
         eps = np.float32(a.norm_eps)
         p = ops.ptr
-        rt.launch("embed", "PPiP", (t, 1), (256, 1, 1), p(self.emb), p(self.tok), np.int32(e), p(self.x))
+        if t == 1:  # the embedding and the step's RoPE row (the hoisted QKV decode kernel reads it)
+            rt.launch("embed_rope", "PPiPPPPiP", (1, 1), (256, 1, 1), p(self.emb), p(self.tok), np.int32(e),
+                      p(self.x), p(self.pos), p(self.cos), p(self.sin), np.int32(d // 2), p(self.rope_cur))
+        else:
+            rt.launch("embed", "PPiP", (t, 1), (256, 1, 1), p(self.emb), p(self.tok), np.int32(e), p(self.x))
         kv_layer = a.n_head_kv * self.n_ctx * d * 2  # bytes of one layer's K (or V) cache
         act = "relu2" if self.ffn_act == "relu2" else "silu"
 
@@ -430,24 +575,27 @@ class GPUModel:
                       p(self.q8), p(self.s), p(self.qsum))
 
         fused = t == 1 and self.fused_norm
+        trace = getattr(self, "_trace", None)  # stage timestamps of one layer (tools/gpu_profile_step.py)
         for i, L in enumerate(self.layers):
             kc = int(self.kc.gpudata) + i * kv_layer
             vc = int(self.vc.gpudata) + i * kv_layer
             qkv = (a.n_head, a.n_head_kv, d, self.n_ctx, self.cos, self.sin, kc, vc)
+            tr = trace if trace is not None and trace["layer"] == i else {}
             if fused:
                 ops.ternary_decode_launch(rt, L.qkv, "qkv", self.x, L.attn_norm, eps, self.qb, hd, pos=self.pos,
-                                          qkv=qkv, warps=self.decode_warps)
+                                          qkv=qkv, warps=self.decode_warps, rope=self.rope_cur, trace=tr.get("qkv"))
             else:
                 norm_quant(self.x, L.attn_norm, e)
                 ops.ternary_launch(rt, L.qkv, "qkv", self.q8, self.qsum, self.s, self.qb, hd, t, pos=self.pos, qkv=qkv)
-            rt.launch("attention", "PPPPiiiiPi", (a.n_head, t), (512, 1, 1), p(self.qb), np.intp(kc), np.intp(vc),
-                      p(self.att), np.int32(a.n_head), np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx),
-                      p(self.pos), np.int32(1 if t == 1 else 0), shared=4 * self.n_ctx)
+            self._attention(t, kc, vc, trace=tr.get("attn"))
             if fused:
                 w = self.decode_warps
-                ops.ternary_decode_launch(rt, L.o, "resid", self.att, L.attn_sub_norm, eps, self.x, e, warps=w)
-                ops.ternary_decode_launch(rt, L.gu, act, self.x, L.ffn_norm, eps, self.fb, f, warps=w)
-                ops.ternary_decode_launch(rt, L.down, "resid", self.fb, L.ffn_sub_norm, eps, self.x, e, warps=w)
+                ops.ternary_decode_launch(rt, L.o, "resid", self.att, L.attn_sub_norm, eps, self.x, e, warps=w,
+                                          trace=tr.get("o"))
+                ops.ternary_decode_launch(rt, L.gu, act, self.x, L.ffn_norm, eps, self.fb, f, warps=w,
+                                          trace=tr.get("gu"))
+                ops.ternary_decode_launch(rt, L.down, "resid", self.fb, L.ffn_sub_norm, eps, self.x, e, warps=w,
+                                          trace=tr.get("down"))
                 continue
             norm_quant(self.att, L.attn_sub_norm, hd)
             ops.ternary_launch(rt, L.o, "resid", self.q8, self.qsum, self.s, self.x, e, t)
@@ -455,16 +603,63 @@ class GPUModel:
             ops.ternary_launch(rt, L.gu, act, self.q8, self.qsum, self.s, self.fb, f, t)
             norm_quant(self.fb, L.ffn_sub_norm, f)
             ops.ternary_launch(rt, L.down, "resid", self.q8, self.qsum, self.s, self.x, e, t)
+        self._enqueue_head(t, head_rows, argmax_key)
+
+    def _enqueue_head(self, t: int, head_rows: str, argmax_key: int = 0) -> None:
+        """Queue the head over the last (head_rows "last") or all t rows of the residual stream."""
+        ops, rt, a, p = self.ops, self.rt, self.args, self.ops.ptr
+        e = a.n_embd
         rows = t if head_rows == "all" else 1
         src = int(self.x.gpudata) + (0 if head_rows == "all" else (t - 1) * e * 4)
+        if self.head_q8 is not None:
+            self._head_q8(src, rows, argmax_key)
+            return
         f16 = 1 if (self.head_f16_always or rows == 1) else 0
         rt.launch("rmsnorm_f32", "PPifPi", (rows, 1), (1024, 1, 1), np.intp(src), p(self.output_norm), np.int32(e),
-                  eps, p(self.hn), np.int32(f16))
+                  np.float32(a.norm_eps), p(self.hn), np.int32(f16))
         if argmax_key and rows == 1:
             rt.launch("f16_head_argmax", "PiiPPP", ((a.n_vocab + 7) // 8, 1), (256, 1, 1), p(self.head),
                       np.int32(a.n_vocab), np.int32(e), p(self.hn), p(self.logits), np.intp(argmax_key))
         else:
             ops.f16_launch(rt, self.head, a.n_vocab, e, self.hn, self.logits, a.n_vocab, rows)
+
+    def _head_q8(self, src: int, rows: int, argmax_key: int = 0) -> None:
+        """Queue the int8 head over `rows` rows of the residual stream at device address src: RMSNorm +
+        per-token int8 quantization (rmsnorm_quant), then the int8 GEMV (with the argmax folded in for one row
+        when argmax_key is given)."""
+        ops, rt, a, p = self.ops, self.rt, self.args, self.ops.ptr
+        e = a.n_embd
+        rt.launch("rmsnorm_quant", "PPifPPP", (rows, 1), (1024, 1, 1), np.intp(src), p(self.output_norm),
+                  np.int32(e), np.float32(a.norm_eps), p(self.q8), p(self.s), p(self.qsum))
+        if argmax_key and rows == 1:
+            rt.launch("q8_head_argmax", "PiiPPPPP", ((a.n_vocab + 7) // 8, 1), (256, 1, 1), p(self.head_q8),
+                      np.int32(a.n_vocab), np.int32(e), p(self.q8), p(self.s), p(self.head_scale), p(self.logits),
+                      np.intp(argmax_key))
+        else:
+            ops.q8_launch(rt, self.head_q8, self.head_scale, a.n_vocab, e, self.q8, self.s, self.logits, a.n_vocab,
+                          rows)
+
+    def _attention(self, t: int, kc: int, vc: int, trace=None, tail: tuple | None = None) -> None:
+        """Queue one layer's attention: one token with the split kernel (several blocks a head), else one block
+        a (head, token). tail = (normw, K, q, sq, counter, eps, part): the split kernel's last block also normalizes
+        and quantizes the attention row for O (the q1 step)."""
+        rt, a, p = self.rt, self.args, self.ops.ptr
+        d = a.head_dim
+        if t == 1 and (self.attn_split or tail is not None):
+            tnw, tk, tq, tsq, tcnt, eps, tpart = tail if tail is not None else (None, 0, 0, 0, 0, 0.0, 0)
+            shared = 2 * ATT_SPLIT_KEYS * (d + 8) * 2 + 4096 + 4 * tk
+            sig = "PPPPPPiiiiPPifPPPPP"
+            if shared > self.ops.SMEM_DEFAULT:
+                self.ops._allow_smem(rt, "attn_split", sig, shared)
+            rt.launch("attn_split", sig, (a.n_head, self.att_splits), (128, 1, 1), p(self.qb),
+                      np.intp(kc), np.intp(vc), p(self.att), p(self.att_part), p(self.att_cnt), np.int32(a.n_head),
+                      np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx), p(self.pos), p(tnw), np.int32(tk),
+                      np.float32(eps), np.intp(tq), np.intp(tsq), np.intp(tcnt), np.intp(tpart),
+                      p(trace) if trace is not None else np.intp(0), shared=shared)
+            return
+        rt.launch("attention", "PPPPiiiiPi", (a.n_head, t), (512, 1, 1), p(self.qb), np.intp(kc), np.intp(vc),
+                  p(self.att), np.int32(a.n_head), np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx),
+                  p(self.pos), np.int32(1 if t == 1 else 0), shared=4 * self.n_ctx)
 
     def forward(self, tokens, pos0: int, logits: str = "all", capture=None, slot: int = 0) -> np.ndarray:
         """Evaluate tokens (T,) at positions pos0.. and return logits (T, V) ("all") or (1, V) ("last")."""
@@ -574,13 +769,16 @@ class GPUModel:
         return [int(v) for v in self.h_hist[pos + 1 : pos + 1 + n]]
 
     def set_decode_mode(self, mode: str, warps: int | None = None) -> None:
-        """Choose the single-token path: "mega" (one persistent kernel a step, where the model's shape allows),
-        "fused" (5 kernels a layer, RMSNorm + quantization in every matmul block; warps: 8 or 16 a block) or
-        "unfused" (separate norm kernels)."""
-        if mode not in ("mega", "fused", "unfused"):
-            raise EngineError(f"decode mode is mega, fused or unfused, got {mode!r}")
+        """Choose the single-token path: "q1" (5 kernels a layer, every matmul input normalized and quantized once
+        by the last block of the kernel that wrote it), "mega" (one persistent kernel a step, where the model's
+        shape allows), "fused" (5 kernels a layer, RMSNorm + quantization in every matmul block; warps: 8 or 16 a
+        block) or "unfused" (separate norm kernels)."""
+        if mode not in ("mix", "cluster", "q1", "mega", "fused", "unfused"):
+            raise EngineError(f"decode mode is mix, cluster, q1, mega, fused or unfused, got {mode!r}")
         self.set_fused_norm(mode != "unfused", warps)
         self.megakernel = mode == "mega"
+        if mode in ("mix", "cluster", "q1", "fused"):
+            self.step_kind = mode
 
     def set_fused_norm(self, on: bool, warps: int | None = None) -> None:
         """Choose the single-token path: norm fused into every matmul block (True: the persistent kernel where
@@ -615,6 +813,8 @@ class GPUModel:
         return self.forward(tokens, pos0, logits="last", slot=slot)[0]
 
 
-def load_gpu(path: str | Path, numerics: str = "fast", n_ctx: int | None = None, max_batch: int = MAX_BATCH) -> GPUModel:
-    """Open a GGUF model on the GPU: `GPUModel(path).load_weights()`."""
-    return GPUModel(path, numerics=numerics, n_ctx=n_ctx, max_batch=max_batch).load_weights()
+def load_gpu(path: str | Path, numerics: str = "fast", n_ctx: int | None = None, max_batch: int = MAX_BATCH,
+             lm_head: str = "f16") -> GPUModel:
+    """Open a GGUF model on the GPU: `GPUModel(path).load_weights()`; lm_head "q8": the int8 head (as the CPU
+    path's --lm-head q8)."""
+    return GPUModel(path, numerics=numerics, n_ctx=n_ctx, max_batch=max_batch, lm_head=lm_head).load_weights()
