@@ -36,7 +36,7 @@ def build(pos: int):
 
 
 def kind_of(m, name: str, args) -> str:
-    if name.startswith(("tdec_", "tdech_", "tdq_", "tdc_", "tdcn_", "tdcw_")):
+    if name.startswith(("tdec_", "tdech_")):
         epi = name.split("_", 1)[1]
         if epi == "qkv":
             return "qkv"
@@ -88,27 +88,16 @@ def step_time(m, skip: set, noop: bool, reps: int = 20) -> float:
     return statistics.median(times)
 
 
-CONFIGS = [("fused", False, "fused step, one attention block a head"),
-           ("fused", True, "fused step, split attention"),
-           ("cluster", True, "cluster norm (tdc), weights after the norm"),
-           ("mix:qkv=hoist,o=fused,gu=fused,down=cluster", True, "mix: hoist / fused / fused / cluster"),
-           ("mix:qkv=hoist,o=fused,gu=fused,down=clustern", True, "mix: hoist / fused / fused / clustern"),
-           ("mix:qkv=fused,o=fused,gu=fused,down=cluster", True, "mix: fused / fused / fused / cluster"),
-           ("mix:qkv=cluster,o=fused,gu=fused,down=cluster", True, "mix: cluster / fused / fused / cluster"),
-           ("mix:qkv=hoist,o=clustern,gu=clustern,down=clustern", True, "mix: hoist / clustern x3"),
-           ("mix:qkv=hoist,o=hoist,gu=fused,down=cluster", True, "mix: hoist / hoist / fused / cluster")]
+CONFIGS = [("fused", False, "11:09 step: one attention block a head"),
+           ("fused", True, "split attention, matmul loads after the norm"),
+           ("fusedh", True, "split attention, hoisted loads (default)")]
 
 
 def set_config(m, mode: str, split: bool) -> None:
     from bitnet_kernels.gpu import ops
 
-    ops.DC_WFIRST = mode == "clusterw"
     ops.DEC_HOIST = mode == "fusedh"
-    if mode.startswith("mix:"):
-        m.set_decode_mode("mix", 8)
-        m.mix = dict(kv.split("=") for kv in mode[4:].split(","))
-    else:
-        m.set_decode_mode("cluster" if mode.startswith("cluster") else "fused" if mode == "fusedh" else mode, 8)
+    m.set_decode_mode("fused", 8)
     m.attn_split = split
 
 
@@ -131,9 +120,8 @@ def ablate(pos: int) -> int:
     return 0
 
 
-STAGES = {"fused": "start, prologue done, GEMV loop done (warp 0, hoisted kernels only), epilogue done (warp 0)",
-          "q1": "start, int8 row in smem, GEMV loop done (warp 0), epilogue done, tail start, tail done (last block)",
-          "attn": "start, K/V in smem, P.V done, counter taken (splits > 1), head done, tail done (last block)"}
+STAGES = {"matmuls": "start, prologue done, GEMV loop done (warp 0, hoisted kernels only), epilogue done (warp 0)",
+          "attn": "start, K/V in smem, P.V done, counter taken (splits > 1), head done"}
 
 
 def timeline_one(m, layer: int) -> dict:
@@ -144,7 +132,7 @@ def timeline_one(m, layer: int) -> dict:
     blocks = {"qkv": -(-(a.n_head * a.head_dim + 2 * a.n_head_kv * a.head_dim) // 2 // 8),
               "attn": a.n_head * m.att_splits, "o": -(-a.n_embd // 8), "gu": -(-a.n_ff // 8),
               "down": -(-a.n_embd // 8)}
-    bufs = {k: ops.gpu_empty((n + 64, 8), np.uint64) for k, n in blocks.items()}  # + whole clusters
+    bufs = {k: ops.gpu_empty((n, 8), np.uint64) for k, n in blocks.items()}
     m._trace = {"layer": layer, **bufs}
     try:
         m._enqueue_step(False)
@@ -169,7 +157,7 @@ def timeline(pos: int) -> int:
     m = build(pos)
     layer = m.args.n_layer // 2
     print(f"device: {m.rt.name}; position {pos}; layer {layer}; us from the layer's first QKV block")
-    for mode, split, label in CONFIGS[1:4]:
+    for mode, split, label in CONFIGS:
         set_config(m, mode, split)
         tr = timeline_one(m, layer)
         t0 = tr["qkv"][:, 0][tr["qkv"][:, 0] > 0].min()

@@ -174,49 +174,6 @@ def test_decode_hoisted_loads_bit_equal(k, monkeypatch):
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
-@pytest.mark.parametrize("variant", ["tdc", "tdcn", "tdcw"])
-@pytest.mark.parametrize("warps", [8, 16])
-@pytest.mark.parametrize("k", [256, 2560, 6912, 8192])
-def test_decode_cluster_norm_bit_equal(k, warps, variant):
-    """The decode matmul whose norm + quantization a cluster of blocks shares (tdc_*, tdcn_*, tdcw_*; grids
-    rounded up to whole clusters) gives the bits of the one where every block normalizes the row itself."""
-    from bitnet_kernels.gpu import ops
-
-    kw = {"wfirst": variant == "tdcw", "l2_weights": variant == "tdc"}
-    rng = np.random.default_rng(k + warps)
-    n = 1000 + warps  # not a multiple of a cluster's rows
-    w = ternary(rng, n, k)
-    x = (rng.standard_normal(k) * 2).astype(np.float32)
-    nw = rng.uniform(0.5, 1.5, k).astype(np.float32)
-    m = ops.TernaryMatrix(n, k)
-    m.load_codes(w, 0.03)
-    m.finish()
-    got = ops.decode_linear(m, x, nw, 1e-5, kind="cluster", warps=warps, **kw)
-    np.testing.assert_array_equal(got, ops.decode_linear(m, x, nw, 1e-5, warps=warps))
-
-
-@pytest.mark.parametrize("k", [256, 2560, 6912])
-def test_decode_quantize_once_bit_equal(k):
-    """The quantize-once decode kernels (tdq_*): the first launch's last block normalizes and quantizes the rows
-    the launch wrote (from the blocks' partial sums of squares), the second launch reads that int8 row; its
-    output has the bits of the fused-norm kernel (every block normalizes) on the same row."""
-    from bitnet_kernels.gpu import ops
-
-    rng = np.random.default_rng(k + 2)
-    k0, n = 512, 1001
-    a = ops.TernaryMatrix(k, k0)
-    a.load_codes(ternary(rng, k, k0), 0.03)
-    a.finish()
-    b = ops.TernaryMatrix(n, k)
-    b.load_codes(ternary(rng, n, k), 0.02)
-    b.finish()
-    q0 = rng.integers(-128, 128, size=k0).astype(np.int8)
-    nw = rng.uniform(0.5, 1.5, k).astype(np.float32)
-    y, z = ops.decode_chain_q(a, q0, 41.5, b, nw, 1e-5)
-    assert np.abs(y).max() > 0
-    np.testing.assert_array_equal(z, ops.decode_linear(b, y, nw, 1e-5))
-
-
 def attention_ref(q, kc, vc, nk, n_head, n_kv):
     """One token's attention in float64 over keys 0..nk-1 (q rounded through f16 as the kernels do)."""
     d = q.shape[-1]
@@ -256,10 +213,9 @@ def test_split_attention_matches_float64(d):
         got = []
         for _ in range(2):
             out.fill(np.float32(np.nan))
-            rt.launch("attn_split", "PPPPPPiiiiPPifPPPPP", (n_head, splits), (128, 1, 1), p(dq), p(dk), p(dv),
-                      p(out), p(part), p(cnt), np.int32(n_head), np.int32(n_kv), np.int32(d), np.int32(n_ctx),
-                      p(dpos), np.intp(0), np.int32(0), np.float32(0), np.intp(0), np.intp(0), np.intp(0),
-                      np.intp(0), np.intp(0), shared=2 * 32 * (d + 8) * 2 + 4096)
+            rt.launch("attn_split", "PPPPPPiiiiPP", (n_head, splits), (128, 1, 1), p(dq), p(dk), p(dv), p(out),
+                      p(part), p(cnt), np.int32(n_head), np.int32(n_kv), np.int32(d), np.int32(n_ctx), p(dpos),
+                      np.intp(0), shared=2 * 32 * (d + 8) * 2 + 4096)
             rt.sync()
             got.append(out.get().reshape(n_head, d))
         np.testing.assert_array_equal(got[0], got[1])

@@ -115,25 +115,22 @@ def test_greedy_golden_persistent_kernel(gpu_model):
         test_greedy_golden(gpu_model)
         test_generate_greedy_on_device_equals_host_loop(gpu_model)
     finally:
-        gpu_model.set_decode_mode("mix", 8)
+        gpu_model.set_decode_mode("fused", 8)
 
 
 def test_decode_modes_agree(gpu_model):
     """One-token steps: the 5-kernel path with the norm fused into every matmul block equals the separate-kernel
-    path (same attention) and, bit for bit, the quantize-once path (q1); the persistent kernel (its own split-key
-    attention, P not rounded to f16) stays close and picks the same tokens."""
+    path (same attention); the persistent kernel (its own split-key attention, P not rounded to f16) stays close
+    and picks the same tokens."""
     toks = [BOS, 11, 12, 13, 14, 15, 16]
     outs = []
-    for mode, warps in (("fused", 8), ("unfused", 8), ("fused", 16), ("mega", 8), ("q1", 8), ("q1", 16),
-                        ("cluster", 8), ("cluster", 16), ("mix", 8), ("mix", 16)):
+    for mode, warps in (("fused", 8), ("unfused", 8), ("fused", 16), ("mega", 8)):
         gpu_model.set_decode_mode(mode, warps)
         gpu_model.cache.reset()
         gpu_model.prefill(toks[:3])
         outs.append(np.concatenate([gpu_model.forward([tk], 3 + i, logits="last") for i, tk in enumerate(toks[3:])]))
-    assert gpu_model.decode_mode == "mix"
-    gpu_model.set_decode_mode("mix", 8)
-    for k in (4, 5, 6, 7, 8, 9):
-        np.testing.assert_array_equal(outs[k], outs[0])
+    assert gpu_model.decode_mode == "mega"
+    gpu_model.set_decode_mode("fused", 8)
     assert np.linalg.norm(outs[0] - outs[1]) / np.linalg.norm(outs[1]) < 1e-4
     assert np.linalg.norm(outs[2] - outs[0]) / np.linalg.norm(outs[0]) < 1e-4
     rel = np.linalg.norm(outs[3] - outs[0]) / np.linalg.norm(outs[0])
@@ -202,8 +199,9 @@ def test_long_sequence_matches_cpu():
 
 
 def test_split_attention_and_hoisted_loads(gpu_model, monkeypatch):
-    """One-token steps: the decode matmuls' hoisted loads change no bit; the split attention (P not
-    rounded to f16) stays within last-bit distance of the one-block kernel and picks the same tokens."""
+    """One-token steps: the decode matmuls' hoisted loads change no bit; the split attention (P not rounded to
+    f16, another summation order) stays close to the one-block kernel (2.1e-2 relative on the fixture's random
+    tokens, as the persistent kernel's split attention) and picks the same tokens."""
     from bitnet_kernels.gpu import ops
 
     toks = [BOS, 31, 32, 33, 34, 35, 36, 37, 38]
@@ -223,7 +221,7 @@ def test_split_attention_and_hoisted_loads(gpu_model, monkeypatch):
     finally:
         gpu_model.attn_split = True
         monkeypatch.setattr(ops, "DEC_HOIST", True)
-        gpu_model.set_decode_mode("mix", 8)
+        gpu_model.set_decode_mode("fused", 8)
     np.testing.assert_array_equal(pf, base)
     rel = np.linalg.norm(split - base) / np.linalg.norm(base)
     print(f"split attention vs one block a head: relative difference {rel:.2e}")

@@ -27,8 +27,6 @@ from bitnet_models import ModelConfigError, read_gguf
 F32 = np.float32
 MAX_BATCH = 512
 ATT_SPLIT_KEYS = 32  # keys a block of the split one-token attention (AS_KEYS in kernels.cu)
-MIX_KINDS = ("fused", "hoist", "cluster", "clustern")
-MIX_DEFAULT = {"qkv": "hoist", "o": "fused", "gu": "fused", "down": "cluster"}
 
 
 def _ops():
@@ -128,21 +126,7 @@ class GPUModel:
         self.megakernel = os.environ.get("BITNET_GPU_MEGAKERNEL", "0") == "1" and self.fused_norm
         # one-token attention split over keys (attn_split); BITNET_GPU_ATTN_SPLIT=0: one block a head
         self.attn_split = os.environ.get("BITNET_GPU_ATTN_SPLIT", "1") != "0"
-        # the 5-kernel step's kind: "cluster" (default: the norm shared by a cluster of blocks), "q1" (quantized
-        # once by the producer's last block) or "fused" (every block normalizes); BITNET_GPU_DECODE picks one
-        self.step_kind = os.environ.get("BITNET_GPU_DECODE", "mix")
-        if self.step_kind not in ("mix", "cluster", "q1", "fused"):
-            raise EngineError(f"BITNET_GPU_DECODE is mix, cluster, q1 or fused, got {self.step_kind!r}")
-        # "mix": the decode kernel of each matmul (fused: every block normalizes; hoist: the same with the
-        # epilogue's loads issued first and the K/V cache asked into L2; cluster / clustern: the norm shared by a
-        # cluster of blocks, with / without the weight rows asked into L2 first), e.g.
-        # BITNET_GPU_DECODE_KERNELS=qkv=hoist,o=fused,gu=fused,down=cluster
-        self.mix = dict(MIX_DEFAULT)
-        for item in filter(None, os.environ.get("BITNET_GPU_DECODE_KERNELS", "").split(",")):
-            k, _, v = item.partition("=")
-            if k not in self.mix or v not in MIX_KINDS:
-                raise EngineError(f"BITNET_GPU_DECODE_KERNELS: {item!r} is not <qkv|o|gu|down>=<{'|'.join(MIX_KINDS)}>")
-            self.mix[k] = v
+
 
     # -- the one-kernel decode step ---------------------------------------------------------------------------
 
@@ -271,103 +255,16 @@ class GPUModel:
         rt, p = self.rt, self.ops.ptr
         key = int(self.step_key.gpudata)
         rt.cuda.memset_d32_async(key, 0, 2, rt.stream)
-        if self.decode_mode == "q1":
-            self._enqueue_q1(argmax_key=key)
-        elif self.decode_mode in ("cluster", "mix"):
-            self._enqueue_cluster(argmax_key=key)
-        else:
-            self._enqueue(1, "all", argmax_key=key)
+        self._enqueue(1, "all", argmax_key=key)
         rt.launch("argmax_finish", "PPPPPi", (1, 1), (32, 1, 1), np.intp(key), p(self.argmax), p(self.tok),
                   p(self.pos), p(self.hist), np.int32(1 if step else 0))
 
-    def _dec(self, kind: str, mat, epi: str, x, normw, out, ldo: int, **kw) -> None:
-        """One decode matmul with the kernel `kind` (MIX_KINDS)."""
-        ops, rt, eps = self.ops, self.rt, float(self.args.norm_eps)
-        if kind in ("fused", "hoist"):
-            ops.ternary_decode_launch(rt, mat, epi, x, normw, eps, out, ldo, hoist=kind == "hoist", **kw)
-        else:
-            ops.ternary_decode_c_launch(rt, mat, epi, x, normw, eps, out, ldo, l2_weights=kind == "cluster", **kw)
-
-    def _enqueue_cluster(self, argmax_key: int) -> None:
-        """One token, 5 kernels a layer: the matmuls with the kernels of self.mix (decode mode "mix") or all with
-        the cluster-shared norm (tdc_*, mode "cluster"), the split attention; the embedding kernel also writes the
-        step's RoPE row."""
-        ops, rt, a = self.ops, self.rt, self.args
-        e, f, hd, d = a.n_embd, a.n_ff, a.n_head * a.head_dim, a.head_dim
-        eps = float(a.norm_eps)
-        p = ops.ptr
-        rt.launch("embed_rope", "PPiPPPPiP", (1, 1), (256, 1, 1), p(self.emb), p(self.tok), np.int32(e), p(self.x),
-                  p(self.pos), p(self.cos), p(self.sin), np.int32(d // 2), p(self.rope_cur))
-        kv_layer = a.n_head_kv * self.n_ctx * d * 2
-        act = "relu2" if self.ffn_act == "relu2" else "silu"
-        trace = getattr(self, "_trace", None)
-        w = self.decode_warps
-        mix = self.mix if self.step_kind == "mix" else dict.fromkeys(MIX_DEFAULT, "cluster")
-        for i, L in enumerate(self.layers):
-            kc = int(self.kc.gpudata) + i * kv_layer
-            vc = int(self.vc.gpudata) + i * kv_layer
-            qkv = (a.n_head, a.n_head_kv, d, self.n_ctx, self.cos, self.sin, kc, vc)
-            tr = trace if trace is not None and trace["layer"] == i else {}
-            self._dec(mix["qkv"], L.qkv, "qkv", self.x, L.attn_norm, self.qb, hd, pos=self.pos, qkv=qkv,
-                      rope=self.rope_cur, warps=w, trace=tr.get("qkv"))
-            self._attention(1, kc, vc, trace=tr.get("attn"))
-            self._dec(mix["o"], L.o, "resid", self.att, L.attn_sub_norm, self.x, e, warps=w, trace=tr.get("o"))
-            self._dec(mix["gu"], L.gu, act, self.x, L.ffn_norm, self.fb, f, warps=w, trace=tr.get("gu"))
-            self._dec(mix["down"], L.down, "resid", self.fb, L.ffn_sub_norm, self.x, e, warps=w,
-                      trace=tr.get("down"))
-        self._enqueue_head(1, "all", argmax_key)
-
-    def _enqueue_q1(self, argmax_key: int) -> None:
-        """One token through the quantize-once kernels: the embedding kernel normalizes and quantizes x for the
-        first QKV; then per layer QKV, attention (its last block quantizes the attention row for O), O (its
-        last block quantizes x for gate/up), gate/up (-> down's input), down (-> the next layer's QKV input);
-        every matmul reads int8 rows made once (buffers dq[0] / dq[1] alternate), no norm prologue."""
-        ops, rt, a = self.ops, self.rt, self.args
-        e, f, hd, d = a.n_embd, a.n_ff, a.n_head * a.head_dim, a.head_dim
-        eps = float(a.norm_eps)
-        p = ops.ptr
-        qrow = self.dq.shape[1]
-        qb = [int(self.dq.gpudata), int(self.dq.gpudata) + qrow]
-        sq = [int(self.dsq.gpudata), int(self.dsq.gpudata) + 8]
-        cnt = int(self.dcnt.gpudata)  # +0 O, +4 gate/up, +8 down, +12 attention heads
-        part = [int(self.dpart.gpudata) + 8 * 8192 * j for j in range(5)]  # O, gate/up, down, attention, embed
-        rt.launch("embed_quant", "PPiPPfPPPPPPiP", (1, 1), (1024, 1, 1), p(self.emb), p(self.tok), np.int32(e),
-                  p(self.x), p(self.layers[0].attn_norm), np.float32(eps), np.intp(qb[0]), np.intp(sq[0]),
-                  np.intp(part[4]), p(self.pos), p(self.cos), p(self.sin), np.int32(d // 2), p(self.rope_cur),
-                  shared=4 * e)
-        kv_layer = a.n_head_kv * self.n_ctx * d * 2
-        act = "relu2" if self.ffn_act == "relu2" else "silu"
-        trace = getattr(self, "_trace", None)
-        w = self.decode_warps
-        for i, L in enumerate(self.layers):
-            kc = int(self.kc.gpudata) + i * kv_layer
-            vc = int(self.vc.gpudata) + i * kv_layer
-            qkv = (a.n_head, a.n_head_kv, d, self.n_ctx, self.cos, self.sin, kc, vc)
-            tr = trace if trace is not None and trace["layer"] == i else {}
-            nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
-            ops.ternary_decode_q_launch(rt, L.qkv, "qkv", qb[0], sq[0], self.qb, hd, pos=self.pos, qkv=qkv,
-                                        rope=self.rope_cur, warps=w, trace=tr.get("qkv"))
-            self._attention(1, kc, vc, trace=tr.get("attn"),
-                            tail=(L.attn_sub_norm, hd, qb[1], sq[1], cnt + 12, eps, part[3]))
-            ops.ternary_decode_q_launch(rt, L.o, "resid", qb[1], sq[1], self.x, e, warps=w, eps=eps,
-                                        tail=(self.x, part[0], L.ffn_norm, e, qb[0], sq[0], cnt), trace=tr.get("o"))
-            ops.ternary_decode_q_launch(rt, L.gu, act, qb[0], sq[0], self.fb, f, warps=w, eps=eps,
-                                        tail=(self.fb, part[1], L.ffn_sub_norm, f, qb[1], sq[1], cnt + 4),
-                                        trace=tr.get("gu"))
-            ops.ternary_decode_q_launch(rt, L.down, "resid", qb[1], sq[1], self.x, e, warps=w, eps=eps,
-                                        tail=(self.x, part[2], nxt.attn_norm, e, qb[0], sq[0], cnt + 8)
-                                        if nxt else None, trace=tr.get("down"))
-        self._enqueue_head(1, "all", argmax_key)
-
     @property
     def decode_mode(self) -> str:
-        """"q1" (5 kernels a layer, each matmul input normalized and quantized once; the default), "mega" (one
-        persistent kernel a step), "fused" (5 kernels a layer, norm in each block) or "unfused"."""
+        """"mega" (one persistent kernel a step), "fused" (5 kernels a layer, norm in each block) or "unfused"."""
         if not self.fused_norm:
             return "unfused"
-        if self.megakernel and self._mega_setup():
-            return "mega"
-        return self.step_kind
+        return "mega" if self.megakernel and self._mega_setup() else "fused"
 
     # -- load -------------------------------------------------------------------------------------------------
 
@@ -419,13 +316,7 @@ class GPUModel:
         self.hist = emp((self.n_ctx + 1,), np.int32)
         self.step_key = emp((2,), np.uint32)  # the decode step's argmax (64-bit key, see f16_head_argmax)
         self.head_q8 = self.head_scale = None  # the int8 head (lm_head "q8"), made by _prepare_head
-        # the quantize-once decode step: two int8 rows with (s, qsum) each, and its tail counters (0 between runs)
-        self.dq = emp((2, (max(e, f, hd) + 15) // 16 * 16), np.int8)
-        self.dsq = emp((2, 2), F32)
-        self.dcnt = emp((8,), np.uint32)
-        self.rt.cuda.memset_d32(self.dcnt.gpudata, 0, 8)
-        self.dpart = emp((5, 8192), np.float64)  # the tails' partial sums of squares (one a block)
-        self.rope_cur = emp((d,), F32)  # the step's cos / sin row
+        self.rope_cur = emp((d,), F32)  # the decode step's cos / sin row (embed_rope)
         # split attention: (m, l, o) of every (head, key block), and a counter a head (0 between launches)
         self.att_splits = -(-self.n_ctx // ATT_SPLIT_KEYS)
         self.att_part = emp((a.n_head * self.att_splits * (d + 2),), F32)
@@ -639,23 +530,16 @@ class GPUModel:
             ops.q8_launch(rt, self.head_q8, self.head_scale, a.n_vocab, e, self.q8, self.s, self.logits, a.n_vocab,
                           rows)
 
-    def _attention(self, t: int, kc: int, vc: int, trace=None, tail: tuple | None = None) -> None:
+    def _attention(self, t: int, kc: int, vc: int, trace=None) -> None:
         """Queue one layer's attention: one token with the split kernel (several blocks a head), else one block
-        a (head, token). tail = (normw, K, q, sq, counter, eps, part): the split kernel's last block also normalizes
-        and quantizes the attention row for O (the q1 step)."""
+        a (head, token)."""
         rt, a, p = self.rt, self.args, self.ops.ptr
         d = a.head_dim
-        if t == 1 and (self.attn_split or tail is not None):
-            tnw, tk, tq, tsq, tcnt, eps, tpart = tail if tail is not None else (None, 0, 0, 0, 0, 0.0, 0)
-            shared = 2 * ATT_SPLIT_KEYS * (d + 8) * 2 + 4096 + 4 * tk
-            sig = "PPPPPPiiiiPPifPPPPP"
-            if shared > self.ops.SMEM_DEFAULT:
-                self.ops._allow_smem(rt, "attn_split", sig, shared)
-            rt.launch("attn_split", sig, (a.n_head, self.att_splits), (128, 1, 1), p(self.qb),
+        if t == 1 and self.attn_split:
+            rt.launch("attn_split", "PPPPPPiiiiPP", (a.n_head, self.att_splits), (128, 1, 1), p(self.qb),
                       np.intp(kc), np.intp(vc), p(self.att), p(self.att_part), p(self.att_cnt), np.int32(a.n_head),
-                      np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx), p(self.pos), p(tnw), np.int32(tk),
-                      np.float32(eps), np.intp(tq), np.intp(tsq), np.intp(tcnt), np.intp(tpart),
-                      p(trace) if trace is not None else np.intp(0), shared=shared)
+                      np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx), p(self.pos),
+                      p(trace) if trace is not None else np.intp(0), shared=2 * ATT_SPLIT_KEYS * (d + 8) * 2 + 4096)
             return
         rt.launch("attention", "PPPPiiiiPi", (a.n_head, t), (512, 1, 1), p(self.qb), np.intp(kc), np.intp(vc),
                   p(self.att), np.int32(a.n_head), np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx),
@@ -769,16 +653,13 @@ class GPUModel:
         return [int(v) for v in self.h_hist[pos + 1 : pos + 1 + n]]
 
     def set_decode_mode(self, mode: str, warps: int | None = None) -> None:
-        """Choose the single-token path: "q1" (5 kernels a layer, every matmul input normalized and quantized once
-        by the last block of the kernel that wrote it), "mega" (one persistent kernel a step, where the model's
-        shape allows), "fused" (5 kernels a layer, RMSNorm + quantization in every matmul block; warps: 8 or 16 a
-        block) or "unfused" (separate norm kernels)."""
-        if mode not in ("mix", "cluster", "q1", "mega", "fused", "unfused"):
-            raise EngineError(f"decode mode is mix, cluster, q1, mega, fused or unfused, got {mode!r}")
+        """Choose the single-token path: "mega" (one persistent kernel a step, where the model's shape allows),
+        "fused" (5 kernels a layer, RMSNorm + quantization in every matmul block; warps: 8 or 16 a block) or
+        "unfused" (separate norm kernels)."""
+        if mode not in ("mega", "fused", "unfused"):
+            raise EngineError(f"decode mode is mega, fused or unfused, got {mode!r}")
         self.set_fused_norm(mode != "unfused", warps)
         self.megakernel = mode == "mega"
-        if mode in ("mix", "cluster", "q1", "fused"):
-            self.step_kind = mode
 
     def set_fused_norm(self, on: bool, warps: int | None = None) -> None:
         """Choose the single-token path: norm fused into every matmul block (True: the persistent kernel where

@@ -9,7 +9,6 @@
 // Numerics follow bitnet_inference's `fast` mode: per-token int8 activations s = 127 / max(max|x|, 1e-5),
 // round half to even, y = float(dot) / s * w_scale; RMSNorm with the mean square summed in double.
 
-#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
 
@@ -269,7 +268,6 @@ __device__ __forceinline__ void stamp(unsigned long long* trace, int stage) {
 __device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
 }
-__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
 
 // Lane 0 of a warp: cp.async of what its epilogue reads (rows' weight and output scales, residual rows, the
 // position and the pair's RoPE cos/sin from the step's rope row) into the per-warp shared slots; the lane waits
@@ -309,16 +307,17 @@ __device__ __forceinline__ void kv_prefetch(const QKVArgs& qa, int pos) {
 
 // Decode (T = 1) with the RMSNorm + int8 quantization fused in: every block normalizes and quantizes the input
 // row into shared memory (K bytes of dynamic shared memory), then its 8 warps compute 8 rows (or pairs).
-// HOIST (the tdech_* kernels): before the prologue, one thread asks for the block's weight rows (one contiguous range) and
-// the norm weight to be brought into L2 (cp.async.bulk.prefetch), and the first threads read the rows' weight and
-// output scales, the residual rows (EPI_RESID) or the position and the pairs' RoPE cos/sin (EPI_QKV) into shared
-// memory, so that none of these memory round trips waits behind the prologue.
+// HOIST (the tdech_* kernels): the prologue's row and norm weight come into shared memory in one round of
+// cp.async; the first lane of each warp asks for what its epilogue reads (epi_issue) and waits for it only at the
+// epilogue; the QKV kernel asks for this layer's K/V cache rows in L2 at its end (kv_prefetch); flags & 1: one
+// thread also asks for the block's weight rows in L2 at the start.
 template <int R, int EPI, bool HOIST>
 __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int N, int K, const float* __restrict__ x,
                                                const float* __restrict__ nw, const float* __restrict__ ws,
                                                const float* __restrict__ os, float* out,
                                                const int* __restrict__ pos0p, const float* __restrict__ rope,
-                                               int ldo, float eps, QKVArgs qa, unsigned long long* trace) {
+                                               int ldo, float eps, QKVArgs qa, unsigned long long* trace,
+                                               int flags) {
     extern __shared__ int4 qsm_raw[];
     int* qsm = reinterpret_cast<int*>(qsm_raw);
     // the input row (K floats) in shared memory after the K bytes of int8: x, then x * scale * nw
@@ -333,25 +332,38 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     stamp(trace, 0);
     const int nw_ = blockDim.x >> 5;
     const int brow = blockIdx.x * nw_ * R;  // the block's first row
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    const float4* w4 = reinterpret_cast<const float4*>(nw);
+    const int K4 = K >> 2;
+    float4* wsm = xs + K4;  // HOIST: the norm weight in shared memory too (9 K bytes of dynamic shared memory)
     if (HOIST) {
+        // one round of loads for the prologue: the row and the norm weight into shared memory
+        for (int i = threadIdx.x; i < K4; i += blockDim.x) {
+            cp_async16(xs + i, x4 + i);
+            cp_async16(wsm + i, w4 + i);
+        }
+        cp_async_commit();
         const int nrows = min(nw_ * R, N - brow);
-        if (threadIdx.x == 0 && nrows > 0)
+        if ((flags & 1) && threadIdx.x == 0 && nrows > 0)
             prefetch_l2(W + (size_t)brow * (K >> 6), (unsigned)nrows * (unsigned)(K >> 2));
         const int r0 = brow + (threadIdx.x >> 5) * R;
         if ((threadIdx.x & 31) == 0 && r0 < N)
             epi_issue<R, EPI>(r0, threadIdx.x >> 5, ws, os, out, pos0p, rope, qa, e_ws, e_os, e_res, e_cos, e_sin,
                               e_pos);
         cp_async_commit();
+        cp_async_wait<1>();  // the row and the norm weight
+        __syncthreads();
     }
-    const float4* x4 = reinterpret_cast<const float4*>(x);
-    const float4* w4 = reinterpret_cast<const float4*>(nw);
-    const int K4 = K >> 2;
     double ss = 0.0;
 #pragma unroll 4
     for (int i = threadIdx.x; i < K4; i += blockDim.x) {
-        float4 v = x4[i];
-        if (HOIST && (i & 7) == 0) prefetch_l1(w4 + i);
-        xs[i] = v;
+        float4 v;
+        if (HOIST) {
+            v = xs[i];
+        } else {
+            v = x4[i];
+            xs[i] = v;
+        }
         ss += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
     }
     ss = block_sum<double>(ss, shd);
@@ -359,7 +371,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     float amax = 0.0f;
 #pragma unroll 4
     for (int i = threadIdx.x; i < K4; i += blockDim.x) {
-        float4 v = xs[i], w = __ldg(w4 + i), t;
+        float4 v = xs[i], w = HOIST ? wsm[i] : __ldg(w4 + i), t;
         t.x = __fmul_rn(__fmul_rn(v.x, scale), w.x);
         t.y = __fmul_rn(__fmul_rn(v.y, scale), w.y);
         t.z = __fmul_rn(__fmul_rn(v.z, scale), w.z);
@@ -466,8 +478,8 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     extern "C" __global__ void __launch_bounds__(512, 4) NAME(                                              \
         const uint4* __restrict__ W, int N, int K, const float* __restrict__ x, const float* __restrict__ nw, \
         const float* __restrict__ ws, const float* __restrict__ os, float* out, const int* __restrict__ pos0p, \
-        const float* __restrict__ rope, int ldo, float eps, QKVArgs qa, unsigned long long* trace) {         \
-        ternary_decode<R, EPI, HOIST>(W, N, K, x, nw, ws, os, out, pos0p, rope, ldo, eps, qa, trace);       \
+        const float* __restrict__ rope, int ldo, float eps, QKVArgs qa, unsigned long long* trace, int flags) { \
+        ternary_decode<R, EPI, HOIST>(W, N, K, x, nw, ws, os, out, pos0p, rope, ldo, eps, qa, trace, flags); \
     }
 
 DECODE_KERNEL(tdec_f32, 1, EPI_F32, false)
@@ -481,210 +493,8 @@ DECODE_KERNEL(tdech_relu2, 2, EPI_RELU2, true)
 DECODE_KERNEL(tdech_silu, 2, EPI_SILU, true)
 DECODE_KERNEL(tdech_qkv, 2, EPI_QKV, true)
 
-// ---------------------------------------------------------------------------------------------------------------
-// Decode with the RMSNorm + quantization shared by a cluster of DC blocks ("cluster" decode mode, the default):
-// every block of a thread-block cluster (sm_90) normalizes and quantizes one DC-th of the input row, and the
-// blocks exchange their partial sums / maxima and int8 slices through distributed shared memory (each block
-// pushes its part into every block of the cluster, then a cluster barrier), so the row is read from L2 once a
-// cluster instead of once a block, and each block does 1/DC of the prologue. Numerics as ternary_decode (the
-// mean square summed in double in another order). Before the prologue the block asks for its rows' weight and
-// output scales, residual rows (EPI_RESID), position and RoPE cos/sin (EPI_QKV, from the step's rope row) with
-// cp.async, and each warp issues its first weight loads. Dynamic shared memory: K (rounded up to 16) + 32 * per
-// bytes, per = ceil(K / 4 / DC) float4 a slice.
-#define DC 8
-// WMODE 0: weights loaded after the norm (tdcn_*); 1: the same, the block's rows asked into L2 at the start
-// (tdc_*); 2: each warp's first weight loads issued before the norm (tdcw_*).
-template <int R, int EPI, int WMODE>
-__device__ __forceinline__ void ternary_decode_c(const uint4* __restrict__ W, int N, int K, const float* __restrict__ x,
-                                                 const float* __restrict__ nw, const float* __restrict__ ws,
-                                                 const float* __restrict__ os, float* out,
-                                                 const int* __restrict__ pos0p, const float* __restrict__ rope,
-                                                 int ldo, float eps, QKVArgs qa, unsigned long long* trace) {
-    namespace cg = cooperative_groups;
-    extern __shared__ int4 dc_smem[];
-    int8_t* qsm = reinterpret_cast<int8_t*>(dc_smem);
-    const int K4 = K >> 2, per = (K4 + DC - 1) / DC;
-    float4* xsl = reinterpret_cast<float4*>(qsm + ((K + 15) & ~15));  // the slice of x, then of nw
-    float4* wsl = xsl + per;
-    __shared__ double c_ss[DC];
-    __shared__ float c_amax[DC];
-    __shared__ int c_qsum[DC];
-    __shared__ double shd[32];
-    __shared__ float shf[32];
-    __shared__ int shi[32];
-    __shared__ float e_ws[32], e_os[32], e_res[32], e_c[16], e_s[16];
-    __shared__ int e_pos[16];
-    cg::cluster_group cl = cg::this_cluster();
-    const unsigned rank = cl.block_rank();
-    stamp(trace, 0);
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
-    const int brow = blockIdx.x * nwarps * R;
-    const int row0 = brow + warp * R;
-    const bool active = row0 < N;
-    const int nchunk = K >> 6;
-    // this block's slice of the row: float4 [s0, s1), with the norm weight, into shared memory
-    const int s0 = min((int)rank * per, K4), s1 = min(s0 + per, K4);
-    for (int i = s0 + tid; i < s1; i += blockDim.x) {
-        cp_async16(xsl + (i - s0), reinterpret_cast<const float4*>(x) + i);
-        cp_async16(wsl + (i - s0), reinterpret_cast<const float4*>(nw) + i);
-    }
-    cp_async_commit();
-    if (lane == 0 && active)
-        epi_issue<R, EPI>(row0, warp, ws, os, out, pos0p, rope, qa, e_ws, e_os, e_res, e_c, e_s, e_pos);
-    cp_async_commit();
-    constexpr bool WFIRST = WMODE == 2;
-    if (WMODE == 1 && tid == 0 && brow < N)
-        prefetch_l2(W + (size_t)brow * nchunk, (unsigned)min(nwarps * R, N - brow) * (unsigned)(K >> 2));
-    constexpr int U = (R == 1) ? 4 : 2;  // independent 16-byte loads in flight a lane
-    const uint4* wrow = W + (size_t)row0 * nchunk;
-    uint4 w[U][R];
-    auto load = [&](int c0) {
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int c = c0 + u * WARP;
-#pragma unroll
-            for (int r = 0; r < R; r++) w[u][r] = c < nchunk ? ld_stream(wrow + r * nchunk + c) : make_uint4(0, 0, 0, 0);
-        }
-    };
-    if (WFIRST && active) load(lane);
-    cp_async_wait<1>();  // the slices (the epilogue's values may still be on their way)
-    __syncthreads();
-    // the norm: sum of squares of the slice, pushed to every block, summed in rank order
-    double ss = 0.0;
-    for (int i = tid; i < s1 - s0; i += blockDim.x) {
-        const float4 v = xsl[i];
-        ss += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
-    }
-    ss = block_sum<double>(ss, shd);
-    if (tid < DC) *cl.map_shared_rank(c_ss + rank, tid) = ss;
-    cl.sync();
-    double tot = 0.0;
-#pragma unroll
-    for (int r = 0; r < DC; r++) tot += c_ss[r];
-    const float scale = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn((float)(tot / (double)K), eps)));
-    float amax = 0.0f;
-    for (int i = tid; i < s1 - s0; i += blockDim.x) {
-        const float4 v = xsl[i], wv = wsl[i];
-        float4 t;
-        t.x = __fmul_rn(__fmul_rn(v.x, scale), wv.x);
-        t.y = __fmul_rn(__fmul_rn(v.y, scale), wv.y);
-        t.z = __fmul_rn(__fmul_rn(v.z, scale), wv.z);
-        t.w = __fmul_rn(__fmul_rn(v.w, scale), wv.w);
-        xsl[i] = t;
-        amax = fmaxf(fmaxf(fmaxf(fmaxf(amax, fabsf(t.x)), fabsf(t.y)), fabsf(t.z)), fabsf(t.w));
-    }
-    amax = block_max(amax, shf);
-    if (tid < DC) *cl.map_shared_rank(c_amax + rank, tid) = amax;
-    cl.sync();
-    float am = 0.0f;
-#pragma unroll
-    for (int r = 0; r < DC; r++) am = fmaxf(am, c_amax[r]);
-    const float sc = __fdiv_rn(127.0f, fmaxf(am, 1e-5f));
-    int sum = 0;
-    for (int i = tid; i < s1 - s0; i += blockDim.x) {
-        const float4 t = xsl[i];
-        const int q0 = (int)fminf(fmaxf(rintf(__fmul_rn(t.x, sc)), -128.0f), 127.0f);
-        const int q1 = (int)fminf(fmaxf(rintf(__fmul_rn(t.y, sc)), -128.0f), 127.0f);
-        const int q2 = (int)fminf(fmaxf(rintf(__fmul_rn(t.z, sc)), -128.0f), 127.0f);
-        const int q3 = (int)fminf(fmaxf(rintf(__fmul_rn(t.w, sc)), -128.0f), 127.0f);
-        const int packed = (q0 & 0xff) | ((q1 & 0xff) << 8) | ((q2 & 0xff) << 16) | ((q3 & 0xff) << 24);
-        int* dst = reinterpret_cast<int*>(qsm) + s0 + i;
-#pragma unroll
-        for (int r = 0; r < DC; r++) *cl.map_shared_rank(dst, r) = packed;
-        sum += q0 + q1 + q2 + q3;
-    }
-    sum = block_sum<int>(sum, shi);
-    if (tid < DC) *cl.map_shared_rank(c_qsum + rank, tid) = sum;
-    cl.sync();  // every slice of q and every partial qsum is here; no remote access after this
-    int qsum = 0;
-#pragma unroll
-    for (int r = 0; r < DC; r++) qsum += c_qsum[r];
-    stamp(trace, 1);
-    if (!active) return;
-    if (!WFIRST) load(lane);
-    const int4* a4 = reinterpret_cast<const int4*>(qsm);
-    int acc[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = 0;
-    for (int c0 = lane;;) {
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int c = c0 + u * WARP;
-            if (c < nchunk) {
-                const int4* a = a4 + c * 4;
-                const int4 a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
-#pragma unroll
-                for (int r = 0; r < R; r++) {
-                    int v = acc[r];
-                    v = dot16(w[u][r].x, a0, v);
-                    v = dot16(w[u][r].y, a1, v);
-                    v = dot16(w[u][r].z, a2, v);
-                    v = dot16(w[u][r].w, a3, v);
-                    acc[r] = v;
-                }
-            }
-        }
-        c0 += WARP * U;
-        if (c0 >= nchunk) break;
-        load(c0);
-    }
-    if (warp == 0) stamp(trace, 2);
-#pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
-    if (lane == 0) {
-        cp_async_wait<0>();
-        float y[R];
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            const float d = (float)(acc[r] - qsum);
-            y[r] = (__fdiv_rn(d, sc) * e_ws[warp * R + r]) * e_os[warp * R + r];
-        }
-        if (EPI == EPI_F32) {
-#pragma unroll
-            for (int r = 0; r < R; r++) out[row0 + r] = y[r];
-        } else if (EPI == EPI_RESID) {
-#pragma unroll
-            for (int r = 0; r < R; r++) out[row0 + r] = e_res[warp * R + r] + y[r];
-        } else if (EPI == EPI_RELU2) {
-            const float g = fmaxf(y[0], 0.0f);
-            out[row0 >> 1] = __fmul_rn(__fmul_rn(g, g), y[R - 1]);
-        } else if (EPI == EPI_SILU) {
-            const float g = y[0];
-            out[row0 >> 1] = __fmul_rn(__fdiv_rn(g, 1.0f + expf(-g)), y[R - 1]);
-        } else if (EPI == EPI_QKV) {
-            qkv_store_cs(0, row0 >> 1, y[0], y[R - 1], e_c[warp], e_s[warp], out, ldo, e_pos[warp], qa);
-            if (tid == 0) kv_prefetch(qa, e_pos[0]);
-        }
-    }
-    if (warp == 0) stamp(trace, 3);
-}
-
-#define DECODE_C_KERNEL(NAME, R, EPI, WMODE)                                                                     \
-    extern "C" __global__ void __cluster_dims__(DC, 1, 1) __launch_bounds__(512, 4) NAME(                       \
-        const uint4* __restrict__ W, int N, int K, const float* __restrict__ x, const float* __restrict__ nw,     \
-        const float* __restrict__ ws, const float* __restrict__ os, float* out, const int* __restrict__ pos0p,   \
-        const float* __restrict__ rope, int ldo, float eps, QKVArgs qa, unsigned long long* trace) {             \
-        ternary_decode_c<R, EPI, WMODE>(W, N, K, x, nw, ws, os, out, pos0p, rope, ldo, eps, qa, trace);          \
-    }
-
-DECODE_C_KERNEL(tdcn_f32, 1, EPI_F32, 0)
-DECODE_C_KERNEL(tdcn_resid, 1, EPI_RESID, 0)
-DECODE_C_KERNEL(tdcn_relu2, 2, EPI_RELU2, 0)
-DECODE_C_KERNEL(tdcn_silu, 2, EPI_SILU, 0)
-DECODE_C_KERNEL(tdcn_qkv, 2, EPI_QKV, 0)
-DECODE_C_KERNEL(tdc_f32, 1, EPI_F32, 1)
-DECODE_C_KERNEL(tdc_resid, 1, EPI_RESID, 1)
-DECODE_C_KERNEL(tdc_relu2, 2, EPI_RELU2, 1)
-DECODE_C_KERNEL(tdc_silu, 2, EPI_SILU, 1)
-DECODE_C_KERNEL(tdc_qkv, 2, EPI_QKV, 1)
-DECODE_C_KERNEL(tdcw_f32, 1, EPI_F32, 2)
-DECODE_C_KERNEL(tdcw_resid, 1, EPI_RESID, 2)
-DECODE_C_KERNEL(tdcw_relu2, 2, EPI_RELU2, 2)
-DECODE_C_KERNEL(tdcw_silu, 2, EPI_SILU, 2)
-DECODE_C_KERNEL(tdcw_qkv, 2, EPI_QKV, 2)
-
 // The decode step's embedding (x = emb[tok], f16 to float) and the step's RoPE row (cos, sin at the position,
-// head_dim / 2 each) for the cluster QKV kernels.
+// head_dim / 2 each) for the hoisted QKV decode kernel.
 extern "C" __global__ void embed_rope(const __half* __restrict__ emb, const int* __restrict__ tok, int K,
                                       float* __restrict__ x, const int* __restrict__ pos0p,
                                       const float* __restrict__ cos_tab, const float* __restrict__ sin_tab, int half,
@@ -698,266 +508,6 @@ extern "C" __global__ void embed_rope(const __half* __restrict__ emb, const int*
     }
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// Decode with the activations quantized once ("q1" decode mode). The RMSNorm + int8 quantization of a matmul's
-// input is done by ONE block, the last block of the kernel that produced the input (an atomic ticket; the
-// block resets the counter for the next launch), into global memory: q (K int8) and sq = (s, qsum as int bits).
-// Every block of the producer leaves the sum of squares of the values it wrote (double, its warps in order) in
-// part[block], so the last block needs one round of loads (x, the partial sums) before its three reductions.
-// The consumer's blocks copy q into shared memory while their warps' weight loads are in flight, with no
-// prologue. Numerics as ternary_decode's prologue (mean square summed in double, in another order;
-// s = 127 / max(amax, 1e-5), round half to even).
-// One block: x (K floats, written by other blocks of this launch: read through L2) normalized with the mean
-// square sum(part[0..npart)) / K and weight nw, quantized into q, sq. xs: K floats of shared memory.
-__device__ __noinline__ void norm_quant_tail(const float* x, const double* part, int npart,
-                                             const float* __restrict__ nw, int K, float eps,
-                                             int8_t* __restrict__ q, float* __restrict__ sq, float* xs_f) {
-    __shared__ double shd[32];
-    __shared__ float shf[32];
-    __shared__ int shi[32];
-    float4* xs = reinterpret_cast<float4*>(xs_f);
-    const int K4 = K >> 2;
-    for (int i = threadIdx.x; i < K4; i += blockDim.x) {
-        cp_async16(xs + i, reinterpret_cast<const float4*>(x) + i);
-        if ((i & 7) == 0) prefetch_l1(nw + 4 * i);
-    }
-    cp_async_commit();
-    double ss = 0.0;
-    for (int k = threadIdx.x; k < npart; k += blockDim.x) ss += __ldcg(part + k);
-    ss = block_sum<double>(ss, shd);
-    cp_async_wait<0>();
-    __syncthreads();
-    const float scale = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn((float)(ss / (double)K), eps)));
-    const float4* w4 = reinterpret_cast<const float4*>(nw);
-    float amax = 0.0f;
-#pragma unroll 4
-    for (int i = threadIdx.x; i < K4; i += blockDim.x) {
-        float4 v = xs[i], w = __ldg(w4 + i), t;
-        t.x = __fmul_rn(__fmul_rn(v.x, scale), w.x);
-        t.y = __fmul_rn(__fmul_rn(v.y, scale), w.y);
-        t.z = __fmul_rn(__fmul_rn(v.z, scale), w.z);
-        t.w = __fmul_rn(__fmul_rn(v.w, scale), w.w);
-        xs[i] = t;
-        amax = fmaxf(fmaxf(fmaxf(fmaxf(amax, fabsf(t.x)), fabsf(t.y)), fabsf(t.z)), fabsf(t.w));
-    }
-    amax = block_max(amax, shf);
-    const float sc = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
-    int sum = 0;
-    int* q4 = reinterpret_cast<int*>(q);
-#pragma unroll 4
-    for (int i = threadIdx.x; i < K4; i += blockDim.x) {
-        float4 t = xs[i];
-        int q0 = (int)fminf(fmaxf(rintf(__fmul_rn(t.x, sc)), -128.0f), 127.0f);
-        int q1 = (int)fminf(fmaxf(rintf(__fmul_rn(t.y, sc)), -128.0f), 127.0f);
-        int q2 = (int)fminf(fmaxf(rintf(__fmul_rn(t.z, sc)), -128.0f), 127.0f);
-        int q3 = (int)fminf(fmaxf(rintf(__fmul_rn(t.w, sc)), -128.0f), 127.0f);
-        q4[i] = (q0 & 0xff) | ((q1 & 0xff) << 8) | ((q2 & 0xff) << 16) | ((q3 & 0xff) << 24);
-        sum += q0 + q1 + q2 + q3;
-    }
-    sum = block_sum<int>(sum, shi);
-    if (threadIdx.x == 0) {
-        sq[0] = sc;
-        sq[1] = __int_as_float(sum);
-    }
-}
-
-// The tail of a launch whose blocks each wrote part of x: the block's sum of squares to part[block], a ticket;
-// the last block normalizes and quantizes the whole of x (tK values; nothing when tK == 0) and resets the counter.
-// wsq: this thread's sum of squares of what it wrote (lane 0 of each warp), summed over the warps in order.
-__device__ __forceinline__ void quant_tail(double wsq, const float* tx, double* tpart, const float* __restrict__ tnw,
-                                           int tK, float eps, int8_t* tq, float* tsq, unsigned* tcnt,
-                                           unsigned nblocks, unsigned blk, float* xs, unsigned long long* trace) {
-    __shared__ int last_sh;
-    __shared__ double wsum[32];
-    if (tK <= 0) return;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) wsum[warp] = wsq;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        double b = 0.0;
-        for (int w = 0; w < (int)(blockDim.x >> 5); w++) b += wsum[w];
-        __stcg(tpart + blk, b);
-        __threadfence();
-        last_sh = atomicAdd(tcnt, 1u) == nblocks - 1;
-    }
-    __syncthreads();
-    if (!last_sh) return;
-    __threadfence();
-    stamp(trace, 4);
-    norm_quant_tail(tx, tpart, (int)nblocks, tnw, tK, eps, tq, tsq, xs);
-    if (threadIdx.x == 0) *tcnt = 0u;
-    stamp(trace, 5);
-}
-
-// One token x a ternary matrix, the int8 input (q, sq) made by the previous kernel's tail: the block copies q,
-// the rows' weight and output scales, the residual rows (EPI_RESID) and the pairs' RoPE cos/sin (EPI_QKV, from
-// the step's rope row) into shared memory (cp.async) while each warp's first weight loads are in flight; then
-// the dots, the epilogue, and the tail for the next matmul's input. Dynamic shared memory: K bytes (rounded up
-// to 16) + 4 * tK.
-template <int R, int EPI>
-__device__ __forceinline__ void ternary_decode_q(const uint4* __restrict__ W, int N, int K,
-                                                 const int8_t* __restrict__ qin, const float* __restrict__ sqin,
-                                                 const float* __restrict__ ws, const float* __restrict__ os,
-                                                 float* out, const int* __restrict__ pos0p,
-                                                 const float* __restrict__ rope, int ldo, QKVArgs qa,
-                                                 const float* tx, double* tpart, const float* __restrict__ tnw,
-                                                 int tK, float eps, int8_t* tq, float* tsq, unsigned* tcnt,
-                                                 unsigned long long* trace) {
-    extern __shared__ int4 dq_smem[];
-    const int8_t* qsm = reinterpret_cast<const int8_t*>(dq_smem);
-    float* txs = reinterpret_cast<float*>(reinterpret_cast<char*>(dq_smem) + ((K + 15) & ~15));
-    __shared__ float e_ws[32], e_os[32], e_res[32], e_c[16], e_s[16];
-    __shared__ int e_pos[16];
-    stamp(trace, 0);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    const int brow = blockIdx.x * nwarps * R;
-    const int row0 = brow + warp * R;
-    const bool active = row0 < N;
-    const int nchunk = K >> 6;
-    if (tK > 0 && blockIdx.x == 0 && threadIdx.x == 0) prefetch_l2(tnw, 4u * tK);
-    for (int i = threadIdx.x; i < (K >> 4); i += blockDim.x)
-        cp_async16(reinterpret_cast<int8_t*>(dq_smem) + 16 * i, qin + 16 * i);
-    cp_async_commit();
-    if (lane == 0 && active)
-        epi_issue<R, EPI>(row0, warp, ws, os, out, pos0p, rope, qa, e_ws, e_os, e_res, e_c, e_s, e_pos);
-    cp_async_commit();
-    constexpr int U = (R == 1) ? 4 : 2;  // independent 16-byte loads in flight a lane
-    const uint4* wrow = W + (size_t)row0 * nchunk;
-    uint4 w[U][R];
-    auto load = [&](int c0) {
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int c = c0 + u * WARP;
-#pragma unroll
-            for (int r = 0; r < R; r++) w[u][r] = c < nchunk ? ld_stream(wrow + r * nchunk + c) : make_uint4(0, 0, 0, 0);
-        }
-    };
-    if (active) load(lane);
-    const float sc = __ldg(sqin);
-    const int qsum = __float_as_int(__ldg(sqin + 1));
-    cp_async_wait<1>();  // q (the epilogue's values may still be on their way)
-    __syncthreads();
-    stamp(trace, 1);
-    double wsq = 0.0;
-    if (active) {
-        const int4* a4 = reinterpret_cast<const int4*>(qsm);
-        int acc[R];
-#pragma unroll
-        for (int r = 0; r < R; r++) acc[r] = 0;
-        for (int c0 = lane;;) {
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                const int c = c0 + u * WARP;
-                if (c < nchunk) {
-                    const int4* a = a4 + c * 4;
-                    const int4 a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
-#pragma unroll
-                    for (int r = 0; r < R; r++) {
-                        int v = acc[r];
-                        v = dot16(w[u][r].x, a0, v);
-                        v = dot16(w[u][r].y, a1, v);
-                        v = dot16(w[u][r].z, a2, v);
-                        v = dot16(w[u][r].w, a3, v);
-                        acc[r] = v;
-                    }
-                }
-            }
-            c0 += WARP * U;
-            if (c0 >= nchunk) break;
-            load(c0);
-        }
-        if (warp == 0) stamp(trace, 2);
-#pragma unroll
-        for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
-        if (lane == 0) {
-            cp_async_wait<0>();
-            float y[R];
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-                const float d = (float)(acc[r] - qsum);
-                y[r] = (__fdiv_rn(d, sc) * e_ws[warp * R + r]) * e_os[warp * R + r];
-            }
-            if (EPI == EPI_F32) {
-#pragma unroll
-                for (int r = 0; r < R; r++) {
-                    out[row0 + r] = y[r];
-                    wsq += (double)y[r] * y[r];
-                }
-            } else if (EPI == EPI_RESID) {
-#pragma unroll
-                for (int r = 0; r < R; r++) {
-                    const float v = e_res[warp * R + r] + y[r];
-                    out[row0 + r] = v;
-                    wsq += (double)v * v;
-                }
-            } else if (EPI == EPI_RELU2) {
-                const float g = fmaxf(y[0], 0.0f);
-                const float v = __fmul_rn(__fmul_rn(g, g), y[R - 1]);
-                out[row0 >> 1] = v;
-                wsq = (double)v * v;
-            } else if (EPI == EPI_SILU) {
-                const float g = y[0];
-                const float v = __fmul_rn(__fdiv_rn(g, 1.0f + expf(-g)), y[R - 1]);
-                out[row0 >> 1] = v;
-                wsq = (double)v * v;
-            } else if (EPI == EPI_QKV) {
-                qkv_store_cs(0, row0 >> 1, y[0], y[R - 1], e_c[warp], e_s[warp], out, ldo, e_pos[warp], qa);
-                if (threadIdx.x == 0) kv_prefetch(qa, e_pos[0]);
-            }
-        }
-    }
-    stamp(trace, 3);
-    quant_tail(wsq, tx, tpart, tnw, tK, eps, tq, tsq, tcnt, gridDim.x, blockIdx.x, txs, trace);
-}
-
-#define DECODE_Q_KERNEL(NAME, R, EPI)                                                                            \
-    extern "C" __global__ void __launch_bounds__(512, 4) NAME(                                                  \
-        const uint4* __restrict__ W, int N, int K, const int8_t* __restrict__ qin, const float* __restrict__ sqin, \
-        const float* __restrict__ ws, const float* __restrict__ os, float* out, const int* __restrict__ pos0p,   \
-        const float* __restrict__ rope, int ldo, float eps, QKVArgs qa, const float* tx, double* tpart,          \
-        const float* __restrict__ tnw, int tK, int8_t* tq, float* tsq, unsigned* tcnt,                           \
-        unsigned long long* trace) {                                                                             \
-        ternary_decode_q<R, EPI>(W, N, K, qin, sqin, ws, os, out, pos0p, rope, ldo, qa, tx, tpart, tnw, tK, eps,  \
-                                 tq, tsq, tcnt, trace);                                                          \
-    }
-
-DECODE_Q_KERNEL(tdq_f32, 1, EPI_F32)
-DECODE_Q_KERNEL(tdq_resid, 1, EPI_RESID)
-DECODE_Q_KERNEL(tdq_relu2, 2, EPI_RELU2)
-DECODE_Q_KERNEL(tdq_silu, 2, EPI_SILU)
-DECODE_Q_KERNEL(tdq_qkv, 2, EPI_QKV)
-
-// The decode step's embedding with the first layer's RMSNorm + quantization (one block): x = emb[tok], then q, sq
-// as norm_quant_tail; also the step's RoPE row (cos, sin of the position: head_dim / 2 each) for the QKV kernels.
-// Dynamic shared memory: 4 * K.
-extern "C" __global__ void __launch_bounds__(1024) embed_quant(const __half* __restrict__ emb, const int* __restrict__ tok,
-                                                               int K, float* __restrict__ x, const float* __restrict__ nw,
-                                                               float eps, int8_t* __restrict__ q, float* __restrict__ sq,
-                                                               double* __restrict__ part, const int* __restrict__ pos0p,
-                                                               const float* __restrict__ cos_tab,
-                                                               const float* __restrict__ sin_tab, int half,
-                                                               float* __restrict__ rope) {
-    extern __shared__ float eq_smem[];
-    __shared__ double shd[32];
-    const __half* e = emb + (size_t)tok[0] * K;
-    double ss = 0.0;
-    for (int i = threadIdx.x; i < K; i += blockDim.x) {
-        const float v = __half2float(e[i]);
-        x[i] = v;
-        ss += (double)v * v;
-    }
-    if (threadIdx.x < half) {
-        const int pos = *pos0p;
-        rope[threadIdx.x] = cos_tab[(size_t)pos * half + threadIdx.x];
-        rope[half + threadIdx.x] = sin_tab[(size_t)pos * half + threadIdx.x];
-    }
-    ss = block_sum<double>(ss, shd);
-    if (threadIdx.x == 0) part[0] = ss;
-    __threadfence();  // norm_quant_tail reads x and part through L2
-    __syncthreads();
-    norm_quant_tail(x, part, 1, nw, K, eps, q, sq, eq_smem);
-}
-
 // Single-token attention split over keys (flash-decoding): block (h, sp) of grid (n_head, ceil(n_ctx / AS_KEYS))
 // takes keys sp * AS_KEYS .. + AS_KEYS - 1 of the nk = pos + 1 in the cache (blocks past nk leave at once), so a
 // 288-key step runs 9 blocks a head instead of one. The block copies its K and V rows into shared memory
@@ -968,9 +518,7 @@ extern "C" __global__ void __launch_bounds__(1024) embed_quant(const __half* __r
 // that block for the next launch) combines them: M = max m_k, f_k = exp(m_k - M), out = sum_k f_k o_k /
 // sum_k f_k l_k. P is not rounded to f16 (the one-block kernel rounds P = e / l when p_f16; here l is known only
 // after the combine): last-bit differences, see docs/gpu.md.
-// tK > 0: the block that finishes the last head also normalizes and quantizes the whole output row (n_head * D
-// values, norm weight tnw) into tq / tsq for the O matmul (norm_quant_block; counter tcnt).
-// Dynamic shared memory: 2 * AS_KEYS * (D + 8) halves + 4096 + 4 * tK bytes.
+// Dynamic shared memory: 2 * AS_KEYS * (D + 8) halves + 4096 bytes.
 #define AS_KEYS 32
 #define AS_THREADS 128
 #define AS_MAXSPLIT 256
@@ -980,9 +528,6 @@ extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(const float*
                                                                      float* __restrict__ out, float* __restrict__ part,
                                                                      unsigned* __restrict__ cnt, int n_head, int n_kv,
                                                                      int D, int n_ctx, const int* __restrict__ pos0p,
-                                                                     const float* __restrict__ tnw, int tK, float eps,
-                                                                     int8_t* __restrict__ tq, float* __restrict__ tsq,
-                                                                     unsigned* __restrict__ tcnt, double* tpart,
                                                                      unsigned long long* trace) {
     extern __shared__ __align__(16) unsigned char as_smem[];
     __shared__ float qs[256];
@@ -990,9 +535,7 @@ extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(const float*
     __shared__ float ps[AS_KEYS];
     __shared__ float red[32];
     __shared__ float mk[AS_MAXSPLIT], lk[AS_MAXSPLIT];
-    __shared__ double shd[32];
     __shared__ int last_sh;
-    double hsq = 0.0;  // sum of squares of this block's outputs (the head it finishes), for the tail
     const int h = blockIdx.x, sp = blockIdx.y, tid = threadIdx.x;
     if (trace != nullptr) trace += (size_t)sp * gridDim.x * 8;  // stamp() indexes by blockIdx.x
     stamp(trace, 0);
@@ -1005,7 +548,6 @@ extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(const float*
     __half* ks = reinterpret_cast<__half*>(as_smem);
     __half* vs = ks + AS_KEYS * pitch;
     float* pv = reinterpret_cast<float*>(vs + AS_KEYS * pitch);  // (key groups, D) partial sums
-    float* txs = pv + 1024;                                        // the tail's row (tK floats)
     const __half* kb = kc + ((size_t)kh * n_ctx + j0) * D;
     const __half* vb = vc + ((size_t)kh * n_ctx + j0) * D;
     for (int i = tid; i < n * D8; i += AS_THREADS) {
@@ -1015,7 +557,6 @@ extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(const float*
     }
     cp_async_commit();
     for (int d = tid; d < D; d += AS_THREADS) qs[d] = __half2float(__float2half_rn(q[h * D + d]));
-    if (tK > 0 && sp == 0 && h == 0 && tid == 0) prefetch_l2(tnw, 4u * tK);
     cp_async_wait<0>();
     __syncthreads();
     stamp(trace, 1);
@@ -1082,9 +623,7 @@ extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(const float*
         for (int d = tid; d < D; d += AS_THREADS) {
             float r = 0.0f;
             for (int k = 0; k < KG; k++) r += pv[k * D + d];
-            const float v = __fdiv_rn(r, l);
-            orow[d] = v;
-            hsq += (double)v * v;
+            orow[d] = __fdiv_rn(r, l);
         }
     } else {
         const int S = gridDim.y;
@@ -1121,28 +660,11 @@ extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(const float*
                 L = fmaf(lk[k], f, L);
                 acc = fmaf(__ldcg(hp + (size_t)k * (D + 2) + 2 + d), f, acc);
             }
-            const float v = __fdiv_rn(acc, L);
-            orow[d] = v;
-            hsq += (double)v * v;
+            orow[d] = __fdiv_rn(acc, L);
         }
         if (tid == 0) cnt[h] = 0u;
     }
     stamp(trace, 4);
-    if (tK <= 0) return;
-    // the block that finished head h: its sum of squares (the row as written, in order) to tpart[h]; the last of
-    // the heads normalizes and quantizes the whole row
-    const double b = block_sum<double>(hsq, shd);
-    if (tid == 0) {
-        __stcg(tpart + h, b);
-        __threadfence();
-        last_sh = atomicAdd(tcnt, 1u) == (unsigned)(n_head - 1);
-    }
-    __syncthreads();
-    if (!last_sh) return;
-    __threadfence();
-    norm_quant_tail(out, tpart, n_head, tnw, tK, eps, tq, tsq, txs);
-    if (tid == 0) *tcnt = 0u;
-    stamp(trace, 5);
 }
 
 // grid.x: row groups (8 warps a block, one row or pair a warp); grid.y: token tiles of TT.

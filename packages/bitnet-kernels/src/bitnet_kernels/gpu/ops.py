@@ -22,9 +22,10 @@ EPI_NAMES = {"i32": "tern_i32", "f32": "tern_f32", "resid": "tern_resid", "relu2
 PAIRED = {"relu2", "silu", "qkv"}
 # batched ternary matmuls (T > 1) on the int8 tensor cores (mma.sync) when K % 128 == 0; BITNET_GPU_MMA=0: dp4a
 MMA = os.environ.get("BITNET_GPU_MMA", "1") != "0"
-# fused-norm single-token matmuls: BITNET_GPU_DEC_HOIST=1 issues the loads that do not depend on the norm prologue
-# (L2 prefetch of the weight rows and norm weight, scales, residual rows, RoPE angles) before it (slower, off)
-DEC_HOIST = os.environ.get("BITNET_GPU_DEC_HOIST", "0") == "1"
+# single-token matmuls (tdech_*): the norm prologue's row and norm weight in one round of cp.async, the epilogue's
+# scales / residual rows / RoPE angles asked for before the prologue, the K/V cache asked into L2 by QKV;
+# BITNET_GPU_DEC_HOIST=0: the kernels of the 11:09 run (tdec_*: two rounds, the epilogue's loads after the dots)
+DEC_HOIST = os.environ.get("BITNET_GPU_DEC_HOIST", "1") != "0"
 SMEM_DEFAULT = 48 * 1024
 
 
@@ -123,12 +124,12 @@ def ternary_launch(rt: Runtime, mat: TernaryMatrix, epi: str, q, qsum, s, out, l
               np.int32(nh), np.int32(nkv), np.int32(hd), np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc))
 
 
-SIG_DEC = "PiiPPPPPPPifiiiiPPPPP"
+SIG_DEC = "PiiPPPPPPPifiiiiPPPPPi"
 
 
 def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, eps: float, out, ldo: int, pos=None,
                           qkv: tuple = (0, 0, 0, 0, None, None, None, None), warps: int = WARPS,
-                          hoist: bool | None = None, rope=None, trace=None) -> None:
+                          hoist: bool | None = None, rope=None, trace=None, l2_weights: bool = False) -> None:
     """Queue one single-token matmul with its RMSNorm + int8 quantization fused in (x: the float input row,
     normw: the norm weight); every block (`warps` warps, at most 16) quantizes the row into K bytes of shared
     memory, then each warp computes one row (or pair). hoist (default DEC_HOIST): the loads that do not depend
@@ -141,94 +142,14 @@ def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, e
     if hoisted and epi == "qkv" and rope is None:
         raise GPUError("the hoisted QKV decode kernel reads the step's RoPE row: pass rope")
     name = f"tdech_{epi}" if hoisted else f"tdec_{epi}"
-    shared = 5 * mat.k  # int8 row + the float row
+    shared = (9 if hoisted else 5) * mat.k  # int8 row + the float row (+ the norm weight)
     if shared > SMEM_DEFAULT:
         _allow_smem(rt, name, SIG_DEC, shared)
     rt.launch(name, SIG_DEC, grid, (32 * warps, 1, 1),
               ptr(mat.words), np.int32(mat.n), np.int32(mat.k), _p(x), _p(normw), ptr(mat.ws), ptr(mat.os), _p(out),
               _p(pos), _p(rope), np.int32(ldo), np.float32(eps),
               np.int32(nh), np.int32(nkv), np.int32(hd), np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc),
-              _p(trace), shared=shared)
-
-
-SIG_DC = "PiiPPPPPPPifiiiiPPPPP"
-CLUSTER = 8  # blocks a cluster of the tdc_* kernels (DC in kernels.cu)
-# the cluster decode kernels load their weights after the shared norm (tdc_*, the block's rows asked into L2 at
-# the start); BITNET_GPU_DC_WFIRST=1: each warp's first weight loads before it (tdcw_*, slower: spills)
-DC_WFIRST = os.environ.get("BITNET_GPU_DC_WFIRST", "0") == "1"
-
-
-def ternary_decode_c_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, eps: float, out, ldo: int,
-                            pos=None, qkv: tuple = (0, 0, 0, 0, None, None, None, None), rope=None,
-                            warps: int = WARPS, wfirst: bool | None = None, l2_weights: bool = True,
-                            trace=None) -> None:
-    """Queue one single-token matmul whose RMSNorm + int8 quantization is shared by a cluster of CLUSTER blocks
-    (tdc_*: each block does a slice and the slices meet in distributed shared memory); rope: the step's
-    (cos, sin) row (EPI qkv). l2_weights: the block's weight rows are asked into L2 at the start (tdc_*; else
-    tdcn_*). The grid is rounded up to a multiple of CLUSTER blocks."""
-    r = 2 if epi in PAIRED else 1
-    blocks = (mat.n // r + warps - 1) // warps
-    grid = ((blocks + CLUSTER - 1) // CLUSTER * CLUSTER, 1)
-    nh, nkv, hd, nctx, cos, sin, kc, vc = qkv
-    first = DC_WFIRST if wfirst is None else wfirst
-    name = f"tdcw_{epi}" if first else (f"tdc_{epi}" if l2_weights else f"tdcn_{epi}")
-    per = (mat.k // 4 + CLUSTER - 1) // CLUSTER
-    shared = ((mat.k + 15) & ~15) + 32 * per
-    if shared > SMEM_DEFAULT:
-        _allow_smem(rt, name, SIG_DC, shared)
-    rt.launch(name, SIG_DC, grid, (32 * warps, 1, 1),
-              ptr(mat.words), np.int32(mat.n), np.int32(mat.k), _p(x), _p(normw), ptr(mat.ws), ptr(mat.os), _p(out),
-              _p(pos), _p(rope), np.int32(ldo), np.float32(eps), np.int32(nh), np.int32(nkv), np.int32(hd),
-              np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc), _p(trace), shared=shared)
-
-
-SIG_DQ = "PiiPPPPPPPifiiiiPPPPPPPiPPPP"
-
-
-def ternary_decode_q_launch(rt: Runtime, mat: TernaryMatrix, epi: str, qin, sqin, out, ldo: int, pos=None,
-                            qkv: tuple = (0, 0, 0, 0, None, None, None, None), rope=None,
-                            tail: tuple | None = None, eps: float = 0.0, warps: int = WARPS, trace=None) -> None:
-    """Queue one single-token matmul whose int8 input (qin: K int8, sqin: (s, qsum bits)) was made by the previous
-    kernel's tail (tdq_*: no norm prologue); rope: the step's (cos, sin) row (EPI qkv). tail = (x, part, normw, K,
-    q, sq, counter): every block leaves the sum of squares of what it wrote in part (doubles, one a block) and the
-    last block normalizes and quantizes x (K values, after this kernel's writes) into q / sq for the next matmul."""
-    r = 2 if epi in PAIRED else 1
-    grid = ((mat.n // r + warps - 1) // warps, 1)
-    nh, nkv, hd, nctx, cos, sin, kc, vc = qkv
-    tx, tpart, tnw, tk, tq, tsq, tcnt = tail if tail is not None else (None, None, None, 0, None, None, None)
-    name = f"tdq_{epi}"
-    shared = ((mat.k + 15) & ~15) + 4 * tk
-    if shared > SMEM_DEFAULT:
-        _allow_smem(rt, name, SIG_DQ, shared)
-    rt.launch(name, SIG_DQ, grid, (32 * warps, 1, 1),
-              ptr(mat.words), np.int32(mat.n), np.int32(mat.k), _p(qin), _p(sqin), ptr(mat.ws), ptr(mat.os), _p(out),
-              _p(pos), _p(rope), np.int32(ldo), np.float32(eps), np.int32(nh), np.int32(nkv), np.int32(hd),
-              np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc), _p(tx), _p(tpart), _p(tnw), np.int32(tk), _p(tq),
-              _p(tsq), _p(tcnt), _p(trace), shared=shared)
-
-
-def decode_chain_q(a: TernaryMatrix, q0: np.ndarray, s0: float, b: TernaryMatrix, normw: np.ndarray,
-                   eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Two quantize-once launches (for tests): y = a x (q0 int8, scale s0) as f32 rows, whose tail normalizes and
-    quantizes y; then z = b (that int8 y). Returns (y, z), numpy; z equals decode_linear(b, y, normw, eps)."""
-    rt = get_runtime()
-    if b.k != a.n:
-        raise GPUError(f"the second matrix takes {b.k} values, the first makes {a.n}")
-    q0 = np.asarray(q0, np.int8).reshape(-1)
-    dq0 = to_gpu(q0)
-    sq0 = to_gpu(np.array([s0, np.int32(q0.sum(dtype=np.int64)).view(np.float32)], np.float32))
-    dw = to_gpu(np.asarray(normw, np.float32).reshape(-1))
-    q1, sq1 = gpu_empty((b.k,), np.int8), gpu_empty((2,), np.float32)
-    cnt = to_gpu(np.zeros(1, np.uint32))
-    y = gpu_empty((a.n,), np.float32)
-    z = gpu_empty((b.n,), np.float32)
-    part = gpu_empty((a.n,), np.float64)
-    ternary_decode_q_launch(rt, a, "f32", dq0, sq0, y, a.n, tail=(y, part, dw, b.k, q1, sq1, cnt), eps=eps)
-    ternary_decode_q_launch(rt, b, "f32", q1, sq1, z, b.n)
-    rt.sync()
-    if int(cnt.get()[0]) != 0:
-        raise GPUError("the tail's counter was not reset")
-    return y.get(), z.get()
+              _p(trace), np.int32(1 if l2_weights else 0), shared=shared)
 
 
 _SMEM_SET: dict[str, int] = {}
@@ -245,19 +166,15 @@ def _allow_smem(rt: Runtime, name: str, sig: str, nbytes: int) -> None:
     _SMEM_SET[name] = nbytes
 
 
-def decode_linear(mat: TernaryMatrix, x: np.ndarray, normw: np.ndarray, eps: float, kind: str = "fused",
-                  warps: int = WARPS, **kw) -> np.ndarray:
-    """RMSNorm(x) * normw, per-token int8 activations, ternary matmul: one row x (K,) -> (N,) float32; kind
-    "fused" (every block normalizes: tdec_f32 / tdech_f32) or "cluster" (tdc_f32 / tdcn_f32 / tdcw_f32); kw: the
-    launch function's options (hoist, l2_weights, wfirst)."""
+def decode_linear(mat: TernaryMatrix, x: np.ndarray, normw: np.ndarray, eps: float, warps: int = WARPS,
+                  **kw) -> np.ndarray:
+    """RMSNorm(x) * normw, per-token int8 activations, ternary matmul: one row x (K,) -> (N,) float32; kw: the
+    launch function's options (hoist, l2_weights)."""
     rt = get_runtime()
     dx = to_gpu(np.asarray(x, np.float32).reshape(-1))
     dw = to_gpu(np.asarray(normw, np.float32).reshape(-1))
     out = gpu_empty((mat.n,), np.float32)
-    if kind == "cluster":
-        ternary_decode_c_launch(rt, mat, "f32", dx, dw, eps, out, mat.n, warps=warps, **kw)
-    else:
-        ternary_decode_launch(rt, mat, "f32", dx, dw, eps, out, mat.n, warps=warps, **kw)
+    ternary_decode_launch(rt, mat, "f32", dx, dw, eps, out, mat.n, warps=warps, **kw)
     rt.sync()
     return out.get()
 
