@@ -508,7 +508,7 @@ def main(argv=None) -> int:
     # the int8 head (--lm-head q8) on the same model
     m.lm_head = "q8"
     m._prepare_head()
-    m.set_decode_mode(mode, 8)
+    m.set_decode_mode(mode, 0)
     q8 = bench_ours(m, args.n_gen, 64)
     ours["q8_head_decode_tok_s"], ours["q8_head_device_loop_tok_s"] = q8["decode_tok_s"], q8["device_loop_tok_s"]
     print("ours (int8 head):", q8, flush=True)
@@ -521,7 +521,7 @@ def main(argv=None) -> int:
     q8_head_us = time_graph(rt, q8_head, reps=5) * 1e6
     m.lm_head = "f16"
     m.head_q8 = m.head_scale = None
-    m.set_decode_mode(mode, 8)
+    m.set_decode_mode(mode, 0)
     # the breakdown at the position the decode runs reached (attention reads that many keys)
     m.h_pos[0] = 32 + args.n_gen
     rt.cuda.memcpy_htod(m.pos.gpudata, m.h_pos)

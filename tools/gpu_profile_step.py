@@ -88,16 +88,19 @@ def step_time(m, skip: set, noop: bool, reps: int = 20) -> float:
     return statistics.median(times)
 
 
-CONFIGS = [("fused", False, "11:09 step: one attention block a head"),
-           ("fused", True, "split attention, matmul loads after the norm"),
-           ("fusedh", True, "split attention, hoisted loads (default)")]
+CONFIGS = [("fused:8", False, "11:09 step: one attention block a head"),
+           ("fused:8", True, "split attention, matmul loads after the norm"),
+           ("fusedh:8", True, "split attention, hoisted loads, 8-warp blocks"),
+           ("fusedh:16", True, "split attention, hoisted loads, 16-warp blocks"),
+           ("fusedh:0", True, "split attn, hoisted, blocks sized per SM (default)")]
 
 
 def set_config(m, mode: str, split: bool) -> None:
     from bitnet_kernels.gpu import ops
 
-    ops.DEC_HOIST = mode == "fusedh"
-    m.set_decode_mode("fused", 8)
+    kind, _, w = mode.partition(":")
+    ops.DEC_HOIST = kind == "fusedh"
+    m.set_decode_mode("fused", int(w))
     m.attn_split = split
 
 
@@ -129,9 +132,10 @@ def timeline_one(m, layer: int) -> dict:
     from bitnet_kernels.gpu import CudaGraph, ops
 
     rt, a = m.rt, m.args
-    blocks = {"qkv": -(-(a.n_head * a.head_dim + 2 * a.n_head_kv * a.head_dim) // 2 // 8),
-              "attn": a.n_head * m.att_splits, "o": -(-a.n_embd // 8), "gu": -(-a.n_ff // 8),
-              "down": -(-a.n_embd // 8)}
+    L = m.layers[layer]
+    grid = lambda mat, r: -(-(mat.n // r) // m.dec_warps(mat, r))  # noqa: E731
+    blocks = {"qkv": grid(L.qkv, 2), "attn": a.n_head * m.att_splits, "o": grid(L.o, 1), "gu": grid(L.gu, 2),
+              "down": grid(L.down, 1)}
     bufs = {k: ops.gpu_empty((n, 8), np.uint64) for k, n in blocks.items()}
     m._trace = {"layer": layer, **bufs}
     try:

@@ -115,7 +115,7 @@ def test_greedy_golden_persistent_kernel(gpu_model):
         test_greedy_golden(gpu_model)
         test_generate_greedy_on_device_equals_host_loop(gpu_model)
     finally:
-        gpu_model.set_decode_mode("fused", 8)
+        gpu_model.set_decode_mode("fused", 0)
 
 
 def test_decode_modes_agree(gpu_model):
@@ -124,13 +124,14 @@ def test_decode_modes_agree(gpu_model):
     and picks the same tokens."""
     toks = [BOS, 11, 12, 13, 14, 15, 16]
     outs = []
-    for mode, warps in (("fused", 8), ("unfused", 8), ("fused", 16), ("mega", 8)):
+    for mode, warps in (("fused", 8), ("unfused", 8), ("fused", 16), ("mega", 8), ("fused", 0)):
         gpu_model.set_decode_mode(mode, warps)
         gpu_model.cache.reset()
         gpu_model.prefill(toks[:3])
         outs.append(np.concatenate([gpu_model.forward([tk], 3 + i, logits="last") for i, tk in enumerate(toks[3:])]))
-    assert gpu_model.decode_mode == "mega"
-    gpu_model.set_decode_mode("fused", 8)
+    assert gpu_model.decode_mode == "fused"
+    gpu_model.set_decode_mode("fused", 0)
+    np.testing.assert_array_equal(outs[4], outs[0])  # blocks sized per matrix: the same bits
     assert np.linalg.norm(outs[0] - outs[1]) / np.linalg.norm(outs[1]) < 1e-4
     assert np.linalg.norm(outs[2] - outs[0]) / np.linalg.norm(outs[0]) < 1e-4
     rel = np.linalg.norm(outs[3] - outs[0]) / np.linalg.norm(outs[0])
@@ -209,7 +210,7 @@ def test_split_attention_and_hoisted_loads(gpu_model, monkeypatch):
     def run(split, pf):
         monkeypatch.setattr(ops, "DEC_HOIST", pf)
         gpu_model.attn_split = split
-        gpu_model.set_decode_mode("fused", 8)  # recapture
+        gpu_model.set_decode_mode("fused", 0)  # recapture
         gpu_model.cache.reset()
         gpu_model.prefill(toks[:2])
         return np.concatenate([gpu_model.forward([tk], 2 + i, logits="last") for i, tk in enumerate(toks[2:])])
@@ -221,7 +222,7 @@ def test_split_attention_and_hoisted_loads(gpu_model, monkeypatch):
     finally:
         gpu_model.attn_split = True
         monkeypatch.setattr(ops, "DEC_HOIST", True)
-        gpu_model.set_decode_mode("fused", 8)
+        gpu_model.set_decode_mode("fused", 0)
     np.testing.assert_array_equal(pf, base)
     rel = np.linalg.norm(split - base) / np.linalg.norm(base)
     print(f"split attention vs one block a head: relative difference {rel:.2e}")

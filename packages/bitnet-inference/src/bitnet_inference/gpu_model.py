@@ -121,7 +121,10 @@ class GPUModel:
         self._greedy = None
         self._mega = None
         self.fused_norm = os.environ.get("BITNET_GPU_FUSED_NORM", "1") != "0"
-        self.decode_warps = 16 if os.environ.get("BITNET_GPU_DECODE_WARPS") == "16" else 8
+        # warps a fused decode block: 0 (default) sizes the blocks so every SM gets the same rows (one block an
+        # SM, two for the largest matrix), 8 or 16 (BITNET_GPU_DECODE_WARPS) fixed
+        dw = os.environ.get("BITNET_GPU_DECODE_WARPS", "0")
+        self.decode_warps = int(dw) if dw in ("8", "16") else 0
         # the persistent one-kernel step is opt-in: on an H100 it is slower than 5 kernels a layer (docs/gpu.md)
         self.megakernel = os.environ.get("BITNET_GPU_MEGAKERNEL", "0") == "1" and self.fused_norm
         # one-token attention split over keys (attn_split); BITNET_GPU_ATTN_SPLIT=0: one block a head
@@ -474,19 +477,19 @@ class GPUModel:
             tr = trace if trace is not None and trace["layer"] == i else {}
             if fused:
                 ops.ternary_decode_launch(rt, L.qkv, "qkv", self.x, L.attn_norm, eps, self.qb, hd, pos=self.pos,
-                                          qkv=qkv, warps=self.decode_warps, rope=self.rope_cur, trace=tr.get("qkv"))
+                                          qkv=qkv, warps=self.dec_warps(L.qkv, 2), rope=self.rope_cur,
+                                          trace=tr.get("qkv"))
             else:
                 norm_quant(self.x, L.attn_norm, e)
                 ops.ternary_launch(rt, L.qkv, "qkv", self.q8, self.qsum, self.s, self.qb, hd, t, pos=self.pos, qkv=qkv)
             self._attention(t, kc, vc, trace=tr.get("attn"))
             if fused:
-                w = self.decode_warps
-                ops.ternary_decode_launch(rt, L.o, "resid", self.att, L.attn_sub_norm, eps, self.x, e, warps=w,
-                                          trace=tr.get("o"))
-                ops.ternary_decode_launch(rt, L.gu, act, self.x, L.ffn_norm, eps, self.fb, f, warps=w,
-                                          trace=tr.get("gu"))
-                ops.ternary_decode_launch(rt, L.down, "resid", self.fb, L.ffn_sub_norm, eps, self.x, e, warps=w,
-                                          trace=tr.get("down"))
+                ops.ternary_decode_launch(rt, L.o, "resid", self.att, L.attn_sub_norm, eps, self.x, e,
+                                          warps=self.dec_warps(L.o, 1), trace=tr.get("o"))
+                ops.ternary_decode_launch(rt, L.gu, act, self.x, L.ffn_norm, eps, self.fb, f,
+                                          warps=self.dec_warps(L.gu, 2), trace=tr.get("gu"))
+                ops.ternary_decode_launch(rt, L.down, "resid", self.fb, L.ffn_sub_norm, eps, self.x, e,
+                                          warps=self.dec_warps(L.down, 1), trace=tr.get("down"))
                 continue
             norm_quant(self.att, L.attn_sub_norm, hd)
             ops.ternary_launch(rt, L.o, "resid", self.q8, self.qsum, self.s, self.x, e, t)
@@ -661,13 +664,28 @@ class GPUModel:
         self.set_fused_norm(mode != "unfused", warps)
         self.megakernel = mode == "mega"
 
+    def dec_warps(self, mat, r: int) -> int:
+        """Warps a fused decode block for a matrix of mat.n / r rows (or pairs): decode_warps, or with 0 the
+        fewest blocks that give every SM the same number of rows (one block an SM, two, ...; at most 32 warps)."""
+        if self.decode_warps:
+            return self.decode_warps
+        cuda = self.rt.cuda
+        sms = self.rt.device.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)
+        units = mat.n // r
+        for per_sm in range(1, 64):
+            w = -(-units // (sms * per_sm))
+            if w <= 32:
+                return w
+        return 32
+
     def set_fused_norm(self, on: bool, warps: int | None = None) -> None:
         """Choose the single-token path: norm fused into every matmul block (True: the persistent kernel where
-        enabled, else 5 kernels a layer) or separate kernels; warps: 8 or 16 warps a fused block."""
+        enabled, else 5 kernels a layer) or separate kernels; warps: a fused block's warps (8 or 16; 0: sized
+        per matrix so every SM gets the same rows)."""
         self.fused_norm = bool(on)
         if warps is not None:
-            if warps not in (8, 16):
-                raise EngineError(f"decode blocks have 8 or 16 warps, got {warps}")
+            if warps not in (0, 8, 16):
+                raise EngineError(f"decode blocks have 8 or 16 warps (0: sized per matrix), got {warps}")
             self.decode_warps = warps
         for g in (self._graph, self._greedy):
             if g is not None:

@@ -327,8 +327,8 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     __shared__ int shi[32];
     __shared__ float s_sh;
     __shared__ int qsum_sh;
-    __shared__ float e_ws[32], e_os[32], e_res[32], e_cos[16], e_sin[16];
-    __shared__ int e_pos[16];
+    __shared__ float e_ws[64], e_os[64], e_res[64], e_cos[32], e_sin[32];  // up to 32 warps of 2 rows
+    __shared__ int e_pos[32];
     stamp(trace, 0);
     const int nw_ = blockDim.x >> 5;
     const int brow = blockIdx.x * nw_ * R;  // the block's first row
@@ -475,7 +475,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
 }
 
 #define DECODE_KERNEL(NAME, R, EPI, HOIST)                                                                   \
-    extern "C" __global__ void __launch_bounds__(512, 4) NAME(                                              \
+    extern "C" __global__ void __launch_bounds__(1024, 2) NAME(                                             \
         const uint4* __restrict__ W, int N, int K, const float* __restrict__ x, const float* __restrict__ nw, \
         const float* __restrict__ ws, const float* __restrict__ os, float* out, const int* __restrict__ pos0p, \
         const float* __restrict__ rope, int ldo, float eps, QKVArgs qa, unsigned long long* trace, int flags) { \
