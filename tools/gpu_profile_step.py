@@ -92,14 +92,17 @@ CONFIGS = [("fused:8", False, "11:09 step: one attention block a head"),
            ("fused:8", True, "split attention, matmul loads after the norm"),
            ("fusedh:8", True, "split attention, hoisted loads, 8-warp blocks"),
            ("fusedh:16", True, "split attention, hoisted loads, 16-warp blocks"),
-           ("fusedh:0", True, "split attn, hoisted, blocks sized per SM (default)")]
+           ("fusedhn:0", True, "split attn, hoisted, blocks sized per SM"),
+           ("fusedhp:0", True, "the same + all weight rows asked into L2 first"),
+           ("fusedh:0", True, "the same, L2 ask but for gate/up (default)")]
 
 
 def set_config(m, mode: str, split: bool) -> None:
     from bitnet_kernels.gpu import ops
 
     kind, _, w = mode.partition(":")
-    ops.DEC_HOIST = kind == "fusedh"
+    ops.DEC_HOIST = kind in ("fusedh", "fusedhn", "fusedhp")
+    ops.L2_WEIGHTS = {"fusedhp": True, "fusedhn": False}.get(kind)
     m.set_decode_mode("fused", int(w))
     m.attn_split = split
 
@@ -161,7 +164,7 @@ def timeline(pos: int) -> int:
     m = build(pos)
     layer = m.args.n_layer // 2
     print(f"device: {m.rt.name}; position {pos}; layer {layer}; us from the layer's first QKV block")
-    for mode, split, label in CONFIGS:
+    for mode, split, label in CONFIGS[-1:]:
         set_config(m, mode, split)
         tr = timeline_one(m, layer)
         t0 = tr["qkv"][:, 0][tr["qkv"][:, 0] > 0].min()

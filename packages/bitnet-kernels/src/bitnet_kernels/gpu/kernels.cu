@@ -645,17 +645,33 @@ extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(const float*
         if (!last_sh) return;
         __threadfence();
         const float* hp = part + (size_t)h * S * (D + 2);
+        // one round of loads: every split's (m, l), and this thread's o_k[tid] of the first AS_CREG splits
+        constexpr int AS_CREG = 16;
         for (int k = tid; k < nsp; k += AS_THREADS) {
             mk[k] = __ldcg(hp + (size_t)k * (D + 2));
             lk[k] = __ldcg(hp + (size_t)k * (D + 2) + 1);
         }
+        float ov[AS_CREG];
+#pragma unroll
+        for (int k = 0; k < AS_CREG; k++) ov[k] = (k < nsp && tid < D) ? __ldcg(hp + (size_t)k * (D + 2) + 2 + tid) : 0.0f;
         __syncthreads();
         float M = -INFINITY;
         for (int k = 0; k < nsp; k++) M = fmaxf(M, mk[k]);
         for (int d = tid; d < D; d += AS_THREADS) {
             float acc = 0.0f, L = 0.0f;
-#pragma unroll 8
-            for (int k = 0; k < nsp; k++) {
+            int k = 0;
+            if (d == tid) {
+#pragma unroll
+                for (int kr = 0; kr < AS_CREG; kr++) {
+                    if (kr < nsp) {
+                        const float f = expf(mk[kr] - M);
+                        L = fmaf(lk[kr], f, L);
+                        acc = fmaf(ov[kr], f, acc);
+                    }
+                }
+                k = AS_CREG;
+            }
+            for (; k < nsp; k++) {
                 const float f = expf(mk[k] - M);
                 L = fmaf(lk[k], f, L);
                 acc = fmaf(__ldcg(hp + (size_t)k * (D + 2) + 2 + d), f, acc);

@@ -26,6 +26,12 @@ MMA = os.environ.get("BITNET_GPU_MMA", "1") != "0"
 # scales / residual rows / RoPE angles asked for before the prologue, the K/V cache asked into L2 by QKV;
 # BITNET_GPU_DEC_HOIST=0: the kernels of the 11:09 run (tdec_*: two rounds, the epilogue's loads after the dots)
 DEC_HOIST = os.environ.get("BITNET_GPU_DEC_HOIST", "1") != "0"
+# hoisted decode kernels: one thread also asks for the block's weight rows in L2 at the start, for matrices of at
+# most L2_WEIGHTS_MAX bytes (at the 2B-4T shape QKV, O and down, not gate/up: measured, docs/gpu.md);
+# BITNET_GPU_L2_WEIGHTS=0 / 1: never / always
+_l2w = os.environ.get("BITNET_GPU_L2_WEIGHTS", "")
+L2_WEIGHTS = None if _l2w not in ("0", "1") else _l2w == "1"
+L2_WEIGHTS_MAX = 6 << 20
 SMEM_DEFAULT = 48 * 1024
 
 
@@ -129,7 +135,7 @@ SIG_DEC = "PiiPPPPPPPifiiiiPPPPPi"
 
 def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, eps: float, out, ldo: int, pos=None,
                           qkv: tuple = (0, 0, 0, 0, None, None, None, None), warps: int = WARPS,
-                          hoist: bool | None = None, rope=None, trace=None, l2_weights: bool = False) -> None:
+                          hoist: bool | None = None, rope=None, trace=None, l2_weights: bool | None = None) -> None:
     """Queue one single-token matmul with its RMSNorm + int8 quantization fused in (x: the float input row,
     normw: the norm weight); every block (`warps` warps, at most 16) quantizes the row into K bytes of shared
     memory, then each warp computes one row (or pair). hoist (default DEC_HOIST): the loads that do not depend
@@ -149,7 +155,15 @@ def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, e
               ptr(mat.words), np.int32(mat.n), np.int32(mat.k), _p(x), _p(normw), ptr(mat.ws), ptr(mat.os), _p(out),
               _p(pos), _p(rope), np.int32(ldo), np.float32(eps),
               np.int32(nh), np.int32(nkv), np.int32(hd), np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc),
-              _p(trace), np.int32(1 if l2_weights else 0), shared=shared)
+              _p(trace), np.int32(1 if _l2_weights(mat, l2_weights) else 0), shared=shared)
+
+
+def _l2_weights(mat: TernaryMatrix, l2_weights: bool | None) -> bool:
+    if l2_weights is not None:
+        return l2_weights
+    if L2_WEIGHTS is not None:
+        return L2_WEIGHTS
+    return mat.n * mat.k // 4 <= L2_WEIGHTS_MAX
 
 
 _SMEM_SET: dict[str, int] = {}
