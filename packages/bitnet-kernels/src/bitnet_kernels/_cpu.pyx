@@ -1192,6 +1192,32 @@ cdef class DecodePlan:
         with nogil:
             self._step(&x[0], pos, slot)
 
+    cdef void _projs(self, int i, int j0, int m, const float* x, int64_t K, float* y0, int64_t N0, float* y1,
+                     int64_t N1, float* y2, int64_t N2) noexcept nogil:
+        """Projections j0 .. j0+m-1 of one input (q/k/v, gate/up): when all are I2_S, x is quantized once and the m
+        matrices run as one job of the pool (the same kernels and rows, so the same bits as one call each)."""
+        cdef LayerPlan* l = &self.L[i]
+        cdef int64_t Ns[3]
+        cdef float* ys[3]
+        cdef int j
+        cdef int64_t r
+        Ns[0] = N0
+        Ns[1] = N1
+        Ns[2] = N2
+        ys[0] = y0
+        ys[1] = y1
+        ys[2] = y2
+        for j in range(m):
+            if l.qtype[j0 + j] != 0:
+                for j in range(m):
+                    self._proj(i, j0 + j, x, Ns[j], K, ys[j])
+                return
+        i2s_linear_multi_k(m, &l.w[j0], Ns, K, x, 1, ys)
+        for j in range(m):
+            if l.has_scale[j0 + j]:
+                for r in range(Ns[j]):
+                    ys[j][r] = ys[j][r] * l.out_scale[j0 + j]
+
     cdef void _proj(self, int i, int j, const float* x, int64_t N, int64_t K, float* y) noexcept nogil:
         cdef LayerPlan* l = &self.L[i]
         cdef int64_t r
@@ -1224,9 +1250,7 @@ cdef class DecodePlan:
             kc = self.kc + (slot * self.n_layer + i) * Hkv * S * D
             vc = self.vc + (slot * self.n_layer + i) * Hkv * S * D
             rmsnorm_k(x, self.L[i].attn_norm, 1, E, self.eps, hb)
-            self._proj(i, 0, hb, QD, E, q)
-            self._proj(i, 1, hb, KD, E, k)
-            self._proj(i, 2, hb, KD, E, v)
+            self._projs(i, 0, 3, hb, E, q, QD, k, KD, v, KD)
             rope_neox_k(q, &p32, 1, H, D, self.base, self.n_rot)
             rope_neox_k(k, &p32, 1, Hkv, D, self.base, self.n_rot)
             for h in range(Hkv):  # the cache stores F16 (numpy's astype rounding)
@@ -1239,8 +1263,7 @@ cdef class DecodePlan:
             for r in range(E):
                 x[r] = x[r] + o[r]
             rmsnorm_k(x, self.L[i].ffn_norm, 1, E, self.eps, hb)
-            self._proj(i, 4, hb, F, E, g)
-            self._proj(i, 5, hb, F, E, u)
+            self._projs(i, 4, 2, hb, E, g, F, u, F, NULL, 0)
             if self.silu:
                 silu_mul_k(g, u, f, F)
             else:
