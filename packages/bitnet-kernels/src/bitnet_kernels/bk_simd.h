@@ -987,8 +987,12 @@ BK_T512 static void bk_f16_gemv2_512(const uint16_t *wa0, const uint16_t *wb0, i
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
         int64_t k = 0;
         for (; k + 64 <= K; k += 64) {
-            const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
-            const __m512 x2 = _mm512_loadu_ps(x + k + 32), x3 = _mm512_loadu_ps(x + k + 48);
+            __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
+            __m512 x2 = _mm512_loadu_ps(x + k + 32), x3 = _mm512_loadu_ps(x + k + 48);
+            BK_I2S_PIN(x0); /* one load of x for both rows (see BK_I2S_BLK2) */
+            BK_I2S_PIN(x1);
+            BK_I2S_PIN(x2);
+            BK_I2S_PIN(x3);
             a0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wa + k))), x0, a0);
             b0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wb + k))), x0, b0);
             a1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wa + k + 16))), x1, a1);
