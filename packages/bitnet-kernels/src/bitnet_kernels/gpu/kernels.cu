@@ -69,6 +69,26 @@ __device__ T block_sum(T v, T* sh) {
     return sh[0];
 }
 
+// One-barrier variants: every warp reduces the per-warp partials itself (lane i reads sh[i]), so the result needs
+// no second barrier and broadcast; the same butterfly as block_sum's warp 0, so the same bits. sh must not be
+// reused by the block before every thread has read it (each call site here uses its own array once).
+template <typename T>
+__device__ __forceinline__ T block_sum1(T v, T* sh) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    return warp_sum(lane < nw ? sh[lane] : (T)0);
+}
+
+__device__ __forceinline__ float block_max1(float v, float* sh) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    return warp_max(lane < nw ? sh[lane] : 0.0f);
+}
+
 __device__ float block_max(float v, float* sh) {
     int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
     v = warp_max(v);
@@ -366,7 +386,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         }
         ss += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
     }
-    ss = block_sum<double>(ss, shd);
+    ss = HOIST ? block_sum1<double>(ss, shd) : block_sum<double>(ss, shd);
     const float scale = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn((float)(ss / (double)K), eps)));
     float amax = 0.0f;
 #pragma unroll 4
@@ -379,25 +399,37 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         xs[i] = t;
         amax = fmaxf(fmaxf(fmaxf(fmaxf(amax, fabsf(t.x)), fabsf(t.y)), fabsf(t.z)), fabsf(t.w));
     }
-    amax = block_max(amax, shf);
+    amax = HOIST ? block_max1(amax, shf) : block_max(amax, shf);
     const float sc = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
     int sum = 0;
 #pragma unroll 4
     for (int i = threadIdx.x; i < K4; i += blockDim.x) {
         float4 t = xs[i];
-        int q0 = (int)fminf(fmaxf(rintf(__fmul_rn(t.x, sc)), -128.0f), 127.0f);
-        int q1 = (int)fminf(fmaxf(rintf(__fmul_rn(t.y, sc)), -128.0f), 127.0f);
-        int q2 = (int)fminf(fmaxf(rintf(__fmul_rn(t.z, sc)), -128.0f), 127.0f);
-        int q3 = (int)fminf(fmaxf(rintf(__fmul_rn(t.w, sc)), -128.0f), 127.0f);
+        int q0, q1, q2, q3;
+        if (HOIST) {  // one conversion each (round half to even), the clamp in integers: the same values
+            q0 = max(-128, min(127, __float2int_rn(__fmul_rn(t.x, sc))));
+            q1 = max(-128, min(127, __float2int_rn(__fmul_rn(t.y, sc))));
+            q2 = max(-128, min(127, __float2int_rn(__fmul_rn(t.z, sc))));
+            q3 = max(-128, min(127, __float2int_rn(__fmul_rn(t.w, sc))));
+        } else {
+            q0 = (int)fminf(fmaxf(rintf(__fmul_rn(t.x, sc)), -128.0f), 127.0f);
+            q1 = (int)fminf(fmaxf(rintf(__fmul_rn(t.y, sc)), -128.0f), 127.0f);
+            q2 = (int)fminf(fmaxf(rintf(__fmul_rn(t.z, sc)), -128.0f), 127.0f);
+            q3 = (int)fminf(fmaxf(rintf(__fmul_rn(t.w, sc)), -128.0f), 127.0f);
+        }
         qsm[i] = (q0 & 0xff) | ((q1 & 0xff) << 8) | ((q2 & 0xff) << 16) | ((q3 & 0xff) << 24);
         sum += q0 + q1 + q2 + q3;
     }
-    sum = block_sum<int>(sum, shi);
-    if (threadIdx.x == 0) {
-        s_sh = sc;
-        qsum_sh = sum;
+    if (HOIST) {
+        sum = block_sum1<int>(sum, shi);  // its barrier also publishes qsm
+    } else {
+        sum = block_sum<int>(sum, shi);
+        if (threadIdx.x == 0) {
+            s_sh = sc;
+            qsum_sh = sum;
+        }
+        __syncthreads();
     }
-    __syncthreads();
     stamp(trace, 1);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int row0 = brow + warp * R;
