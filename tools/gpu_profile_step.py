@@ -1,7 +1,7 @@
 """Decode steps of a random 2B-4T-shaped model on the device, for profiling.
 
     python tools/gpu_profile_step.py [n_steps] [mode: fused | mega | unfused]   # steps to run under ncu
-    python tools/gpu_profile_step.py ablate [pos]                              # in-graph cost of each kernel
+    python tools/gpu_profile_step.py ablate [pos] [n_ctx]                      # in-graph cost of each kernel
     python tools/gpu_profile_step.py timeline [pos]                            # one layer's stage timestamps
 
 `ablate` captures the one-token step (the decode graph) with one kind of layer kernel left out, or with every
@@ -21,13 +21,13 @@ import numpy as np
 KINDS = ("qkv", "attn", "o", "gu", "down")
 
 
-def build(pos: int):
+def build(pos: int, n_ctx: int = 1024):
     sys.path.insert(0, "tools")
     from bench_gpu import SHAPE_2B4T, model_args
 
     from bitnet_inference.gpu_model import GPUModel
 
-    m = GPUModel.random(model_args(SHAPE_2B4T), n_ctx=1024)
+    m = GPUModel.random(model_args(SHAPE_2B4T), n_ctx=n_ctx)
     m.cache.reset()
     m.prefill(np.arange(1, pos + 1))
     m.h_pos[0] = pos  # the captured step reads its position from device memory
@@ -107,10 +107,11 @@ def set_config(m, mode: str, split: bool) -> None:
     m.attn_split = split
 
 
-def ablate(pos: int) -> int:
-    m = build(pos)
+def ablate(pos: int, n_ctx: int = 1024) -> int:
+    m = build(pos, n_ctx)
     n = m.args.n_layer
-    print(f"device: {m.rt.name}; position {pos}; device us of one decode step (graph), and per layer kernel")
+    print(f"device: {m.rt.name}; position {pos}, context {m.n_ctx}; device us of one decode step (graph), and per "
+          "layer kernel")
     print(f"{'':<44} {'full':>8} " + " ".join(f"{'-' + k:>8}" for k in KINDS) + f" {'noop all':>9} {'none':>8}")
     for mode, split, label in CONFIGS:
         set_config(m, mode, split)
@@ -190,7 +191,7 @@ def timeline(pos: int) -> int:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "ablate":
-        return ablate(int(sys.argv[2]) if len(sys.argv) > 2 else 288)
+        return ablate(int(sys.argv[2]) if len(sys.argv) > 2 else 288, int(sys.argv[3]) if len(sys.argv) > 3 else 1024)
     if len(sys.argv) > 1 and sys.argv[1] == "timeline":
         return timeline(int(sys.argv[2]) if len(sys.argv) > 2 else 288)
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 3
