@@ -158,8 +158,7 @@ def main() -> int:
     w = m_i2s.weights
     if hasattr(w, "load_seconds"):
         share = 100 * w.resident_fraction
-        w.wait()  # the tests below measure the steady state: every tensor in the huge-page arena
-        m_i2s.adopt_weights()
+        m_i2s.wait_for_weights()  # the tests below measure the steady state: every tensor in the huge-page arena
         placed = (f"the load copied {w.load_seconds:.2f} s and {share:.0f}% of the weights were resident at the "
                   f"first token; the background copy finished {w.background_seconds:.2f} s after load() began")
     else:
@@ -168,8 +167,7 @@ def main() -> int:
     m_q8 = Model(i2s, n_ctx=n_ctx, lm_head="q8")
     m_tq2 = Model(tq2, n_ctx=n_ctx)
     for m in (m_q8, m_tq2):
-        if hasattr(m.weights, "wait"):
-            m.weights.wait()
+        m.wait_for_weights()
     bytes_f16 = decode_bytes(m_i2s, False)
     bytes_q8 = decode_bytes(m_i2s, True)
 

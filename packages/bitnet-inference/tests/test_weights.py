@@ -108,3 +108,35 @@ def test_unmap_pages_keeps_the_bytes(fixtures):
     before = g.raw(name).copy()
     g.unmap_pages(name)
     np.testing.assert_array_equal(g.raw(name), before)  # faulted back in from the page cache
+
+
+def test_head_reads_the_copied_rows_from_the_arena(fixtures, monkeypatch):
+    import bitnet_inference.weights as W
+
+    path = fixtures / "b158-a-i2s.gguf"
+    ref = Model(path, n_ctx=16, weights="mmap")
+    monkeypatch.setattr(W, "HUGE_BUDGET_S", 0.0)
+    monkeypatch.setattr(W, "BIG", 0)
+    monkeypatch.setattr(W, "PIECE", 4096)  # many pieces a tensor, so the embedding can be half-copied
+    held = {}
+    copy_rest = W.ResidentWeights._copy_rest
+    monkeypatch.setattr(W.ResidentWeights, "_copy_rest", lambda self, pieces, t0: held.update(w=self, p=pieces, t0=t0))
+    m = Model(path, n_ctx=16)
+    w = held["w"]
+    name = "token_embd.weight"
+    assert w.info(name).qtype.name == "F16"
+    emb = [p for p in held["p"] if p[0].name == name]
+    assert len(emb) > 2
+    for p in emb[: len(emb) // 2]:
+        assert w._copy(p, None, True) is None
+    m.adopt_weights()
+    parts = m.net.head_parts
+    assert len(parts) == 2 and 0 < parts[1][0] < w.info(name).shape[0]
+    assert not np.shares_memory(parts[0][1], w._gguf.raw(name)) and np.shares_memory(parts[1][1], w._gguf.raw(name))
+    for toks, pos in (([1], 0), ([5], 1), ([9, 2, 4], 2)):  # one-token steps through the parts, then a batch
+        np.testing.assert_array_equal(ref.forward(toks, pos).view(np.uint32), m.forward(toks, pos).view(np.uint32))
+    copy_rest(w, [p for p in held["p"] if p not in emb[: len(emb) // 2]], held["t0"])  # the rest, in this thread
+    assert w.done.is_set() and w.resident_fraction == 1.0
+    m.adopt_weights()
+    assert len(m.net.head_parts) == 1 and not np.shares_memory(m.net.output, w._gguf.raw(name))
+    np.testing.assert_array_equal(ref.forward([3], 5).view(np.uint32), m.forward([3], 5).view(np.uint32))

@@ -57,6 +57,20 @@ class Model:
                 self.net.rebind_weights(self.weights, names)
                 self.weights.unmap(names)
 
+    def wait_for_weights(self, timeout: float | None = None) -> bool:
+        """Block until the background copy of the weights is over, adopting tensors as they arrive (so the map's
+        pages are dropped as they go, as decoding would); True when every large tensor is resident."""
+        w = self.weights
+        if not hasattr(w, "done"):
+            return True
+        end = None if timeout is None else time.monotonic() + timeout
+        while not w.done.wait(0.05):
+            self.adopt_weights()
+            if end is not None and time.monotonic() > end:
+                break
+        self.adopt_weights()
+        return w.done.is_set() and w.error is None
+
     def forward(self, tokens, pos0: int, logits: str = "all", capture=None, slot: int = 0) -> np.ndarray:
         self.adopt_weights()
         return self.net.forward(tokens, pos0, logits=logits, capture=capture, slot=slot)

@@ -99,8 +99,10 @@ class ResidentWeights:
         self.resident_bytes = total
         self._lock = threading.Lock()
         self._resident: set[str] = set()  # tensors whose bytes are all in the arena
-        self._new: list[str] = []  # made resident by the background thread, not yet taken
+        self._new: list[str] = []  # made resident (or, for a large tensor, a longer prefix) since the last take
         self._left = {info.name: -(-info.nbytes // PIECE) for info in infos}  # pieces still to copy
+        self._pieces_done: dict[str, set[int]] = {info.name: set() for info in infos}
+        self._prefix = {info.name: 0 for info in infos}  # bytes from the tensor's start that are all copied
         if not infos:
             self._arena = None
             self.done.set()
@@ -142,12 +144,22 @@ class ResidentWeights:
                     return (f"{self._gguf.path}: tensor {info.name!r} ends past the end of the file; the file is "
                             "truncated: download or convert it again")
                 done += n
+        if late and hasattr(self._gguf, "unmap_pages"):
+            # the map's pages of this piece may be mapped by the forward passes meanwhile: drop them now (a read
+            # before the owner switches to the arena faults them back in, with the same bytes)
+            self._gguf.unmap_pages(info.name, start, end)
         with self._lock:
-            self._left[info.name] -= 1
-            if self._left[info.name] == 0:
-                self._resident.add(info.name)
-                if late:
-                    self._new.append(info.name)
+            name = info.name
+            self._left[name] -= 1
+            done = self._pieces_done[name]
+            done.add(start)
+            before = self._prefix[name]
+            while self._prefix[name] in done:
+                self._prefix[name] = min(info.nbytes, self._prefix[name] + PIECE)
+            if self._left[name] == 0:
+                self._resident.add(name)
+            if late and (self._left[name] == 0 or self._prefix[name] != before) and name not in self._new:
+                self._new.append(name)
         return None
 
     def _copy_rest(self, pieces, t0: float) -> None:
@@ -190,11 +202,30 @@ class ResidentWeights:
         return have / sum(self._gguf.info(n).nbytes for n in self._offsets)
 
     def unmap(self, names) -> None:
-        """Drop the memory map's pages of these (resident) tensors from this process; see GGUFFile.unmap_pages."""
+        """Drop the memory map's pages of these tensors' copied bytes from this process (GGUFFile.unmap_pages): the
+        owner reads them from the arena now."""
         unmap = getattr(self._gguf, "unmap_pages", None)
         if unmap is not None:
             for name in names:
-                unmap(name)
+                n = self._prefix.get(name, 0)
+                if n:
+                    unmap(name, 0, n)
+
+    def row_parts(self, name: str) -> list[tuple[int, np.ndarray]]:
+        """A 2-D F16/F32 tensor as (first row, rows) parts: the rows already copied from the arena, the rest from the
+        map. The LM head reads the embedding this way while the background copy is still on it (a logit depends on
+        its row alone, so the parts give the same bits as the whole); one part once it is resident."""
+        info = self._gguf.info(name)
+        if name in self._resident or name not in self._offsets or len(info.shape) != 2:
+            return [(0, self.array(name))]
+        rows = self._prefix[name] // (info.nbytes // info.shape[0])
+        if rows == 0:
+            return [(0, self._gguf.array(name))]
+        dt = info.qtype.numpy_dtype
+        off = self._offsets[name]
+        head = self._arena[off : off + rows * (info.nbytes // info.shape[0])].view(dt).reshape(rows, info.shape[1])
+        head.flags.writeable = False
+        return [(0, head), (rows, self._gguf.array(name)[rows:])]
 
     # -- the GGUFFile interface ----------------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ class Transformer:
         self.output = self.tok_embd if args.tied_head else _float_matrix(gguf, "output.weight")  # (n_vocab, n_embd)
         self.output_norm = gguf.array("output_norm.weight").astype(F32)  # (n_embd,)
         self.head_q8 = self._prepare_q8_head() if lm_head == "q8" else None  # ((n_vocab, n_embd) i8, (n_vocab,) f32)
+        self.head_parts = self._head_parts(gguf)  # [(first row, rows)]: one part unless the copy is still on the head
         self.layers = [Layer(gguf, i, numerics, use_kernels, self.uses_scales, self.head_f16_always)
                        for i in range(args.n_layer)]
         self.rope = RopeTable(args.n_rot, args.rope_base, n_ctx)
@@ -75,6 +76,7 @@ class Transformer:
                 setattr(self, attr, weights.array(name))
         if self.args.tied_head:
             self.output = self.tok_embd
+        self.head_parts = self._head_parts(weights)
         for L in self.layers:
             for lin in L.proj.values():
                 if lin.name in names:
@@ -203,12 +205,24 @@ class Transformer:
             raise EngineError(f"--lm-head q8 converts an F16 head; this file's head is {self.output.dtype}")
         return self.numerics.bk.q8_head_prepare(self.output)
 
+    def _head_parts(self, weights) -> list:
+        name = "token_embd.weight" if self.args.tied_head else "output.weight"
+        split = getattr(weights, "row_parts", None)
+        if split is None or weights.info(name).qtype.name not in ("F16", "F32"):
+            return [(0, self.output)]
+        return split(name)
+
     def _head(self, x: np.ndarray) -> np.ndarray:
         nm = self.numerics
         h = nm.rmsnorm(x, self.output_norm, self.args.norm_eps)
         if self.head_q8 is not None:
             return nm.bk.q8_head_gemv(self.head_q8[0], self.head_q8[1], np.ascontiguousarray(h, F32))
         f16 = self.output.dtype == np.float16 and (self.head_f16_always or h.shape[0] == 1)
+        if len(self.head_parts) > 1:  # the copied rows from the arena, the rest from the map: the same logits
+            out = np.empty((h.shape[0], self.output.shape[0]), F32)
+            for r0, rows in self.head_parts:
+                out[:, r0 : r0 + rows.shape[0]] = nm.lm_head(h, rows, f16)
+            return out
         return nm.lm_head(h, self.output, f16).astype(F32)
 
 

@@ -477,16 +477,17 @@ class GGUFFile:
         info = self.info(name)
         return info.qtype.decode(self.raw(name), info.n_elements).reshape(info.shape)
 
-    def unmap_pages(self, name: str) -> None:
-        """Drop this process's mappings of the tensor's whole pages (MADV_DONTNEED on the read-only map): the page
-        cache keeps them and a later read faults them back in with the same bytes. For callers that copied the
-        tensor elsewhere, so that resident memory holds one copy."""
+    def unmap_pages(self, name: str, start: int = 0, end: int | None = None) -> None:
+        """Drop this process's mappings of the whole pages within bytes start..end of the tensor (default: all of
+        it; MADV_DONTNEED on the read-only map): the page cache keeps them and a later read faults them back in
+        with the same bytes. For callers that copied the tensor elsewhere, so that resident memory holds one copy."""
         info = self.info(name)
         m = self._mmap
         if m is None or not hasattr(m, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
             return
-        start = -(-info.offset // mmap.PAGESIZE) * mmap.PAGESIZE
-        end = (info.offset + info.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        end = info.nbytes if end is None else min(end, info.nbytes)
+        start = -(-(info.offset + start) // mmap.PAGESIZE) * mmap.PAGESIZE
+        end = (info.offset + end) // mmap.PAGESIZE * mmap.PAGESIZE
         if end > start:
             m.madvise(mmap.MADV_DONTNEED, start, end - start)
 
