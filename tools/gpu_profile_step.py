@@ -128,7 +128,8 @@ def ablate(pos: int, n_ctx: int = 1024) -> int:
 
 
 STAGES = {"matmuls": "start, prologue done, GEMV loop done (warp 0, hoisted kernels only), epilogue done (warp 0)",
-          "attn": "start, K/V in smem, P.V done, counter taken (splits > 1), head done"}
+          "attn": "start, K/V in smem, P.V done, counter taken (splits > 1), head done, combine's loads done, "
+                  "fence after the ticket done"}
 
 
 def timeline_one(m, layer: int) -> dict:
@@ -177,13 +178,19 @@ def timeline(pos: int) -> int:
                 print(f"  {k:<5} (no trace)")
                 continue
             cols = []
-            for st in range(6):
+            for st in range(7):
                 v = t[:, st]
                 v = v[v > 0]
                 cols.append(f"{(np.median(v) - t0) / 1e3:7.2f}" if len(v) else "      -")
             end = t.max()
             print(f"  {k:<5} blocks {len(t):4d} first {(t[:, 0].min() - t0) / 1e3:7.2f} | median stages "
                   f"{' '.join(cols)} | last end {(end - t0) / 1e3:7.2f}")
+            maxes = []
+            for st in range(7):
+                v = t[:, st]
+                v = v[v > 0]
+                maxes.append(f"{(v.max() - t0) / 1e3:7.2f}" if len(v) else "      -")
+            print(f"  {'':<5} {'':>11} {'':>13} | latest stages {' '.join(maxes)}")
     for k, v in STAGES.items():
         print(f"stages, {k}: {v}")
     return 0

@@ -676,6 +676,7 @@ extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(const float*
         stamp(trace, 3);
         if (!last_sh) return;
         __threadfence();
+        stamp(trace, 6);
         const float* hp = part + (size_t)h * S * (D + 2);
         // one round of loads: every split's (m, l), and this thread's o_k[tid] of the first AS_CREG splits
         constexpr int AS_CREG = 16;
@@ -687,6 +688,7 @@ extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(const float*
 #pragma unroll
         for (int k = 0; k < AS_CREG; k++) ov[k] = (k < nsp && tid < D) ? __ldcg(hp + (size_t)k * (D + 2) + 2 + tid) : 0.0f;
         __syncthreads();
+        stamp(trace, 5);
         float M = -INFINITY;
         for (int k = 0; k < nsp; k++) M = fmaxf(M, mk[k]);
         for (int d = tid; d < D; d += AS_THREADS) {
