@@ -48,11 +48,22 @@ def kind_of(m, name: str, args) -> str:
     return "other"
 
 
+def capture_step(m, rt):
+    """One decode step enqueued eagerly (compiles and warms every kernel), then captured as a CUDA graph."""
+    from bitnet_kernels.gpu import CudaGraph
+
+    m._enqueue_step(False)
+    rt.sync()
+    g = CudaGraph(rt.stream)
+    g.begin()
+    m._enqueue_step(False)
+    g.end()
+    return g
+
+
 def step_time(m, skip: set, noop: bool, reps: int = 20) -> float:
     """Device microseconds of one captured decode step with the kernels of kinds `skip` left out (noop: an
     empty kernel of the same grid instead)."""
-    from bitnet_kernels.gpu import CudaGraph
-
     rt = m.rt
     orig = type(rt).launch.__get__(rt)
 
@@ -65,12 +76,7 @@ def step_time(m, skip: set, noop: bool, reps: int = 20) -> float:
 
     rt.launch = launch
     try:
-        m._enqueue_step(False)
-        rt.sync()
-        g = CudaGraph(rt.stream)
-        g.begin()
-        m._enqueue_step(False)
-        g.end()
+        g = capture_step(m, rt)
     finally:
         del rt.launch
     for _ in range(3):
@@ -134,7 +140,7 @@ STAGES = {"matmuls": "start, prologue done, GEMV loop done (warp 0, hoisted kern
 
 def timeline_one(m, layer: int) -> dict:
     """Stage timestamps of layer `layer`'s five kernels in one replay of the captured step."""
-    from bitnet_kernels.gpu import CudaGraph, ops
+    from bitnet_kernels.gpu import ops
 
     rt, a = m.rt, m.args
     L = m.layers[layer]
@@ -144,12 +150,7 @@ def timeline_one(m, layer: int) -> dict:
     bufs = {k: ops.gpu_empty((n, 8), np.uint64) for k, n in blocks.items()}
     m._trace = {"layer": layer, **bufs}
     try:
-        m._enqueue_step(False)
-        rt.sync()
-        g = CudaGraph(rt.stream)
-        g.begin()
-        m._enqueue_step(False)
-        g.end()
+        g = capture_step(m, rt)
     finally:
         m._trace = None
     for _ in range(3):
