@@ -18,13 +18,14 @@ def _ternary(rng, n, k):
     return rng.choice(np.array([-1, 0, 1], np.int8), size=(n, k))
 
 
-def test_i2s_decode_every_pairing(isa, threads):
+@pytest.mark.parametrize("k", [256, 384, 640])  # the VNNI kernel takes 128-weight blocks in pairs: 3 and 5 leave one
+def test_i2s_decode_every_pairing(isa, threads, k):
     rng = np.random.default_rng(11)
-    k = 256
     for n in ROWS:
         w = _ternary(rng, n, k)
         q = rng.integers(-128, 128, size=(1, k), dtype=np.int8)
-        np.testing.assert_array_equal(bk.i2s_gemm_i32(i2s_pack(w, 0.5), n, k, q), ternary_dot_i32(w, q), err_msg=f"N={n}")
+        np.testing.assert_array_equal(bk.i2s_gemm_i32(i2s_pack(w, 0.5), n, k, q), ternary_dot_i32(w, q),
+                                      err_msg=f"N={n} K={k}")
         x = rng.standard_normal((1, k)).astype(np.float32)
         np.testing.assert_array_equal(bk.i2s_linear(i2s_pack(w, 0.75), n, k, x), i2s_linear(w, np.float32(0.75), x))
 

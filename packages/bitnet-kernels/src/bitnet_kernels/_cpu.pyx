@@ -24,7 +24,8 @@ cdef extern from "bk_simd.h" nogil:
     void bk_i2s_gemv_rows_256(const uint8_t* w, int64_t K, const int8_t* q, int64_t n0, int64_t n1, int32_t* dot)
     void bk_i2s_gemv_rows_c(const uint8_t* w, int64_t K, const int8_t* q, int64_t n0, int64_t n1, int32_t* dot,
                             uint8_t* codes)
-    void bk_i2s_gemv2_512(const uint8_t* wa, const uint8_t* wb, int64_t K, const int8_t* q, int64_t n, int32_t* da,
+    void bk_i2s_perm_act(const int8_t* q, int64_t K, int8_t* qp)
+    void bk_i2s_gemv2_512(const uint8_t* wa, const uint8_t* wb, int64_t K, const int8_t* qp, int64_t n, int32_t* da,
                           int32_t* db)
     void bk_i2s_gemv2_256(const uint8_t* wa, const uint8_t* wb, int64_t K, const int8_t* q, int64_t n, int32_t* da,
                           int32_t* db)
@@ -240,6 +241,7 @@ cdef struct GemvCtx:
     const int64_t* first
     int64_t K
     const int8_t* q
+    const int8_t* qp  # q in pair order, for the VNNI two-stream kernel (bk_i2s_perm_act)
     int32_t qsum
     float s
     const float* ws
@@ -308,7 +310,7 @@ cdef void _i2s_gemv_chunk(void* ctxp, int64_t c) noexcept nogil:
     _i2s_locate(g, cb, &mb, &b0, &b1)
     n = _min(a1 - a0, b1 - b0)
     if g.isa == BK_VNNI:
-        bk_i2s_gemv2_512(g.w[ma] + a0 * rb, g.w[mb] + b0 * rb, g.K, g.q, n, da, db)
+        bk_i2s_gemv2_512(g.w[ma] + a0 * rb, g.w[mb] + b0 * rb, g.K, g.qp, n, da, db)
     else:
         bk_i2s_gemv2_256(g.w[ma] + a0 * rb, g.w[mb] + b0 * rb, g.K, g.q, n, da, db)
     if a0 + n < a1:
@@ -327,6 +329,7 @@ cdef void _i2s_gemv(int m, const uint8_t** w, const int64_t* N, int64_t K, const
     cdef int64_t nchunks = 0
     cdef int j
     cdef GemvCtx g
+    cdef int8_t* qp
     for j in range(m):
         first[j] = nchunks
         nchunks += (N[j] + GEMV_CHUNK - 1) // GEMV_CHUNK
@@ -343,8 +346,18 @@ cdef void _i2s_gemv(int m, const uint8_t** w, const int64_t* N, int64_t K, const
     g.ws = ws
     g.yi = yi
     g.yf = yf
+    g.qp = NULL
     if _streams == 1:
         bk_pool_run(_threads, _i2s_gemv_one, &g, nchunks)
+    elif _isa == BK_VNNI:
+        qp = <int8_t*>malloc(K)
+        if qp == NULL:  # no memory for K bytes: the one-stream kernel needs none
+            bk_pool_run(_threads, _i2s_gemv_one, &g, nchunks)
+            return
+        bk_i2s_perm_act(q, K, qp)
+        g.qp = qp
+        bk_pool_run(_threads, _i2s_gemv_chunk, &g, _npairs(nchunks))
+        free(qp)
     else:
         bk_pool_run(_threads, _i2s_gemv_chunk, &g, _npairs(nchunks))
 

@@ -308,52 +308,78 @@ BK_T256 static void bk_i2s_gemv_rows_256(const uint8_t *w, int64_t K, const int8
 /* matrix), block by block. One Zen 4 core keeps too few lines in flight on one sequential stream while it also */
 /* computes: on the 2B-4T decode this kernel read 2.5-2.9x faster from DRAM than the one-stream loop above      */
 /* (28 vs 10 GB/s in one run, where a plain streaming read gave 26), and as fast from L2. Interleaving the two  */
-/* streams chunk by chunk instead of block by block gained nothing. Per-row arithmetic is the one-stream       */
-/* kernel's, so results are bit-identical.                                                                     */
-#define BK_I2S_FIN(a0, a1, a2, a3)                                                                                  \
-    bk_hsum256(_mm256_add_epi32(_mm256_add_epi32(_mm256_srai_epi32(a0, 6), _mm256_srai_epi32(a1, 4)),             \
-                                _mm256_add_epi32(_mm256_srai_epi32(a2, 2), a3)))
-/* Both rows' block jj with the activations loaded once into registers: GCC otherwise folds each activation load
- * into both rows' vpdpbusd, 10 loads per 64 weight bytes instead of 6 (the empty asm keeps them in registers);
- * from DRAM at one thread this read 28.6 against 27.4 GB/s (medians of 15, C harness, 530 MB). */
-#define BK_I2S_PIN(x) __asm__("" : "+x"(x))
-#define BK_I2S_BLK2(jj)                                                                                             \
-    {                                                                                                               \
-        const int8_t *a = q + (jj) * 128;                                                                           \
-        __m256i x0 = _mm256_loadu_si256((const __m256i *)a), x1 = _mm256_loadu_si256((const __m256i *)(a + 32));   \
-        __m256i x2 = _mm256_loadu_si256((const __m256i *)(a + 64)), x3 = _mm256_loadu_si256((const __m256i *)(a + 96)); \
-        BK_I2S_PIN(x0);                                                                                             \
-        BK_I2S_PIN(x1);                                                                                             \
-        BK_I2S_PIN(x2);                                                                                             \
-        BK_I2S_PIN(x3);                                                                                             \
-        const __m256i v = _mm256_loadu_si256((const __m256i *)(wa + (jj) * 32));                                    \
-        const __m256i w = _mm256_loadu_si256((const __m256i *)(wb + (jj) * 32));                                    \
-        a0 = _mm256_dpbusd_epi32(a0, _mm256_and_si256(v, m0), x0);                                                  \
-        b0 = _mm256_dpbusd_epi32(b0, _mm256_and_si256(w, m0), x0);                                                  \
-        a1 = _mm256_dpbusd_epi32(a1, _mm256_and_si256(v, m1), x1);                                                  \
-        b1 = _mm256_dpbusd_epi32(b1, _mm256_and_si256(w, m1), x1);                                                  \
-        a2 = _mm256_dpbusd_epi32(a2, _mm256_and_si256(v, m2), x2);                                                  \
-        b2 = _mm256_dpbusd_epi32(b2, _mm256_and_si256(w, m2), x2);                                                  \
-        a3 = _mm256_dpbusd_epi32(a3, _mm256_and_si256(v, m3), x3);                                                  \
-        b3 = _mm256_dpbusd_epi32(b3, _mm256_and_si256(w, m3), x3);                                                  \
-    }
-/* two blocks per iteration: with one, GCC 12 wrapped every dpbusd in two register copies (28 vs 41 GB/s from L2) */
-BK_T512 static void bk_i2s_gemv2_512(const uint8_t *wa0, const uint8_t *wb0, int64_t K, const int8_t *q, int64_t n,
+/* streams chunk by chunk instead of block by block gained nothing. The integer sums are the one-stream       */
+/* kernel's (exact), so results are bit-identical.                                                             */
+/* The activations of a two-stream GEMV in pair order (bk_i2s_perm_act): for each pair of 128-weight blocks
+ * (2i, 2i+1) and each field f, the 32 activations field f of block 2i meets, then the 32 of block 2i+1, so one
+ * 64-byte load feeds a 512-bit vpdpbusd over 64 consecutive weight bytes of a row; an odd last block keeps its
+ * natural order. */
+static void bk_i2s_perm_act(const int8_t *q, int64_t K, int8_t *qp) {
+    const int64_t nb = K / 128;
+    int64_t j = 0;
+    for (; j + 1 < nb; j += 2)
+        for (int f = 0; f < 4; f++) {
+            memcpy(qp + j * 128 + f * 64, q + j * 128 + f * 32, 32);
+            memcpy(qp + j * 128 + f * 64 + 32, q + (j + 1) * 128 + f * 32, 32);
+        }
+    if (j < nb) memcpy(qp + j * 128, q + j * 128, 128);
+}
+
+/* Two rows far apart in lockstep, 64 weight bytes of each per step in 512-bit registers, the four activation
+ * vectors loaded once for both rows (the empty asm keeps GCC from folding each load into both rows' vpdpbusd).
+ * Against the same loop on 256-bit registers this issues half the instructions per byte, so the out-of-order
+ * window spans twice the bytes and keeps more DRAM lines in flight: from DRAM at one thread 27.0 -> 29.8 GB/s
+ * (medians of four C-harness runs over 530 MB; 41-42 -> 42-44 from L2, bound by vpdpbusd). qp in pair order. */
+#define BK_ZPIN(x) __asm__("" : "+v"(x))
+#define BK_I2S_FIN512(c0, c1, c2, c3)                                                                             \
+    _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(_mm512_srai_epi32(c0, 6), _mm512_srai_epi32(c1, 4)), \
+                                             _mm512_add_epi32(_mm512_srai_epi32(c2, 2), c3)))
+BK_T512 static void bk_i2s_gemv2_512(const uint8_t *wa0, const uint8_t *wb0, int64_t K, const int8_t *qp, int64_t n,
                                      int32_t *da, int32_t *db) {
-    const __m256i m0 = _mm256_set1_epi8((char)0xC0), m1 = _mm256_set1_epi8(0x30);
-    const __m256i m2 = _mm256_set1_epi8(0x0C), m3 = _mm256_set1_epi8(0x03);
+    const __m512i m0 = _mm512_set1_epi8((char)0xC0), m1 = _mm512_set1_epi8(0x30);
+    const __m512i m2 = _mm512_set1_epi8(0x0C), m3 = _mm512_set1_epi8(0x03);
     const int64_t nb = K / 128, rb = K / 4;
     for (int64_t i = 0; i < n; i++) {
         const uint8_t *wa = wa0 + i * rb, *wb = wb0 + i * rb;
-        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
         int64_t j = 0;
         for (; j + 1 < nb; j += 2) {
-            BK_I2S_BLK2(j)
-            BK_I2S_BLK2(j + 1)
+            const int8_t *a = qp + j * 128;
+            __m512i x0 = _mm512_loadu_si512(a), x1 = _mm512_loadu_si512(a + 64);
+            __m512i x2 = _mm512_loadu_si512(a + 128), x3 = _mm512_loadu_si512(a + 192);
+            BK_ZPIN(x0);
+            BK_ZPIN(x1);
+            BK_ZPIN(x2);
+            BK_ZPIN(x3);
+            const __m512i v = _mm512_loadu_si512(wa + j * 32), w = _mm512_loadu_si512(wb + j * 32);
+            a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(v, m0), x0);
+            b0 = _mm512_dpbusd_epi32(b0, _mm512_and_si512(w, m0), x0);
+            a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(v, m1), x1);
+            b1 = _mm512_dpbusd_epi32(b1, _mm512_and_si512(w, m1), x1);
+            a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(v, m2), x2);
+            b2 = _mm512_dpbusd_epi32(b2, _mm512_and_si512(w, m2), x2);
+            a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(v, m3), x3);
+            b3 = _mm512_dpbusd_epi32(b3, _mm512_and_si512(w, m3), x3);
         }
-        for (; j < nb; j++) BK_I2S_BLK2(j)
-        da[i] = BK_I2S_FIN(a0, a1, a2, a3);
-        db[i] = BK_I2S_FIN(b0, b1, b2, b3);
+        if (j < nb) { /* an odd last block, natural order, in the low halves */
+            const int8_t *a = qp + j * 128;
+            const __m512i x0 = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a));
+            const __m512i x1 = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(a + 32)));
+            const __m512i x2 = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(a + 64)));
+            const __m512i x3 = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(a + 96)));
+            const __m512i v = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(wa + j * 32)));
+            const __m512i w = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(wb + j * 32)));
+            a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(v, m0), x0);
+            b0 = _mm512_dpbusd_epi32(b0, _mm512_and_si512(w, m0), x0);
+            a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(v, m1), x1);
+            b1 = _mm512_dpbusd_epi32(b1, _mm512_and_si512(w, m1), x1);
+            a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(v, m2), x2);
+            b2 = _mm512_dpbusd_epi32(b2, _mm512_and_si512(w, m2), x2);
+            a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(v, m3), x3);
+            b3 = _mm512_dpbusd_epi32(b3, _mm512_and_si512(w, m3), x3);
+        }
+        da[i] = BK_I2S_FIN512(a0, a1, a2, a3);
+        db[i] = BK_I2S_FIN512(b0, b1, b2, b3);
     }
 }
 
@@ -989,10 +1015,10 @@ BK_T512 static void bk_f16_gemv2_512(const uint16_t *wa0, const uint16_t *wb0, i
         for (; k + 64 <= K; k += 64) {
             __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
             __m512 x2 = _mm512_loadu_ps(x + k + 32), x3 = _mm512_loadu_ps(x + k + 48);
-            BK_I2S_PIN(x0); /* one load of x for both rows (see BK_I2S_BLK2) */
-            BK_I2S_PIN(x1);
-            BK_I2S_PIN(x2);
-            BK_I2S_PIN(x3);
+            BK_ZPIN(x0); /* one load of x for both rows (see bk_i2s_gemv2_512) */
+            BK_ZPIN(x1);
+            BK_ZPIN(x2);
+            BK_ZPIN(x3);
             a0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wa + k))), x0, a0);
             b0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wb + k))), x0, b0);
             a1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wa + k + 16))), x1, a1);
