@@ -334,6 +334,18 @@ static void bk_i2s_perm_act(const int8_t *q, int64_t K, int8_t *qp) {
 #define BK_I2S_FIN512(c0, c1, c2, c3)                                                                             \
     _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(_mm512_srai_epi32(c0, 6), _mm512_srai_epi32(c1, 4)), \
                                              _mm512_add_epi32(_mm512_srai_epi32(c2, 2), c3)))
+/* rows a and b, fields 0-3: weight vectors v (row a) and w (row b), activation vectors x0-x3 */
+#define BK_I2S_DP8                                                                                                \
+    {                                                                                                             \
+        a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(v, m0), x0);                                                \
+        b0 = _mm512_dpbusd_epi32(b0, _mm512_and_si512(w, m0), x0);                                                \
+        a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(v, m1), x1);                                                \
+        b1 = _mm512_dpbusd_epi32(b1, _mm512_and_si512(w, m1), x1);                                                \
+        a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(v, m2), x2);                                                \
+        b2 = _mm512_dpbusd_epi32(b2, _mm512_and_si512(w, m2), x2);                                                \
+        a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(v, m3), x3);                                                \
+        b3 = _mm512_dpbusd_epi32(b3, _mm512_and_si512(w, m3), x3);                                                \
+    }
 BK_T512 static void bk_i2s_gemv2_512(const uint8_t *wa0, const uint8_t *wb0, int64_t K, const int8_t *qp, int64_t n,
                                      int32_t *da, int32_t *db) {
     const __m512i m0 = _mm512_set1_epi8((char)0xC0), m1 = _mm512_set1_epi8(0x30);
@@ -352,14 +364,7 @@ BK_T512 static void bk_i2s_gemv2_512(const uint8_t *wa0, const uint8_t *wb0, int
             BK_ZPIN(x2);
             BK_ZPIN(x3);
             const __m512i v = _mm512_loadu_si512(wa + j * 32), w = _mm512_loadu_si512(wb + j * 32);
-            a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(v, m0), x0);
-            b0 = _mm512_dpbusd_epi32(b0, _mm512_and_si512(w, m0), x0);
-            a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(v, m1), x1);
-            b1 = _mm512_dpbusd_epi32(b1, _mm512_and_si512(w, m1), x1);
-            a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(v, m2), x2);
-            b2 = _mm512_dpbusd_epi32(b2, _mm512_and_si512(w, m2), x2);
-            a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(v, m3), x3);
-            b3 = _mm512_dpbusd_epi32(b3, _mm512_and_si512(w, m3), x3);
+            BK_I2S_DP8
         }
         if (j < nb) { /* an odd last block, natural order, in the low halves */
             const int8_t *a = qp + j * 128;
@@ -369,14 +374,7 @@ BK_T512 static void bk_i2s_gemv2_512(const uint8_t *wa0, const uint8_t *wb0, int
             const __m512i x3 = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(a + 96)));
             const __m512i v = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(wa + j * 32)));
             const __m512i w = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(wb + j * 32)));
-            a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(v, m0), x0);
-            b0 = _mm512_dpbusd_epi32(b0, _mm512_and_si512(w, m0), x0);
-            a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(v, m1), x1);
-            b1 = _mm512_dpbusd_epi32(b1, _mm512_and_si512(w, m1), x1);
-            a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(v, m2), x2);
-            b2 = _mm512_dpbusd_epi32(b2, _mm512_and_si512(w, m2), x2);
-            a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(v, m3), x3);
-            b3 = _mm512_dpbusd_epi32(b3, _mm512_and_si512(w, m3), x3);
+            BK_I2S_DP8
         }
         da[i] = BK_I2S_FIN512(a0, a1, a2, a3);
         db[i] = BK_I2S_FIN512(b0, b1, b2, b3);
