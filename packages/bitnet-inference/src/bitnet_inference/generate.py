@@ -63,6 +63,7 @@ class Model:
         w = self.weights
         if not hasattr(w, "done"):
             return True
+        w.release()
         end = None if timeout is None else time.monotonic() + timeout
         while not w.done.wait(0.05):
             self.adopt_weights()
@@ -73,11 +74,20 @@ class Model:
 
     def forward(self, tokens, pos0: int, logits: str = "all", capture=None, slot: int = 0) -> np.ndarray:
         self.adopt_weights()
-        return self.net.forward(tokens, pos0, logits=logits, capture=capture, slot=slot)
+        out = self.net.forward(tokens, pos0, logits=logits, capture=capture, slot=slot)
+        self._release_copy()
+        return out
+
+    def _release_copy(self) -> None:
+        release = getattr(self.weights, "release", None)
+        if release is not None:
+            release()  # the first pass is done: the background copy may start (weights.ResidentWeights)
 
     def forward_batch(self, tokens, positions, slots) -> np.ndarray:
         self.adopt_weights()
-        return self.net.forward_batch(tokens, positions, slots)
+        out = self.net.forward_batch(tokens, positions, slots)
+        self._release_copy()
+        return out
 
     def prefill(self, tokens: Sequence[int], pos0: int = 0, slot: int = 0) -> np.ndarray:
         """Evaluate a prompt in batches; returns the last position's logits (V,)."""

@@ -40,6 +40,7 @@ PIECE = 32 << 20  # bytes one read call fills
 RESIDENT_TYPES = ("I2_S", "TQ1_0", "TQ2_0", "F16", "F32")
 WEIGHT_MODES = ("auto", "resident", "mmap")
 HUGE_BUDGET_S = 0.5  # seconds the load copies; a background thread copies the rest
+START_AFTER_S = 2.0  # the background copy waits for the first forward pass (release()) at most this long
 _DEFAULT = object()
 _SKIPPED = object()
 log = logging.getLogger("bitnet_inference.weights")
@@ -90,6 +91,7 @@ class ResidentWeights:
         self.background_seconds: float | None = None  # load start to the last byte copied (None: not yet)
         self.error: str | None = None  # why the background copy stopped, if it did
         self.done = threading.Event()  # set once every large tensor is served from the arena (or on error)
+        self._go = threading.Event()  # the background copy starts when this is set (release) or START_AFTER_S passed
         infos = [i for i in gguf.tensors.values() if i.qtype.name in RESIDENT_TYPES and i.nbytes >= min_bytes]
         offsets, total = {}, 0
         for info in infos:
@@ -163,6 +165,9 @@ class ResidentWeights:
         return None
 
     def _copy_rest(self, pieces, t0: float) -> None:
+        # Not during the first token: on this VM the copy's page faults and the first forward pass slowed each
+        # other down, to 1.9-2.0 s from load() to the first token in two runs where 0.5-1.0 s was usual.
+        self._go.wait(START_AFTER_S)
         try:
             for p in pieces:
                 err = self._copy(p, None, True)
@@ -187,8 +192,13 @@ class ResidentWeights:
             new, self._new = self._new, []
         return new
 
+    def release(self) -> None:
+        """Let the background copy start now (the owner calls this once its first forward pass is done)."""
+        self._go.set()
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the background copy is over; True when every large tensor is in the arena."""
+        self._go.set()
         self.done.wait(timeout)
         return self.done.is_set() and self.error is None
 
