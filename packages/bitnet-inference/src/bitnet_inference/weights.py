@@ -12,7 +12,8 @@ copy is read with `read`, not through the map, so the file's pages are not mappe
 the page cache keeps no claim on the weights the engine uses. `weights="mmap"` (CLI `--mmap`) keeps the
 old behaviour: tensors used in place from the map, the fastest load and pages shared between processes.
 The load itself copies for 0.5 s (`HUGE_BUDGET_S`), and a background thread copies the rest, still onto huge
-pages, while the first tokens read those tensors from the map: this VM faults fresh memory in at anything from
+pages, from the end of the first forward pass on (`release`, at most `START_AFTER_S` later), while the tokens
+read those tensors from the map: this VM faults fresh memory in at anything from
 0.2 to 3.4 s for the 1.19 GB file (host-side faults, worst right after other processes freed gigabytes; 4 KiB
 pages are no cheaper then), so a load that waited for the whole copy could miss the 1.5 s time-to-first-token
 target, and one that fell back to 4 KiB pages or the map for good decoded about 8% slower. `Model.forward`
