@@ -166,8 +166,8 @@ class ResidentWeights:
         return None
 
     def _copy_rest(self, pieces, t0: float) -> None:
-        # Not during the first token: on this VM the copy's page faults and the first forward pass slowed each
-        # other down, to 1.9-2.0 s from load() to the first token in two runs where 0.5-1.0 s was usual.
+        # Not during the first token: the first forward pass reads the tensors not copied yet from the map, and
+        # the copy's reads and page faults would compete with it for the disk (cold page cache) and the cores.
         self._go.wait(START_AFTER_S)
         try:
             for p in pieces:
