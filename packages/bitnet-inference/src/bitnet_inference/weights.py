@@ -80,8 +80,8 @@ class ResidentWeights:
     def __init__(self, gguf, min_bytes: int | None = None, huge_budget_s: float | None | object = _DEFAULT,
                  background: bool = True):
         """huge_budget_s: seconds the load may spend copying (None: copy everything before returning); the
-        default is the module's HUGE_BUDGET_S. min_bytes: smaller tensors stay in the map (default BIG). background: copy the rest in a background thread (False: serve
-        it from the map for good)."""
+        default is the module's HUGE_BUDGET_S. min_bytes: smaller tensors stay in the map (default BIG).
+        background: copy the rest in a background thread (False: serve it from the map for good)."""
         t0 = time.perf_counter()
         if huge_budget_s is _DEFAULT:
             huge_budget_s = HUGE_BUDGET_S
@@ -101,9 +101,8 @@ class ResidentWeights:
         self._offsets = offsets
         self.resident_bytes = total
         self._lock = threading.Lock()
-        self._resident: set[str] = set()  # tensors whose bytes are all in the arena
+        self._resident: set[str] = set()  # tensors whose bytes are all in the arena (prefix = nbytes)
         self._new: list[str] = []  # made resident (or, for a large tensor, a longer prefix) since the last take
-        self._left = {info.name: -(-info.nbytes // PIECE) for info in infos}  # pieces still to copy
         self._pieces_done: dict[str, set[int]] = {info.name: set() for info in infos}
         self._prefix = {info.name: 0 for info in infos}  # bytes from the tensor's start that are all copied
         if not infos:
@@ -137,31 +136,31 @@ class ResidentWeights:
         info, start, end = piece
         if deadline is not None and time.perf_counter() > deadline:
             return _SKIPPED
-        dst = memoryview(self._arena[self._offsets[info.name] + start : self._offsets[info.name] + end])
+        off = self._offsets[info.name]
+        dst = memoryview(self._arena[off + start : off + end])
         with open(self._gguf.path, "rb", buffering=0) as fh:
             fh.seek(info.offset + start)
-            done = 0
-            while done < end - start:
-                n = fh.readinto(dst[done:])
+            got = 0
+            while got < end - start:
+                n = fh.readinto(dst[got:])
                 if not n:
                     return (f"{self._gguf.path}: tensor {info.name!r} ends past the end of the file; the file is "
                             "truncated: download or convert it again")
-                done += n
+                got += n
         if late and hasattr(self._gguf, "unmap_pages"):
             # the map's pages of this piece may be mapped by the forward passes meanwhile: drop them now (a read
             # before the owner switches to the arena faults them back in, with the same bytes)
             self._gguf.unmap_pages(info.name, start, end)
         with self._lock:
             name = info.name
-            self._left[name] -= 1
             done = self._pieces_done[name]
             done.add(start)
             before = self._prefix[name]
             while self._prefix[name] in done:
                 self._prefix[name] = min(info.nbytes, self._prefix[name] + PIECE)
-            if self._left[name] == 0:
+            if self._prefix[name] == info.nbytes:
                 self._resident.add(name)
-            if late and (self._left[name] == 0 or self._prefix[name] != before) and name not in self._new:
+            if late and self._prefix[name] != before and name not in self._new:
                 self._new.append(name)
         return None
 
