@@ -68,20 +68,21 @@ class Transformer:
         """Read the named tensors from `weights` from now on (the same bytes, moved: weights.ResidentWeights) and
         rebuild the decode plan over them. Call between forward passes."""
         names = set(names)
-        if not names:
-            return
         for attr, name in (("tok_embd", "token_embd.weight"), ("output", "output.weight")):
-            arr = getattr(self, attr)
             if name in names and weights.info(name).qtype.name in ("F16", "F32"):  # zero-copy views; others converted
                 setattr(self, attr, weights.array(name))
         if self.args.tied_head:
             self.output = self.tok_embd
-        self.head_parts = self._head_parts(weights)
+        if names & {"token_embd.weight", "output.weight"}:
+            self.head_parts = self._head_parts(weights)
+        rebound = False
         for L in self.layers:
             for lin in L.proj.values():
                 if lin.name in names:
                     lin.rebind(weights)
-        self.plan = self._decode_plan()
+                    rebound = True
+        if rebound:  # the plan holds the projections' pointers (while the copy is on the head, nothing to redo)
+            self.plan = self._decode_plan()
 
     # -- the forward pass ----------------------------------------------------------------------------------
 
