@@ -9,6 +9,8 @@ import mmap
 
 import numpy as np
 
+from bitnet_inference.weights import anonymous_map
+
 
 def lazy_zeros(shape: tuple, dtype) -> np.ndarray:
     """A zero array whose pages are faulted in 4 KiB at a time as positions are written, not all at the first
@@ -18,12 +20,7 @@ def lazy_zeros(shape: tuple, dtype) -> np.ndarray:
     n = int(np.prod(shape)) * np.dtype(dtype).itemsize
     if n == 0 or not hasattr(mmap, "MAP_ANONYMOUS"):
         return np.zeros(shape, dtype=dtype)
-    m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_NOHUGEPAGE"):
-        try:
-            m.madvise(mmap.MADV_NOHUGEPAGE)
-        except OSError:
-            pass
+    m = anonymous_map(n, "MADV_NOHUGEPAGE")
     return np.frombuffer(m, dtype=dtype).reshape(shape)  # the array keeps the map alive
 
 

@@ -47,21 +47,28 @@ _SKIPPED = object()
 log = logging.getLogger("bitnet_inference.weights")
 
 
+def anonymous_map(nbytes: int, advice: str) -> mmap.mmap:
+    """nbytes of private anonymous memory (zero, nothing faulted in yet) with the madvise flag named `advice`
+    ("MADV_HUGEPAGE", "MADV_NOHUGEPAGE") where the kernel offers it; OSError/ValueError when it cannot be mapped."""
+    m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(m, "madvise") and hasattr(mmap, advice):
+        try:
+            m.madvise(getattr(mmap, advice))
+        except OSError:
+            pass  # THP off in this kernel: the pages are 4 KiB either way
+    return m
+
+
 def huge_page_buffer(nbytes: int) -> tuple[np.ndarray, mmap.mmap]:
     """nbytes of private anonymous memory advised MADV_HUGEPAGE, starting on a huge-page boundary: the uint8 array
     and the map that owns it (keep both alive). Nothing is faulted in yet."""
     if not hasattr(mmap, "MAP_ANONYMOUS"):
         raise EngineError("resident weights need anonymous memory maps (Linux, macOS); use --mmap here")
     try:
-        m = mmap.mmap(-1, nbytes + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        m = anonymous_map(nbytes + HUGE, "MADV_HUGEPAGE")  # 4 KiB anonymous pages would still beat the page cache
     except (OSError, ValueError) as e:
         raise EngineError(f"cannot allocate {nbytes / 1e9:.2f} GB for the model's weights ({e}); "
                           "free memory, or run with --mmap to use them in place from the file") from None
-    if hasattr(m, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
-        try:
-            m.madvise(mmap.MADV_HUGEPAGE)
-        except OSError:
-            pass  # THP off in this kernel: 4 KiB anonymous pages still beat the page cache
     base = np.frombuffer(m, dtype=np.uint8)
     skip = (-base.ctypes.data) % HUGE
     return base[skip : skip + nbytes], m
