@@ -1213,31 +1213,34 @@ cdef class DecodePlan:
         cdef int64_t Ns[3]
         cdef float* ys[3]
         cdef int j
-        cdef int64_t r
         Ns[0] = N0
         Ns[1] = N1
         Ns[2] = N2
         ys[0] = y0
         ys[1] = y1
         ys[2] = y2
+        cdef bint all_i2s = True
         for j in range(m):
-            if l.qtype[j0 + j] != 0:
-                for j in range(m):
-                    self._proj(i, j0 + j, x, Ns[j], K, ys[j])
-                return
+            all_i2s = all_i2s and l.qtype[j0 + j] == 0
+        if not all_i2s:  # TQ weights: one call each
+            for j in range(m):
+                self._proj(i, j0 + j, x, Ns[j], K, ys[j])
+            return
         i2s_linear_multi_k(m, &l.w[j0], Ns, K, x, 1, ys)
         for j in range(m):
-            if l.has_scale[j0 + j]:
-                for r in range(Ns[j]):
-                    ys[j][r] = ys[j][r] * l.out_scale[j0 + j]
+            self._scale_out(l, j0 + j, ys[j], Ns[j])
 
     cdef void _proj(self, int i, int j, const float* x, int64_t N, int64_t K, float* y) noexcept nogil:
         cdef LayerPlan* l = &self.L[i]
-        cdef int64_t r
         if l.qtype[j] == 0:
             i2s_linear_k(l.w[j], N, K, x, 1, y)
         else:
             tq_linear_k(l.w[j], l.qtype[j], N, K, x, 1, y, self.lane_order)
+        self._scale_out(l, j, y, N)
+
+    cdef inline void _scale_out(self, LayerPlan* l, int j, float* y, int64_t N) noexcept nogil:
+        """The `bitnet` arch's per-tensor output scale of projection j, if it has one."""
+        cdef int64_t r
         if l.has_scale[j]:
             for r in range(N):
                 y[r] = y[r] * l.out_scale[j]
