@@ -10,7 +10,9 @@ the int8 head), so that a change in what this shared machine gives us lands on a
 gives medians. The memory floor (streaming read bandwidth at that thread count, measured before and after its
 tests, the higher of the two) bounds decode: bytes read per token / bandwidth. The bandwidth is also probed once a
 round, right after the decode tests, and the share of the floor is given against the median of those probes too
-(in parentheses): the machine's bandwidth drifts by 10-20% within the minutes of one thread count.
+(in parentheses): the machine's bandwidth drifts by 10-20% within the minutes of one thread count. "paired" is the
+median over the rounds of each I2_S decode test against the mean of two short probes taken just before and just
+after it (the closest to a same-moment floor this machine allows).
 Prints a table; speed is never asserted by tests.
 """
 
@@ -119,16 +121,23 @@ def side_by_side(engines: dict, threads: int, n_prompt: int, n_gen: int, reps: i
     tg = {k: [] for k in engines}
     for e in engines.values():
         e.pp_once(n_prompt), e.tg_once(n_gen)
-    probes = []
+    probes, bracket = [], []
     for _ in range(reps):
         for k, e in engines.items():
             pp[k].append(e.pp_once(n_prompt))
         for k, e in engines.items():
-            tg[k].append(e.tg_once(n_gen))
+            if k == "i2s":  # our decode between two short probes: its own floor, measured in the same seconds
+                b0 = bitnet_kernels.stream_read_bandwidth(256 << 20, threads=threads, reps=3)
+                tg[k].append(e.tg_once(n_gen))
+                bracket.append((b0 + bitnet_kernels.stream_read_bandwidth(256 << 20, threads=threads, reps=3)) / 2)
+            else:
+                tg[k].append(e.tg_once(n_gen))
         # the read bandwidth once a round, right after the decode tests it bounds
         probes.append(bitnet_kernels.stream_read_bandwidth(512 << 20, threads=threads, reps=3))
     out = {k: (float(np.median(pp[k])), float(np.median(tg[k]))) for k in engines}
     out["probes"] = probes
+    # each round's I2_S decode over the mean of the probes just before and after it (GB/s it would need)
+    out["paired"] = [t / bw for t, bw in zip(tg["i2s"], bracket)] if "i2s" in tg else []
     return out
 
 
@@ -179,7 +188,7 @@ def main() -> int:
     print(f"decode reads {bytes_f16 / 1e9:.3f} GB/token with the F16 head, {bytes_q8 / 1e9:.3f} GB with --lm-head q8")
     print()
     print("| threads | floor GB/s | floor tok/s | llama.cpp TQ2_0 pp | ours I2_S pp | ratio | llama.cpp TQ2_0 tg | "
-          "ours I2_S tg | ratio | % of floor (of the median round probe) | ours TQ2_0 pp / tg | TQ2_0 ratio tg | ours q8-head tg | vs F16 head |")
+          "ours I2_S tg | ratio | % of floor (of the median round probe; paired) | ours TQ2_0 pp / tg | TQ2_0 ratio tg | ours q8-head tg | vs F16 head |")
     print("|" + "---|" * 14)
     for t in args.threads:
         # the bandwidth before and after this thread count's tests; the floor takes the higher (the stricter bound)
@@ -196,8 +205,12 @@ def main() -> int:
         bw_mid = float(np.median(r["probes"]))
         print(f"# {t} thread(s): read bandwidth {bw0:.1f} GB/s before the tests, {bw1:.1f} after; once a round "
               f"between them: {', '.join(f'{b:.1f}' for b in r['probes'])} (median {bw_mid:.1f})", file=sys.stderr)
+        paired = 100 * float(np.median(r["paired"])) * bytes_f16 / 1e9
+        print(f"# {t} thread(s): I2_S decode over the mean of the probes just before and after it, each round: "
+              f"{', '.join(f'{100 * x * bytes_f16 / 1e9:.0f}%' for x in r['paired'])}", file=sys.stderr)
         print(f"| {t} | {bw:.1f} | {floor:.1f} | {l_pp:.1f} | {o_pp:.1f} | {o_pp / l_pp:.2f}x | {l_tg:.1f} | "
-              f"{o_tg:.1f} | {o_tg / l_tg:.2f}x | {100 * o_tg / floor:.0f}% ({100 * o_tg * bytes_f16 / 1e9 / bw_mid:.0f}%) | "
+              f"{o_tg:.1f} | {o_tg / l_tg:.2f}x | {100 * o_tg / floor:.0f}% ({100 * o_tg * bytes_f16 / 1e9 / bw_mid:.0f}%; "
+              f"paired {paired:.0f}%) | "
               f"{t_pp:.1f} / {t_tg:.1f} | "
               f"{t_tg / l_tg:.2f}x | {q_tg:.1f} | {q_tg / o_tg:.2f}x |", flush=True)
     return 0
