@@ -505,6 +505,13 @@ def main(argv=None) -> int:
     ours["old_decode_tok_s"], ours["old_device_loop_tok_s"] = old["decode_tok_s"], old["device_loop_tok_s"]
     print("ours (the 11:09 step: one attention block a head, loads after the norm):", old, flush=True)
     m.attn_split, ops.DEC_HOIST = True, True
+    # the third session's decode kernels (the prologue's and the dots' reductions with shuffles, not redux.sync)
+    m.set_decode_mode("fused", 0)
+    prologue, ops.DEC_PROLOGUE = ops.DEC_PROLOGUE, "shfl"
+    shfl = bench_ours(m, args.n_gen, 64)
+    ops.DEC_PROLOGUE = prologue
+    ours["shfl_device_loop_tok_s"] = shfl["device_loop_tok_s"]
+    print("ours (the third session's kernels: shuffle reductions):", shfl, flush=True)
     # the int8 head (--lm-head q8) on the same model
     m.lm_head = "q8"
     m._prepare_head()
@@ -557,6 +564,7 @@ def main(argv=None) -> int:
             ("ours decode, one persistent kernel a step (device loop)", ours.get("mega_device_loop_tok_s", 0)),
             ("ours decode, separate norm kernels (host loop)", ours["unfused_decode_tok_s"]),
             ("ours decode, the 11:09 step's kernels (device loop)", ours["old_device_loop_tok_s"]),
+            ("ours decode, the third session's kernels (shuffles; device loop)", ours["shfl_device_loop_tok_s"]),
             ("ours decode, int8 head --lm-head q8 (device loop)", ours["q8_head_device_loop_tok_s"]),
             (f"ours prefill {args.n_prompt}", ours["prefill_tok_s"])]
     if "torch" in res:

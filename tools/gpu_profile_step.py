@@ -36,7 +36,7 @@ def build(pos: int, n_ctx: int = 1024):
 
 
 def kind_of(m, name: str, args) -> str:
-    if name.startswith(("tdec_", "tdech_")):
+    if name.startswith(("tdec_", "tdech_", "tdechs_")):
         epi = name.split("_", 1)[1]
         if epi == "qkv":
             return "qkv"
@@ -94,32 +94,44 @@ def step_time(m, skip: set, noop: bool, reps: int = 20) -> float:
     return statistics.median(times)
 
 
-CONFIGS = [("fused:8", False, "11:09 step: one attention block a head"),
-           ("fused:8", True, "split attention, matmul loads after the norm"),
-           ("fusedh:8", True, "split attention, hoisted loads, 8-warp blocks"),
-           ("fusedh:16", True, "split attention, hoisted loads, 16-warp blocks"),
-           ("fusedhn:0", True, "split attn, hoisted, blocks sized per SM"),
-           ("fusedhp:0", True, "the same + all weight rows asked into L2 first"),
-           ("fusedh:0", True, "the same, L2 ask but for gate/up (default)")]
+# (mode, split attention, label): mode "kind:warps[:redux][:l2 ahead]"; the third session's variants first (its
+# table in docs/gpu.md), then the fourth session's (redux.sync reductions; L2 ahead after the dots / at the start)
+# mode "kind:warps:prologue:l2 ahead bits:attention fence" (prologue: shfl | redux, see ops.DEC_PROLOGUE;
+# l2 ahead: gpu_model's BITNET_GPU_L2_AHEAD bits; fence: sc | acqrel | one)
+CONFIGS_OLD = [("fused:8:shfl:0:sc", False, "11:09 step: one attention block a head"),
+               ("fused:8:shfl:0:sc", True, "split attention, matmul loads after the norm"),
+               ("fusedh:8:shfl:0:sc", True, "split attention, hoisted loads, 8-warp blocks"),
+               ("fusedh:16:shfl:0:sc", True, "split attention, hoisted loads, 16-warp blocks"),
+               ("fusedhn:0:shfl:0:sc", True, "split attn, hoisted, blocks sized per SM"),
+               ("fusedhp:0:shfl:0:sc", True, "the same + all weight rows asked into L2 first")]
+CONFIGS = [("fusedh:0:shfl:0:sc", True, "third session's default (shuffle reductions)"),
+           ("fusedh:0:redux:0:sc", True, "+ redux.sync reductions (default)"),
+           ("fusedh:0:redux:0:acqrel", True, "redux + attention fences acq_rel"),
+           ("fusedh:0:redux:0:one", True, "redux + attention fences by thread 0"),
+           ("fusedh:0:redux:4:sc", True, "redux + gate/up asks next QKV into L2"),
+           ("fusedh:0:redux:7:sc", True, "redux + all four L2 asks (after dots)")]
 
 
 def set_config(m, mode: str, split: bool) -> None:
     from bitnet_kernels.gpu import ops
 
-    kind, _, w = mode.partition(":")
+    kind, w, prologue, ahead, fence = mode.split(":")
     ops.DEC_HOIST = kind in ("fusedh", "fusedhn", "fusedhp")
     ops.L2_WEIGHTS = {"fusedhp": True, "fusedhn": False}.get(kind)
+    ops.DEC_PROLOGUE = prologue
+    m.l2_ahead = int(ahead)
+    m.attn_fence = {"sc": 0, "acqrel": 1, "one": 2}[fence]
     m.set_decode_mode("fused", int(w))
     m.attn_split = split
 
 
-def ablate(pos: int, n_ctx: int = 1024) -> int:
+def ablate(pos: int, n_ctx: int = 1024, configs=None) -> int:
     m = build(pos, n_ctx)
     n = m.args.n_layer
     print(f"device: {m.rt.name}; position {pos}, context {m.n_ctx}; device us of one decode step (graph), and per "
           "layer kernel")
     print(f"{'':<44} {'full':>8} " + " ".join(f"{'-' + k:>8}" for k in KINDS) + f" {'noop all':>9} {'none':>8}")
-    for mode, split, label in CONFIGS:
+    for mode, split, label in configs or CONFIGS:
         set_config(m, mode, split)
         full = step_time(m, set(), False)
         drops = [step_time(m, {k}, False) for k in KINDS]
@@ -133,7 +145,8 @@ def ablate(pos: int, n_ctx: int = 1024) -> int:
     return 0
 
 
-STAGES = {"matmuls": "start, prologue done, GEMV loop done (warp 0, hoisted kernels only), epilogue done (warp 0)",
+STAGES = {"matmuls": "start, prologue done, GEMV loop done (warp 0, hoisted kernels only), epilogue done (warp 0), "
+                    "prologue's loads in, sum of squares reduced, maximum reduced (hoisted kernels)",
           "attn": "start, K/V in smem, P.V done, counter taken (splits > 1), head done, combine's loads done, "
                   "fence after the ticket done"}
 
@@ -163,11 +176,11 @@ def timeline_one(m, layer: int) -> dict:
     return {k: b.get().astype(np.int64) for k, b in bufs.items()}
 
 
-def timeline(pos: int) -> int:
+def timeline(pos: int, configs=None) -> int:
     m = build(pos)
     layer = m.args.n_layer // 2
     print(f"device: {m.rt.name}; position {pos}; layer {layer}; us from the layer's first QKV block")
-    for mode, split, label in CONFIGS[-1:]:
+    for mode, split, label in configs or CONFIGS:
         set_config(m, mode, split)
         tr = timeline_one(m, layer)
         t0 = tr["qkv"][:, 0][tr["qkv"][:, 0] > 0].min()
@@ -198,10 +211,14 @@ def timeline(pos: int) -> int:
 
 
 def main() -> int:
+    # ablate / timeline [pos] [n_ctx] [config indices, comma-separated, or "old" for the third session's rows]
+    sel = sys.argv[4] if len(sys.argv) > 4 else ""
+    configs = CONFIGS_OLD + CONFIGS[:1] if sel == "old" else [CONFIGS[int(i)] for i in sel.split(",")] if sel else None
     if len(sys.argv) > 1 and sys.argv[1] == "ablate":
-        return ablate(int(sys.argv[2]) if len(sys.argv) > 2 else 288, int(sys.argv[3]) if len(sys.argv) > 3 else 1024)
+        return ablate(int(sys.argv[2]) if len(sys.argv) > 2 else 288, int(sys.argv[3]) if len(sys.argv) > 3 else 1024,
+                      configs)
     if len(sys.argv) > 1 and sys.argv[1] == "timeline":
-        return timeline(int(sys.argv[2]) if len(sys.argv) > 2 else 288)
+        return timeline(int(sys.argv[2]) if len(sys.argv) > 2 else 288, configs)
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     m = build(199)
     m.set_decode_mode(sys.argv[2] if len(sys.argv) > 2 else "fused")

@@ -34,14 +34,22 @@ if ! $PY -c 'import ctypes; ctypes.CDLL("libcuda.so.1", mode=ctypes.RTLD_GLOBAL)
 fi
 $PY -c 'from bitnet_kernels.gpu import gpu_status; print("gpu_status:", gpu_status())' 2>&1 | tee -a "$OUT/device.txt"
 
-timeout ${GPU_TEST_TIMEOUT:-300} $PY -m pytest packages/bitnet-kernels/tests/test_gpu_kernels.py packages/bitnet-kernels/tests/test_gpu_model.py \
-  -q -rs -s -p no:cacheprovider -o addopts="" 2>&1 | tee "$OUT/tests.log" | grep -Ev "^\.+ *\[" | tail -40
+# GPU_TESTS=0: no tests; GPU_TESTS=kernels: the kernel tests only
+if [ "${GPU_TESTS:-1}" != "0" ]; then
+  TESTS="packages/bitnet-kernels/tests/test_gpu_kernels.py"
+  [ "${GPU_TESTS:-1}" = "kernels" ] || TESTS="$TESTS packages/bitnet-kernels/tests/test_gpu_model.py"
+  timeout ${GPU_TEST_TIMEOUT:-300} $PY -m pytest $TESTS \
+    -q -rs -s -p no:cacheprovider -o addopts="" 2>&1 | tee "$OUT/tests.log" | grep -Ev "^\.+ *\[" | tail -40
+fi
 
 # GPU_PROFILE=1: the in-graph cost of each layer kernel (tools/gpu_profile_step.py ablate), one layer's stage
-# timestamps (timeline), then Nsight Compute on one layer's five kernels inside a graph replay (ncu.txt)
+# timestamps (timeline), then Nsight Compute on one layer's five kernels inside a graph replay (ncu.txt; GPU_NCU=0:
+# not); GPU_ABLATE_ARGS / GPU_TIMELINE_ARGS: the tool's arguments (default 288: every variant of its CONFIGS)
 if [ "${GPU_PROFILE:-0}" = "1" ]; then
-  timeout ${GPU_PROFILE_TIMEOUT:-150} $PY tools/gpu_profile_step.py ablate 288 2>&1 | tee "$OUT/ablate.txt"
-  timeout ${GPU_PROFILE_TIMEOUT:-150} $PY tools/gpu_profile_step.py timeline 288 2>&1 | tee "$OUT/timeline.txt"
+  timeout ${GPU_PROFILE_TIMEOUT:-150} $PY tools/gpu_profile_step.py ablate ${GPU_ABLATE_ARGS:-288} 2>&1 | tee "$OUT/ablate.txt"
+  timeout ${GPU_PROFILE_TIMEOUT:-150} $PY tools/gpu_profile_step.py timeline ${GPU_TIMELINE_ARGS:-288} 2>&1 | tee "$OUT/timeline.txt"
+fi
+if [ "${GPU_PROFILE:-0}" = "1" ] && [ "${GPU_NCU:-1}" != "0" ]; then
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   # launches before layer 15 of the first replay: 30 prefill attentions, one eager step (150), 15 layers
   timeout ${GPU_PROFILE_TIMEOUT:-150} $NCU --clock-control none \

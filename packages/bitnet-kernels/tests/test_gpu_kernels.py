@@ -154,9 +154,14 @@ def test_fused_norm_decode_matches_oracle(k):
 
 
 @pytest.mark.parametrize("k", [256, 2560, 6912])
-def test_decode_hoisted_loads_bit_equal(k, monkeypatch):
-    """The decode matmul that issues its prologue-independent loads first (tdech_*) gives the same bits as the
-    one that loads them after the prologue (tdec_*)."""
+@pytest.mark.parametrize("x_kind", ["normal", "ties", "zeros", "spike", "pair", "spread"])
+def test_decode_hoisted_loads_bit_equal(k, x_kind, monkeypatch):
+    """The decode matmul that issues its prologue-independent loads first (tdech_*: redux.sync reductions;
+    tdechs_*: shuffles) gives the same bits as the one that loads them after the prologue (tdec_*), also while its
+    blocks ask another range into L2 (L2 ahead: after the dots, or at the start), with 8, 16 and 27 warps a block.
+    Inputs: random; every |x * w|
+    the same; zeros but a few; two near-equal largest |x * w| in one thread, in two threads of one warp, in two
+    warps (ties for the redux.sync maximum on the bits)."""
     from bitnet_kernels.gpu import ops
 
     rng = np.random.default_rng(k + 1)
@@ -164,14 +169,29 @@ def test_decode_hoisted_loads_bit_equal(k, monkeypatch):
     w = ternary(rng, n, k)
     x = (rng.standard_normal(k) * 2).astype(np.float32)
     nw = rng.uniform(0.5, 1.5, k).astype(np.float32)
+    if x_kind == "ties":  # every |x * w| the same: each warp has many candidates
+        x = np.where(rng.random(k) < 0.5, -1.0, 1.0).astype(np.float32)
+        nw = np.full(k, 0.75, np.float32)
+    elif x_kind == "zeros":
+        x[rng.random(k) < 0.99] = 0.0
+    elif x_kind in ("spike", "pair", "spread"):  # two values within 2^-20 of each other after * nw
+        i, j = {"spike": (k // 3, k // 3 + 1), "pair": (4, 8), "spread": (4, k - 1)}[x_kind]
+        x[i], x[j] = 1e4, -9999.999
+        nw[j] = nw[i]
     m = ops.TernaryMatrix(n, k)
     m.load_codes(w, 0.03)
     m.finish()
+    other = ops.TernaryMatrix(3 * n, k)  # a range to ask into L2
     outs = []
-    for pf in (True, False):
-        monkeypatch.setattr(ops, "DEC_HOIST", pf)
-        outs.append(ops.decode_linear(m, x, nw, 1e-5))
-    np.testing.assert_array_equal(outs[0], outs[1])
+    for hoist, prologue, pf, early in ((True, "redux", None, False), (False, "redux", None, False),
+                                       (True, "shfl", None, False), (True, "redux", other, False),
+                                       (True, "redux", other, True), (True, "shfl", other, True)):
+        monkeypatch.setattr(ops, "DEC_HOIST", hoist)
+        monkeypatch.setattr(ops, "DEC_PROLOGUE", prologue)
+        rng_ = (int(pf.words.gpudata), pf.n * pf.k // 4) if pf is not None else None
+        outs.append(ops.decode_linear(m, x, nw, 1e-5, warps=(8, 16, 27)[len(outs) % 3], pf=rng_, pf_early=early))
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])
 
 
 def attention_ref(q, kc, vc, nk, n_head, n_kv):
@@ -211,14 +231,17 @@ def test_split_attention_matches_float64(d):
         dq, dpos = ops.to_gpu(q), ops.to_gpu(np.array([nk - 1], np.int32))
         ref = attention_ref(q, kc, vc, nk, n_head, n_kv)
         got = []
-        for _ in range(2):
+        for ahead in (False, True, 2):  # the others also ask two ranges into L2, fence with acq_rel / by thread 0
+            none = (np.intp(0), np.int32(0)) * 2
+            pf = (p(dk), np.int32(dk.nbytes), p(dv), np.int32(dv.nbytes - 48)) if ahead else none
             out.fill(np.float32(np.nan))
-            rt.launch("attn_split", "PPPPPPiiiiPP", (n_head, splits), (128, 1, 1), p(dq), p(dk), p(dv), p(out),
+            rt.launch("attn_split", "PPPPPPiiiiPPPiPii", (n_head, splits), (128, 1, 1), p(dq), p(dk), p(dv), p(out),
                       p(part), p(cnt), np.int32(n_head), np.int32(n_kv), np.int32(d), np.int32(n_ctx), p(dpos),
-                      np.intp(0), shared=2 * 32 * (d + 8) * 2 + 4096)
+                      np.intp(0), *pf, np.int32(int(ahead)), shared=2 * 32 * (d + 8) * 2 + 4096)
             rt.sync()
             got.append(out.get().reshape(n_head, d))
         np.testing.assert_array_equal(got[0], got[1])
+        np.testing.assert_array_equal(got[0], got[2])
         assert (cnt.get() == 0).all()
         err = np.linalg.norm(got[0] - ref) / np.linalg.norm(ref)
         assert err < 1e-5, (nk, err)

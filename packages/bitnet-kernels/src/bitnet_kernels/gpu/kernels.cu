@@ -89,6 +89,25 @@ __device__ __forceinline__ float block_max1(float v, float* sh) {
     return warp_max(lane < nw ? sh[lane] : 0.0f);
 }
 
+// The same with redux.sync (sm_80+): one instruction a warp instead of five shuffles. Exact for integers; the max
+// of non-negative, non-NaN floats taken on their bits (the order of such floats is that of their bit patterns),
+// so both give the bits of block_sum1 / block_max1 (the kernels' maxima of |t| start at +0 and fmaxf drops NaN).
+__device__ __forceinline__ int block_sum1_rx(int v, int* sh) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = __reduce_add_sync(0xffffffffu, v);
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    return __reduce_add_sync(0xffffffffu, lane < nw ? sh[lane] : 0);
+}
+
+__device__ __forceinline__ float block_max1_rx(float v, float* sh) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const unsigned u = __reduce_max_sync(0xffffffffu, __float_as_uint(v));
+    if (lane == 0) sh[wid] = __uint_as_float(u);
+    __syncthreads();
+    return __uint_as_float(__reduce_max_sync(0xffffffffu, lane < nw ? __float_as_uint(sh[lane]) : 0u));
+}
+
 __device__ float block_max(float v, float* sh) {
     int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
     v = warp_max(v);
@@ -289,6 +308,16 @@ __device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
 }
 
+// Block b of nb's share of the byte range [p, p + bytes) into L2 (one bulk prefetch; bytes a multiple of 16, p
+// 16-byte aligned): the launches of a step ask for the weights of a later matrix this way (L2 ahead).
+__device__ __forceinline__ void prefetch_l2_share(const void* p, int bytes, int b, int nb) {
+    if (p == nullptr || bytes <= 0) return;
+    const int chunk = ((bytes + nb - 1) / nb + 15) & ~15;
+    const long long start = (long long)b * chunk;
+    if (start >= bytes) return;
+    prefetch_l2(reinterpret_cast<const char*>(p) + start, (unsigned)min((long long)chunk, bytes - start));
+}
+
 // Lane 0 of a warp: cp.async of what its epilogue reads (rows' weight and output scales, residual rows, the
 // position and the pair's RoPE cos/sin from the step's rope row) into the per-warp shared slots; the lane waits
 // for them (cp.async.wait_group 0) only before the epilogue.
@@ -330,14 +359,17 @@ __device__ __forceinline__ void kv_prefetch(const QKVArgs& qa, int pos) {
 // HOIST (the tdech_* kernels): the prologue's row and norm weight come into shared memory in one round of
 // cp.async; the first lane of each warp asks for what its epilogue reads (epi_issue) and waits for it only at the
 // epilogue; the QKV kernel asks for this layer's K/V cache rows in L2 at its end (kv_prefetch); flags & 1: one
-// thread also asks for the block's weight rows in L2 at the start.
-template <int R, int EPI, bool HOIST>
+// thread also asks for the block's weight rows in L2 at the start; PV, the prologue's variant (the same bits each):
+// 1 (tdech_*) the integer sum and maximum and the dots' warp sums with redux.sync; 0 (tdechs_*) with shuffles;
+// pf / pf_bytes (HOIST, L2 ahead, opt-in: measured slower): the block's share of a later matrix's weights asked into
+// L2, at the start when flags & 4, else after its dots.
+template <int R, int EPI, bool HOIST, int PV>
 __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int N, int K, const float* __restrict__ x,
                                                const float* __restrict__ nw, const float* __restrict__ ws,
                                                const float* __restrict__ os, float* out,
                                                const int* __restrict__ pos0p, const float* __restrict__ rope,
                                                int ldo, float eps, QKVArgs qa, unsigned long long* trace,
-                                               int flags) {
+                                               int flags, const void* pf, int pf_bytes) {
     extern __shared__ int4 qsm_raw[];
     int* qsm = reinterpret_cast<int*>(qsm_raw);
     // the input row (K floats) in shared memory after the K bytes of int8: x, then x * scale * nw
@@ -349,6 +381,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     __shared__ int qsum_sh;
     __shared__ float e_ws[64], e_os[64], e_res[64], e_cos[32], e_sin[32];  // up to 32 warps of 2 rows
     __shared__ int e_pos[32];
+    constexpr bool RX = HOIST && PV >= 1;
     stamp(trace, 0);
     const int nw_ = blockDim.x >> 5;
     const int brow = blockIdx.x * nw_ * R;  // the block's first row
@@ -366,6 +399,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         const int nrows = min(nw_ * R, N - brow);
         if ((flags & 1) && threadIdx.x == 0 && nrows > 0)
             prefetch_l2(W + (size_t)brow * (K >> 6), (unsigned)nrows * (unsigned)(K >> 2));
+        if ((flags & 4) && threadIdx.x == blockDim.x - 32) prefetch_l2_share(pf, pf_bytes, blockIdx.x, gridDim.x);
         const int r0 = brow + (threadIdx.x >> 5) * R;
         if ((threadIdx.x & 31) == 0 && r0 < N)
             epi_issue<R, EPI>(r0, threadIdx.x >> 5, ws, os, out, pos0p, rope, qa, e_ws, e_os, e_res, e_cos, e_sin,
@@ -373,6 +407,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         cp_async_commit();
         cp_async_wait<1>();  // the row and the norm weight
         __syncthreads();
+        stamp(trace, 4);
     }
     double ss = 0.0;
 #pragma unroll 4
@@ -387,6 +422,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         ss += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
     }
     ss = HOIST ? block_sum1<double>(ss, shd) : block_sum<double>(ss, shd);
+    if (HOIST) stamp(trace, 5);
     const float scale = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn((float)(ss / (double)K), eps)));
     float amax = 0.0f;
 #pragma unroll 4
@@ -399,7 +435,8 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         xs[i] = t;
         amax = fmaxf(fmaxf(fmaxf(fmaxf(amax, fabsf(t.x)), fabsf(t.y)), fabsf(t.z)), fabsf(t.w));
     }
-    amax = HOIST ? block_max1(amax, shf) : block_max(amax, shf);
+    amax = HOIST ? (RX ? block_max1_rx(amax, shf) : block_max1(amax, shf)) : block_max(amax, shf);
+    if (HOIST) stamp(trace, 6);
     const float sc = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
     int sum = 0;
 #pragma unroll 4
@@ -421,7 +458,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         sum += q0 + q1 + q2 + q3;
     }
     if (HOIST) {
-        sum = block_sum1<int>(sum, shi);  // its barrier also publishes qsm
+        sum = RX ? block_sum1_rx(sum, shi) : block_sum1<int>(sum, shi);  // its barrier publishes qsm
     } else {
         sum = block_sum<int>(sum, shi);
         if (threadIdx.x == 0) {
@@ -475,8 +512,14 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         }
     }
     if (warp == 0) stamp(trace, 2);
+    if (!(flags & 4) && threadIdx.x == 0) prefetch_l2_share(pf, pf_bytes, blockIdx.x, gridDim.x);
+    if (RX) {
 #pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
+        for (int r = 0; r < R; r++) acc[r] = __reduce_add_sync(0xffffffffu, acc[r]);
+    } else {
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
+    }
     if (lane == 0) {
         cp_async_wait<0>();
         const int lr = warp * R;  // the warp's first row in the block
@@ -506,24 +549,31 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     if (warp == 0) stamp(trace, 3);
 }
 
-#define DECODE_KERNEL(NAME, R, EPI, HOIST)                                                                   \
+#define DECODE_KERNEL(NAME, R, EPI, HOIST, PV)                                                                  \
     extern "C" __global__ void __launch_bounds__(1024, 2) NAME(                                             \
         const uint4* __restrict__ W, int N, int K, const float* __restrict__ x, const float* __restrict__ nw, \
         const float* __restrict__ ws, const float* __restrict__ os, float* out, const int* __restrict__ pos0p, \
-        const float* __restrict__ rope, int ldo, float eps, QKVArgs qa, unsigned long long* trace, int flags) { \
-        ternary_decode<R, EPI, HOIST>(W, N, K, x, nw, ws, os, out, pos0p, rope, ldo, eps, qa, trace, flags); \
+        const float* __restrict__ rope, int ldo, float eps, QKVArgs qa, unsigned long long* trace, int flags,  \
+        const void* pf, int pf_bytes) {                                                                       \
+        ternary_decode<R, EPI, HOIST, PV>(W, N, K, x, nw, ws, os, out, pos0p, rope, ldo, eps, qa, trace, flags, pf, \
+                                      pf_bytes);                                                              \
     }
 
-DECODE_KERNEL(tdec_f32, 1, EPI_F32, false)
-DECODE_KERNEL(tdec_resid, 1, EPI_RESID, false)
-DECODE_KERNEL(tdec_relu2, 2, EPI_RELU2, false)
-DECODE_KERNEL(tdec_silu, 2, EPI_SILU, false)
-DECODE_KERNEL(tdec_qkv, 2, EPI_QKV, false)
-DECODE_KERNEL(tdech_f32, 1, EPI_F32, true)
-DECODE_KERNEL(tdech_resid, 1, EPI_RESID, true)
-DECODE_KERNEL(tdech_relu2, 2, EPI_RELU2, true)
-DECODE_KERNEL(tdech_silu, 2, EPI_SILU, true)
-DECODE_KERNEL(tdech_qkv, 2, EPI_QKV, true)
+DECODE_KERNEL(tdec_f32, 1, EPI_F32, false, 0)
+DECODE_KERNEL(tdec_resid, 1, EPI_RESID, false, 0)
+DECODE_KERNEL(tdec_relu2, 2, EPI_RELU2, false, 0)
+DECODE_KERNEL(tdec_silu, 2, EPI_SILU, false, 0)
+DECODE_KERNEL(tdec_qkv, 2, EPI_QKV, false, 0)
+DECODE_KERNEL(tdech_f32, 1, EPI_F32, true, 1)
+DECODE_KERNEL(tdech_resid, 1, EPI_RESID, true, 1)
+DECODE_KERNEL(tdech_relu2, 2, EPI_RELU2, true, 1)
+DECODE_KERNEL(tdech_silu, 2, EPI_SILU, true, 1)
+DECODE_KERNEL(tdech_qkv, 2, EPI_QKV, true, 1)
+DECODE_KERNEL(tdechs_f32, 1, EPI_F32, true, 0)
+DECODE_KERNEL(tdechs_resid, 1, EPI_RESID, true, 0)
+DECODE_KERNEL(tdechs_relu2, 2, EPI_RELU2, true, 0)
+DECODE_KERNEL(tdechs_silu, 2, EPI_SILU, true, 0)
+DECODE_KERNEL(tdechs_qkv, 2, EPI_QKV, true, 0)
 
 // The decode step's embedding (x = emb[tok], f16 to float) and the step's RoPE row (cos, sin at the position,
 // head_dim / 2 each) for the hoisted QKV decode kernel.
@@ -550,6 +600,10 @@ extern "C" __global__ void embed_rope(const __half* __restrict__ emb, const int*
 // that block for the next launch) combines them: M = max m_k, f_k = exp(m_k - M), out = sum_k f_k o_k /
 // sum_k f_k l_k. P is not rounded to f16 (the one-block kernel rounds P = e / l when p_f16; here l is known only
 // after the combine): last-bit differences, see docs/gpu.md.
+// pf0 / pf1 (L2 ahead; null for none): byte ranges (later matrices' weights) each block asks its share of into L2.
+// flags & 1: the ticket's two fences are fence.acq_rel.gpu (release before the counter, acquire after it), else
+// __threadfence() (fence.sc.gpu); flags & 2: only thread 0 fences, after the block's barrier (as cooperative
+// groups' grid barrier does): the same partials are read each way.
 // Dynamic shared memory: 2 * AS_KEYS * (D + 8) halves + 4096 bytes.
 #define AS_KEYS 32
 #define AS_THREADS 128
@@ -560,7 +614,9 @@ extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(const float*
                                                                      float* __restrict__ out, float* __restrict__ part,
                                                                      unsigned* __restrict__ cnt, int n_head, int n_kv,
                                                                      int D, int n_ctx, const int* __restrict__ pos0p,
-                                                                     unsigned long long* trace) {
+                                                                     unsigned long long* trace, const void* pf0,
+                                                                     int pf0_bytes, const void* pf1, int pf1_bytes,
+                                                                     int flags) {
     extern __shared__ __align__(16) unsigned char as_smem[];
     __shared__ float qs[256];
     __shared__ float ss[AS_KEYS];
@@ -571,6 +627,11 @@ extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(const float*
     const int h = blockIdx.x, sp = blockIdx.y, tid = threadIdx.x;
     if (trace != nullptr) trace += (size_t)sp * gridDim.x * 8;  // stamp() indexes by blockIdx.x
     stamp(trace, 0);
+    if (tid == AS_THREADS - 1) {  // L2 ahead: every block, with keys or not, asks for its share of two ranges
+        const int b = sp * gridDim.x + h, nb = gridDim.x * gridDim.y;
+        prefetch_l2_share(pf0, pf0_bytes, b, nb);
+        prefetch_l2_share(pf1, pf1_bytes, b, nb);
+    }
     const int nk = *pos0p + 1;
     const int nsp = (nk + AS_KEYS - 1) / AS_KEYS;
     if (sp >= nsp) return;
@@ -669,13 +730,34 @@ extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(const float*
             __stcg(pp, m);
             __stcg(pp + 1, l);
         }
-        __threadfence();
-        __syncthreads();
-        if (tid == 0) last_sh = atomicAdd(cnt + h, 1u) == (unsigned)(nsp - 1);
-        __syncthreads();
-        stamp(trace, 3);
-        if (!last_sh) return;
-        __threadfence();
+        if (flags & 2) {  // as cooperative groups' grid barrier: the barrier, then thread 0 alone fences
+            __syncthreads();
+            if (tid == 0) {
+                __threadfence();
+                const bool last = atomicAdd(cnt + h, 1u) == (unsigned)(nsp - 1);
+                if (last) __threadfence();
+                last_sh = last;
+            }
+            __syncthreads();
+            stamp(trace, 3);
+            if (!last_sh) return;
+        } else {
+            if (flags & 1) {
+                asm volatile("fence.acq_rel.gpu;" ::: "memory");
+            } else {
+                __threadfence();
+            }
+            __syncthreads();
+            if (tid == 0) last_sh = atomicAdd(cnt + h, 1u) == (unsigned)(nsp - 1);
+            __syncthreads();
+            stamp(trace, 3);
+            if (!last_sh) return;
+            if (flags & 1) {
+                asm volatile("fence.acq_rel.gpu;" ::: "memory");
+            } else {
+                __threadfence();
+            }
+        }
         stamp(trace, 6);
         const float* hp = part + (size_t)h * S * (D + 2);
         // one round of loads: every split's (m, l), and this thread's o_k[tid] of the first AS_CREG splits

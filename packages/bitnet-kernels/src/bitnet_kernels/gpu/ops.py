@@ -30,6 +30,11 @@ DEC_HOIST = os.environ.get("BITNET_GPU_DEC_HOIST", "1") != "0"
 # most L2_WEIGHTS_MAX bytes (at the 2B-4T shape QKV, O and down, not gate/up: measured, docs/gpu.md);
 # BITNET_GPU_L2_WEIGHTS=0 / 1: never / always
 _l2w = os.environ.get("BITNET_GPU_L2_WEIGHTS", "")
+# hoisted decode kernels' reductions (the same bits each): "redux" (tdech_*): the prologue's integer sum and maximum
+# and the dots' warp sums with redux.sync; "shfl" (tdechs_*): five shuffles each, as in the third session;
+# BITNET_GPU_DEC_PROLOGUE
+DEC_PROLOGUE = os.environ.get("BITNET_GPU_DEC_PROLOGUE", "redux")
+_PROLOGUE_PREFIX = {"redux": "tdech_", "shfl": "tdechs_"}
 L2_WEIGHTS = None if _l2w not in ("0", "1") else _l2w == "1"
 L2_WEIGHTS_MAX = 6 << 20
 SMEM_DEFAULT = 48 * 1024
@@ -130,24 +135,26 @@ def ternary_launch(rt: Runtime, mat: TernaryMatrix, epi: str, q, qsum, s, out, l
               np.int32(nh), np.int32(nkv), np.int32(hd), np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc))
 
 
-SIG_DEC = "PiiPPPPPPPifiiiiPPPPPi"
+SIG_DEC = "PiiPPPPPPPifiiiiPPPPPiPi"
 
 
 def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, eps: float, out, ldo: int, pos=None,
                           qkv: tuple = (0, 0, 0, 0, None, None, None, None), warps: int = WARPS,
-                          hoist: bool | None = None, rope=None, trace=None, l2_weights: bool | None = None) -> None:
+                          hoist: bool | None = None, rope=None, trace=None, l2_weights: bool | None = None,
+                          pf: tuple[int, int] | None = None, pf_early: bool = False) -> None:
     """Queue one single-token matmul with its RMSNorm + int8 quantization fused in (x: the float input row,
     normw: the norm weight); every block (`warps` warps, at most 16) quantizes the row into K bytes of shared
     memory, then each warp computes one row (or pair). hoist (default DEC_HOIST): the loads that do not depend
     on the prologue are issued before it (needs rope, the step's (cos, sin) row, for EPI qkv). trace: a device
-    buffer (blocks, 8) uint64 for stage timestamps."""
+    buffer (blocks, 8) uint64 for stage timestamps. pf (hoisted only): (device address, bytes) of a later
+    matrix's weights that the blocks ask into L2, each its share, after their dots (pf_early: at their start)."""
     r = 2 if epi in PAIRED else 1
     grid = ((mat.n // r + warps - 1) // warps, 1)
     nh, nkv, hd, nctx, cos, sin, kc, vc = qkv
     hoisted = DEC_HOIST if hoist is None else hoist
     if hoisted and epi == "qkv" and rope is None:
         raise GPUError("the hoisted QKV decode kernel reads the step's RoPE row: pass rope")
-    name = f"tdech_{epi}" if hoisted else f"tdec_{epi}"
+    name = _PROLOGUE_PREFIX.get(DEC_PROLOGUE, "tdech_") + epi if hoisted else f"tdec_{epi}"
     shared = (9 if hoisted else 5) * mat.k  # int8 row + the float row (+ the norm weight)
     if shared > SMEM_DEFAULT:
         _allow_smem(rt, name, SIG_DEC, shared)
@@ -155,7 +162,8 @@ def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, e
               ptr(mat.words), np.int32(mat.n), np.int32(mat.k), _p(x), _p(normw), ptr(mat.ws), ptr(mat.os), _p(out),
               _p(pos), _p(rope), np.int32(ldo), np.float32(eps),
               np.int32(nh), np.int32(nkv), np.int32(hd), np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc),
-              _p(trace), np.int32(1 if _l2_weights(mat, l2_weights) else 0), shared=shared)
+              _p(trace), np.int32((1 if _l2_weights(mat, l2_weights) else 0) | (4 if pf_early else 0)),
+              np.intp(pf[0] if pf else 0), np.int32(pf[1] if pf else 0), shared=shared)
 
 
 def _l2_weights(mat: TernaryMatrix, l2_weights: bool | None) -> bool:
