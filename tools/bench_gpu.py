@@ -505,11 +505,14 @@ def main(argv=None) -> int:
     ours["old_decode_tok_s"], ours["old_device_loop_tok_s"] = old["decode_tok_s"], old["device_loop_tok_s"]
     print("ours (the 11:09 step: one attention block a head, loads after the norm):", old, flush=True)
     m.attn_split, ops.DEC_HOIST = True, True
-    # the third session's decode kernels (the prologue's and the dots' reductions with shuffles, not redux.sync)
-    m.set_decode_mode("fused", 0)
+    # the third session's decode kernels (the prologue's and the dots' reductions with shuffles, not redux.sync;
+    # the split attention's partials through global memory, not a cluster)
     prologue, ops.DEC_PROLOGUE = ops.DEC_PROLOGUE, "shfl"
+    cluster, m.attn_cluster = m.attn_cluster, False
+    m.set_decode_mode("fused", 0)
     shfl = bench_ours(m, args.n_gen, 64)
-    ops.DEC_PROLOGUE = prologue
+    ops.DEC_PROLOGUE, m.attn_cluster = prologue, cluster
+    m.set_decode_mode("fused", 0)
     ours["shfl_device_loop_tok_s"] = shfl["device_loop_tok_s"]
     print("ours (the third session's kernels: shuffle reductions):", shfl, flush=True)
     # the int8 head (--lm-head q8) on the same model

@@ -43,7 +43,7 @@ def kind_of(m, name: str, args) -> str:
         if epi in ("relu2", "silu"):
             return "gu"
         return "down" if int(args[2]) == m.args.n_ff else "o"
-    if name in ("attention", "attn_split"):
+    if name in ("attention", "attn_split", "attn_splitc"):
         return "attn"
     return "other"
 
@@ -97,30 +97,30 @@ def step_time(m, skip: set, noop: bool, reps: int = 20) -> float:
 # (mode, split attention, label): mode "kind:warps[:redux][:l2 ahead]"; the third session's variants first (its
 # table in docs/gpu.md), then the fourth session's (redux.sync reductions; L2 ahead after the dots / at the start)
 # mode "kind:warps:prologue:l2 ahead bits:attention fence" (prologue: shfl | redux, see ops.DEC_PROLOGUE;
-# l2 ahead: gpu_model's BITNET_GPU_L2_AHEAD bits; fence: sc | acqrel | one)
+# l2 ahead: gpu_model's BITNET_GPU_L2_AHEAD bits; fence: sc | acqrel | one; cluster attention: 1 | 0)
 CONFIGS_OLD = [("fused:8:shfl:0:sc", False, "11:09 step: one attention block a head"),
                ("fused:8:shfl:0:sc", True, "split attention, matmul loads after the norm"),
                ("fusedh:8:shfl:0:sc", True, "split attention, hoisted loads, 8-warp blocks"),
                ("fusedh:16:shfl:0:sc", True, "split attention, hoisted loads, 16-warp blocks"),
                ("fusedhn:0:shfl:0:sc", True, "split attn, hoisted, blocks sized per SM"),
                ("fusedhp:0:shfl:0:sc", True, "the same + all weight rows asked into L2 first")]
-CONFIGS = [("fusedh:0:shfl:0:sc", True, "third session's default (shuffle reductions)"),
-           ("fusedh:0:redux:0:sc", True, "+ redux.sync reductions (default)"),
-           ("fusedh:0:redux:0:acqrel", True, "redux + attention fences acq_rel"),
-           ("fusedh:0:redux:0:one", True, "redux + attention fences by thread 0"),
-           ("fusedh:0:redux:4:sc", True, "redux + gate/up asks next QKV into L2"),
-           ("fusedh:0:redux:7:sc", True, "redux + all four L2 asks (after dots)")]
+CONFIGS = [("fusedh:0:shfl:0:sc:0", True, "third session's default (shuffle reductions)"),
+           ("fusedh:0:redux:0:sc:0", True, "+ redux.sync reductions"),
+           ("fusedh:0:redux:0:sc:1", True, "+ cluster attention (default)"),
+           ("fusedh:0:redux:0:one:0", True, "redux + attention fences by thread 0"),
+           ("fusedh:0:redux:4:sc:1", True, "cluster + gate/up asks next QKV into L2")]
 
 
 def set_config(m, mode: str, split: bool) -> None:
     from bitnet_kernels.gpu import ops
 
-    kind, w, prologue, ahead, fence = mode.split(":")
+    kind, w, prologue, ahead, fence, cl = (mode.split(":") + ["0"])[:6]
     ops.DEC_HOIST = kind in ("fusedh", "fusedhn", "fusedhp")
     ops.L2_WEIGHTS = {"fusedhp": True, "fusedhn": False}.get(kind)
     ops.DEC_PROLOGUE = prologue
     m.l2_ahead = int(ahead)
     m.attn_fence = {"sc": 0, "acqrel": 1, "one": 2}[fence]
+    m.attn_cluster = cl == "1"
     m.set_decode_mode("fused", int(w))
     m.attn_split = split
 

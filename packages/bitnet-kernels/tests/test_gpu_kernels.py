@@ -210,14 +210,15 @@ def attention_ref(q, kc, vc, nk, n_head, n_kv):
 @pytest.mark.parametrize("d", [64, 128])
 def test_split_attention_matches_float64(d):
     """The one-token attention split over key blocks (attn_split: partials, the last block of a head combines
-    and resets its counter) against float64, at key counts around the block size, twice in a row (the counter
-    must be back at 0), and against the one-block kernel."""
+    and resets its counter) against float64, at key counts around the block size, several times in a row (the
+    counter must be back at 0), and against the one-block kernel; the cluster kernel (attn_splitc: the splits of
+    up to 256 keys combined through distributed shared memory) gives the same bits."""
     from bitnet_kernels.gpu import get_runtime, ops
 
     rt = get_runtime()
     rng = np.random.default_rng(d)
     n_head, n_kv, n_ctx = 8, 2, 1100
-    splits = -(-n_ctx // 32)
+    splits = -(-n_ctx // 256) * 8  # whole clusters of 8 (attn_splitc)
     kc = (rng.standard_normal((n_kv, n_ctx, d)) * 0.5).astype(np.float16)
     vc = rng.standard_normal((n_kv, n_ctx, d)).astype(np.float16)
     dk, dv = ops.to_gpu(kc), ops.to_gpu(vc)
@@ -226,22 +227,23 @@ def test_split_attention_matches_float64(d):
     out = ops.gpu_empty((n_head * d,), np.float32)
     out1 = ops.gpu_empty((n_head * d,), np.float32)
     p = ops.ptr
-    for nk in (1, 31, 32, 33, 64, 100, 289, 1100):
+    for nk in (1, 31, 32, 33, 64, 100, 256, 257, 289, 1100):
         q = rng.standard_normal((n_head, d)).astype(np.float32)
         dq, dpos = ops.to_gpu(q), ops.to_gpu(np.array([nk - 1], np.int32))
         ref = attention_ref(q, kc, vc, nk, n_head, n_kv)
         got = []
-        for ahead in (False, True, 2):  # the others also ask two ranges into L2, fence with acq_rel / by thread 0
+        # then: asking two ranges into L2, fences acq_rel / by thread 0; clusters (attn_splitc, up to 256 keys)
+        for name, ahead in (("attn_split", 0), ("attn_split", 1), ("attn_split", 2), ("attn_splitc", 0)):
             none = (np.intp(0), np.int32(0)) * 2
             pf = (p(dk), np.int32(dk.nbytes), p(dv), np.int32(dv.nbytes - 48)) if ahead else none
             out.fill(np.float32(np.nan))
-            rt.launch("attn_split", "PPPPPPiiiiPPPiPii", (n_head, splits), (128, 1, 1), p(dq), p(dk), p(dv), p(out),
+            rt.launch(name, "PPPPPPiiiiPPPiPii", (n_head, splits), (128, 1, 1), p(dq), p(dk), p(dv), p(out),
                       p(part), p(cnt), np.int32(n_head), np.int32(n_kv), np.int32(d), np.int32(n_ctx), p(dpos),
                       np.intp(0), *pf, np.int32(int(ahead)), shared=2 * 32 * (d + 8) * 2 + 4096)
             rt.sync()
             got.append(out.get().reshape(n_head, d))
-        np.testing.assert_array_equal(got[0], got[1])
-        np.testing.assert_array_equal(got[0], got[2])
+        for g in got[1:]:
+            np.testing.assert_array_equal(g, got[0])
         assert (cnt.get() == 0).all()
         err = np.linalg.norm(got[0] - ref) / np.linalg.norm(ref)
         assert err < 1e-5, (nk, err)

@@ -258,6 +258,25 @@ def test_decode_variants_bit_equal(gpu_model, monkeypatch):
         np.testing.assert_array_equal(o, outs[0])
 
 
+def test_cluster_attention_bit_equal(gpu_model):
+    """Decode steps at 40 .. 250 keys (2 .. 8 splits of 32: the cluster path of attn_splitc) give the logits of
+    the global-partials split attention, bit for bit."""
+    toks = np.random.default_rng(7).integers(0, gpu_model.args.n_vocab, size=250)
+    outs = []
+    try:
+        for cluster in (False, True):
+            gpu_model.attn_cluster = cluster
+            gpu_model.set_decode_mode("fused", 0)  # recapture
+            gpu_model.cache.reset()
+            gpu_model.prefill(toks[:39])
+            outs.append(np.concatenate([gpu_model.forward([int(toks[p])], p, logits="last")
+                                        for p in (39, 40, 63, 64, 100, 200, 224, 249)]))
+    finally:
+        gpu_model.attn_cluster = True
+        gpu_model.set_decode_mode("fused", 0)
+    np.testing.assert_array_equal(outs[1], outs[0])
+
+
 def test_q8_head_matches_cpu_q8_head():
     """--lm-head q8 on the GPU: the logits of the CPU path's q8 head (same int8 head, same activation
     quantization), for a prompt and for decode steps (the graph with the argmax folded in)."""

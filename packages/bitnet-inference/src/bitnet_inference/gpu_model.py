@@ -27,6 +27,7 @@ from bitnet_models import ModelConfigError, read_gguf
 F32 = np.float32
 MAX_BATCH = 512
 ATT_SPLIT_KEYS = 32  # keys a block of the split one-token attention (AS_KEYS in kernels.cu)
+ATT_CLUSTER = 8  # blocks a cluster of attn_splitc (AS_CLUSTER in kernels.cu)
 
 
 def _ops():
@@ -138,6 +139,9 @@ class GPUModel:
         # split attention's fences around its ticket (BITNET_GPU_ATTN_FENCE): "sc" (__threadfence in every thread),
         # "acqrel" (fence.acq_rel.gpu in every thread), "one" (thread 0 alone, after the block's barrier)
         self.attn_fence = {"sc": 0, "acqrel": 1, "one": 2}.get(os.environ.get("BITNET_GPU_ATTN_FENCE", "sc"), 0)
+        # split attention with thread-block clusters (attn_splitc: up to ATT_CLUSTER splits a head combined through
+        # distributed shared memory, no global partials or counter); BITNET_GPU_ATTN_CLUSTER=0: attn_split
+        self.attn_cluster = os.environ.get("BITNET_GPU_ATTN_CLUSTER", "1") != "0"
 
 
     # -- the one-kernel decode step ---------------------------------------------------------------------------
@@ -331,6 +335,7 @@ class GPUModel:
         self.rope_cur = emp((d,), F32)  # the decode step's cos / sin row (embed_rope)
         # split attention: (m, l, o) of every (head, key block), and a counter a head (0 between launches)
         self.att_splits = -(-self.n_ctx // ATT_SPLIT_KEYS)
+        self.att_splits = -(-self.att_splits // ATT_CLUSTER) * ATT_CLUSTER  # whole clusters (attn_splitc)
         self.att_part = emp((a.n_head * self.att_splits * (d + 2),), F32)
         self.att_cnt = emp((a.n_head,), np.uint32)
         self.rt.cuda.memset_d32(self.att_cnt.gpudata, 0, a.n_head)
@@ -558,7 +563,8 @@ class GPUModel:
         d = a.head_dim
         if t == 1 and self.attn_split:
             r0, r1 = (r or (0, 0) for r in pf)
-            rt.launch("attn_split", "PPPPPPiiiiPPPiPii", (a.n_head, self.att_splits), (128, 1, 1), p(self.qb),
+            name = "attn_splitc" if self.attn_cluster else "attn_split"
+            rt.launch(name, "PPPPPPiiiiPPPiPii", (a.n_head, self.att_splits), (128, 1, 1), p(self.qb),
                       np.intp(kc), np.intp(vc), p(self.att), p(self.att_part), p(self.att_cnt), np.int32(a.n_head),
                       np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx), p(self.pos),
                       p(trace) if trace is not None else np.intp(0), np.intp(r0[0]), np.int32(r0[1]),

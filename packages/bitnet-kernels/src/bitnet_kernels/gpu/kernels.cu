@@ -9,6 +9,7 @@
 // Numerics follow bitnet_inference's `fast` mode: per-token int8 activations s = 127 / max(max|x|, 1e-5),
 // round half to even, y = float(dot) / s * w_scale; RMSNorm with the mean square summed in double.
 
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
 
@@ -605,18 +606,30 @@ extern "C" __global__ void embed_rope(const __half* __restrict__ emb, const int*
 // __threadfence() (fence.sc.gpu); flags & 2: only thread 0 fences, after the block's barrier (as cooperative
 // groups' grid barrier does): the same partials are read each way.
 // Dynamic shared memory: 2 * AS_KEYS * (D + 8) halves + 4096 bytes.
+// CL (attn_splitc, thread-block clusters of AS_CLUSTER blocks along the splits; the grid's y a multiple of
+// AS_CLUSTER): when 1 < nsp <= AS_CLUSTER, the splits of a head are the blocks of its first cluster; each writes
+// its (m, l, o) into block 0's shared memory (distributed shared memory), arrives at a cluster barrier and leaves;
+// block 0 waits and combines them (the same arithmetic in the same order: the same bits as the global path). No
+// partials in global memory, no fence, no counter. Longer contexts take the global path.
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_arrive_release() {
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+
 #define AS_KEYS 32
 #define AS_THREADS 128
 #define AS_MAXSPLIT 256
-extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(const float* __restrict__ q,
-                                                                     const __half* __restrict__ kc,
-                                                                     const __half* __restrict__ vc,
-                                                                     float* __restrict__ out, float* __restrict__ part,
-                                                                     unsigned* __restrict__ cnt, int n_head, int n_kv,
-                                                                     int D, int n_ctx, const int* __restrict__ pos0p,
-                                                                     unsigned long long* trace, const void* pf0,
-                                                                     int pf0_bytes, const void* pf1, int pf1_bytes,
-                                                                     int flags) {
+#define AS_CLUSTER 8
+template <bool CL>
+__device__ __forceinline__ void attn_split_body(const float* __restrict__ q, const __half* __restrict__ kc,
+                                                const __half* __restrict__ vc, float* __restrict__ out,
+                                                float* __restrict__ part, unsigned* __restrict__ cnt, int n_head,
+                                                int n_kv, int D, int n_ctx, const int* __restrict__ pos0p,
+                                                unsigned long long* trace, const void* pf0, int pf0_bytes,
+                                                const void* pf1, int pf1_bytes, int flags) {
     extern __shared__ __align__(16) unsigned char as_smem[];
     __shared__ float qs[256];
     __shared__ float ss[AS_KEYS];
@@ -634,7 +647,16 @@ extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(const float*
     }
     const int nk = *pos0p + 1;
     const int nsp = (nk + AS_KEYS - 1) / AS_KEYS;
-    if (sp >= nsp) return;
+    const bool clp = CL && nsp > 1 && nsp <= AS_CLUSTER;  // the cluster path (the same for every block)
+    __shared__ float cparts[CL ? AS_CLUSTER * (2 + 256) : 1];  // rank 0's: every split's (m, l, o)
+    if (clp && sp < AS_CLUSTER) cluster_arrive_relaxed();  // phase 1: this block runs
+    if (sp >= nsp) {
+        if (clp && sp < AS_CLUSTER) {  // a rank past the keys of the head's first cluster: its part of phase 2
+            cluster_wait();
+            cluster_arrive_release();
+        }
+        return;
+    }
     const int kh = h / (n_head / n_kv);
     const int j0 = sp * AS_KEYS, n = min(AS_KEYS, nk - j0);
     const int D8 = D >> 3, pitch = D + 8;  // halves a row in shared memory (16 bytes of padding)
@@ -718,6 +740,42 @@ extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(const float*
             for (int k = 0; k < KG; k++) r += pv[k * D + d];
             orow[d] = __fdiv_rn(r, l);
         }
+    } else if (CL && clp) {
+        // push: every split writes its (m, l, o) into rank 0's shared memory (distributed shared memory), arrives
+        // at the cluster barrier (release) and leaves; rank 0 waits (acquire) and combines from its own memory
+        const int P = 2 + D;
+        float* dst = cooperative_groups::this_cluster().map_shared_rank(cparts, 0) + sp * P;
+        cluster_wait();  // phase 1 (arrived at the start): every block of the cluster is running
+        for (int d = tid; d < D; d += AS_THREADS) {
+            float r = 0.0f;
+            for (int k = 0; k < KG; k++) r += pv[k * D + d];
+            dst[2 + d] = r;
+        }
+        if (tid == 0) {
+            dst[0] = m;
+            dst[1] = l;
+        }
+        cluster_arrive_release();  // phase 2
+        if (sp != 0) return;
+        cluster_wait();
+        stamp(trace, 3);
+        for (int k = tid; k < nsp; k += AS_THREADS) {
+            mk[k] = cparts[k * P];
+            lk[k] = cparts[k * P + 1];
+        }
+        __syncthreads();
+        stamp(trace, 5);
+        float M = -INFINITY;
+        for (int k = 0; k < nsp; k++) M = fmaxf(M, mk[k]);
+        for (int d = tid; d < D; d += AS_THREADS) {  // the global path's combine, term for term
+            float acc = 0.0f, L = 0.0f;
+            for (int k = 0; k < nsp; k++) {
+                const float f = expf(mk[k] - M);
+                L = fmaf(lk[k], f, L);
+                acc = fmaf(cparts[k * P + 2 + d], f, acc);
+            }
+            orow[d] = __fdiv_rn(acc, L);
+        }
     } else {
         const int S = gridDim.y;
         float* pp = part + ((size_t)h * S + sp) * (D + 2);
@@ -797,6 +855,21 @@ extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(const float*
         if (tid == 0) cnt[h] = 0u;
     }
     stamp(trace, 4);
+}
+
+#define ATTN_SPLIT_ARGS                                                                                          \
+    const float *__restrict__ q, const __half *__restrict__ kc, const __half *__restrict__ vc,                 \
+        float *__restrict__ out, float *__restrict__ part, unsigned *__restrict__ cnt, int n_head, int n_kv,    \
+        int D, int n_ctx, const int *__restrict__ pos0p, unsigned long long *trace, const void *pf0,            \
+        int pf0_bytes, const void *pf1, int pf1_bytes, int flags
+extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(ATTN_SPLIT_ARGS) {
+    attn_split_body<false>(q, kc, vc, out, part, cnt, n_head, n_kv, D, n_ctx, pos0p, trace, pf0, pf0_bytes, pf1,
+                           pf1_bytes, flags);
+}
+extern "C" __global__ void __cluster_dims__(1, AS_CLUSTER, 1) __launch_bounds__(AS_THREADS)
+    attn_splitc(ATTN_SPLIT_ARGS) {
+    attn_split_body<true>(q, kc, vc, out, part, cnt, n_head, n_kv, D, n_ctx, pos0p, trace, pf0, pf0_bytes, pf1,
+                          pf1_bytes, flags);
 }
 
 // grid.x: row groups (8 warps a block, one row or pair a warp); grid.y: token tiles of TT.
