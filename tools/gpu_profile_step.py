@@ -106,9 +106,9 @@ CONFIGS_OLD = [("fused:8:shfl:0:sc", False, "11:09 step: one attention block a h
                ("fusedhp:0:shfl:0:sc", True, "the same + all weight rows asked into L2 first")]
 CONFIGS = [("fusedh:0:shfl:0:sc:0", True, "third session's default (shuffle reductions)"),
            ("fusedh:0:redux:0:sc:0", True, "+ redux.sync reductions"),
-           ("fusedh:0:redux:0:sc:1", True, "+ cluster attention (default)"),
-           ("fusedh:0:redux:0:one:0", True, "redux + attention fences by thread 0"),
-           ("fusedh:0:redux:4:sc:1", True, "cluster + gate/up asks next QKV into L2")]
+           ("fusedh:0:redux:0:sc:1", True, "+ cluster attention up to 256 keys (default)"),
+           ("fusedh:0:redux:0:one:1", True, "default + attention fences by thread 0"),
+           ("fusedh:0:redux:4:sc:1", True, "default + gate/up asks next QKV into L2")]
 
 
 def set_config(m, mode: str, split: bool) -> None:
@@ -133,6 +133,7 @@ def ablate(pos: int, n_ctx: int = 1024, configs=None) -> int:
     print(f"{'':<44} {'full':>8} " + " ".join(f"{'-' + k:>8}" for k in KINDS) + f" {'noop all':>9} {'none':>8}")
     for mode, split, label in configs or CONFIGS:
         set_config(m, mode, split)
+        m._att_long = m._long(pos)  # the graph decode_greedy would replay at this position
         full = step_time(m, set(), False)
         drops = [step_time(m, {k}, False) for k in KINDS]
         noop = step_time(m, set(KINDS), True)

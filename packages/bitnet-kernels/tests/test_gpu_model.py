@@ -277,6 +277,30 @@ def test_cluster_attention_bit_equal(gpu_model):
     np.testing.assert_array_equal(outs[1], outs[0])
 
 
+def test_generate_greedy_across_cluster_limit():
+    """generate_greedy across 256 keys (the cluster attention's graph, then the one with attn_split) gives the
+    tokens of the host loop and of attn_split throughout."""
+    from bitnet_inference.gpu_model import load_gpu
+
+    g = load_gpu(FIXTURES / "b158-a-i2s.gguf", n_ctx=512)
+    toks = np.random.default_rng(9).integers(0, g.args.n_vocab, size=250)
+    runs = []
+    for cluster, device_loop in ((True, True), (True, False), (False, True)):
+        g.attn_cluster = cluster
+        g.set_decode_mode("fused", 0)
+        g.cache.reset()
+        tok = int(g.prefill(toks).argmax())
+        if device_loop:
+            runs.append(g.generate_greedy(tok, 250, 12))
+        else:
+            out = []
+            for i in range(12):
+                tok = g.decode_greedy(tok, 250 + i)
+                out.append(tok)
+            runs.append(out)
+    assert runs[0] == runs[1] == runs[2]
+
+
 def test_q8_head_matches_cpu_q8_head():
     """--lm-head q8 on the GPU: the logits of the CPU path's q8 head (same int8 head, same activation
     quantization), for a prompt and for decode steps (the graph with the argmax folded in)."""

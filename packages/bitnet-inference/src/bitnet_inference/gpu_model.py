@@ -118,8 +118,9 @@ class GPUModel:
         self.cache = _Cache(self)
 
     def _init_decode_mode(self) -> None:
-        self._graph = None
-        self._greedy = None
+        self._graph: dict = {}  # the captured decode step (and the greedy one) by "long" (see _long)
+        self._greedy: dict = {}
+        self._att_long = False  # set while a "long" step is queued: attn_split instead of attn_splitc
         self._mega = None
         self.fused_norm = os.environ.get("BITNET_GPU_FUSED_NORM", "1") != "0"
         # warps a fused decode block: 0 (default) sizes the blocks so every SM gets the same rows (one block an
@@ -140,7 +141,8 @@ class GPUModel:
         # "acqrel" (fence.acq_rel.gpu in every thread), "one" (thread 0 alone, after the block's barrier)
         self.attn_fence = {"sc": 0, "acqrel": 1, "one": 2}.get(os.environ.get("BITNET_GPU_ATTN_FENCE", "sc"), 0)
         # split attention with thread-block clusters (attn_splitc: up to ATT_CLUSTER splits a head combined through
-        # distributed shared memory, no global partials or counter); BITNET_GPU_ATTN_CLUSTER=0: attn_split
+        # distributed shared memory, no global partials or counter) while the keys fit one cluster's splits; past
+        # that, a second captured step with attn_split (see _long); BITNET_GPU_ATTN_CLUSTER=0: attn_split always
         self.attn_cluster = os.environ.get("BITNET_GPU_ATTN_CLUSTER", "1") != "0"
 
 
@@ -354,7 +356,7 @@ class GPUModel:
         self.h_logits = cuda.pagelocked_empty((a.n_vocab,), F32)
         self.h_argmax = cuda.pagelocked_empty((1,), np.int32)
         self.h_hist = cuda.pagelocked_empty((self.n_ctx + 1,), np.int32)
-        self._greedy = None
+        self._greedy = {}
 
     def load_weights(self) -> GPUModel:
         """Norms, F16 embedding/head and the ternary matrices from the GGUF (I2_S only)."""
@@ -563,7 +565,7 @@ class GPUModel:
         d = a.head_dim
         if t == 1 and self.attn_split:
             r0, r1 = (r or (0, 0) for r in pf)
-            name = "attn_splitc" if self.attn_cluster else "attn_split"
+            name = "attn_splitc" if self.attn_cluster and not self._att_long else "attn_split"
             rt.launch(name, "PPPPPPiiiiPPPiPii", (a.n_head, self.att_splits), (128, 1, 1), p(self.qb),
                       np.intp(kc), np.intp(vc), p(self.att), p(self.att_part), p(self.att_cnt), np.int32(a.n_head),
                       np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx), p(self.pos),
@@ -607,7 +609,7 @@ class GPUModel:
         cuda.memcpy_htod_async(self.tok.gpudata, self.h_tok, rt.stream)
         cuda.memcpy_htod_async(self.pos.gpudata, self.h_pos, rt.stream)
         if t == 1:
-            self._decode_graph().replay()
+            self._decode_graph(self._long(pos)).replay()
         else:
             self._enqueue(t, mode)
         if not need:
@@ -623,40 +625,44 @@ class GPUModel:
             out[:] = self.logits.get()[:rows]
         return out
 
-    def _decode_graph(self):
-        if self._graph is None:
-            from bitnet_kernels.gpu import CudaGraph
+    def _long(self, pos: int) -> bool:
+        """Whether the step at position pos takes the "long" graph: more keys (pos + 1) than one cluster of the
+        split attention holds, where attn_split (global partials) is faster than attn_splitc's global path."""
+        return self.attn_cluster and pos + 1 > ATT_CLUSTER * ATT_SPLIT_KEYS
 
-            mega = self.decode_mode == "mega"
-            if mega:
-                self._enqueue_mega(False)  # loads every kernel before capture
-            else:
-                self._enqueue_step(False)
-            self.rt.sync()
+    def _capture(self, step: bool, long: bool):
+        from bitnet_kernels.gpu import CudaGraph
+
+        mega = self.decode_mode == "mega"
+        self._att_long = long
+        try:
+            if not step:  # loads every kernel before capture (the greedy step would advance the position)
+                if mega:
+                    self._enqueue_mega(False)
+                else:
+                    self._enqueue_step(False)
+                self.rt.sync()
             g = CudaGraph(self.rt.stream)
             g.begin()
             if mega:
-                self._enqueue_mega(False)
+                self._enqueue_mega(step)
             else:
-                self._enqueue_step(False)
+                self._enqueue_step(step)
             g.end()
-            self._graph = g
-        return self._graph
+        finally:
+            self._att_long = False
+        return g
 
-    def _greedy_graph(self):
-        if self._greedy is None:
-            from bitnet_kernels.gpu import CudaGraph
+    def _decode_graph(self, long: bool = False):
+        if long not in self._graph:
+            self._graph[long] = self._capture(False, long)
+        return self._graph[long]
 
-            self._decode_graph()  # kernels loaded
-            g = CudaGraph(self.rt.stream)
-            g.begin()
-            if self.decode_mode == "mega":
-                self._enqueue_mega(True)
-            else:
-                self._enqueue_step(True)
-            g.end()
-            self._greedy = g
-        return self._greedy
+    def _greedy_graph(self, long: bool = False):
+        if long not in self._greedy:
+            self._decode_graph(long)  # kernels loaded
+            self._greedy[long] = self._capture(True, long)
+        return self._greedy[long]
 
     def generate_greedy(self, token: int, pos: int, n: int, execs: int = 1) -> list[int]:
         """n greedy decode steps on the device, starting with `token` at position `pos`: the sampled token and
@@ -672,11 +678,12 @@ class GPUModel:
         self.h_pos[0] = pos
         cuda.memcpy_htod_async(self.tok.gpudata, self.h_tok, rt.stream)
         cuda.memcpy_htod_async(self.pos.gpudata, self.h_pos, rt.stream)
-        g = self._greedy_graph()
-        while len(g.extra) + 1 < execs:
-            g.add_exec()
+        graphs = {lg: self._greedy_graph(lg) for lg in {self._long(pos), self._long(pos + n - 1)}}
+        for g in graphs.values():
+            while len(g.extra) + 1 < execs:
+                g.add_exec()
         for i in range(n):
-            g.replay(i % execs)
+            graphs[self._long(pos + i)].replay(i % execs)
         cuda.memcpy_dtoh_async(self.h_hist, self.hist.gpudata, rt.stream)
         rt.sync()
         self.cache.pos[0] = pos + n
@@ -714,10 +721,9 @@ class GPUModel:
             if warps not in (0, 8, 16):
                 raise EngineError(f"decode blocks have 8 or 16 warps (0: sized per matrix), got {warps}")
             self.decode_warps = warps
-        for g in (self._graph, self._greedy):
-            if g is not None:
-                g.close()
-        self._graph = self._greedy = None
+        for g in (*self._graph.values(), *self._greedy.values()):
+            g.close()
+        self._graph, self._greedy = {}, {}
 
     def decode_greedy(self, token: int, pos: int) -> int:
         """One decode step with greedy sampling on the device: only the token id comes back."""
@@ -728,7 +734,7 @@ class GPUModel:
         self.h_pos[0] = pos
         cuda.memcpy_htod_async(self.tok.gpudata, self.h_tok, rt.stream)
         cuda.memcpy_htod_async(self.pos.gpudata, self.h_pos, rt.stream)
-        self._decode_graph().replay()
+        self._decode_graph(self._long(pos)).replay()
         cuda.memcpy_dtoh_async(self.h_argmax, self.argmax.gpudata, rt.stream)
         rt.sync()
         self.cache.pos[0] = pos + 1
