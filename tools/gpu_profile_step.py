@@ -106,7 +106,7 @@ CONFIGS_OLD = [("fused:8:shfl:0:sc", False, "11:09 step: one attention block a h
                ("fusedhp:0:shfl:0:sc", True, "the same + all weight rows asked into L2 first")]
 CONFIGS = [("fusedh:0:shfl:0:sc:0", True, "third session's default (shuffle reductions)"),
            ("fusedh:0:redux:0:sc:0", True, "+ redux.sync reductions"),
-           ("fusedh:0:redux:0:sc:1", True, "+ cluster attention up to 256 keys (default)"),
+           ("fusedh:0:redux:0:sc:1", True, "+ cluster attention up to 512 keys (default)"),
            ("fusedh:0:redux:0:one:1", True, "default + attention fences by thread 0"),
            ("fusedh:0:redux:4:sc:1", True, "default + gate/up asks next QKV into L2")]
 

@@ -278,11 +278,11 @@ def test_cluster_attention_bit_equal(gpu_model):
 
 
 def test_generate_greedy_across_cluster_limit():
-    """generate_greedy across 256 keys (the cluster attention's graph, then the one with attn_split) gives the
-    tokens of the host loop and of attn_split throughout."""
+    """generate_greedy across 256 keys (two splits a cluster block from there) and 512 keys (the cluster
+    attention's graph, then the one with attn_split) gives the tokens of the host loop and of attn_split."""
     from bitnet_inference.gpu_model import load_gpu
 
-    g = load_gpu(FIXTURES / "b158-a-i2s.gguf", n_ctx=512)
+    g = load_gpu(FIXTURES / "b158-a-i2s.gguf", n_ctx=640)
     toks = np.random.default_rng(9).integers(0, g.args.n_vocab, size=250)
     runs = []
     for cluster, device_loop in ((True, True), (True, False), (False, True)):
@@ -291,10 +291,10 @@ def test_generate_greedy_across_cluster_limit():
         g.cache.reset()
         tok = int(g.prefill(toks).argmax())
         if device_loop:
-            runs.append(g.generate_greedy(tok, 250, 12))
+            runs.append(g.generate_greedy(tok, 250, 272))
         else:
             out = []
-            for i in range(12):
+            for i in range(272):
                 tok = g.decode_greedy(tok, 250 + i)
                 out.append(tok)
             runs.append(out)

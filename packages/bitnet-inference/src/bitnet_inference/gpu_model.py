@@ -28,6 +28,7 @@ F32 = np.float32
 MAX_BATCH = 512
 ATT_SPLIT_KEYS = 32  # keys a block of the split one-token attention (AS_KEYS in kernels.cu)
 ATT_CLUSTER = 8  # blocks a cluster of attn_splitc (AS_CLUSTER in kernels.cu)
+ATT_CPB = 2  # splits a block of attn_splitc's cluster path at most (AS_CPB in kernels.cu)
 
 
 def _ops():
@@ -141,7 +142,7 @@ class GPUModel:
         # "acqrel" (fence.acq_rel.gpu in every thread), "one" (thread 0 alone, after the block's barrier)
         self.attn_fence = {"sc": 0, "acqrel": 1, "one": 2}.get(os.environ.get("BITNET_GPU_ATTN_FENCE", "sc"), 0)
         # split attention with thread-block clusters (attn_splitc: up to ATT_CLUSTER splits a head combined through
-        # distributed shared memory, no global partials or counter) while the keys fit one cluster's splits; past
+        # distributed shared memory, no global partials or counter) while the keys fit its cluster path; past
         # that, a second captured step with attn_split (see _long); BITNET_GPU_ATTN_CLUSTER=0: attn_split always
         self.attn_cluster = os.environ.get("BITNET_GPU_ATTN_CLUSTER", "1") != "0"
 
@@ -566,12 +567,16 @@ class GPUModel:
         if t == 1 and self.attn_split:
             r0, r1 = (r or (0, 0) for r in pf)
             name = "attn_splitc" if self.attn_cluster and not self._att_long else "attn_split"
+            kv = 2 * ATT_SPLIT_KEYS * (d + 8) * 2  # one split's K and V rows in shared memory
+            shared = (2 * kv if name == "attn_splitc" else kv) + 4096
+            if name == "attn_splitc":  # with its static shared memory over 48 KB: the opt-in
+                self.ops._allow_smem(rt, name, "PPPPPPiiiiPPPiPii", shared)
             rt.launch(name, "PPPPPPiiiiPPPiPii", (a.n_head, self.att_splits), (128, 1, 1), p(self.qb),
                       np.intp(kc), np.intp(vc), p(self.att), p(self.att_part), p(self.att_cnt), np.int32(a.n_head),
                       np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx), p(self.pos),
                       p(trace) if trace is not None else np.intp(0), np.intp(r0[0]), np.int32(r0[1]),
                       np.intp(r1[0]), np.int32(r1[1]), np.int32(self.attn_fence),
-                      shared=2 * ATT_SPLIT_KEYS * (d + 8) * 2 + 4096)
+                      shared=shared)
             return
         rt.launch("attention", "PPPPiiiiPi", (a.n_head, t), (512, 1, 1), p(self.qb), np.intp(kc), np.intp(vc),
                   p(self.att), np.int32(a.n_head), np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx),
@@ -626,9 +631,9 @@ class GPUModel:
         return out
 
     def _long(self, pos: int) -> bool:
-        """Whether the step at position pos takes the "long" graph: more keys (pos + 1) than one cluster of the
-        split attention holds, where attn_split (global partials) is faster than attn_splitc's global path."""
-        return self.attn_cluster and pos + 1 > ATT_CLUSTER * ATT_SPLIT_KEYS
+        """Whether the step at position pos takes the "long" graph: more keys (pos + 1) than the split attention's
+        cluster path takes (512), where attn_split (global partials) is faster than attn_splitc's global path."""
+        return self.attn_cluster and pos + 1 > ATT_CLUSTER * ATT_CPB * ATT_SPLIT_KEYS
 
     def _capture(self, step: bool, long: bool):
         from bitnet_kernels.gpu import CudaGraph

@@ -607,10 +607,12 @@ extern "C" __global__ void embed_rope(const __half* __restrict__ emb, const int*
 // groups' grid barrier does): the same partials are read each way.
 // Dynamic shared memory: 2 * AS_KEYS * (D + 8) halves + 4096 bytes.
 // CL (attn_splitc, thread-block clusters of AS_CLUSTER blocks along the splits; the grid's y a multiple of
-// AS_CLUSTER): when 1 < nsp <= AS_CLUSTER, the splits of a head are the blocks of its first cluster; each writes
-// its (m, l, o) into block 0's shared memory (distributed shared memory), arrives at a cluster barrier and leaves;
-// block 0 waits and combines them (the same arithmetic in the same order: the same bits as the global path). No
-// partials in global memory, no fence, no counter. Longer contexts take the global path.
+// AS_CLUSTER): when 1 < nsp <= AS_CLUSTER * AS_CPB, the splits of a head are computed by the blocks of its first
+// cluster (block r: splits r and r + AS_CLUSTER, their K/V copied together; dynamic shared memory for two splits:
+// 4 * AS_KEYS * (D + 8) halves + 4096 bytes); each writes its (m, l, o) into block 0's shared memory (distributed
+// shared memory), arrives at a cluster barrier and leaves; block 0 waits and combines them (the same arithmetic
+// in the same order: the same bits as the global path). No partials in global memory, no fence, no counter.
+// Longer contexts take the global path.
 __device__ __forceinline__ void cluster_arrive_relaxed() {
     asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
 }
@@ -623,6 +625,7 @@ __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.w
 #define AS_THREADS 128
 #define AS_MAXSPLIT 256
 #define AS_CLUSTER 8
+#define AS_CPB 2  // splits a block of the cluster path at most (AS_CLUSTER * AS_CPB * AS_KEYS keys)
 template <bool CL>
 __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, const __half* __restrict__ kc,
                                                 const __half* __restrict__ vc, float* __restrict__ out,
@@ -647,9 +650,10 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
     }
     const int nk = *pos0p + 1;
     const int nsp = (nk + AS_KEYS - 1) / AS_KEYS;
-    const bool clp = CL && nsp > 1 && nsp <= AS_CLUSTER;  // the cluster path (the same for every block)
-    __shared__ float cparts[CL ? AS_CLUSTER * (2 + 256) : 1];  // rank 0's: every split's (m, l, o)
+    const bool clp = CL && nsp > 1 && nsp <= AS_CLUSTER * AS_CPB;  // the cluster path (the same for every block)
+    __shared__ float cparts[CL ? AS_CLUSTER * AS_CPB * (2 + 256) : 1];  // rank 0's: every split's (m, l, o)
     if (clp && sp < AS_CLUSTER) cluster_arrive_relaxed();  // phase 1: this block runs
+    if (clp && sp >= AS_CLUSTER) return;  // past the head's first cluster: its splits are the first's second ones
     if (sp >= nsp) {
         if (clp && sp < AS_CLUSTER) {  // a rank past the keys of the head's first cluster: its part of phase 2
             cluster_wait();
@@ -658,17 +662,23 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
         return;
     }
     const int kh = h / (n_head / n_kv);
-    const int j0 = sp * AS_KEYS, n = min(AS_KEYS, nk - j0);
     const int D8 = D >> 3, pitch = D + 8;  // halves a row in shared memory (16 bytes of padding)
-    __half* ks = reinterpret_cast<__half*>(as_smem);
-    __half* vs = ks + AS_KEYS * pitch;
-    float* pv = reinterpret_cast<float*>(vs + AS_KEYS * pitch);  // (key groups, D) partial sums
-    const __half* kb = kc + ((size_t)kh * n_ctx + j0) * D;
-    const __half* vb = vc + ((size_t)kh * n_ctx + j0) * D;
-    for (int i = tid; i < n * D8; i += AS_THREADS) {
-        const int j = i / D8, c = i % D8;
-        cp_async16(ks + j * pitch + 8 * c, kb + (size_t)j * D + 8 * c);
-        cp_async16(vs + j * pitch + 8 * c, vb + (size_t)j * D + 8 * c);
+    // the cluster path with more than AS_CLUSTER splits: block sp also takes split sp + AS_CLUSTER (its K and V
+    // in a second pair of buffers after pv, copied with the first); elsewhere one split a block
+    const int nch = clp ? (nsp - sp + AS_CLUSTER - 1) / AS_CLUSTER : 1;
+    float* pv = reinterpret_cast<float*>(reinterpret_cast<__half*>(as_smem) + 2 * AS_KEYS * pitch);  // (groups, D)
+    for (int ci = 0; ci < nch; ci++) {
+        const int j0 = (sp + ci * AS_CLUSTER) * AS_KEYS, n = min(AS_KEYS, nk - j0);
+        __half* ks = ci ? reinterpret_cast<__half*>(as_smem + 2 * AS_KEYS * pitch * 2 + 4096)
+                        : reinterpret_cast<__half*>(as_smem);
+        __half* vs = ks + AS_KEYS * pitch;
+        const __half* kb = kc + ((size_t)kh * n_ctx + j0) * D;
+        const __half* vb = vc + ((size_t)kh * n_ctx + j0) * D;
+        for (int i = tid; i < n * D8; i += AS_THREADS) {
+            const int j = i / D8, cc = i % D8;
+            cp_async16(ks + j * pitch + 8 * cc, kb + (size_t)j * D + 8 * cc);
+            cp_async16(vs + j * pitch + 8 * cc, vb + (size_t)j * D + 8 * cc);
+        }
     }
     cp_async_commit();
     for (int d = tid; d < D; d += AS_THREADS) qs[d] = __half2float(__float2half_rn(q[h * D + d]));
@@ -676,6 +686,14 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
     __syncthreads();
     stamp(trace, 1);
     const float scale = 1.0f / sqrtf((float)D);
+    const int KG = AS_THREADS / D8;  // key groups of D8 threads, 8 dims a thread
+    const int g = tid / D8, c = tid % D8;
+    for (int ci = 0; ci < nch; ci++) {
+    const int cs = sp + ci * AS_CLUSTER;  // this split
+    const int j0 = cs * AS_KEYS, n = min(AS_KEYS, nk - j0);
+    const __half* ks = ci ? reinterpret_cast<const __half*>(as_smem + 2 * AS_KEYS * pitch * 2 + 4096)
+                          : reinterpret_cast<const __half*>(as_smem);
+    const __half* vs = ks + AS_KEYS * pitch;
     {  // scores: key tid / 4, chunks c = tid % 4, + 4, ... of its row
         const int j = tid >> 2, part = tid & 3;
         float acc = 0.0f;
@@ -710,8 +728,6 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
         }
     }
     __syncthreads();
-    const int KG = AS_THREADS / D8;  // key groups of D8 threads, 8 dims a thread
-    const int g = tid / D8, c = tid % D8;
     if (g < KG) {
         float o[8];
 #pragma unroll
@@ -731,6 +747,23 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
         for (int e = 0; e < 8; e++) pv[g * D + 8 * c + e] = o[e];
     }
     __syncthreads();
+    if (CL && clp) {
+        // push: this split's (m, l, o) into rank 0's shared memory (distributed shared memory); the next split's
+        // stages read ss, ps, red and pv only after a barrier that every thread reaches after this
+        const int P = 2 + D;
+        float* dst = cooperative_groups::this_cluster().map_shared_rank(cparts, 0) + cs * P;
+        if (ci == 0) cluster_wait();  // phase 1 (arrived at the start): every block of the cluster is running
+        for (int d = tid; d < D; d += AS_THREADS) {
+            float r = 0.0f;
+            for (int k = 0; k < KG; k++) r += pv[k * D + d];
+            dst[2 + d] = r;
+        }
+        if (tid == 0) {
+            dst[0] = red[0];
+            dst[1] = red[1];
+        }
+    }
+    }
     stamp(trace, 2);
     const float m = red[0], l = red[1];
     float* orow = out + h * D;
@@ -741,20 +774,9 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
             orow[d] = __fdiv_rn(r, l);
         }
     } else if (CL && clp) {
-        // push: every split writes its (m, l, o) into rank 0's shared memory (distributed shared memory), arrives
-        // at the cluster barrier (release) and leaves; rank 0 waits (acquire) and combines from its own memory
+        // every split has pushed its (m, l, o) into rank 0's shared memory: arrive (release) and leave; rank 0
+        // waits (acquire) and combines from its own memory
         const int P = 2 + D;
-        float* dst = cooperative_groups::this_cluster().map_shared_rank(cparts, 0) + sp * P;
-        cluster_wait();  // phase 1 (arrived at the start): every block of the cluster is running
-        for (int d = tid; d < D; d += AS_THREADS) {
-            float r = 0.0f;
-            for (int k = 0; k < KG; k++) r += pv[k * D + d];
-            dst[2 + d] = r;
-        }
-        if (tid == 0) {
-            dst[0] = m;
-            dst[1] = l;
-        }
         cluster_arrive_release();  // phase 2
         if (sp != 0) return;
         cluster_wait();
