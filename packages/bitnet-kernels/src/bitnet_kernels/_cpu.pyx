@@ -25,6 +25,7 @@ cdef extern from "bk_simd.h" nogil:
     void bk_i2s_gemv_rows_c(const uint8_t* w, int64_t K, const int8_t* q, int64_t n0, int64_t n1, int32_t* dot,
                             uint8_t* codes)
     void bk_i2s_perm_act(const int8_t* q, int64_t K, int8_t* qp)
+    void bk_i2s_emit_512(const int32_t* d, int64_t n, int32_t qsum, float s, float ws, float* y)
     void bk_i2s_gemv2_512(const uint8_t* wa, const uint8_t* wb, int64_t K, const int8_t* qp, int64_t n, int32_t* da,
                           int32_t* db)
     void bk_i2s_gemv2_256(const uint8_t* wa, const uint8_t* wb, int64_t K, const int8_t* q, int64_t n, int32_t* da,
@@ -272,6 +273,9 @@ cdef inline void _i2s_rows(GemvCtx* g, int mat, int64_t n0, int64_t n1, int32_t*
 
 cdef inline void _i2s_emit(GemvCtx* g, int mat, int64_t n0, int64_t n1, const int32_t* dots) noexcept nogil:
     cdef int64_t i
+    if g.yi == NULL and g.isa == BK_VNNI:
+        bk_i2s_emit_512(dots, n1 - n0, g.qsum, g.s, g.ws[mat], g.yf[mat] + n0)
+        return
     for i in range(n0, n1):
         if g.yi != NULL:
             g.yi[i] = dots[i - n0] - g.qsum

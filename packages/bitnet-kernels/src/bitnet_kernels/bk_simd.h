@@ -388,6 +388,23 @@ BK_T512 static void bk_i2s_gemv2_512(const uint8_t *wa0, const uint8_t *wb0, int
     }
 }
 
+/* The GEMVs' epilogue for n rows of one matrix: y[i] = ((float)(d[i] - qsum) / s) * ws, the scalar loop's IEEE
+ * operations lane by lane (so the same bits), 16 rows a step; n <= 16 is the usual chunk. */
+BK_T512 static void bk_i2s_emit_512(const int32_t *d, int64_t n, int32_t qsum, float s, float ws, float *y) {
+    const __m512i vq = _mm512_set1_epi32(qsum);
+    const __m512 vs = _mm512_set1_ps(s), vw = _mm512_set1_ps(ws);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(d + i), vq));
+        _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_div_ps(f, vs), vw));
+    }
+    if (i < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
+        const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_maskz_loadu_epi32(m, d + i), vq));
+        _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(_mm512_div_ps(f, vs), vw));
+    }
+}
+
 BK_T256 static void bk_i2s_gemv2_256(const uint8_t *wa0, const uint8_t *wb0, int64_t K, const int8_t *q, int64_t n,
                                      int32_t *da, int32_t *db) {
     const __m256i m3 = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
