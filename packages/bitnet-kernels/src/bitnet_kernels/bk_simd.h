@@ -1414,29 +1414,76 @@ BK_T256 static void bk_softmax_row_256(float *x, int64_t n) {
 }
 
 /* Attention of one (token, head): scores over cache positions [0, n), softmax, weighted sum of V rows.       */
+/* Each score is one FMA chain over d and each output block one chain over j, in the same order as ever (so   */
+/* the same bits); four keys' chains, and up to eight output blocks' chains, run side by side so that the FMA */
+/* latency overlaps (one chain at a time left the core waiting 4 cycles an FMA).                              */
+#define BK_KDOT(acc, kj, d) acc = _mm512_fmadd_ps(qd, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((kj) + (d)))), acc)
+BK_T512 static inline float bk_attn_tail(const float *q, const uint16_t *kj, int64_t d, int64_t D, float s) {
+    for (; d < D; d++) s += q[d] * _cvtsh_ss(kj[d]);
+    return s;
+}
 BK_T512 static void bk_attn_one_512(const float *q, const uint16_t *k, const uint16_t *v, int64_t D, int64_t n,
                                     float scale, float *sc, float *out) {
-    for (int64_t j = 0; j < n; j++) {
+    const int64_t D16 = D & ~(int64_t)15;
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+        const uint16_t *k0 = k + j * D, *k1 = k0 + D, *k2 = k1 + D, *k3 = k2 + D;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t d = 0; d < D16; d += 16) {
+            const __m512 qd = _mm512_loadu_ps(q + d);
+            BK_KDOT(a0, k0, d);
+            BK_KDOT(a1, k1, d);
+            BK_KDOT(a2, k2, d);
+            BK_KDOT(a3, k3, d);
+        }
+        sc[j] = bk_attn_tail(q, k0, D16, D, _mm512_reduce_add_ps(a0)) * scale;
+        sc[j + 1] = bk_attn_tail(q, k1, D16, D, _mm512_reduce_add_ps(a1)) * scale;
+        sc[j + 2] = bk_attn_tail(q, k2, D16, D, _mm512_reduce_add_ps(a2)) * scale;
+        sc[j + 3] = bk_attn_tail(q, k3, D16, D, _mm512_reduce_add_ps(a3)) * scale;
+    }
+    for (; j < n; j++) {
         const uint16_t *kj = k + j * D;
         __m512 a = _mm512_setzero_ps();
-        int64_t d = 0;
-        for (; d + 16 <= D; d += 16)
-            a = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj + d))), a);
-        float s = _mm512_reduce_add_ps(a);
-        for (; d < D; d++) s += q[d] * _cvtsh_ss(kj[d]);
-        sc[j] = s * scale;
+        for (int64_t d = 0; d < D16; d += 16) {
+            const __m512 qd = _mm512_loadu_ps(q + d);
+            BK_KDOT(a, kj, d);
+        }
+        sc[j] = bk_attn_tail(q, kj, D16, D, _mm512_reduce_add_ps(a)) * scale;
     }
     bk_softmax_row_512(sc, n);
     int64_t d = 0;
-    for (; d + 16 <= D; d += 16) {
+    for (; d + 128 <= D16; d += 128) { /* eight output blocks at a time */
+        __m512 o0 = _mm512_setzero_ps(), o1 = o0, o2 = o0, o3 = o0, o4 = o0, o5 = o0, o6 = o0, o7 = o0;
+        for (j = 0; j < n; j++) {
+            const __m512 p = _mm512_set1_ps(sc[j]);
+            const uint16_t *vj = v + j * D + d;
+            o0 = _mm512_fmadd_ps(p, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)vj)), o0);
+            o1 = _mm512_fmadd_ps(p, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 16))), o1);
+            o2 = _mm512_fmadd_ps(p, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 32))), o2);
+            o3 = _mm512_fmadd_ps(p, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 48))), o3);
+            o4 = _mm512_fmadd_ps(p, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 64))), o4);
+            o5 = _mm512_fmadd_ps(p, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 80))), o5);
+            o6 = _mm512_fmadd_ps(p, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 96))), o6);
+            o7 = _mm512_fmadd_ps(p, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 112))), o7);
+        }
+        _mm512_storeu_ps(out + d, o0);
+        _mm512_storeu_ps(out + d + 16, o1);
+        _mm512_storeu_ps(out + d + 32, o2);
+        _mm512_storeu_ps(out + d + 48, o3);
+        _mm512_storeu_ps(out + d + 64, o4);
+        _mm512_storeu_ps(out + d + 80, o5);
+        _mm512_storeu_ps(out + d + 96, o6);
+        _mm512_storeu_ps(out + d + 112, o7);
+    }
+    for (; d < D16; d += 16) {
         __m512 a = _mm512_setzero_ps();
-        for (int64_t j = 0; j < n; j++)
+        for (j = 0; j < n; j++)
             a = _mm512_fmadd_ps(_mm512_set1_ps(sc[j]), _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(v + j * D + d))), a);
         _mm512_storeu_ps(out + d, a);
     }
     for (; d < D; d++) {
         float a = 0.0f;
-        for (int64_t j = 0; j < n; j++) a += sc[j] * _cvtsh_ss(v[j * D + d]);
+        for (j = 0; j < n; j++) a += sc[j] * _cvtsh_ss(v[j * D + d]);
         out[d] = a;
     }
 }
