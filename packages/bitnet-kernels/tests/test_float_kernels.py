@@ -153,6 +153,21 @@ def test_attention(isa, threads, t, h, hkv, d, pos0):
     np.testing.assert_allclose(got, _attention_ref(q, k, v, pos0, n_kv), rtol=0, atol=2e-6)
 
 
+@pytest.mark.parametrize("t,d,pos0", [(1, 128, 40), (1, 128, 2047), (5, 64, 3), (2, 80, 17), (1, 24, 0), (3, 256, 9)])
+def test_attention_gqa4_same_bits_as_one_head_at_a_time(isa, threads, t, d, pos0):
+    """Four heads a KV head run as one job that converts each K / V row once (VNNI); every head's result has
+    the bits of the same head computed alone (the KV heads repeated, one head a KV head)."""
+    rng = _rng("attn-g4", t, d, pos0)
+    h, hkv, s = 8, 2, pos0 + t + 2
+    q = rng.standard_normal((t, h, d)).astype(np.float32)
+    k = rng.standard_normal((hkv, s, d)).astype(np.float16)
+    v = rng.standard_normal((hkv, s, d)).astype(np.float16)
+    got = bk.attention(q, k, v, pos0, pos0 + t)
+    alone = bk.attention(q, np.repeat(k, 4, axis=0), np.repeat(v, 4, axis=0), pos0, pos0 + t)
+    np.testing.assert_array_equal(got.view(np.uint32), alone.view(np.uint32))
+    np.testing.assert_allclose(got, _attention_ref(q, k, v, pos0, pos0 + t), rtol=0, atol=2e-6)
+
+
 def test_softmax(isa, threads):
     rng = _rng("softmax")
     x = (rng.standard_normal((5, 301)) * 20).astype(np.float32)

@@ -109,6 +109,8 @@ cdef extern from "bk_simd.h" nogil:
                          float* sc, float* out)
     void bk_attn_one_512(const float* q, const uint16_t* k, const uint16_t* v, int64_t D, int64_t n, float scale,
                          float* sc, float* out)
+    void bk_attn_g4_512(const float* q, const uint16_t* k, const uint16_t* v, int64_t D, int64_t n, float scale,
+                        float* sc, float* out)
 
 cdef extern from "bk_pool.h" nogil:
     ctypedef void (*bk_task_fn)(void* ctx, int64_t chunk) noexcept nogil
@@ -869,9 +871,28 @@ cdef void _attn_chunk(void* ctxp, int64_t i) noexcept nogil:
     free(sc)
 
 
+cdef void _attn_g4_chunk(void* ctxp, int64_t i) noexcept nogil:
+    """One (token, KV head) pair of a 4-head GQA group: i = t * Hkv + kvh; the group's heads share each K / V
+    row's conversion (bk_attn_g4_512, the same bits as one head at a time)."""
+    cdef AttnCtx* a = <AttnCtx*>ctxp
+    cdef int64_t Hkv = a.H // 4
+    cdef int64_t t = i // Hkv
+    cdef int64_t kvh = i % Hkv
+    cdef int64_t n = _min(a.pos0 + t + 1, a.n_kv)
+    cdef int64_t h0 = t * a.H + kvh * 4
+    cdef float* sc
+    if n <= 0:
+        memset(a.out + h0 * a.D, 0, 4 * a.D * sizeof(float))
+        return
+    sc = <float*>malloc(4 * (n + 16) * sizeof(float))
+    bk_attn_g4_512(a.q + h0 * a.D, a.k + kvh * a.S * a.D, a.v + kvh * a.S * a.D, a.D, n, a.scale, sc, a.out + h0 * a.D)
+    free(sc)
+
+
 cdef void attention_k(const float* q, const uint16_t* k, const uint16_t* v, int64_t T, int64_t H, int64_t Hkv,
                       int64_t S, int64_t D, int64_t pos0, int64_t n_kv, float* out) noexcept nogil:
-    """(token, head) pairs as jobs of the thread pool (decode calls this once per layer)."""
+    """(token, head) pairs as jobs of the thread pool (decode calls this once per layer); (token, KV head) pairs
+    where four heads share a KV head on the VNNI path."""
     cdef AttnCtx a
     a.isa = _isa
     a.q = q
@@ -885,6 +906,9 @@ cdef void attention_k(const float* q, const uint16_t* k, const uint16_t* v, int6
     a.n_kv = n_kv
     a.scale = <float>1.0 / sqrtf(<float>D)
     a.out = out
+    if _isa == BK_VNNI and a.group == 4:
+        bk_pool_run(_threads, _attn_g4_chunk, &a, T * Hkv)
+        return
     bk_pool_run(_threads, _attn_chunk, &a, T * H)
 
 

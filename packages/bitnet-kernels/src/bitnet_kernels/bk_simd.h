@@ -1488,6 +1488,91 @@ BK_T512 static void bk_attn_one_512(const float *q, const uint16_t *k, const uin
     }
 }
 
+/* The four query heads of one KV head (GQA with 4 heads a group, as the 2B-4T shape), one token: each K and V
+ * row is converted once for the four heads instead of once per head. Every head's score chain, softmax and
+ * output chains are bk_attn_one_512's, in the same order (the same bits). q, out: 4 x D; sc: 4 x (n + 16). */
+BK_T512 static void bk_attn_g4_512(const float *q, const uint16_t *k, const uint16_t *v, int64_t D, int64_t n,
+                                   float scale, float *sc, float *out) {
+    const int64_t D16 = D & ~(int64_t)15, ns = n + 16;
+    const float *q0 = q, *q1 = q + D, *q2 = q + 2 * D, *q3 = q + 3 * D;
+    float *s0 = sc, *s1 = sc + ns, *s2 = sc + 2 * ns, *s3 = sc + 3 * ns;
+    for (int64_t j = 0; j < n; j++) {
+        const uint16_t *kj = k + j * D;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t d = 0; d < D16; d += 16) {
+            const __m512 kd = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj + d)));
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + d), kd, a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q1 + d), kd, a1);
+            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(q2 + d), kd, a2);
+            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(q3 + d), kd, a3);
+        }
+        s0[j] = bk_attn_tail(q0, kj, D16, D, _mm512_reduce_add_ps(a0)) * scale;
+        s1[j] = bk_attn_tail(q1, kj, D16, D, _mm512_reduce_add_ps(a1)) * scale;
+        s2[j] = bk_attn_tail(q2, kj, D16, D, _mm512_reduce_add_ps(a2)) * scale;
+        s3[j] = bk_attn_tail(q3, kj, D16, D, _mm512_reduce_add_ps(a3)) * scale;
+    }
+    bk_softmax_row_512(s0, n);
+    bk_softmax_row_512(s1, n);
+    bk_softmax_row_512(s2, n);
+    bk_softmax_row_512(s3, n);
+    float *o0 = out, *o1 = out + D, *o2 = out + 2 * D, *o3 = out + 3 * D;
+    int64_t d = 0;
+    for (; d + 32 <= D16; d += 32) { /* two output blocks of the four heads at a time */
+        __m512 x0 = _mm512_setzero_ps(), x1 = x0, y0 = x0, y1 = x0, z0 = x0, z1 = x0, w0 = x0, w1 = x0;
+        for (int64_t j = 0; j < n; j++) {
+            const uint16_t *vj = v + j * D + d;
+            const __m512 v0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)vj));
+            const __m512 v1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 16)));
+            const __m512 p0 = _mm512_set1_ps(s0[j]), p1 = _mm512_set1_ps(s1[j]);
+            const __m512 p2 = _mm512_set1_ps(s2[j]), p3 = _mm512_set1_ps(s3[j]);
+            x0 = _mm512_fmadd_ps(p0, v0, x0);
+            x1 = _mm512_fmadd_ps(p0, v1, x1);
+            y0 = _mm512_fmadd_ps(p1, v0, y0);
+            y1 = _mm512_fmadd_ps(p1, v1, y1);
+            z0 = _mm512_fmadd_ps(p2, v0, z0);
+            z1 = _mm512_fmadd_ps(p2, v1, z1);
+            w0 = _mm512_fmadd_ps(p3, v0, w0);
+            w1 = _mm512_fmadd_ps(p3, v1, w1);
+        }
+        _mm512_storeu_ps(o0 + d, x0);
+        _mm512_storeu_ps(o0 + d + 16, x1);
+        _mm512_storeu_ps(o1 + d, y0);
+        _mm512_storeu_ps(o1 + d + 16, y1);
+        _mm512_storeu_ps(o2 + d, z0);
+        _mm512_storeu_ps(o2 + d + 16, z1);
+        _mm512_storeu_ps(o3 + d, w0);
+        _mm512_storeu_ps(o3 + d + 16, w1);
+    }
+    for (; d < D16; d += 16) {
+        __m512 x0 = _mm512_setzero_ps(), y0 = x0, z0 = x0, w0 = x0;
+        for (int64_t j = 0; j < n; j++) {
+            const __m512 v0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(v + j * D + d)));
+            x0 = _mm512_fmadd_ps(_mm512_set1_ps(s0[j]), v0, x0);
+            y0 = _mm512_fmadd_ps(_mm512_set1_ps(s1[j]), v0, y0);
+            z0 = _mm512_fmadd_ps(_mm512_set1_ps(s2[j]), v0, z0);
+            w0 = _mm512_fmadd_ps(_mm512_set1_ps(s3[j]), v0, w0);
+        }
+        _mm512_storeu_ps(o0 + d, x0);
+        _mm512_storeu_ps(o1 + d, y0);
+        _mm512_storeu_ps(o2 + d, z0);
+        _mm512_storeu_ps(o3 + d, w0);
+    }
+    for (; d < D; d++) {
+        float x = 0.0f, y = 0.0f, z = 0.0f, w = 0.0f;
+        for (int64_t j = 0; j < n; j++) {
+            const float vv = _cvtsh_ss(v[j * D + d]);
+            x += s0[j] * vv;
+            y += s1[j] * vv;
+            z += s2[j] * vv;
+            w += s3[j] * vv;
+        }
+        o0[d] = x;
+        o1[d] = y;
+        o2[d] = z;
+        o3[d] = w;
+    }
+}
+
 BK_T256 static void bk_attn_one_256(const float *q, const uint16_t *k, const uint16_t *v, int64_t D, int64_t n,
                                     float scale, float *sc, float *out) {
     for (int64_t j = 0; j < n; j++) {
