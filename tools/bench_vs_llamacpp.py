@@ -126,12 +126,11 @@ def side_by_side(engines: dict, threads: int, n_prompt: int, n_gen: int, reps: i
         for k, e in engines.items():
             pp[k].append(e.pp_once(n_prompt))
         for k, e in engines.items():
-            if k == "i2s":  # our decode between two short probes: its own floor, measured in the same seconds
-                b0 = bitnet_kernels.stream_read_bandwidth(256 << 20, threads=threads, reps=3)
-                tg[k].append(e.tg_once(n_gen))
+            paired = k == "i2s"  # our decode between two short probes: its own floor, measured in the same seconds
+            b0 = bitnet_kernels.stream_read_bandwidth(256 << 20, threads=threads, reps=3) if paired else 0.0
+            tg[k].append(e.tg_once(n_gen))
+            if paired:
                 bracket.append((b0 + bitnet_kernels.stream_read_bandwidth(256 << 20, threads=threads, reps=3)) / 2)
-            else:
-                tg[k].append(e.tg_once(n_gen))
         # the read bandwidth once a round, right after the decode tests it bounds
         probes.append(bitnet_kernels.stream_read_bandwidth(512 << 20, threads=threads, reps=3))
     out = {k: (float(np.median(pp[k])), float(np.median(tg[k]))) for k in engines}

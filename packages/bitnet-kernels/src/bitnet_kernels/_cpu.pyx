@@ -843,6 +843,7 @@ cdef struct AttnCtx:
     const uint16_t* v
     int64_t H
     int64_t group
+    int64_t hj  # heads a job: 4 where four heads share a KV head on the VNNI path (bk_attn_g4_512), else 1
     int64_t S
     int64_t D
     int64_t pos0
@@ -852,40 +853,31 @@ cdef struct AttnCtx:
 
 
 cdef void _attn_chunk(void* ctxp, int64_t i) noexcept nogil:
-    """One (token, head) pair: i = t * H + h."""
+    """Heads h0 .. h0 + hj - 1 of token t, where i = t * (H / hj) + h0 / hj; four at once share each K / V row's
+    conversion (the same bits as one head at a time)."""
     cdef AttnCtx* a = <AttnCtx*>ctxp
-    cdef int64_t t = i // a.H
-    cdef int64_t kvh = (i % a.H) // a.group
+    cdef int64_t jobs = a.H // a.hj
+    cdef int64_t t = i // jobs
+    cdef int64_t h = (i % jobs) * a.hj
+    cdef int64_t kvh = h // a.group
     cdef int64_t n = _min(a.pos0 + t + 1, a.n_kv)
+    cdef const float* q = a.q + (t * a.H + h) * a.D
+    cdef float* out = a.out + (t * a.H + h) * a.D
+    cdef const uint16_t* k = a.k + kvh * a.S * a.D
+    cdef const uint16_t* v = a.v + kvh * a.S * a.D
     cdef float* sc
     if n <= 0:
-        memset(a.out + i * a.D, 0, a.D * sizeof(float))
+        memset(out, 0, a.hj * a.D * sizeof(float))
         return
-    sc = <float*>malloc((n + 16) * sizeof(float))
-    if a.isa == BK_VNNI:
-        bk_attn_one_512(a.q + i * a.D, a.k + kvh * a.S * a.D, a.v + kvh * a.S * a.D, a.D, n, a.scale, sc, a.out + i * a.D)
+    sc = <float*>malloc(a.hj * (n + 16) * sizeof(float))
+    if a.hj == 4:
+        bk_attn_g4_512(q, k, v, a.D, n, a.scale, sc, out)
+    elif a.isa == BK_VNNI:
+        bk_attn_one_512(q, k, v, a.D, n, a.scale, sc, out)
     elif a.isa == BK_AVX2:
-        bk_attn_one_256(a.q + i * a.D, a.k + kvh * a.S * a.D, a.v + kvh * a.S * a.D, a.D, n, a.scale, sc, a.out + i * a.D)
+        bk_attn_one_256(q, k, v, a.D, n, a.scale, sc, out)
     else:
-        bk_attn_one_c(a.q + i * a.D, a.k + kvh * a.S * a.D, a.v + kvh * a.S * a.D, a.D, n, a.scale, sc, a.out + i * a.D)
-    free(sc)
-
-
-cdef void _attn_g4_chunk(void* ctxp, int64_t i) noexcept nogil:
-    """One (token, KV head) pair of a 4-head GQA group: i = t * Hkv + kvh; the group's heads share each K / V
-    row's conversion (bk_attn_g4_512, the same bits as one head at a time)."""
-    cdef AttnCtx* a = <AttnCtx*>ctxp
-    cdef int64_t Hkv = a.H // 4
-    cdef int64_t t = i // Hkv
-    cdef int64_t kvh = i % Hkv
-    cdef int64_t n = _min(a.pos0 + t + 1, a.n_kv)
-    cdef int64_t h0 = t * a.H + kvh * 4
-    cdef float* sc
-    if n <= 0:
-        memset(a.out + h0 * a.D, 0, 4 * a.D * sizeof(float))
-        return
-    sc = <float*>malloc(4 * (n + 16) * sizeof(float))
-    bk_attn_g4_512(a.q + h0 * a.D, a.k + kvh * a.S * a.D, a.v + kvh * a.S * a.D, a.D, n, a.scale, sc, a.out + h0 * a.D)
+        bk_attn_one_c(q, k, v, a.D, n, a.scale, sc, out)
     free(sc)
 
 
@@ -900,16 +892,14 @@ cdef void attention_k(const float* q, const uint16_t* k, const uint16_t* v, int6
     a.v = v
     a.H = H
     a.group = H // Hkv
+    a.hj = 4 if _isa == BK_VNNI and a.group == 4 else 1
     a.S = S
     a.D = D
     a.pos0 = pos0
     a.n_kv = n_kv
     a.scale = <float>1.0 / sqrtf(<float>D)
     a.out = out
-    if _isa == BK_VNNI and a.group == 4:
-        bk_pool_run(_threads, _attn_g4_chunk, &a, T * Hkv)
-        return
-    bk_pool_run(_threads, _attn_chunk, &a, T * H)
+    bk_pool_run(_threads, _attn_chunk, &a, T * (H // a.hj))
 
 
 cdef void softmax_k(float* x, int64_t T, int64_t N) noexcept nogil:
