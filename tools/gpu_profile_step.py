@@ -94,32 +94,28 @@ def step_time(m, skip: set, noop: bool, reps: int = 20) -> float:
     return statistics.median(times)
 
 
-# (mode, split attention, label): mode "kind:warps[:redux][:l2 ahead]"; the third session's variants first (its
-# table in docs/gpu.md), then the fourth session's (redux.sync reductions; L2 ahead after the dots / at the start)
-# mode "kind:warps:prologue:l2 ahead bits:attention fence" (prologue: shfl | redux, see ops.DEC_PROLOGUE;
-# l2 ahead: gpu_model's BITNET_GPU_L2_AHEAD bits; fence: sc | acqrel | one; cluster attention: 1 | 0)
-CONFIGS_OLD = [("fused:8:shfl:0:sc", False, "11:09 step: one attention block a head"),
-               ("fused:8:shfl:0:sc", True, "split attention, matmul loads after the norm"),
-               ("fusedh:8:shfl:0:sc", True, "split attention, hoisted loads, 8-warp blocks"),
-               ("fusedh:16:shfl:0:sc", True, "split attention, hoisted loads, 16-warp blocks"),
-               ("fusedhn:0:shfl:0:sc", True, "split attn, hoisted, blocks sized per SM"),
-               ("fusedhp:0:shfl:0:sc", True, "the same + all weight rows asked into L2 first")]
-CONFIGS = [("fusedh:0:shfl:0:sc:0", True, "third session's default (shuffle reductions)"),
-           ("fusedh:0:redux:0:sc:0", True, "+ redux.sync reductions"),
-           ("fusedh:0:redux:0:sc:1", True, "+ cluster attention up to 512 keys (default)"),
-           ("fusedh:0:redux:0:one:1", True, "default + attention fences by thread 0"),
-           ("fusedh:0:redux:4:sc:1", True, "default + gate/up asks next QKV into L2")]
+# (mode, split attention, label): mode "kind:warps:prologue:cluster attention" (kind: fused = the 11:09 matmuls,
+# fusedh = hoisted loads, fusedhn / fusedhp = hoisted with the weight rows never / always asked into L2; warps: 0
+# sized per matrix, else 8 or 16; prologue: shfl | redux, see ops.DEC_PROLOGUE; cluster attention: 1 | 0); the
+# third session's variants first (its table in docs/gpu.md), then the fourth session's
+CONFIGS_OLD = [("fused:8:shfl:0", False, "11:09 step: one attention block a head"),
+               ("fused:8:shfl:0", True, "split attention, matmul loads after the norm"),
+               ("fusedh:8:shfl:0", True, "split attention, hoisted loads, 8-warp blocks"),
+               ("fusedh:16:shfl:0", True, "split attention, hoisted loads, 16-warp blocks"),
+               ("fusedhn:0:shfl:0", True, "split attn, hoisted, blocks sized per SM"),
+               ("fusedhp:0:shfl:0", True, "the same + all weight rows asked into L2 first")]
+CONFIGS = [("fusedh:0:shfl:0", True, "third session's default (shuffle reductions)"),
+           ("fusedh:0:redux:0", True, "+ redux.sync reductions"),
+           ("fusedh:0:redux:1", True, "+ cluster attention up to 512 keys (default)")]
 
 
 def set_config(m, mode: str, split: bool) -> None:
     from bitnet_kernels.gpu import ops
 
-    kind, w, prologue, ahead, fence, cl = (mode.split(":") + ["0"])[:6]
+    kind, w, prologue, cl = (mode.split(":") + ["0"])[:4]
     ops.DEC_HOIST = kind in ("fusedh", "fusedhn", "fusedhp")
     ops.L2_WEIGHTS = {"fusedhp": True, "fusedhn": False}.get(kind)
     ops.DEC_PROLOGUE = prologue
-    m.l2_ahead = int(ahead)
-    m.attn_fence = {"sc": 0, "acqrel": 1, "one": 2}[fence]
     m.attn_cluster = cl == "1"
     m.set_decode_mode("fused", int(w))
     m.attn_split = split

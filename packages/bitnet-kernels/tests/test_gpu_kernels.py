@@ -157,9 +157,8 @@ def test_fused_norm_decode_matches_oracle(k):
 @pytest.mark.parametrize("x_kind", ["normal", "ties", "zeros", "spike", "pair", "spread"])
 def test_decode_hoisted_loads_bit_equal(k, x_kind, monkeypatch):
     """The decode matmul that issues its prologue-independent loads first (tdech_*: redux.sync reductions;
-    tdechs_*: shuffles) gives the same bits as the one that loads them after the prologue (tdec_*), also while its
-    blocks ask another range into L2 (L2 ahead: after the dots, or at the start), with 8, 16 and 27 warps a block.
-    Inputs: random; every |x * w|
+    tdechs_*: shuffles) gives the same bits as the one that loads them after the prologue (tdec_*), with and without
+    the weight rows asked into L2 first, with 8, 16 and 27 warps a block. Inputs: random; every |x * w|
     the same; zeros but a few; two near-equal largest |x * w| in one thread, in two threads of one warp, in two
     warps (ties for the redux.sync maximum on the bits)."""
     from bitnet_kernels.gpu import ops
@@ -181,15 +180,12 @@ def test_decode_hoisted_loads_bit_equal(k, x_kind, monkeypatch):
     m = ops.TernaryMatrix(n, k)
     m.load_codes(w, 0.03)
     m.finish()
-    other = ops.TernaryMatrix(3 * n, k)  # a range to ask into L2
     outs = []
-    for hoist, prologue, pf, early in ((True, "redux", None, False), (False, "redux", None, False),
-                                       (True, "shfl", None, False), (True, "redux", other, False),
-                                       (True, "redux", other, True), (True, "shfl", other, True)):
+    for hoist, prologue, l2w in ((True, "redux", None), (False, "redux", None), (True, "shfl", None),
+                                 (True, "redux", True), (True, "redux", False), (True, "shfl", True)):
         monkeypatch.setattr(ops, "DEC_HOIST", hoist)
         monkeypatch.setattr(ops, "DEC_PROLOGUE", prologue)
-        rng_ = (int(pf.words.gpudata), pf.n * pf.k // 4) if pf is not None else None
-        outs.append(ops.decode_linear(m, x, nw, 1e-5, warps=(8, 16, 27)[len(outs) % 3], pf=rng_, pf_early=early))
+        outs.append(ops.decode_linear(m, x, nw, 1e-5, warps=(8, 16, 27)[len(outs) % 3], l2_weights=l2w))
     for o in outs[1:]:
         np.testing.assert_array_equal(o, outs[0])
 
@@ -228,20 +224,19 @@ def test_split_attention_matches_float64(d):
     out1 = ops.gpu_empty((n_head * d,), np.float32)
     p = ops.ptr
     smem = {"attn_split": 2 * 32 * (d + 8) * 2 + 4096, "attn_splitc": 4 * 32 * (d + 8) * 2 + 4096}
-    ops._allow_smem(rt, "attn_splitc", "PPPPPPiiiiPPPiPii", smem["attn_splitc"])  # static + dynamic > 48 KB
+    sig = "PPPPPPiiiiPP"
+    ops._allow_smem(rt, "attn_splitc", sig, smem["attn_splitc"])  # static + dynamic > 48 KB
     for nk in (1, 31, 32, 33, 64, 100, 256, 257, 289, 480, 512, 513, 1100):
         q = rng.standard_normal((n_head, d)).astype(np.float32)
         dq, dpos = ops.to_gpu(q), ops.to_gpu(np.array([nk - 1], np.int32))
         ref = attention_ref(q, kc, vc, nk, n_head, n_kv)
         got = []
-        # then: asking two ranges into L2, fences acq_rel / by thread 0; clusters (attn_splitc, up to 256 keys)
-        for name, ahead in (("attn_split", 0), ("attn_split", 1), ("attn_split", 2), ("attn_splitc", 0)):
-            none = (np.intp(0), np.int32(0)) * 2
-            pf = (p(dk), np.int32(dk.nbytes), p(dv), np.int32(dv.nbytes - 48)) if ahead else none
+        # global partials (twice: the counters are back at 0), then clusters (attn_splitc, up to 512 keys)
+        for name in ("attn_split", "attn_split", "attn_splitc"):
             out.fill(np.float32(np.nan))
-            rt.launch(name, "PPPPPPiiiiPPPiPii", (n_head, splits), (128, 1, 1), p(dq), p(dk), p(dv), p(out),
+            rt.launch(name, sig, (n_head, splits), (128, 1, 1), p(dq), p(dk), p(dv), p(out),
                       p(part), p(cnt), np.int32(n_head), np.int32(n_kv), np.int32(d), np.int32(n_ctx), p(dpos),
-                      np.intp(0), *pf, np.int32(int(ahead)), shared=smem[name])
+                      np.intp(0), shared=smem[name])
             rt.sync()
             got.append(out.get().reshape(n_head, d))
         for g in got[1:]:

@@ -231,28 +231,25 @@ def test_split_attention_and_hoisted_loads(gpu_model, monkeypatch):
 
 
 def test_decode_variants_bit_equal(gpu_model, monkeypatch):
-    """One-token steps in the graph: the decode reductions (redux.sync / shuffles), L2 ahead (every ask, after
-    the dots or at the start) and the split attention's fences (every thread, acq_rel, thread 0 alone) give the
-    same logits, bit for bit."""
+    """One-token steps in the graph: the decode reductions (redux.sync / shuffles), with the weight rows asked
+    into L2 first for the matrices of the default or for all, give the same logits, bit for bit."""
     from bitnet_kernels.gpu import ops
 
     toks = [BOS, 41, 42, 43, 44, 45, 46]
 
-    def run(prologue, ahead, fence):
+    def run(prologue, l2w):
         monkeypatch.setattr(ops, "DEC_PROLOGUE", prologue)
-        gpu_model.l2_ahead, gpu_model.attn_fence = ahead, fence
+        monkeypatch.setattr(ops, "L2_WEIGHTS", l2w)
         gpu_model.set_decode_mode("fused", 0)  # recapture
         gpu_model.cache.reset()
         gpu_model.prefill(toks[:2])
         return np.concatenate([gpu_model.forward([tk], 2 + i, logits="last") for i, tk in enumerate(toks[2:])])
 
-    la, fe = gpu_model.l2_ahead, gpu_model.attn_fence
     try:
-        outs = [run(*v) for v in (("redux", 0, 0), ("shfl", 0, 0), ("redux", 7, 1), ("redux", 15, 2),
-                                   ("shfl", 4, 2))]
+        outs = [run(*v) for v in (("redux", None), ("shfl", None), ("redux", True), ("shfl", False))]
     finally:
         monkeypatch.setattr(ops, "DEC_PROLOGUE", "redux")
-        gpu_model.l2_ahead, gpu_model.attn_fence = la, fe
+        monkeypatch.setattr(ops, "L2_WEIGHTS", None)
         gpu_model.set_decode_mode("fused", 0)
     for o in outs[1:]:
         np.testing.assert_array_equal(o, outs[0])

@@ -29,6 +29,7 @@ MAX_BATCH = 512
 ATT_SPLIT_KEYS = 32  # keys a block of the split one-token attention (AS_KEYS in kernels.cu)
 ATT_CLUSTER = 8  # blocks a cluster of attn_splitc (AS_CLUSTER in kernels.cu)
 ATT_CPB = 2  # splits a block of attn_splitc's cluster path at most (AS_CPB in kernels.cu)
+SIG_ATTN_SPLIT = "PPPPPPiiiiPP"  # attn_split / attn_splitc (ATTN_SPLIT_ARGS in kernels.cu)
 
 
 def _ops():
@@ -132,15 +133,6 @@ class GPUModel:
         self.megakernel = os.environ.get("BITNET_GPU_MEGAKERNEL", "0") == "1" and self.fused_norm
         # one-token attention split over keys (attn_split); BITNET_GPU_ATTN_SPLIT=0: one block a head
         self.attn_split = os.environ.get("BITNET_GPU_ATTN_SPLIT", "1") != "0"
-        # L2 ahead (hoisted decode kernels), bits of BITNET_GPU_L2_AHEAD: each block of a launch asks its share of
-        # a later matrix's weights into L2: 1: attention asks O's and gate/up's; 2: O asks down's; 4: gate/up asks
-        # the next layer's QKV; 16: attention asks O's only; 8: the matmuls ask at their start (else after their
-        # dots); 0: off
-        la = os.environ.get("BITNET_GPU_L2_AHEAD", "0")
-        self.l2_ahead = int(la) if la.isdigit() else 0
-        # split attention's fences around its ticket (BITNET_GPU_ATTN_FENCE): "sc" (__threadfence in every thread),
-        # "acqrel" (fence.acq_rel.gpu in every thread), "one" (thread 0 alone, after the block's barrier)
-        self.attn_fence = {"sc": 0, "acqrel": 1, "one": 2}.get(os.environ.get("BITNET_GPU_ATTN_FENCE", "sc"), 0)
         # split attention with thread-block clusters (attn_splitc: up to ATT_CLUSTER splits a head combined through
         # distributed shared memory, no global partials or counter) while the keys fit its cluster path; past
         # that, a second captured step with attn_split (see _long); BITNET_GPU_ATTN_CLUSTER=0: attn_split always
@@ -487,14 +479,7 @@ class GPUModel:
 
         fused = t == 1 and self.fused_norm
         trace = getattr(self, "_trace", None)  # stage timestamps of one layer (tools/gpu_profile_step.py)
-        la = self.l2_ahead if fused and ops.DEC_HOIST and self.attn_split else 0
-        early = bool(la & 8)
-
-        def rng(mat, bit):  # a matrix's weight words as (device address, bytes), for L2 ahead
-            return (int(mat.words.gpudata), mat.n * mat.k // 4) if la & bit and mat is not None else None
-
         for i, L in enumerate(self.layers):
-            nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
             kc = int(self.kc.gpudata) + i * kv_layer
             vc = int(self.vc.gpudata) + i * kv_layer
             qkv = (a.n_head, a.n_head_kv, d, self.n_ctx, self.cos, self.sin, kc, vc)
@@ -506,14 +491,12 @@ class GPUModel:
             else:
                 norm_quant(self.x, L.attn_norm, e)
                 ops.ternary_launch(rt, L.qkv, "qkv", self.q8, self.qsum, self.s, self.qb, hd, t, pos=self.pos, qkv=qkv)
-            self._attention(t, kc, vc, trace=tr.get("attn"), pf=(rng(L.o, 17), rng(L.gu, 1)))
+            self._attention(t, kc, vc, trace=tr.get("attn"))
             if fused:
                 ops.ternary_decode_launch(rt, L.o, "resid", self.att, L.attn_sub_norm, eps, self.x, e,
-                                          warps=self.dec_warps(L.o, 1), trace=tr.get("o"), pf=rng(L.down, 2),
-                                          pf_early=early)
+                                          warps=self.dec_warps(L.o, 1), trace=tr.get("o"))
                 ops.ternary_decode_launch(rt, L.gu, act, self.x, L.ffn_norm, eps, self.fb, f,
-                                          warps=self.dec_warps(L.gu, 2), trace=tr.get("gu"),
-                                          pf=rng(nxt.qkv if nxt is not None else None, 4), pf_early=early)
+                                          warps=self.dec_warps(L.gu, 2), trace=tr.get("gu"))
                 ops.ternary_decode_launch(rt, L.down, "resid", self.fb, L.ffn_sub_norm, eps, self.x, e,
                                           warps=self.dec_warps(L.down, 1), trace=tr.get("down"))
                 continue
@@ -559,24 +542,21 @@ class GPUModel:
             ops.q8_launch(rt, self.head_q8, self.head_scale, a.n_vocab, e, self.q8, self.s, self.logits, a.n_vocab,
                           rows)
 
-    def _attention(self, t: int, kc: int, vc: int, trace=None, pf=(None, None)) -> None:
+    def _attention(self, t: int, kc: int, vc: int, trace=None) -> None:
         """Queue one layer's attention: one token with the split kernel (several blocks a head), else one block
-        a (head, token). pf: two (device address, bytes) ranges (or None) the split kernel's blocks ask into L2."""
+        a (head, token)."""
         rt, a, p = self.rt, self.args, self.ops.ptr
         d = a.head_dim
         if t == 1 and self.attn_split:
-            r0, r1 = (r or (0, 0) for r in pf)
             name = "attn_splitc" if self.attn_cluster and not self._att_long else "attn_split"
             kv = 2 * ATT_SPLIT_KEYS * (d + 8) * 2  # one split's K and V rows in shared memory
             shared = (2 * kv if name == "attn_splitc" else kv) + 4096
             if name == "attn_splitc":  # with its static shared memory over 48 KB: the opt-in
-                self.ops._allow_smem(rt, name, "PPPPPPiiiiPPPiPii", shared)
-            rt.launch(name, "PPPPPPiiiiPPPiPii", (a.n_head, self.att_splits), (128, 1, 1), p(self.qb),
+                self.ops._allow_smem(rt, name, SIG_ATTN_SPLIT, shared)
+            rt.launch(name, SIG_ATTN_SPLIT, (a.n_head, self.att_splits), (128, 1, 1), p(self.qb),
                       np.intp(kc), np.intp(vc), p(self.att), p(self.att_part), p(self.att_cnt), np.int32(a.n_head),
                       np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx), p(self.pos),
-                      p(trace) if trace is not None else np.intp(0), np.intp(r0[0]), np.int32(r0[1]),
-                      np.intp(r1[0]), np.int32(r1[1]), np.int32(self.attn_fence),
-                      shared=shared)
+                      p(trace) if trace is not None else np.intp(0), shared=shared)
             return
         rt.launch("attention", "PPPPiiiiPi", (a.n_head, t), (512, 1, 1), p(self.qb), np.intp(kc), np.intp(vc),
                   p(self.att), np.int32(a.n_head), np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx),

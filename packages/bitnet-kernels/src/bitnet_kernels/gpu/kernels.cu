@@ -309,16 +309,6 @@ __device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
 }
 
-// Block b of nb's share of the byte range [p, p + bytes) into L2 (one bulk prefetch; bytes a multiple of 16, p
-// 16-byte aligned): the launches of a step ask for the weights of a later matrix this way (L2 ahead).
-__device__ __forceinline__ void prefetch_l2_share(const void* p, int bytes, int b, int nb) {
-    if (p == nullptr || bytes <= 0) return;
-    const int chunk = ((bytes + nb - 1) / nb + 15) & ~15;
-    const long long start = (long long)b * chunk;
-    if (start >= bytes) return;
-    prefetch_l2(reinterpret_cast<const char*>(p) + start, (unsigned)min((long long)chunk, bytes - start));
-}
-
 // Lane 0 of a warp: cp.async of what its epilogue reads (rows' weight and output scales, residual rows, the
 // position and the pair's RoPE cos/sin from the step's rope row) into the per-warp shared slots; the lane waits
 // for them (cp.async.wait_group 0) only before the epilogue.
@@ -361,16 +351,14 @@ __device__ __forceinline__ void kv_prefetch(const QKVArgs& qa, int pos) {
 // cp.async; the first lane of each warp asks for what its epilogue reads (epi_issue) and waits for it only at the
 // epilogue; the QKV kernel asks for this layer's K/V cache rows in L2 at its end (kv_prefetch); flags & 1: one
 // thread also asks for the block's weight rows in L2 at the start; PV, the prologue's variant (the same bits each):
-// 1 (tdech_*) the integer sum and maximum and the dots' warp sums with redux.sync; 0 (tdechs_*) with shuffles;
-// pf / pf_bytes (HOIST, L2 ahead, opt-in: measured slower): the block's share of a later matrix's weights asked into
-// L2, at the start when flags & 4, else after its dots.
+// 1 (tdech_*) the integer sum and maximum and the dots' warp sums with redux.sync; 0 (tdechs_*) with shuffles.
 template <int R, int EPI, bool HOIST, int PV>
 __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int N, int K, const float* __restrict__ x,
                                                const float* __restrict__ nw, const float* __restrict__ ws,
                                                const float* __restrict__ os, float* out,
                                                const int* __restrict__ pos0p, const float* __restrict__ rope,
                                                int ldo, float eps, QKVArgs qa, unsigned long long* trace,
-                                               int flags, const void* pf, int pf_bytes) {
+                                               int flags) {
     extern __shared__ int4 qsm_raw[];
     int* qsm = reinterpret_cast<int*>(qsm_raw);
     // the input row (K floats) in shared memory after the K bytes of int8: x, then x * scale * nw
@@ -400,7 +388,6 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         const int nrows = min(nw_ * R, N - brow);
         if ((flags & 1) && threadIdx.x == 0 && nrows > 0)
             prefetch_l2(W + (size_t)brow * (K >> 6), (unsigned)nrows * (unsigned)(K >> 2));
-        if ((flags & 4) && threadIdx.x == blockDim.x - 32) prefetch_l2_share(pf, pf_bytes, blockIdx.x, gridDim.x);
         const int r0 = brow + (threadIdx.x >> 5) * R;
         if ((threadIdx.x & 31) == 0 && r0 < N)
             epi_issue<R, EPI>(r0, threadIdx.x >> 5, ws, os, out, pos0p, rope, qa, e_ws, e_os, e_res, e_cos, e_sin,
@@ -513,7 +500,6 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         }
     }
     if (warp == 0) stamp(trace, 2);
-    if (!(flags & 4) && threadIdx.x == 0) prefetch_l2_share(pf, pf_bytes, blockIdx.x, gridDim.x);
     if (RX) {
 #pragma unroll
         for (int r = 0; r < R; r++) acc[r] = __reduce_add_sync(0xffffffffu, acc[r]);
@@ -554,10 +540,9 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     extern "C" __global__ void __launch_bounds__(1024, 2) NAME(                                             \
         const uint4* __restrict__ W, int N, int K, const float* __restrict__ x, const float* __restrict__ nw, \
         const float* __restrict__ ws, const float* __restrict__ os, float* out, const int* __restrict__ pos0p, \
-        const float* __restrict__ rope, int ldo, float eps, QKVArgs qa, unsigned long long* trace, int flags,  \
-        const void* pf, int pf_bytes) {                                                                       \
-        ternary_decode<R, EPI, HOIST, PV>(W, N, K, x, nw, ws, os, out, pos0p, rope, ldo, eps, qa, trace, flags, pf, \
-                                      pf_bytes);                                                              \
+        const float* __restrict__ rope, int ldo, float eps, QKVArgs qa, unsigned long long* trace,            \
+        int flags) {                                                                                          \
+        ternary_decode<R, EPI, HOIST, PV>(W, N, K, x, nw, ws, os, out, pos0p, rope, ldo, eps, qa, trace, flags); \
     }
 
 DECODE_KERNEL(tdec_f32, 1, EPI_F32, false, 0)
@@ -601,10 +586,6 @@ extern "C" __global__ void embed_rope(const __half* __restrict__ emb, const int*
 // that block for the next launch) combines them: M = max m_k, f_k = exp(m_k - M), out = sum_k f_k o_k /
 // sum_k f_k l_k. P is not rounded to f16 (the one-block kernel rounds P = e / l when p_f16; here l is known only
 // after the combine): last-bit differences, see docs/gpu.md.
-// pf0 / pf1 (L2 ahead; null for none): byte ranges (later matrices' weights) each block asks its share of into L2.
-// flags & 1: the ticket's two fences are fence.acq_rel.gpu (release before the counter, acquire after it), else
-// __threadfence() (fence.sc.gpu); flags & 2: only thread 0 fences, after the block's barrier (as cooperative
-// groups' grid barrier does): the same partials are read each way.
 // Dynamic shared memory: 2 * AS_KEYS * (D + 8) halves + 4096 bytes.
 // CL (attn_splitc, thread-block clusters of AS_CLUSTER blocks along the splits; the grid's y a multiple of
 // AS_CLUSTER): when 1 < nsp <= AS_CLUSTER * AS_CPB, the splits of a head are computed by the blocks of its first
@@ -621,6 +602,14 @@ __device__ __forceinline__ void cluster_arrive_release() {
 }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
 
+// Dimension d of a split's unnormalized output o: the sum of the KG key groups' partials in pv (KG, D), in
+// group order.
+__device__ __forceinline__ float pv_sum(const float* pv, int KG, int D, int d) {
+    float r = 0.0f;
+    for (int k = 0; k < KG; k++) r += pv[k * D + d];
+    return r;
+}
+
 #define AS_KEYS 32
 #define AS_THREADS 128
 #define AS_MAXSPLIT 256
@@ -631,8 +620,7 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
                                                 const __half* __restrict__ vc, float* __restrict__ out,
                                                 float* __restrict__ part, unsigned* __restrict__ cnt, int n_head,
                                                 int n_kv, int D, int n_ctx, const int* __restrict__ pos0p,
-                                                unsigned long long* trace, const void* pf0, int pf0_bytes,
-                                                const void* pf1, int pf1_bytes, int flags) {
+                                                unsigned long long* trace) {
     extern __shared__ __align__(16) unsigned char as_smem[];
     __shared__ float qs[256];
     __shared__ float ss[AS_KEYS];
@@ -643,11 +631,6 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
     const int h = blockIdx.x, sp = blockIdx.y, tid = threadIdx.x;
     if (trace != nullptr) trace += (size_t)sp * gridDim.x * 8;  // stamp() indexes by blockIdx.x
     stamp(trace, 0);
-    if (tid == AS_THREADS - 1) {  // L2 ahead: every block, with keys or not, asks for its share of two ranges
-        const int b = sp * gridDim.x + h, nb = gridDim.x * gridDim.y;
-        prefetch_l2_share(pf0, pf0_bytes, b, nb);
-        prefetch_l2_share(pf1, pf1_bytes, b, nb);
-    }
     const int nk = *pos0p + 1;
     const int nsp = (nk + AS_KEYS - 1) / AS_KEYS;
     const bool clp = CL && nsp > 1 && nsp <= AS_CLUSTER * AS_CPB;  // the cluster path (the same for every block)
@@ -754,9 +737,7 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
         float* dst = cooperative_groups::this_cluster().map_shared_rank(cparts, 0) + cs * P;
         if (ci == 0) cluster_wait();  // phase 1 (arrived at the start): every block of the cluster is running
         for (int d = tid; d < D; d += AS_THREADS) {
-            float r = 0.0f;
-            for (int k = 0; k < KG; k++) r += pv[k * D + d];
-            dst[2 + d] = r;
+            dst[2 + d] = pv_sum(pv, KG, D, d);
         }
         if (tid == 0) {
             dst[0] = red[0];
@@ -769,9 +750,7 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
     float* orow = out + h * D;
     if (nsp == 1) {
         for (int d = tid; d < D; d += AS_THREADS) {
-            float r = 0.0f;
-            for (int k = 0; k < KG; k++) r += pv[k * D + d];
-            orow[d] = __fdiv_rn(r, l);
+            orow[d] = __fdiv_rn(pv_sum(pv, KG, D, d), l);
         }
     } else if (CL && clp) {
         // every split has pushed its (m, l, o) into rank 0's shared memory: arrive (release) and leave; rank 0
@@ -802,42 +781,19 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
         const int S = gridDim.y;
         float* pp = part + ((size_t)h * S + sp) * (D + 2);
         for (int d = tid; d < D; d += AS_THREADS) {
-            float r = 0.0f;
-            for (int k = 0; k < KG; k++) r += pv[k * D + d];
-            __stcg(pp + 2 + d, r);
+            __stcg(pp + 2 + d, pv_sum(pv, KG, D, d));
         }
         if (tid == 0) {
             __stcg(pp, m);
             __stcg(pp + 1, l);
         }
-        if (flags & 2) {  // as cooperative groups' grid barrier: the barrier, then thread 0 alone fences
-            __syncthreads();
-            if (tid == 0) {
-                __threadfence();
-                const bool last = atomicAdd(cnt + h, 1u) == (unsigned)(nsp - 1);
-                if (last) __threadfence();
-                last_sh = last;
-            }
-            __syncthreads();
-            stamp(trace, 3);
-            if (!last_sh) return;
-        } else {
-            if (flags & 1) {
-                asm volatile("fence.acq_rel.gpu;" ::: "memory");
-            } else {
-                __threadfence();
-            }
-            __syncthreads();
-            if (tid == 0) last_sh = atomicAdd(cnt + h, 1u) == (unsigned)(nsp - 1);
-            __syncthreads();
-            stamp(trace, 3);
-            if (!last_sh) return;
-            if (flags & 1) {
-                asm volatile("fence.acq_rel.gpu;" ::: "memory");
-            } else {
-                __threadfence();
-            }
-        }
+        __threadfence();
+        __syncthreads();
+        if (tid == 0) last_sh = atomicAdd(cnt + h, 1u) == (unsigned)(nsp - 1);
+        __syncthreads();
+        stamp(trace, 3);
+        if (!last_sh) return;
+        __threadfence();
         stamp(trace, 6);
         const float* hp = part + (size_t)h * S * (D + 2);
         // one round of loads: every split's (m, l), and this thread's o_k[tid] of the first AS_CREG splits
@@ -882,16 +838,13 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
 #define ATTN_SPLIT_ARGS                                                                                          \
     const float *__restrict__ q, const __half *__restrict__ kc, const __half *__restrict__ vc,                 \
         float *__restrict__ out, float *__restrict__ part, unsigned *__restrict__ cnt, int n_head, int n_kv,    \
-        int D, int n_ctx, const int *__restrict__ pos0p, unsigned long long *trace, const void *pf0,            \
-        int pf0_bytes, const void *pf1, int pf1_bytes, int flags
+        int D, int n_ctx, const int *__restrict__ pos0p, unsigned long long *trace
 extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(ATTN_SPLIT_ARGS) {
-    attn_split_body<false>(q, kc, vc, out, part, cnt, n_head, n_kv, D, n_ctx, pos0p, trace, pf0, pf0_bytes, pf1,
-                           pf1_bytes, flags);
+    attn_split_body<false>(q, kc, vc, out, part, cnt, n_head, n_kv, D, n_ctx, pos0p, trace);
 }
 extern "C" __global__ void __cluster_dims__(1, AS_CLUSTER, 1) __launch_bounds__(AS_THREADS)
     attn_splitc(ATTN_SPLIT_ARGS) {
-    attn_split_body<true>(q, kc, vc, out, part, cnt, n_head, n_kv, D, n_ctx, pos0p, trace, pf0, pf0_bytes, pf1,
-                          pf1_bytes, flags);
+    attn_split_body<true>(q, kc, vc, out, part, cnt, n_head, n_kv, D, n_ctx, pos0p, trace);
 }
 
 // grid.x: row groups (8 warps a block, one row or pair a warp); grid.y: token tiles of TT.

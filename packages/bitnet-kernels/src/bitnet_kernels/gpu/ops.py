@@ -135,19 +135,18 @@ def ternary_launch(rt: Runtime, mat: TernaryMatrix, epi: str, q, qsum, s, out, l
               np.int32(nh), np.int32(nkv), np.int32(hd), np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc))
 
 
-SIG_DEC = "PiiPPPPPPPifiiiiPPPPPiPi"
+SIG_DEC = "PiiPPPPPPPifiiiiPPPPPi"
 
 
 def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, eps: float, out, ldo: int, pos=None,
                           qkv: tuple = (0, 0, 0, 0, None, None, None, None), warps: int = WARPS,
-                          hoist: bool | None = None, rope=None, trace=None, l2_weights: bool | None = None,
-                          pf: tuple[int, int] | None = None, pf_early: bool = False) -> None:
+                          hoist: bool | None = None, rope=None, trace=None, l2_weights: bool | None = None) -> None:
     """Queue one single-token matmul with its RMSNorm + int8 quantization fused in (x: the float input row,
     normw: the norm weight); every block (`warps` warps, at most 16) quantizes the row into K bytes of shared
     memory, then each warp computes one row (or pair). hoist (default DEC_HOIST): the loads that do not depend
     on the prologue are issued before it (needs rope, the step's (cos, sin) row, for EPI qkv). trace: a device
-    buffer (blocks, 8) uint64 for stage timestamps. pf (hoisted only): (device address, bytes) of a later
-    matrix's weights that the blocks ask into L2, each its share, after their dots (pf_early: at their start)."""
+    buffer (blocks, 8) uint64 for stage timestamps. l2_weights (hoisted only): whether a block first asks for its
+    weight rows in L2 (default: BITNET_GPU_L2_WEIGHTS, else matrices of at most L2_WEIGHTS_MAX bytes)."""
     r = 2 if epi in PAIRED else 1
     grid = ((mat.n // r + warps - 1) // warps, 1)
     nh, nkv, hd, nctx, cos, sin, kc, vc = qkv
@@ -162,8 +161,7 @@ def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, e
               ptr(mat.words), np.int32(mat.n), np.int32(mat.k), _p(x), _p(normw), ptr(mat.ws), ptr(mat.os), _p(out),
               _p(pos), _p(rope), np.int32(ldo), np.float32(eps),
               np.int32(nh), np.int32(nkv), np.int32(hd), np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc),
-              _p(trace), np.int32((1 if _l2_weights(mat, l2_weights) else 0) | (4 if pf_early else 0)),
-              np.intp(pf[0] if pf else 0), np.int32(pf[1] if pf else 0), shared=shared)
+              _p(trace), np.int32(1 if _l2_weights(mat, l2_weights) else 0), shared=shared)
 
 
 def _l2_weights(mat: TernaryMatrix, l2_weights: bool | None) -> bool:
