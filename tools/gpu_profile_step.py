@@ -67,12 +67,12 @@ def step_time(m, skip: set, noop: bool, reps: int = 20) -> float:
     rt = m.rt
     orig = type(rt).launch.__get__(rt)
 
-    def launch(name, sig, grid, block, *args, shared=0):
+    def launch(name, sig, grid, block, *args, shared=0, pdl=False):
         if kind_of(m, name, args) in skip:
             if noop:
                 orig("noop", "", grid, block)
             return
-        orig(name, sig, grid, block, *args, shared=shared)
+        orig(name, sig, grid, block, *args, shared=shared, pdl=pdl)
 
     rt.launch = launch
     try:
@@ -94,10 +94,11 @@ def step_time(m, skip: set, noop: bool, reps: int = 20) -> float:
     return statistics.median(times)
 
 
-# (mode, split attention, label): mode "kind:warps:prologue:cluster attention" (kind: fused = the 11:09 matmuls,
-# fusedh = hoisted loads, fusedhn / fusedhp = hoisted with the weight rows never / always asked into L2; warps: 0
-# sized per matrix, else 8 or 16; prologue: shfl | redux, see ops.DEC_PROLOGUE; cluster attention: 1 | 0); the
-# third session's variants first (its table in docs/gpu.md), then the fourth session's
+# (mode, split attention, label): mode "kind:warps:prologue:cluster attention[:pdl]" (kind: fused = the 11:09
+# matmuls, fusedh = hoisted loads, fusedhn / fusedhp = hoisted with the weight rows never / always asked into L2;
+# warps: 0 sized per matrix, else 8 or 16; prologue: shfl | redux, see ops.DEC_PROLOGUE; cluster attention: 1 | 0;
+# pdl: BITNET_GPU_PDL, 0 | late | exit | early); the third session's variants first (its table in docs/gpu.md),
+# then the fourth and fifth sessions'.
 CONFIGS_OLD = [("fused:8:shfl:0", False, "11:09 step: one attention block a head"),
                ("fused:8:shfl:0", True, "split attention, matmul loads after the norm"),
                ("fusedh:8:shfl:0", True, "split attention, hoisted loads, 8-warp blocks"),
@@ -106,13 +107,33 @@ CONFIGS_OLD = [("fused:8:shfl:0", False, "11:09 step: one attention block a head
                ("fusedhp:0:shfl:0", True, "the same + all weight rows asked into L2 first")]
 CONFIGS = [("fusedh:0:shfl:0", True, "third session's default (shuffle reductions)"),
            ("fusedh:0:redux:0", True, "+ redux.sync reductions"),
-           ("fusedh:0:redux:1", True, "+ cluster attention up to 512 keys (default)")]
+           ("fusedh:0:redux:1", True, "+ cluster attention up to 512 keys (default)"),
+           ("fusedh:0:redux:1:late", True, "default + PDL, trigger after the dots"),
+           ("fusedh:0:redux:1:exit", True, "default + PDL, no trigger (block exit)"),
+           ("fusedh:0:redux:1:early", True, "default + PDL, trigger right after the wait"),
+           ("fusedhp:0:redux:1:late", True, "PDL late + every matrix's rows asked into L2"),
+           ("fusedh:0:redux:1:late:o", True, "PDL late, O only"),
+           ("fusedh:0:redux:1:late:gu", True, "PDL late, gate/up only"),
+           ("fusedh:0:redux:1:late:o+gu", True, "PDL late, O and gate/up"),
+           ("fusedh:0:redux:1:late:attn", True, "PDL late, attention only"),
+           ("fusedh:0:redux:1:late:qkv", True, "PDL late, QKV only"),
+           ("fusedh:0:redux:1:early:o", True, "PDL early, O only"),
+           ("fusedh:0:redux:1:early:o+gu", True, "PDL early, O and gate/up"),
+           ("fusedh:0:redux:1:exit:o+gu", True, "PDL at exit, O and gate/up"),
+           ("fusedh:0:redux:1:early:gu+down", True, "PDL early, gate/up and down"),
+           ("fusedh:0:redux:1:early:o+gu+down", True, "PDL early, O, gate/up and down"),
+           ("fusedh:0:redux:1:early:attn+o+gu", True, "PDL early, attention, O and gate/up"),
+           ("fusedh:0:redux:1:late:o+gu+down", True, "PDL late, O, gate/up and down")]
 
 
 def set_config(m, mode: str, split: bool) -> None:
     from bitnet_kernels.gpu import ops
 
-    kind, w, prologue, cl = (mode.split(":") + ["0"])[:4]
+    import os
+
+    kind, w, prologue, cl, pdl, pk = (mode.split(":") + ["0", "0", "qkv+attn+o+gu+down"])[:6]
+    os.environ["BITNET_GPU_PDL"] = pdl  # read when the step is captured
+    os.environ["BITNET_GPU_PDL_KINDS"] = pk.replace("+", ",")
     ops.DEC_HOIST = kind in ("fusedh", "fusedhn", "fusedhp")
     ops.L2_WEIGHTS = {"fusedhp": True, "fusedhn": False}.get(kind)
     ops.DEC_PROLOGUE = prologue
@@ -121,7 +142,7 @@ def set_config(m, mode: str, split: bool) -> None:
     m.attn_split = split
 
 
-def ablate(pos: int, n_ctx: int = 1024, configs=None) -> int:
+def ablate(pos: int, n_ctx: int = 1024, configs=None, full_only: bool = False) -> int:
     m = build(pos, n_ctx)
     n = m.args.n_layer
     print(f"device: {m.rt.name}; position {pos}, context {m.n_ctx}; device us of one decode step (graph), and per "
@@ -131,6 +152,9 @@ def ablate(pos: int, n_ctx: int = 1024, configs=None) -> int:
         set_config(m, mode, split)
         m._att_long = m._long(pos)  # the graph decode_greedy would replay at this position
         full = step_time(m, set(), False)
+        if full_only:
+            print(f"{label:<44} {full:8.1f}", flush=True)
+            continue
         drops = [step_time(m, {k}, False) for k in KINDS]
         noop = step_time(m, set(KINDS), True)
         none = step_time(m, set(KINDS), False)
@@ -213,7 +237,7 @@ def main() -> int:
     configs = CONFIGS_OLD + CONFIGS[:1] if sel == "old" else [CONFIGS[int(i)] for i in sel.split(",")] if sel else None
     if len(sys.argv) > 1 and sys.argv[1] == "ablate":
         return ablate(int(sys.argv[2]) if len(sys.argv) > 2 else 288, int(sys.argv[3]) if len(sys.argv) > 3 else 1024,
-                      configs)
+                      configs, full_only=len(sys.argv) > 5 and sys.argv[5] == "full")
     if len(sys.argv) > 1 and sys.argv[1] == "timeline":
         return timeline(int(sys.argv[2]) if len(sys.argv) > 2 else 288, configs)
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 3
