@@ -1,16 +1,17 @@
 """Decode steps of a random 2B-4T-shaped model on the device, for profiling.
 
     python tools/gpu_profile_step.py [n_steps] [mode: fused | mega | unfused]   # steps to run under ncu
-    python tools/gpu_profile_step.py ablate [pos] [n_ctx]                      # in-graph cost of each kernel
+    python tools/gpu_profile_step.py ablate [pos] [n_ctx] [configs] [full]     # in-graph cost of each kernel
     python tools/gpu_profile_step.py timeline [pos]                            # one layer's stage timestamps
 
 `ablate` captures the one-token step (the decode graph) with one kind of layer kernel left out, or with every
 layer kernel replaced by an empty kernel of the same grid, for each combination of the split attention
 (`attn_split`) and the hoisted loads of the decode matmuls (`tdech_*`), and prints the device time of each
 graph: the difference to the full step over the layer count is what one kernel of that kind costs inside the
-graph, gaps included. `timeline` replays the step with layer 15's kernels writing %globaltimer at their stage
-points (thread 0 of every block) and prints, per kernel, when its first block started, the median block's
-stages, and when its last block ended, in us from the layer's first QKV block.
+graph, gaps included (`full`: only the full step of each variant). `timeline` replays the step with layer 15's
+kernels writing %globaltimer at their stage points (thread 0 of every block) and prints, per kernel, when its
+first block started, the median block's stages, and when its last block ended, in us from the layer's first QKV
+block.
 """
 
 import statistics
@@ -67,12 +68,12 @@ def step_time(m, skip: set, noop: bool, reps: int = 20) -> float:
     rt = m.rt
     orig = type(rt).launch.__get__(rt)
 
-    def launch(name, sig, grid, block, *args, shared=0, pdl=False):
+    def launch(name, sig, grid, block, *args, shared=0):
         if kind_of(m, name, args) in skip:
             if noop:
                 orig("noop", "", grid, block)
             return
-        orig(name, sig, grid, block, *args, shared=shared, pdl=pdl)
+        orig(name, sig, grid, block, *args, shared=shared)
 
     rt.launch = launch
     try:
@@ -94,11 +95,10 @@ def step_time(m, skip: set, noop: bool, reps: int = 20) -> float:
     return statistics.median(times)
 
 
-# (mode, split attention, label): mode "kind:warps:prologue:cluster attention[:pdl]" (kind: fused = the 11:09
-# matmuls, fusedh = hoisted loads, fusedhn / fusedhp = hoisted with the weight rows never / always asked into L2;
-# warps: 0 sized per matrix, else 8 or 16; prologue: shfl | redux, see ops.DEC_PROLOGUE; cluster attention: 1 | 0;
-# pdl: BITNET_GPU_PDL, 0 | late | exit | early); the third session's variants first (its table in docs/gpu.md),
-# then the fourth and fifth sessions'.
+# (mode, split attention, label): mode "kind:warps:prologue:cluster attention" (kind: fused = the 11:09 matmuls,
+# fusedh = hoisted loads, fusedhn / fusedhp = hoisted with the weight rows never / always asked into L2; warps: 0
+# sized per matrix, else 8 or 16; prologue: shfl | redux, see ops.DEC_PROLOGUE; cluster attention: 1 | 0); the
+# third session's variants first (its table in docs/gpu.md), then the fourth session's
 CONFIGS_OLD = [("fused:8:shfl:0", False, "11:09 step: one attention block a head"),
                ("fused:8:shfl:0", True, "split attention, matmul loads after the norm"),
                ("fusedh:8:shfl:0", True, "split attention, hoisted loads, 8-warp blocks"),
@@ -107,33 +107,13 @@ CONFIGS_OLD = [("fused:8:shfl:0", False, "11:09 step: one attention block a head
                ("fusedhp:0:shfl:0", True, "the same + all weight rows asked into L2 first")]
 CONFIGS = [("fusedh:0:shfl:0", True, "third session's default (shuffle reductions)"),
            ("fusedh:0:redux:0", True, "+ redux.sync reductions"),
-           ("fusedh:0:redux:1", True, "+ cluster attention up to 512 keys (default)"),
-           ("fusedh:0:redux:1:late", True, "default + PDL, trigger after the dots"),
-           ("fusedh:0:redux:1:exit", True, "default + PDL, no trigger (block exit)"),
-           ("fusedh:0:redux:1:early", True, "default + PDL, trigger right after the wait"),
-           ("fusedhp:0:redux:1:late", True, "PDL late + every matrix's rows asked into L2"),
-           ("fusedh:0:redux:1:late:o", True, "PDL late, O only"),
-           ("fusedh:0:redux:1:late:gu", True, "PDL late, gate/up only"),
-           ("fusedh:0:redux:1:late:o+gu", True, "PDL late, O and gate/up"),
-           ("fusedh:0:redux:1:late:attn", True, "PDL late, attention only"),
-           ("fusedh:0:redux:1:late:qkv", True, "PDL late, QKV only"),
-           ("fusedh:0:redux:1:early:o", True, "PDL early, O only"),
-           ("fusedh:0:redux:1:early:o+gu", True, "PDL early, O and gate/up"),
-           ("fusedh:0:redux:1:exit:o+gu", True, "PDL at exit, O and gate/up"),
-           ("fusedh:0:redux:1:early:gu+down", True, "PDL early, gate/up and down"),
-           ("fusedh:0:redux:1:early:o+gu+down", True, "PDL early, O, gate/up and down"),
-           ("fusedh:0:redux:1:early:attn+o+gu", True, "PDL early, attention, O and gate/up"),
-           ("fusedh:0:redux:1:late:o+gu+down", True, "PDL late, O, gate/up and down")]
+           ("fusedh:0:redux:1", True, "+ cluster attention up to 512 keys (default)")]
 
 
 def set_config(m, mode: str, split: bool) -> None:
     from bitnet_kernels.gpu import ops
 
-    import os
-
-    kind, w, prologue, cl, pdl, pk = (mode.split(":") + ["0", "0", "qkv+attn+o+gu+down"])[:6]
-    os.environ["BITNET_GPU_PDL"] = pdl  # read when the step is captured
-    os.environ["BITNET_GPU_PDL_KINDS"] = pk.replace("+", ",")
+    kind, w, prologue, cl = (mode.split(":") + ["0"])[:4]
     ops.DEC_HOIST = kind in ("fusedh", "fusedhn", "fusedhp")
     ops.L2_WEIGHTS = {"fusedhp": True, "fusedhn": False}.get(kind)
     ops.DEC_PROLOGUE = prologue

@@ -158,9 +158,7 @@ def test_fused_norm_decode_matches_oracle(k):
 def test_decode_hoisted_loads_bit_equal(k, x_kind, monkeypatch):
     """The decode matmul that issues its prologue-independent loads first (tdech_*: redux.sync reductions;
     tdechs_*: shuffles) gives the same bits as the one that loads them after the prologue (tdec_*), with and without
-    the weight rows asked into L2 first, launched as a programmatic dependent (cuLaunchKernelEx; the weight-side
-    loads before griddepcontrol.wait, the trigger late, absent or early), with 8, 16 and 27 warps a block. Inputs:
-    random; every |x * w|
+    the weight rows asked into L2 first, with 8, 16 and 27 warps a block. Inputs: random; every |x * w|
     the same; zeros but a few; two near-equal largest |x * w| in one thread, in two threads of one warp, in two
     warps (ties for the redux.sync maximum on the bits)."""
     from bitnet_kernels.gpu import ops
@@ -183,15 +181,11 @@ def test_decode_hoisted_loads_bit_equal(k, x_kind, monkeypatch):
     m.load_codes(w, 0.03)
     m.finish()
     outs = []
-    for hoist, prologue, l2w, pdl in ((True, "redux", None, "0"), (False, "redux", None, "0"),
-                                      (True, "shfl", None, "0"), (True, "redux", True, "0"),
-                                      (True, "redux", False, "0"), (True, "shfl", True, "0"),
-                                      (True, "redux", None, "late"), (True, "redux", True, "exit"),
-                                      (True, "shfl", None, "early")):
+    for hoist, prologue, l2w in ((True, "redux", None), (False, "redux", None), (True, "shfl", None),
+                                 (True, "redux", True), (True, "redux", False), (True, "shfl", True)):
         monkeypatch.setattr(ops, "DEC_HOIST", hoist)
         monkeypatch.setattr(ops, "DEC_PROLOGUE", prologue)
-        outs.append(ops.decode_linear(m, x, nw, 1e-5, warps=(8, 16, 27)[len(outs) % 3], l2_weights=l2w,
-                                      pdl=ops.PDL_MODES[pdl]))
+        outs.append(ops.decode_linear(m, x, nw, 1e-5, warps=(8, 16, 27)[len(outs) % 3], l2_weights=l2w))
     for o in outs[1:]:
         np.testing.assert_array_equal(o, outs[0])
 
@@ -230,21 +224,19 @@ def test_split_attention_matches_float64(d):
     out1 = ops.gpu_empty((n_head * d,), np.float32)
     p = ops.ptr
     smem = {"attn_split": 2 * 32 * (d + 8) * 2 + 4096, "attn_splitc": 4 * 32 * (d + 8) * 2 + 4096}
-    sig = "PPPPPPiiiiPPi"
+    sig = "PPPPPPiiiiPP"
     ops._allow_smem(rt, "attn_splitc", sig, smem["attn_splitc"])  # static + dynamic > 48 KB
     for nk in (1, 31, 32, 33, 64, 100, 256, 257, 289, 480, 512, 513, 1100):
         q = rng.standard_normal((n_head, d)).astype(np.float32)
         dq, dpos = ops.to_gpu(q), ops.to_gpu(np.array([nk - 1], np.int32))
         ref = attention_ref(q, kc, vc, nk, n_head, n_kv)
         got = []
-        # global partials (twice: the counters are back at 0), then clusters (attn_splitc, up to 512 keys); the
-        # same as programmatic dependent launches (cuLaunchKernelEx, griddepcontrol.wait, the trigger late / early)
-        for name, pdl in (("attn_split", "0"), ("attn_split", "0"), ("attn_splitc", "0"), ("attn_split", "late"),
-                          ("attn_splitc", "late"), ("attn_splitc", "early")):
+        # global partials (twice: the counters are back at 0), then clusters (attn_splitc, up to 512 keys)
+        for name in ("attn_split", "attn_split", "attn_splitc"):
             out.fill(np.float32(np.nan))
             rt.launch(name, sig, (n_head, splits), (128, 1, 1), p(dq), p(dk), p(dv), p(out),
                       p(part), p(cnt), np.int32(n_head), np.int32(n_kv), np.int32(d), np.int32(n_ctx), p(dpos),
-                      np.intp(0), np.int32(ops.PDL_MODES[pdl]), shared=smem[name], pdl=pdl != "0")
+                      np.intp(0), shared=smem[name])
             rt.sync()
             got.append(out.get().reshape(n_head, d))
         for g in got[1:]:

@@ -29,7 +29,7 @@ MAX_BATCH = 512
 ATT_SPLIT_KEYS = 32  # keys a block of the split one-token attention (AS_KEYS in kernels.cu)
 ATT_CLUSTER = 8  # blocks a cluster of attn_splitc (AS_CLUSTER in kernels.cu)
 ATT_CPB = 2  # splits a block of attn_splitc's cluster path at most (AS_CPB in kernels.cu)
-SIG_ATTN_SPLIT = "PPPPPPiiiiPPi"  # attn_split / attn_splitc (ATTN_SPLIT_ARGS in kernels.cu)
+SIG_ATTN_SPLIT = "PPPPPPiiiiPP"  # attn_split / attn_splitc (ATTN_SPLIT_ARGS in kernels.cu)
 
 
 def _ops():
@@ -479,12 +479,6 @@ class GPUModel:
 
         fused = t == 1 and self.fused_norm
         trace = getattr(self, "_trace", None)  # stage timestamps of one layer (tools/gpu_profile_step.py)
-        # the layer kernels as programmatic dependent launches: BITNET_GPU_PDL, read here, i.e. when the decode
-        # step is captured ("0", "late", "exit" or "early": ops.PDL_MODES; hoisted matmuls + split attention)
-        pdl = self._pdl_mode() if fused and ops.DEC_HOIST and self.attn_split else 0
-        # BITNET_GPU_PDL_KINDS: the kinds launched so (default all: qkv,attn,o,gu,down), the others plain
-        kinds = os.environ.get("BITNET_GPU_PDL_KINDS", "qkv,attn,o,gu,down").split(",")
-        pk = {k: (pdl if k in kinds else 0) for k in ("qkv", "attn", "o", "gu", "down")}
         for i, L in enumerate(self.layers):
             kc = int(self.kc.gpudata) + i * kv_layer
             vc = int(self.vc.gpudata) + i * kv_layer
@@ -493,18 +487,18 @@ class GPUModel:
             if fused:
                 ops.ternary_decode_launch(rt, L.qkv, "qkv", self.x, L.attn_norm, eps, self.qb, hd, pos=self.pos,
                                           qkv=qkv, warps=self.dec_warps(L.qkv, 2), rope=self.rope_cur,
-                                          trace=tr.get("qkv"), pdl=pk["qkv"])
+                                          trace=tr.get("qkv"))
             else:
                 norm_quant(self.x, L.attn_norm, e)
                 ops.ternary_launch(rt, L.qkv, "qkv", self.q8, self.qsum, self.s, self.qb, hd, t, pos=self.pos, qkv=qkv)
-            self._attention(t, kc, vc, trace=tr.get("attn"), pdl=pk["attn"])
+            self._attention(t, kc, vc, trace=tr.get("attn"))
             if fused:
                 ops.ternary_decode_launch(rt, L.o, "resid", self.att, L.attn_sub_norm, eps, self.x, e,
-                                          warps=self.dec_warps(L.o, 1), trace=tr.get("o"), pdl=pk["o"])
+                                          warps=self.dec_warps(L.o, 1), trace=tr.get("o"))
                 ops.ternary_decode_launch(rt, L.gu, act, self.x, L.ffn_norm, eps, self.fb, f,
-                                          warps=self.dec_warps(L.gu, 2), trace=tr.get("gu"), pdl=pk["gu"])
+                                          warps=self.dec_warps(L.gu, 2), trace=tr.get("gu"))
                 ops.ternary_decode_launch(rt, L.down, "resid", self.fb, L.ffn_sub_norm, eps, self.x, e,
-                                          warps=self.dec_warps(L.down, 1), trace=tr.get("down"), pdl=pk["down"])
+                                          warps=self.dec_warps(L.down, 1), trace=tr.get("down"))
                 continue
             norm_quant(self.att, L.attn_sub_norm, hd)
             ops.ternary_launch(rt, L.o, "resid", self.q8, self.qsum, self.s, self.x, e, t)
@@ -548,15 +542,9 @@ class GPUModel:
             ops.q8_launch(rt, self.head_q8, self.head_scale, a.n_vocab, e, self.q8, self.s, self.logits, a.n_vocab,
                           rows)
 
-    def _pdl_mode(self) -> int:
-        v = os.environ.get("BITNET_GPU_PDL", "0")
-        if v not in self.ops.PDL_MODES:
-            raise EngineError(f"BITNET_GPU_PDL={v!r}; choose one of {', '.join(self.ops.PDL_MODES)}")
-        return self.ops.PDL_MODES[v]
-
-    def _attention(self, t: int, kc: int, vc: int, trace=None, pdl: int = 0) -> None:
+    def _attention(self, t: int, kc: int, vc: int, trace=None) -> None:
         """Queue one layer's attention: one token with the split kernel (several blocks a head), else one block
-        a (head, token); pdl: the split kernel as a programmatic dependent launch (ops.PDL_* bits)."""
+        a (head, token)."""
         rt, a, p = self.rt, self.args, self.ops.ptr
         d = a.head_dim
         if t == 1 and self.attn_split:
@@ -568,7 +556,7 @@ class GPUModel:
             rt.launch(name, SIG_ATTN_SPLIT, (a.n_head, self.att_splits), (128, 1, 1), p(self.qb),
                       np.intp(kc), np.intp(vc), p(self.att), p(self.att_part), p(self.att_cnt), np.int32(a.n_head),
                       np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx), p(self.pos),
-                      p(trace) if trace is not None else np.intp(0), np.int32(pdl), shared=shared, pdl=bool(pdl))
+                      p(trace) if trace is not None else np.intp(0), shared=shared)
             return
         rt.launch("attention", "PPPPiiiiPi", (a.n_head, t), (512, 1, 1), p(self.qb), np.intp(kc), np.intp(vc),
                   p(self.att), np.int32(a.n_head), np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx),

@@ -309,36 +309,20 @@ __device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
 }
 
-// Programmatic dependent launch (BITNET_GPU_PDL, the decode step's layer kernels launched with
-// cuLaunchKernelEx and the programmatic stream serialization attribute): griddepcontrol.wait blocks until the
-// grid before it has completed and its memory is visible (everything that reads what earlier kernels of the
-// step wrote comes after it); griddepcontrol.launch_dependents lets the next grid be scheduled once every block
-// of this one has issued it or exited. Both are no-ops in a plain launch. The bits of the decode matmuls' and the
-// split attention's flags / pdl arguments:
-#define DF_L2W 1         // (decode matmuls) ask for the block's weight rows in L2 first
-#define DF_PDL 2         // launched as a programmatic dependent: the weight-side loads, then griddepcontrol.wait
-#define DF_TRIG_LATE 8   // launch_dependents after the block's dots (else implicit at the block's exit)
-#define DF_TRIG_EARLY 16 // launch_dependents right after the wait (the second and third sessions' variant)
-__device__ __forceinline__ void gdc_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void gdc_launch() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
-
 // Lane 0 of a warp: cp.async of what its epilogue reads (rows' weight and output scales, residual rows, the
 // position and the pair's RoPE cos/sin from the step's rope row) into the per-warp shared slots; the lane waits
-// for them (cp.async.wait_group 0) only before the epilogue. PART 0: all of it; 1: the scales only (weights: no
-// earlier kernel writes them); 2: the rest (what earlier kernels of the step write).
-template <int R, int EPI, int PART = 0>
+// for them (cp.async.wait_group 0) only before the epilogue.
+template <int R, int EPI>
 __device__ __forceinline__ void epi_issue(int row0, int warp, const float* ws, const float* os, const float* out,
                                           const int* pos0p, const float* rope, const QKVArgs& qa, float* e_ws,
                                           float* e_os, float* e_res, float* e_c, float* e_s, int* e_pos) {
 #pragma unroll
     for (int r = 0; r < R; r++) {
-        if (PART != 2) {
-            cp_async4(e_ws + warp * R + r, ws + row0 + r);
-            cp_async4(e_os + warp * R + r, os + row0 + r);
-        }
-        if (EPI == EPI_RESID && PART != 1) cp_async4(e_res + warp * R + r, out + row0 + r);
+        cp_async4(e_ws + warp * R + r, ws + row0 + r);
+        cp_async4(e_os + warp * R + r, os + row0 + r);
+        if (EPI == EPI_RESID) cp_async4(e_res + warp * R + r, out + row0 + r);
     }
-    if (EPI == EPI_QKV && PART != 1) {
+    if (EPI == EPI_QKV) {
         cp_async4(e_pos + warp, pos0p);
         const int i = qkv_rope_index(row0 >> 1, qa);
         if (i >= 0) {
@@ -365,12 +349,9 @@ __device__ __forceinline__ void kv_prefetch(const QKVArgs& qa, int pos) {
 // row into shared memory (K bytes of dynamic shared memory), then its 8 warps compute 8 rows (or pairs).
 // HOIST (the tdech_* kernels): the prologue's row and norm weight come into shared memory in one round of
 // cp.async; the first lane of each warp asks for what its epilogue reads (epi_issue) and waits for it only at the
-// epilogue; the QKV kernel asks for this layer's K/V cache rows in L2 at its end (kv_prefetch); flags & DF_L2W:
-// one thread also asks for the block's weight rows in L2 at the start; flags & DF_PDL (HOIST only): the weight
-// rows' L2 ask, the norm weight and the rows' scales are issued first, then griddepcontrol.wait, then the row and
-// the epilogue's other inputs (DF_TRIG_*: where the block lets the next kernel launch); PV, the prologue's
-// variant (the same bits each): 1 (tdech_*) the integer sum and maximum and the dots' warp sums with redux.sync;
-// 0 (tdechs_*) with shuffles.
+// epilogue; the QKV kernel asks for this layer's K/V cache rows in L2 at its end (kv_prefetch); flags & 1: one
+// thread also asks for the block's weight rows in L2 at the start; PV, the prologue's variant (the same bits each):
+// 1 (tdech_*) the integer sum and maximum and the dots' warp sums with redux.sync; 0 (tdechs_*) with shuffles.
 template <int R, int EPI, bool HOIST, int PV>
 __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int N, int K, const float* __restrict__ x,
                                                const float* __restrict__ nw, const float* __restrict__ ws,
@@ -398,37 +379,19 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     const int K4 = K >> 2;
     float4* wsm = xs + K4;  // HOIST: the norm weight in shared memory too (9 K bytes of dynamic shared memory)
     if (HOIST) {
-        const int nrows = min(nw_ * R, N - brow);
-        const int r0 = brow + (threadIdx.x >> 5) * R;
-        const bool lead = (threadIdx.x & 31) == 0 && r0 < N;
-        if (flags & DF_PDL) {
-            // before the previous kernel is done: what no kernel of the step writes (weights, scales, norm weight)
-            if ((flags & DF_L2W) && threadIdx.x == 0 && nrows > 0)
-                prefetch_l2(W + (size_t)brow * (K >> 6), (unsigned)nrows * (unsigned)(K >> 2));
-            for (int i = threadIdx.x; i < K4; i += blockDim.x) cp_async16(wsm + i, w4 + i);
-            if (lead)
-                epi_issue<R, EPI, 1>(r0, threadIdx.x >> 5, ws, os, out, pos0p, rope, qa, e_ws, e_os, e_res, e_cos,
-                                     e_sin, e_pos);
-            gdc_wait();
-            if (flags & DF_TRIG_EARLY) gdc_launch();
-            for (int i = threadIdx.x; i < K4; i += blockDim.x) cp_async16(xs + i, x4 + i);
-            cp_async_commit();
-            if (lead)
-                epi_issue<R, EPI, 2>(r0, threadIdx.x >> 5, ws, os, out, pos0p, rope, qa, e_ws, e_os, e_res, e_cos,
-                                     e_sin, e_pos);
-        } else {
-            // one round of loads for the prologue: the row and the norm weight into shared memory
-            for (int i = threadIdx.x; i < K4; i += blockDim.x) {
-                cp_async16(xs + i, x4 + i);
-                cp_async16(wsm + i, w4 + i);
-            }
-            cp_async_commit();
-            if ((flags & DF_L2W) && threadIdx.x == 0 && nrows > 0)
-                prefetch_l2(W + (size_t)brow * (K >> 6), (unsigned)nrows * (unsigned)(K >> 2));
-            if (lead)
-                epi_issue<R, EPI>(r0, threadIdx.x >> 5, ws, os, out, pos0p, rope, qa, e_ws, e_os, e_res, e_cos,
-                                  e_sin, e_pos);
+        // one round of loads for the prologue: the row and the norm weight into shared memory
+        for (int i = threadIdx.x; i < K4; i += blockDim.x) {
+            cp_async16(xs + i, x4 + i);
+            cp_async16(wsm + i, w4 + i);
         }
+        cp_async_commit();
+        const int nrows = min(nw_ * R, N - brow);
+        if ((flags & 1) && threadIdx.x == 0 && nrows > 0)
+            prefetch_l2(W + (size_t)brow * (K >> 6), (unsigned)nrows * (unsigned)(K >> 2));
+        const int r0 = brow + (threadIdx.x >> 5) * R;
+        if ((threadIdx.x & 31) == 0 && r0 < N)
+            epi_issue<R, EPI>(r0, threadIdx.x >> 5, ws, os, out, pos0p, rope, qa, e_ws, e_os, e_res, e_cos, e_sin,
+                              e_pos);
         cp_async_commit();
         cp_async_wait<1>();  // the row and the norm weight
         __syncthreads();
@@ -536,7 +499,6 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
             }
         }
     }
-    if (HOIST && (flags & DF_TRIG_LATE)) gdc_launch();
     if (warp == 0) stamp(trace, 2);
     if (RX) {
 #pragma unroll
@@ -624,8 +586,6 @@ extern "C" __global__ void embed_rope(const __half* __restrict__ emb, const int*
 // that block for the next launch) combines them: M = max m_k, f_k = exp(m_k - M), out = sum_k f_k o_k /
 // sum_k f_k l_k. P is not rounded to f16 (the one-block kernel rounds P = e / l when p_f16; here l is known only
 // after the combine): last-bit differences, see docs/gpu.md.
-// pdl: DF_PDL (launched as a programmatic dependent: griddepcontrol.wait before anything is read) and DF_TRIG_LATE
-// (launch_dependents after the block's P.V) / DF_TRIG_EARLY (right after the wait).
 // Dynamic shared memory: 2 * AS_KEYS * (D + 8) halves + 4096 bytes.
 // CL (attn_splitc, thread-block clusters of AS_CLUSTER blocks along the splits; the grid's y a multiple of
 // AS_CLUSTER): when 1 < nsp <= AS_CLUSTER * AS_CPB, the splits of a head are computed by the blocks of its first
@@ -660,7 +620,7 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
                                                 const __half* __restrict__ vc, float* __restrict__ out,
                                                 float* __restrict__ part, unsigned* __restrict__ cnt, int n_head,
                                                 int n_kv, int D, int n_ctx, const int* __restrict__ pos0p,
-                                                unsigned long long* trace, int pdl) {
+                                                unsigned long long* trace) {
     extern __shared__ __align__(16) unsigned char as_smem[];
     __shared__ float qs[256];
     __shared__ float ss[AS_KEYS];
@@ -671,10 +631,6 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
     const int h = blockIdx.x, sp = blockIdx.y, tid = threadIdx.x;
     if (trace != nullptr) trace += (size_t)sp * gridDim.x * 8;  // stamp() indexes by blockIdx.x
     stamp(trace, 0);
-    if (pdl & DF_PDL) {  // everything below reads what QKV wrote (q, the K/V cache) or the position
-        gdc_wait();
-        if (pdl & DF_TRIG_EARLY) gdc_launch();
-    }
     const int nk = *pos0p + 1;
     const int nsp = (nk + AS_KEYS - 1) / AS_KEYS;
     const bool clp = CL && nsp > 1 && nsp <= AS_CLUSTER * AS_CPB;  // the cluster path (the same for every block)
@@ -789,7 +745,6 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
         }
     }
     }
-    if (pdl & DF_TRIG_LATE) gdc_launch();
     stamp(trace, 2);
     const float m = red[0], l = red[1];
     float* orow = out + h * D;
@@ -883,13 +838,13 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
 #define ATTN_SPLIT_ARGS                                                                                          \
     const float *__restrict__ q, const __half *__restrict__ kc, const __half *__restrict__ vc,                 \
         float *__restrict__ out, float *__restrict__ part, unsigned *__restrict__ cnt, int n_head, int n_kv,    \
-        int D, int n_ctx, const int *__restrict__ pos0p, unsigned long long *trace, int pdl
+        int D, int n_ctx, const int *__restrict__ pos0p, unsigned long long *trace
 extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(ATTN_SPLIT_ARGS) {
-    attn_split_body<false>(q, kc, vc, out, part, cnt, n_head, n_kv, D, n_ctx, pos0p, trace, pdl);
+    attn_split_body<false>(q, kc, vc, out, part, cnt, n_head, n_kv, D, n_ctx, pos0p, trace);
 }
 extern "C" __global__ void __cluster_dims__(1, AS_CLUSTER, 1) __launch_bounds__(AS_THREADS)
     attn_splitc(ATTN_SPLIT_ARGS) {
-    attn_split_body<true>(q, kc, vc, out, part, cnt, n_head, n_kv, D, n_ctx, pos0p, trace, pdl);
+    attn_split_body<true>(q, kc, vc, out, part, cnt, n_head, n_kv, D, n_ctx, pos0p, trace);
 }
 
 // grid.x: row groups (8 warps a block, one row or pair a warp); grid.y: token tiles of TT.

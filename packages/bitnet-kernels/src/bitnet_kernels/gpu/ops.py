@@ -36,11 +36,6 @@ _l2w = os.environ.get("BITNET_GPU_L2_WEIGHTS", "")
 DEC_PROLOGUE = os.environ.get("BITNET_GPU_DEC_PROLOGUE", "redux")
 _PROLOGUE_PREFIX = {"redux": "tdech_", "shfl": "tdechs_"}
 L2_WEIGHTS = None if _l2w not in ("0", "1") else _l2w == "1"
-# programmatic dependent launch of the decode step's layer kernels (the DF_* bits of kernels.cu): PDL_ON, the
-# kernel waits (griddepcontrol.wait) after its weight-side loads; PDL_LATE: each block lets the next kernel launch
-# after its dots (else implicitly at its exit); PDL_EARLY: right after the wait. BITNET_GPU_PDL (gpu_model)
-PDL_ON, PDL_LATE, PDL_EARLY = 2, 8, 16
-PDL_MODES = {"0": 0, "exit": PDL_ON, "late": PDL_ON | PDL_LATE, "early": PDL_ON | PDL_EARLY}
 L2_WEIGHTS_MAX = 6 << 20
 SMEM_DEFAULT = 48 * 1024
 
@@ -145,15 +140,13 @@ SIG_DEC = "PiiPPPPPPPifiiiiPPPPPi"
 
 def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, eps: float, out, ldo: int, pos=None,
                           qkv: tuple = (0, 0, 0, 0, None, None, None, None), warps: int = WARPS,
-                          hoist: bool | None = None, rope=None, trace=None, l2_weights: bool | None = None,
-                          pdl: int = 0) -> None:
+                          hoist: bool | None = None, rope=None, trace=None, l2_weights: bool | None = None) -> None:
     """Queue one single-token matmul with its RMSNorm + int8 quantization fused in (x: the float input row,
     normw: the norm weight); every block (`warps` warps, at most 16) quantizes the row into K bytes of shared
     memory, then each warp computes one row (or pair). hoist (default DEC_HOIST): the loads that do not depend
     on the prologue are issued before it (needs rope, the step's (cos, sin) row, for EPI qkv). trace: a device
     buffer (blocks, 8) uint64 for stage timestamps. l2_weights (hoisted only): whether a block first asks for its
-    weight rows in L2 (default: BITNET_GPU_L2_WEIGHTS, else matrices of at most L2_WEIGHTS_MAX bytes). pdl (hoisted
-    only; PDL_* bits, 0: a plain launch): launched as a programmatic dependent of the kernel before it."""
+    weight rows in L2 (default: BITNET_GPU_L2_WEIGHTS, else matrices of at most L2_WEIGHTS_MAX bytes)."""
     r = 2 if epi in PAIRED else 1
     grid = ((mat.n // r + warps - 1) // warps, 1)
     nh, nkv, hd, nctx, cos, sin, kc, vc = qkv
@@ -161,7 +154,6 @@ def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, e
     if hoisted and epi == "qkv" and rope is None:
         raise GPUError("the hoisted QKV decode kernel reads the step's RoPE row: pass rope")
     name = _PROLOGUE_PREFIX.get(DEC_PROLOGUE, "tdech_") + epi if hoisted else f"tdec_{epi}"
-    pdl = pdl if hoisted else 0
     shared = (9 if hoisted else 5) * mat.k  # int8 row + the float row (+ the norm weight)
     if shared > SMEM_DEFAULT:
         _allow_smem(rt, name, SIG_DEC, shared)
@@ -169,7 +161,7 @@ def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, e
               ptr(mat.words), np.int32(mat.n), np.int32(mat.k), _p(x), _p(normw), ptr(mat.ws), ptr(mat.os), _p(out),
               _p(pos), _p(rope), np.int32(ldo), np.float32(eps),
               np.int32(nh), np.int32(nkv), np.int32(hd), np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc),
-              _p(trace), np.int32((1 if _l2_weights(mat, l2_weights) else 0) | pdl), shared=shared, pdl=bool(pdl))
+              _p(trace), np.int32(1 if _l2_weights(mat, l2_weights) else 0), shared=shared)
 
 
 def _l2_weights(mat: TernaryMatrix, l2_weights: bool | None) -> bool:
