@@ -44,7 +44,7 @@ def kind_of(m, name: str, args) -> str:
         if epi in ("relu2", "silu"):
             return "gu"
         return "down" if int(args[2]) == m.args.n_ff else "o"
-    if name in ("attention", "attn_split", "attn_splitc", "qkv_attnc"):  # qkv_attnc: QKV and attention
+    if name in ("attention", "attn_split", "attn_splitc"):
         return "attn"
     return "other"
 
@@ -95,11 +95,10 @@ def step_time(m, skip: set, noop: bool, reps: int = 20) -> float:
     return statistics.median(times)
 
 
-# (mode, split attention, label): mode "kind:warps:prologue:cluster attention:qkv in attention" (kind: fused = the
-# 11:09 matmuls, fusedh = hoisted loads, fusedhn / fusedhp = hoisted with the weight rows never / always asked into
-# L2; warps: 0 sized per matrix, else 8 or 16; prologue: shfl | redux, see ops.DEC_PROLOGUE; cluster attention: 1 |
-# 0; qkv in attention (qkv_attnc, the fifth session's; its time in the -attn column): 1 | 0); the third session's
-# variants first (its table in docs/gpu.md), then the fourth and fifth sessions'
+# (mode, split attention, label): mode "kind:warps:prologue:cluster attention" (kind: fused = the 11:09 matmuls,
+# fusedh = hoisted loads, fusedhn / fusedhp = hoisted with the weight rows never / always asked into L2; warps: 0
+# sized per matrix, else 8 or 16; prologue: shfl | redux, see ops.DEC_PROLOGUE; cluster attention: 1 | 0); the
+# third session's variants first (its table in docs/gpu.md), then the fourth session's
 CONFIGS_OLD = [("fused:8:shfl:0", False, "11:09 step: one attention block a head"),
                ("fused:8:shfl:0", True, "split attention, matmul loads after the norm"),
                ("fusedh:8:shfl:0", True, "split attention, hoisted loads, 8-warp blocks"),
@@ -108,19 +107,17 @@ CONFIGS_OLD = [("fused:8:shfl:0", False, "11:09 step: one attention block a head
                ("fusedhp:0:shfl:0", True, "the same + all weight rows asked into L2 first")]
 CONFIGS = [("fusedh:0:shfl:0", True, "third session's default (shuffle reductions)"),
            ("fusedh:0:redux:0", True, "+ redux.sync reductions"),
-           ("fusedh:0:redux:1:0", True, "+ cluster attention up to 512 keys"),
-           ("fusedh:0:redux:1:1", True, "+ QKV inside the cluster attention (default)")]
+           ("fusedh:0:redux:1", True, "+ cluster attention up to 512 keys (default)")]
 
 
 def set_config(m, mode: str, split: bool) -> None:
     from bitnet_kernels.gpu import ops
 
-    kind, w, prologue, cl, qa = (mode.split(":") + ["0", "0"])[:5]
+    kind, w, prologue, cl = (mode.split(":") + ["0"])[:4]
     ops.DEC_HOIST = kind in ("fusedh", "fusedhn", "fusedhp")
     ops.L2_WEIGHTS = {"fusedhp": True, "fusedhn": False}.get(kind)
     ops.DEC_PROLOGUE = prologue
     m.attn_cluster = cl == "1"
-    m.qkv_attn = qa == "1"  # qkv_attnc (QKV inside the cluster attention)
     m.set_decode_mode("fused", int(w))
     m.attn_split = split
 
@@ -187,7 +184,7 @@ def timeline(pos: int, configs=None) -> int:
     for mode, split, label in configs or CONFIGS:
         set_config(m, mode, split)
         tr = timeline_one(m, layer)
-        t0 = min(v[v > 0].min() for v in (tr[k][:, 0] for k in KINDS) if (v > 0).any())  # the first block
+        t0 = tr["qkv"][:, 0][tr["qkv"][:, 0] > 0].min()
         print(f"-- {label}")
         for k in KINDS:
             t = tr[k]
@@ -196,7 +193,7 @@ def timeline(pos: int, configs=None) -> int:
                 print(f"  {k:<5} (no trace)")
                 continue
             cols = []
-            for st in range(8):
+            for st in range(7):
                 v = t[:, st]
                 v = v[v > 0]
                 cols.append(f"{(np.median(v) - t0) / 1e3:7.2f}" if len(v) else "      -")
@@ -204,7 +201,7 @@ def timeline(pos: int, configs=None) -> int:
             print(f"  {k:<5} blocks {len(t):4d} first {(t[:, 0].min() - t0) / 1e3:7.2f} | median stages "
                   f"{' '.join(cols)} | last end {(end - t0) / 1e3:7.2f}")
             maxes = []
-            for st in range(8):
+            for st in range(7):
                 v = t[:, st]
                 v = v[v > 0]
                 maxes.append(f"{(v.max() - t0) / 1e3:7.2f}" if len(v) else "      -")

@@ -298,43 +298,6 @@ def test_generate_greedy_across_cluster_limit():
     assert runs[0] == runs[1] == runs[2]
 
 
-def _steps_qkv_attn(g, toks, qkv_attn: bool) -> np.ndarray:
-    """Logits of one-token steps at positions 0 .. len(toks) - 1 (each through the captured step), QKV inside the
-    cluster attention (qkv_attnc) or not."""
-    g.qkv_attn = qkv_attn
-    g.set_decode_mode("fused", 0)  # recapture
-    g.cache.reset()
-    return np.concatenate([g.forward([int(tk)], p, logits="last") for p, tk in enumerate(toks)])
-
-
-@pytest.mark.parametrize("shape", ["fixture", "2b4t"])
-def test_qkv_in_attention_bit_equal(shape):
-    """The decode step with QKV computed inside the cluster attention (qkv_attnc) gives the logits of the step with
-    the QKV matmul and attn_splitc, bit for bit, at every position 0 .. 515 (1 .. 512 keys with it, then the long
-    step reading the K/V rows it wrote): the fixture model (2 warps a QKV block) and the 2B-4T shape with 2 layers
-    and random weights (15 warps: the prologue's sum of squares in the order of 480 threads)."""
-    from bitnet_inference.gpu_model import GPUModel, load_gpu
-
-    if shape == "fixture":
-        g = load_gpu(FIXTURES / "b158-a-i2s.gguf", n_ctx=640)
-    else:
-        from bitnet_inference.args import ModelArgs
-
-        a = ModelArgs(arch="bitnet-b1.58", n_vocab=4096, n_embd=2560, n_layer=2, n_head=20, n_head_kv=5, n_ff=6912,
-                      n_ctx_train=4096, head_dim=128, n_rot=128, rope_base=500000.0, norm_eps=1e-5, ffn_act="relu2",
-                      tied_head=True, has_scales=False, weight_type="I2_S")
-        g = GPUModel.random(a, n_ctx=640)
-    toks = np.random.default_rng(13).integers(0, g.args.n_vocab, size=516)
-    try:
-        base = _steps_qkv_attn(g, toks, False)
-        fused = _steps_qkv_attn(g, toks, True)
-        g.qkv_attn = True
-        assert g._qkv_attn_on() and "qkv_attnc" in g.rt._fn  # the fused step did run qkv_attnc
-    finally:
-        g.qkv_attn = None
-    np.testing.assert_array_equal(fused, base)
-
-
 def test_q8_head_matches_cpu_q8_head():
     """--lm-head q8 on the GPU: the logits of the CPU path's q8 head (same int8 head, same activation
     quantization), for a prompt and for decode steps (the graph with the argmax folded in)."""

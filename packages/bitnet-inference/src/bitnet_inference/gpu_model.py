@@ -30,8 +30,6 @@ ATT_SPLIT_KEYS = 32  # keys a block of the split one-token attention (AS_KEYS in
 ATT_CLUSTER = 8  # blocks a cluster of attn_splitc (AS_CLUSTER in kernels.cu)
 ATT_CPB = 2  # splits a block of attn_splitc's cluster path at most (AS_CPB in kernels.cu)
 SIG_ATTN_SPLIT = "PPPPPPiiiiPP"  # attn_split / attn_splitc (ATTN_SPLIT_ARGS in kernels.cu)
-SIG_QKV_ATTN = "PiiPPPPPfPPPiiiiPPi"  # qkv_attnc (kernels.cu)
-QA_THREADS = 256  # threads a block of qkv_attnc (QA_THREADS in kernels.cu)
 
 
 def _ops():
@@ -139,9 +137,6 @@ class GPUModel:
         # distributed shared memory, no global partials or counter) while the keys fit its cluster path; past
         # that, a second captured step with attn_split (see _long); BITNET_GPU_ATTN_CLUSTER=0: attn_split always
         self.attn_cluster = os.environ.get("BITNET_GPU_ATTN_CLUSTER", "1") != "0"
-        # the QKV matmul inside the cluster attention (qkv_attnc, one launch instead of two while the keys fit the
-        # cluster path); None: BITNET_GPU_QKV_ATTN (default on), read when a step is captured; True / False: forced
-        self.qkv_attn = None
 
 
     # -- the one-kernel decode step ---------------------------------------------------------------------------
@@ -483,25 +478,20 @@ class GPUModel:
                       p(self.q8), p(self.s), p(self.qsum))
 
         fused = t == 1 and self.fused_norm
-        qkv_attn = fused and self._qkv_attn_on()
         trace = getattr(self, "_trace", None)  # stage timestamps of one layer (tools/gpu_profile_step.py)
         for i, L in enumerate(self.layers):
             kc = int(self.kc.gpudata) + i * kv_layer
             vc = int(self.vc.gpudata) + i * kv_layer
             qkv = (a.n_head, a.n_head_kv, d, self.n_ctx, self.cos, self.sin, kc, vc)
             tr = trace if trace is not None and trace["layer"] == i else {}
-            if fused and qkv_attn:
-                self._qkv_attention(L, kc, vc, eps, trace=tr.get("attn"))
+            if fused:
+                ops.ternary_decode_launch(rt, L.qkv, "qkv", self.x, L.attn_norm, eps, self.qb, hd, pos=self.pos,
+                                          qkv=qkv, warps=self.dec_warps(L.qkv, 2), rope=self.rope_cur,
+                                          trace=tr.get("qkv"))
             else:
-                if fused:
-                    ops.ternary_decode_launch(rt, L.qkv, "qkv", self.x, L.attn_norm, eps, self.qb, hd, pos=self.pos,
-                                              qkv=qkv, warps=self.dec_warps(L.qkv, 2), rope=self.rope_cur,
-                                              trace=tr.get("qkv"))
-                else:
-                    norm_quant(self.x, L.attn_norm, e)
-                    ops.ternary_launch(rt, L.qkv, "qkv", self.q8, self.qsum, self.s, self.qb, hd, t, pos=self.pos,
-                                       qkv=qkv)
-                self._attention(t, kc, vc, trace=tr.get("attn"))
+                norm_quant(self.x, L.attn_norm, e)
+                ops.ternary_launch(rt, L.qkv, "qkv", self.q8, self.qsum, self.s, self.qb, hd, t, pos=self.pos, qkv=qkv)
+            self._attention(t, kc, vc, trace=tr.get("attn"))
             if fused:
                 ops.ternary_decode_launch(rt, L.o, "resid", self.att, L.attn_sub_norm, eps, self.x, e,
                                           warps=self.dec_warps(L.o, 1), trace=tr.get("o"))
@@ -551,31 +541,6 @@ class GPUModel:
         else:
             ops.q8_launch(rt, self.head_q8, self.head_scale, a.n_vocab, e, self.q8, self.s, self.logits, a.n_vocab,
                           rows)
-
-    def _qkv_attn_on(self) -> bool:
-        """Whether the one-token step queues qkv_attnc (QKV inside the cluster attention) instead of the QKV matmul
-        and attn_splitc: on by default (BITNET_GPU_QKV_ATTN=0: off, read at capture; self.qkv_attn forces), only
-        with the cluster attention, in the step of up to 512 keys, and for the shapes its kernel takes."""
-        on = self.qkv_attn if self.qkv_attn is not None else os.environ.get("BITNET_GPU_QKV_ATTN", "1") != "0"
-        a = self.args
-        return bool(on and self.attn_split and self.attn_cluster and not self._att_long and a.n_head % a.n_head_kv == 0
-                    and a.n_embd % 64 == 0 and a.head_dim <= 256 and a.head_dim % 8 == 0)
-
-    def _qkv_attention(self, L, kc: int, vc: int, eps, trace=None) -> None:
-        """Queue one layer's QKV matmul (norm and quantization fused in, as tdech_qkv) and split attention as one
-        launch of qkv_attnc: a cluster of ATT_CLUSTER blocks a query head. The prologue sums in the order of the
-        tdech_qkv block it replaces (its warps: dec_warps), so the bits are the two kernels'."""
-        rt, a, p = self.rt, self.args, self.ops.ptr
-        d = a.head_dim
-        warps = self.dec_warps(L.qkv, 2)
-        kv = 2 * ATT_SPLIT_KEYS * (d + 8) * 2  # one split's K and V rows in shared memory
-        shared = 2 * kv + 4096 + 9 * L.qkv.k + 8 * 32 * warps
-        self.ops._allow_smem(rt, "qkv_attnc", SIG_QKV_ATTN, shared)
-        rt.launch("qkv_attnc", SIG_QKV_ATTN, (a.n_head, ATT_CLUSTER), (QA_THREADS, 1, 1), p(L.qkv.words), np.int32(L.qkv.k),
-                  np.int32(32 * warps), p(self.x), p(L.attn_norm), p(L.qkv.ws), p(L.qkv.os), p(self.rope_cur),
-                  np.float32(eps), np.intp(kc), np.intp(vc), p(self.att), np.int32(a.n_head), np.int32(a.n_head_kv),
-                  np.int32(d), np.int32(self.n_ctx), p(self.pos), p(trace) if trace is not None else np.intp(0),
-                  np.int32(int(os.environ.get("BITNET_GPU_QA_FLAGS", "0"))), shared=shared)
 
     def _attention(self, t: int, kc: int, vc: int, trace=None) -> None:
         """Queue one layer's attention: one token with the split kernel (several blocks a head), else one block

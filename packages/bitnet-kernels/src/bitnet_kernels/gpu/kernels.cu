@@ -615,263 +615,12 @@ __device__ __forceinline__ float pv_sum(const float* pv, int KG, int D, int d) {
 #define AS_MAXSPLIT 256
 #define AS_CLUSTER 8
 #define AS_CPB 2  // splits a block of the cluster path at most (AS_CLUSTER * AS_CPB * AS_KEYS keys)
-
-// qkv_attnc (FUSED): the QKV matmul of the decode step inside the cluster attention, for up to AS_CLUSTER * AS_CPB
-// * AS_KEYS keys. Cluster h (query head h, kv head kh) computes the 128 + 128 + 128 rows (for D = 128) of q head h
-// and of k and v head kh of the fused QKV matrix (the K/V rows again in each of the n_head / n_kv clusters that
-// share kh), its blocks in turn. Every block first normalizes and quantizes x as the tdech_* prologue does (the
-// same arithmetic; the double sum of squares in the order of a block of vt threads, the QKV kernel's, so the same
-// bits), then its warps compute their pairs with the same dots and epilogue (RoPE, f16 rounding). q goes to every
-// block's qs (f16-rounded, as the attention reads it), the new K/V row to the cache and, through distributed shared
-// memory, into the shared K/V buffer of the block whose split holds the key: each cluster uses its own copy, so
-// no cluster waits for another. The other keys' K/V copies are issued at the kernel's start.
-struct QAArgs {
-    const uint4* W;  // the fused QKV matrix (T2 words)
-    int K, vt;       // its columns; threads a block of the tdech_qkv launch it replaces (the prologue's sum order)
-    const float *x, *nw, *ws, *os, *rope;
-    float eps;
-    int flags;  // experiments: 1 no L2 ask for the weight rows, 2 the K/V copies issued after the prologue
-};
-#define QA_PG 3        // pairs a warp computes at once (their weight loads in flight together)
-#define QA_THREADS 256  // threads a block of qkv_attnc (the attention body's work: its first AS_THREADS)
-
-// Pair lp (0 .. 3 D / 2 - 1) of cluster h's list (q head h, then k and v head kh) as a pair of the fused matrix.
-__device__ __forceinline__ int qa_pair(int lp, int h, int kh, int half, int pq, int pk) {
-    return lp < half ? h * half + lp : lp < 2 * half ? pq + kh * half + (lp - half) : pq + pk + kh * half + (lp - 2 * half);
-}
-
-// The prologue's row and norm weight into shared memory (first, before anything waits for the position).
-__device__ __forceinline__ void qkv_cluster_issue(const QAArgs& fa, int D) {
-    extern __shared__ __align__(16) unsigned char as_smem[];
-    const int K4 = fa.K >> 2;
-    float4* xs = reinterpret_cast<float4*>(as_smem + 4 * AS_KEYS * (D + 8) * 2 + 4096 + fa.K);
-    float4* wsm = xs + K4;
-    const float4* x4 = reinterpret_cast<const float4*>(fa.x);
-    const float4* w4 = reinterpret_cast<const float4*>(fa.nw);
-    for (int i = threadIdx.x; i < K4; i += QA_THREADS) {
-        cp_async16(xs + i, x4 + i);
-        cp_async16(wsm + i, w4 + i);
-    }
-    cp_async_commit();
-}
-
-__device__ __forceinline__ void qkv_cluster_part(const QAArgs& fa, const __half* kc, const __half* vc, float* qs,
-                                                 int n_head, int n_kv, int D, int n_ctx, int nk, int nsp, int nch,
-                                                 int kh, unsigned long long* trace) {
-    extern __shared__ __align__(16) unsigned char as_smem[];
-    __shared__ double qa_shd[32];
-    __shared__ float qa_shf[32];
-    __shared__ int qa_shi[32];
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, sp = blockIdx.y, h = blockIdx.x;
-    constexpr int NWARP = QA_THREADS / 32;
-    const int D8 = D >> 3, pitch = D + 8, half = D >> 1;
-    const int K = fa.K, K4 = K >> 2, VT = fa.vt;
-    // after both splits' K/V buffers and pv: the int8 row (K bytes), x (K floats), the norm weight (K floats),
-    // the vt threads' partial sums of squares
-    unsigned char* pro = as_smem + 4 * AS_KEYS * pitch * 2 + 4096;
-    int* qsm = reinterpret_cast<int*>(pro);
-    float4* xs = reinterpret_cast<float4*>(pro + K);
-    float4* wsm = xs + K4;
-    double* pp = reinterpret_cast<double*>(wsm + K4);
-    if (sp < nsp && !(fa.flags & 2)) {  // the K/V rows of this block's splits but the new key's (computed below)
-        for (int ci = 0; ci < nch; ci++) {
-            const int j0 = (sp + ci * AS_CLUSTER) * AS_KEYS, n = min(AS_KEYS, nk - 1 - j0);
-            __half* ks = ci ? reinterpret_cast<__half*>(as_smem + 2 * AS_KEYS * pitch * 2 + 4096)
-                            : reinterpret_cast<__half*>(as_smem);
-            __half* vs = ks + AS_KEYS * pitch;
-            const __half* kb = kc + ((size_t)kh * n_ctx + j0) * D;
-            const __half* vb = vc + ((size_t)kh * n_ctx + j0) * D;
-            for (int i = tid; i < n * D8; i += QA_THREADS) {
-                const int j = i / D8, cc = i % D8;
-                cp_async16(ks + j * pitch + 8 * cc, kb + (size_t)j * D + 8 * cc);
-                cp_async16(vs + j * pitch + 8 * cc, vb + (size_t)j * D + 8 * cc);
-            }
-        }
-    }
-    cp_async_commit();
-    unsigned long long* tr2 = trace != nullptr ? trace + (size_t)AS_CLUSTER * gridDim.x * 8 : nullptr;  // 2nd bank
-    stamp(tr2, 0);
-    // this warp's pairs: lp in [w0, w1) of the cluster's 3 D / 2
-    const int NP = (fa.flags & 4) ? half : 3 * half, ppb = (NP + AS_CLUSTER - 1) / AS_CLUSTER, ppw = (ppb + NWARP - 1) / NWARP;
-    const int b1 = min(NP, (sp + 1) * ppb);
-    const int w0 = sp * ppb + warp * ppw, w1 = min(b1, w0 + ppw);
-    const int pq = n_head * half, pk = n_kv * half, nchunk = K >> 6;
-    if (lane == 0 && !(fa.flags & 1))
-        for (int lp = w0; lp < w1; lp++)
-            prefetch_l2(fa.W + (size_t)qa_pair(lp, h, kh, half, pq, pk) * 2 * nchunk, (unsigned)(K >> 1));
-    cluster_arrive_relaxed();  // phase 1: this block runs
-    stamp(tr2, 1);
-    cp_async_wait<1>();  // the row and the norm weight
-    __syncthreads();
-    stamp(tr2, 2);
-    // the prologue of tdech_qkv: the sum of squares in the order of its vt threads (thread t: i = t, t + vt, ..;
-    // each warp's butterfly; the warps' partials' butterfly), so the same double
-    for (int t = tid; t < VT; t += QA_THREADS) {
-        double s2 = 0.0;
-        for (int i = t; i < K4; i += VT) {
-            const float4 v = xs[i];
-            s2 += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
-        }
-        pp[t] = s2;
-    }
-    __syncthreads();
-    const int vw = VT >> 5;
-    for (int w = warp; w < vw; w += NWARP) {
-        const double v = warp_sum(pp[w * 32 + lane]);
-        if (lane == 0) qa_shd[w] = v;
-    }
-    __syncthreads();
-    const double ss = warp_sum(lane < vw ? qa_shd[lane] : 0.0);
-    stamp(tr2, 3);
-    const float scale = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn((float)(ss / (double)K), fa.eps)));
-    float amax = 0.0f;
-    for (int i = tid; i < K4; i += QA_THREADS) {
-        float4 v = xs[i], w = wsm[i], t;
-        t.x = __fmul_rn(__fmul_rn(v.x, scale), w.x);
-        t.y = __fmul_rn(__fmul_rn(v.y, scale), w.y);
-        t.z = __fmul_rn(__fmul_rn(v.z, scale), w.z);
-        t.w = __fmul_rn(__fmul_rn(v.w, scale), w.w);
-        xs[i] = t;
-        amax = fmaxf(fmaxf(fmaxf(fmaxf(amax, fabsf(t.x)), fabsf(t.y)), fabsf(t.z)), fabsf(t.w));
-    }
-    amax = block_max1_rx(amax, qa_shf);
-    stamp(tr2, 4);
-    const float sc = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
-    int sum = 0;
-    for (int i = tid; i < K4; i += QA_THREADS) {
-        float4 t = xs[i];
-        const int q0 = max(-128, min(127, __float2int_rn(__fmul_rn(t.x, sc))));
-        const int q1 = max(-128, min(127, __float2int_rn(__fmul_rn(t.y, sc))));
-        const int q2 = max(-128, min(127, __float2int_rn(__fmul_rn(t.z, sc))));
-        const int q3 = max(-128, min(127, __float2int_rn(__fmul_rn(t.w, sc))));
-        qsm[i] = (q0 & 0xff) | ((q1 & 0xff) << 8) | ((q2 & 0xff) << 16) | ((q3 & 0xff) << 24);
-        sum += q0 + q1 + q2 + q3;
-    }
-    sum = block_sum1_rx(sum, qa_shi);  // its barrier publishes qsm
-    stamp(trace, 6);
-    if (sp < nsp && (fa.flags & 2)) {  // the K/V copies here instead
-        for (int ci = 0; ci < nch; ci++) {
-            const int j0 = (sp + ci * AS_CLUSTER) * AS_KEYS, n = min(AS_KEYS, nk - 1 - j0);
-            __half* ks = ci ? reinterpret_cast<__half*>(as_smem + 2 * AS_KEYS * pitch * 2 + 4096)
-                            : reinterpret_cast<__half*>(as_smem);
-            __half* vs = ks + AS_KEYS * pitch;
-            const __half* kb = kc + ((size_t)kh * n_ctx + j0) * D;
-            const __half* vb = vc + ((size_t)kh * n_ctx + j0) * D;
-            for (int i = tid; i < n * D8; i += QA_THREADS) {
-                const int j = i / D8, cc = i % D8;
-                cp_async16(ks + j * pitch + 8 * cc, kb + (size_t)j * D + 8 * cc);
-                cp_async16(vs + j * pitch + 8 * cc, vb + (size_t)j * D + 8 * cc);
-            }
-        }
-        cp_async_commit();
-    }
-    cluster_wait();  // phase 1: every block of the cluster runs (written to below)
-    stamp(tr2, 5);
-    // where the new key's K/V row goes: the buffer of the split that holds it, in the block that owns that split
-    const int pos = nk - 1, cs = pos / AS_KEYS;
-    __half* kdst = cooperative_groups::this_cluster().map_shared_rank(
-                       reinterpret_cast<__half*>(as_smem + ((cs / AS_CLUSTER) ? 2 * AS_KEYS * pitch * 2 + 4096 : 0)),
-                       cs % AS_CLUSTER) +
-                   (pos - cs * AS_KEYS) * pitch;
-    __half* vdst = kdst + AS_KEYS * pitch;
-    __half* kcw = const_cast<__half*>(kc) + ((size_t)kh * n_ctx + pos) * D;
-    __half* vcw = const_cast<__half*>(vc) + ((size_t)kh * n_ctx + pos) * D;
-    const int4* a4 = reinterpret_cast<const int4*>(qsm);
-    for (int g0 = w0; g0 < w1; g0 += QA_PG) {
-        const int np = min(QA_PG, w1 - g0);
-        const uint4* wr[2 * QA_PG];
-        float ews[2 * QA_PG], eos[2 * QA_PG], ec[QA_PG], esn[QA_PG];
-#pragma unroll
-        for (int p = 0; p < QA_PG; p++) {
-            const int lp = g0 + min(p, np - 1), row = 2 * qa_pair(lp, h, kh, half, pq, pk);
-            wr[2 * p] = fa.W + (size_t)row * nchunk;
-            wr[2 * p + 1] = wr[2 * p] + nchunk;
-            ews[2 * p] = __ldg(fa.ws + row);
-            ews[2 * p + 1] = __ldg(fa.ws + row + 1);
-            eos[2 * p] = __ldg(fa.os + row);
-            eos[2 * p + 1] = __ldg(fa.os + row + 1);
-            const int i = lp % half;
-            ec[p] = lp < 2 * half ? __ldg(fa.rope + i) : 0.0f;
-            esn[p] = lp < 2 * half ? __ldg(fa.rope + half + i) : 0.0f;
-        }
-        int acc[2 * QA_PG];
-#pragma unroll
-        for (int r = 0; r < 2 * QA_PG; r++) acc[r] = 0;
-        for (int c0 = lane; c0 < nchunk; c0 += WARP * 2) {
-            uint4 w[2][2 * QA_PG];
-#pragma unroll
-            for (int u = 0; u < 2; u++) {
-                const int c = c0 + u * WARP;
-#pragma unroll
-                for (int r = 0; r < 2 * QA_PG; r++)
-                    w[u][r] = (c < nchunk && (r >> 1) < np) ? ld_stream(wr[r] + c) : make_uint4(0, 0, 0, 0);
-            }
-#pragma unroll
-            for (int u = 0; u < 2; u++) {
-                const int c = c0 + u * WARP;
-                if (c < nchunk) {
-                    const int4* a = a4 + c * 4;
-                    const int4 a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
-#pragma unroll
-                    for (int r = 0; r < 2 * QA_PG; r++) {
-                        int v = acc[r];
-                        v = dot16(w[u][r].x, a0, v);
-                        v = dot16(w[u][r].y, a1, v);
-                        v = dot16(w[u][r].z, a2, v);
-                        v = dot16(w[u][r].w, a3, v);
-                        acc[r] = v;
-                    }
-                }
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < 2 * QA_PG; r++) acc[r] = __reduce_add_sync(0xffffffffu, acc[r]);
-        if (g0 == w0 && warp == 0) stamp(tr2, 6);  // warp 0's first group of dots
-#pragma unroll
-        for (int p = 0; p < QA_PG; p++) {
-            if (p >= np) break;
-            const int lp = g0 + p;
-            const float y0 = (__fdiv_rn((float)(acc[2 * p] - sum), sc) * ews[2 * p]) * eos[2 * p];
-            const float y1 = (__fdiv_rn((float)(acc[2 * p + 1] - sum), sc) * ews[2 * p + 1]) * eos[2 * p + 1];
-            if (lp < 2 * half) {
-                const int i = lp % half;
-                const float c = ec[p], sn = esn[p];
-                const float o0 = __fsub_rn(__fmul_rn(y0, c), __fmul_rn(y1, sn));
-                const float o1 = __fadd_rn(__fmul_rn(y0, sn), __fmul_rn(y1, c));
-                if (lp < half) {  // q: every block's qs, rounded through f16 as the attention reads q
-                    if (lane < AS_CLUSTER) {
-                        float* qr = cooperative_groups::this_cluster().map_shared_rank(qs, lane);
-                        qr[i] = __half2float(__float2half_rn(o0));
-                        qr[i + half] = __half2float(__float2half_rn(o1));
-                    }
-                } else if (lane == 0) {
-                    const __half k0 = __float2half_rn(o0), k1 = __float2half_rn(o1);
-                    kcw[i] = k0;
-                    kcw[i + half] = k1;
-                    kdst[i] = k0;
-                    kdst[i + half] = k1;
-                }
-            } else if (lane == 0) {
-                const int d = 2 * (lp - 2 * half);
-                const __half v0 = __float2half_rn(y0), v1 = __float2half_rn(y1);
-                vcw[d] = v0;
-                vcw[d + 1] = v1;
-                vdst[d] = v0;
-                vdst[d + 1] = v1;
-            }
-        }
-    }
-    stamp(trace, 7);
-    cluster_arrive_release();  // phase 2: q and the new K/V row are in place
-    cluster_wait();
-}
-
-template <bool CL, bool FUSED = false>
+template <bool CL>
 __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, const __half* __restrict__ kc,
                                                 const __half* __restrict__ vc, float* __restrict__ out,
                                                 float* __restrict__ part, unsigned* __restrict__ cnt, int n_head,
                                                 int n_kv, int D, int n_ctx, const int* __restrict__ pos0p,
-                                                unsigned long long* trace, const QAArgs* fa = nullptr) {
+                                                unsigned long long* trace) {
     extern __shared__ __align__(16) unsigned char as_smem[];
     __shared__ float qs[256];
     __shared__ float ss[AS_KEYS];
@@ -882,20 +631,15 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
     const int h = blockIdx.x, sp = blockIdx.y, tid = threadIdx.x;
     if (trace != nullptr) trace += (size_t)sp * gridDim.x * 8;  // stamp() indexes by blockIdx.x
     stamp(trace, 0);
-    if (FUSED) qkv_cluster_issue(*fa, D);
     const int nk = *pos0p + 1;
     const int nsp = (nk + AS_KEYS - 1) / AS_KEYS;
     const bool clp = CL && nsp > 1 && nsp <= AS_CLUSTER * AS_CPB;  // the cluster path (the same for every block)
     __shared__ float cparts[CL ? AS_CLUSTER * AS_CPB * (2 + 256) : 1];  // rank 0's: every split's (m, l, o)
-    if (FUSED && nsp > AS_CLUSTER * AS_CPB) return;  // not launched past the cluster path (no global partials)
-    if (clp && sp < AS_CLUSTER && !FUSED) cluster_arrive_relaxed();  // phase 1: this block runs
+    if (clp && sp < AS_CLUSTER) cluster_arrive_relaxed();  // phase 1: this block runs
     if (clp && sp >= AS_CLUSTER) return;  // past the head's first cluster: its splits are the first's second ones
-    if (FUSED)
-        qkv_cluster_part(*fa, kc, vc, qs, n_head, n_kv, D, n_ctx, nk, nsp,
-                         clp ? (nsp - sp + AS_CLUSTER - 1) / AS_CLUSTER : 1, h / (n_head / n_kv), trace);
     if (sp >= nsp) {
         if (clp && sp < AS_CLUSTER) {  // a rank past the keys of the head's first cluster: its part of phase 2
-            if (!FUSED) cluster_wait();
+            cluster_wait();
             cluster_arrive_release();
         }
         return;
@@ -906,23 +650,21 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
     // in a second pair of buffers after pv, copied with the first); elsewhere one split a block
     const int nch = clp ? (nsp - sp + AS_CLUSTER - 1) / AS_CLUSTER : 1;
     float* pv = reinterpret_cast<float*>(reinterpret_cast<__half*>(as_smem) + 2 * AS_KEYS * pitch);  // (groups, D)
-    if (!FUSED) {  // FUSED: K/V copied at the start, the new key's row and q written by the QKV part
-        for (int ci = 0; ci < nch; ci++) {
-            const int j0 = (sp + ci * AS_CLUSTER) * AS_KEYS, n = min(AS_KEYS, nk - j0);
-            __half* ks = ci ? reinterpret_cast<__half*>(as_smem + 2 * AS_KEYS * pitch * 2 + 4096)
-                            : reinterpret_cast<__half*>(as_smem);
-            __half* vs = ks + AS_KEYS * pitch;
-            const __half* kb = kc + ((size_t)kh * n_ctx + j0) * D;
-            const __half* vb = vc + ((size_t)kh * n_ctx + j0) * D;
-            for (int i = tid; i < n * D8; i += AS_THREADS) {
-                const int j = i / D8, cc = i % D8;
-                cp_async16(ks + j * pitch + 8 * cc, kb + (size_t)j * D + 8 * cc);
-                cp_async16(vs + j * pitch + 8 * cc, vb + (size_t)j * D + 8 * cc);
-            }
+    for (int ci = 0; ci < nch; ci++) {
+        const int j0 = (sp + ci * AS_CLUSTER) * AS_KEYS, n = min(AS_KEYS, nk - j0);
+        __half* ks = ci ? reinterpret_cast<__half*>(as_smem + 2 * AS_KEYS * pitch * 2 + 4096)
+                        : reinterpret_cast<__half*>(as_smem);
+        __half* vs = ks + AS_KEYS * pitch;
+        const __half* kb = kc + ((size_t)kh * n_ctx + j0) * D;
+        const __half* vb = vc + ((size_t)kh * n_ctx + j0) * D;
+        for (int i = tid; i < n * D8; i += AS_THREADS) {
+            const int j = i / D8, cc = i % D8;
+            cp_async16(ks + j * pitch + 8 * cc, kb + (size_t)j * D + 8 * cc);
+            cp_async16(vs + j * pitch + 8 * cc, vb + (size_t)j * D + 8 * cc);
         }
-        cp_async_commit();
-        for (int d = tid; d < D; d += AS_THREADS) qs[d] = __half2float(__float2half_rn(q[h * D + d]));
     }
+    cp_async_commit();
+    for (int d = tid; d < D; d += AS_THREADS) qs[d] = __half2float(__float2half_rn(q[h * D + d]));
     cp_async_wait<0>();
     __syncthreads();
     stamp(trace, 1);
@@ -954,7 +696,7 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
         }
         acc += __shfl_xor_sync(0xffffffffu, acc, 1);
         acc += __shfl_xor_sync(0xffffffffu, acc, 2);
-        if (part == 0 && (!FUSED || j < AS_KEYS)) ss[j] = __fmul_rn(acc, scale);  // FUSED: tid < 4 AS_KEYS
+        if (part == 0) ss[j] = __fmul_rn(acc, scale);
     }
     __syncthreads();
     if (tid < 32) {
@@ -993,7 +735,7 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
         // stages read ss, ps, red and pv only after a barrier that every thread reaches after this
         const int P = 2 + D;
         float* dst = cooperative_groups::this_cluster().map_shared_rank(cparts, 0) + cs * P;
-        if (ci == 0 && !FUSED) cluster_wait();  // phase 1 (arrived at the start): every block of the cluster runs
+        if (ci == 0) cluster_wait();  // phase 1 (arrived at the start): every block of the cluster is running
         for (int d = tid; d < D; d += AS_THREADS) {
             dst[2 + d] = pv_sum(pv, KG, D, d);
         }
@@ -1103,17 +845,6 @@ extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(ATTN_SPLIT_A
 extern "C" __global__ void __cluster_dims__(1, AS_CLUSTER, 1) __launch_bounds__(AS_THREADS)
     attn_splitc(ATTN_SPLIT_ARGS) {
     attn_split_body<true>(q, kc, vc, out, part, cnt, n_head, n_kv, D, n_ctx, pos0p, trace);
-}
-// The decode step's QKV matmul and split attention in one launch (see QAArgs): grid (n_head, AS_CLUSTER), up to
-// AS_CLUSTER * AS_CPB * AS_KEYS keys; QA_THREADS threads a block (the attention's work on the first AS_THREADS, the
-// others idle through it: their loops start past the work or are guarded). Dynamic shared memory: 4 * AS_KEYS * (D + 8) halves + 4096 + 9 K + 8 vt bytes.
-extern "C" __global__ void __cluster_dims__(1, AS_CLUSTER, 1) __launch_bounds__(QA_THREADS, 2)
-    qkv_attnc(const uint4* __restrict__ W, int K, int vt, const float* __restrict__ x, const float* __restrict__ nw,
-              const float* __restrict__ ws, const float* __restrict__ os, const float* __restrict__ rope, float eps,
-              __half* kc, __half* vc, float* __restrict__ out, int n_head, int n_kv, int D, int n_ctx,
-              const int* __restrict__ pos0p, unsigned long long* trace, int flags) {
-    const QAArgs fa{W, K, vt, x, nw, ws, os, rope, eps, flags};
-    attn_split_body<true, true>(nullptr, kc, vc, out, nullptr, nullptr, n_head, n_kv, D, n_ctx, pos0p, trace, &fa);
 }
 
 // grid.x: row groups (8 warps a block, one row or pair a warp); grid.y: token tiles of TT.
