@@ -4,7 +4,7 @@ bandwidth floor (bytes a token over the measured device-to-device copy bandwidth
     python tools/bench_gpu.py                      # random weights of the 2B-4T shape, built on the device
     python tools/bench_gpu.py --model m.gguf       # a GGUF model (I2_S) instead
     python tools/bench_gpu.py --json out.json      # also write the numbers
-    python tools/bench_gpu.py --env-ab BITNET_GPU_PDL=0,late   # only decode, the step captured under each value
+    python tools/bench_gpu.py --ab attn_cluster=1,0   # only decode, the step captured under each value
 
 Decode: batch 1, a 32-token prompt, then --n-gen steps, each one CUDA-graph replay with the argmax on the device
 and the token id copied back (the host loop waits for every token). `graph` is the replay alone, timed with
@@ -127,17 +127,19 @@ def bench_ours(m, n_gen: int, n_prompt: int) -> dict:
             "prefill_tok_s": n_prompt / prefill_s, "prefill_ms": prefill_s * 1e3}
 
 
-def env_ab(m, spec: str, n_gen: int, rounds: int = 2) -> list[dict]:
-    """Decode of the default step captured under each value of one environment variable (NAME=V1,V2,...), the
-    values alternating, `rounds` times: an A/B of a switch read at capture time within one process."""
-    import os
-
+def attr_ab(m, spec: str, n_gen: int, rounds: int = 2) -> list[dict]:
+    """Decode of the step captured under each value of one GPUModel switch (NAME=V1,V2,...: an attribute read
+    when the step is captured, e.g. attn_cluster or attn_split; 0/1 for booleans), the values alternating,
+    `rounds` times: an A/B within one process."""
     name, vals = spec.split("=", 1)
+    if not hasattr(m, name):
+        raise SystemExit(f"--ab: GPUModel has no attribute {name!r}")
+    kind = type(getattr(m, name))
     out = []
     for r in range(rounds):
         for v in vals.split(","):
-            os.environ[name] = v
-            m.set_decode_mode(m.decode_mode, 0)  # the graphs are captured again under the value
+            setattr(m, name, bool(int(v)) if kind is bool else kind(v))
+            m.set_decode_mode(m.decode_mode)  # drops the captured graphs: the next decode captures them again
             o = bench_ours(m, n_gen, 64)
             out.append({"value": v, "round": r + 1, **o})
             print(f"{name}={v:<8} round {r + 1}: host loop {o['decode_tok_s']:7.1f} tok/s, device loop "
@@ -489,8 +491,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
     p.add_argument("--compile", action="store_true", help="also torch.compile the PyTorch step before capture")
     p.add_argument("--json", help="write the numbers to this file")
-    p.add_argument("--env-ab", metavar="NAME=V1,V2", help="only the decode (host and device loop) of the step "
-                   "captured under each value of environment variable NAME, alternating twice; e.g. BITNET_GPU_PDL=0,late")
+    p.add_argument("--ab", metavar="NAME=V1,V2", help="only the decode (host and device loop) of the step "
+                   "captured under each value of GPUModel switch NAME, alternating twice; e.g. attn_cluster=1,0")
     args = p.parse_args(argv)
 
     from bitnet_inference.gpu_model import GPUModel, load_gpu
@@ -504,12 +506,12 @@ def main(argv=None) -> int:
         m = GPUModel.random(model_args(SHAPE_2B4T), n_ctx=args.ctx)
     a = m.args
     mode = m.decode_mode
-    if args.env_ab:
+    if args.ab:
         print(f"device: {rt.name}; decode of {args.n_gen} tokens after a 32-token prompt", flush=True)
-        ab = env_ab(m, args.env_ab, args.n_gen)
+        ab = attr_ab(m, args.ab, args.n_gen)
         if args.json:
             with open(args.json, "w") as fh:
-                json.dump({"device": rt.name, "env_ab": ab}, fh, indent=1)
+                json.dump({"device": rt.name, "ab": ab}, fh, indent=1)
         return 0
     ours = bench_ours(m, args.n_gen, args.n_prompt)
     ours["mode"] = mode
