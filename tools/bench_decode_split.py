@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_decode_steps import model_missing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,9 +30,7 @@ def main() -> int:
     ap.add_argument("--pos", type=int, default=128, help="prompt length before the decoded tokens (default 128)")
     ap.add_argument("-n", type=int, default=16, help="tokens decoded a round (default 16)")
     args = ap.parse_args()
-    if not Path(args.model).exists():
-        print(f"{args.model} is missing: write it with tools/make_synthetic_model.py --shape 2b4t --quant i2_s "
-              "(or run tools/bench_vs_llamacpp.py once)", file=sys.stderr)
+    if model_missing(args.model):
         return 2
 
     import bitnet_kernels as bk

@@ -24,6 +24,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def model_missing(path: str) -> bool:
+    """True (after saying how to write it) when the 2B-4T-shaped I2_S file is not there."""
+    if Path(path).exists():
+        return False
+    print(f"{path} is missing: write it with tools/make_synthetic_model.py --shape 2b4t --quant i2_s "
+          "(or run tools/bench_vs_llamacpp.py once)", file=sys.stderr)
+    return True
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "models" / "synthetic-2b4t-i2_s.gguf"))
@@ -31,9 +40,7 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=32, help="tokens decoded per repetition (default 32)")
     ap.add_argument("-r", type=int, default=5, help="repetitions per configuration (default 5)")
     args = ap.parse_args()
-    if not Path(args.model).exists():
-        print(f"{args.model} is missing: write it with tools/make_synthetic_model.py --shape 2b4t --quant i2_s "
-              "(or run tools/bench_vs_llamacpp.py once)", file=sys.stderr)
+    if model_missing(args.model):
         return 2
 
     import bitnet_kernels as bk
