@@ -4,7 +4,7 @@ bandwidth floor (bytes a token over the measured device-to-device copy bandwidth
     python tools/bench_gpu.py                      # random weights of the 2B-4T shape, built on the device
     python tools/bench_gpu.py --model m.gguf       # a GGUF model (I2_S) instead
     python tools/bench_gpu.py --json out.json      # also write the numbers
-    python tools/bench_gpu.py --ab attn_cluster=1,0   # only decode, the step captured under each value
+    python tools/bench_gpu.py --ab attn_cluster=1,0   # only decode and prefill, under each value of a switch
 
 Decode: batch 1, a 32-token prompt, then --n-gen steps, each one CUDA-graph replay with the argmax on the device
 and the token id copied back (the host loop waits for every token). `graph` is the replay alone, timed with
@@ -127,7 +127,7 @@ def bench_ours(m, n_gen: int, n_prompt: int) -> dict:
             "prefill_tok_s": n_prompt / prefill_s, "prefill_ms": prefill_s * 1e3}
 
 
-def attr_ab(m, spec: str, n_gen: int, rounds: int = 2) -> list[dict]:
+def attr_ab(m, spec: str, n_gen: int, rounds: int = 2, n_prompt: int = 64) -> list[dict]:
     """Decode of the step captured under each value of one GPUModel switch (NAME=V1,V2,...: an attribute read
     when the step is captured, e.g. attn_cluster or attn_split; 0/1 for booleans), the values alternating,
     `rounds` times: an A/B within one process."""
@@ -140,11 +140,11 @@ def attr_ab(m, spec: str, n_gen: int, rounds: int = 2) -> list[dict]:
         for v in vals.split(","):
             setattr(m, name, bool(int(v)) if kind is bool else kind(v))
             m.set_decode_mode(m.decode_mode)  # drops the captured graphs: the next decode captures them again
-            o = bench_ours(m, n_gen, 64)
+            o = bench_ours(m, n_gen, n_prompt)
             out.append({"value": v, "round": r + 1, **o})
             print(f"{name}={v:<8} round {r + 1}: host loop {o['decode_tok_s']:7.1f} tok/s, device loop "
-                  f"{o['device_loop_tok_s']:7.1f} tok/s, one graph {o['graph_ms'] * 1e3:7.1f} us (replays, events)",
-                  flush=True)
+                  f"{o['device_loop_tok_s']:7.1f} tok/s, one graph {o['graph_ms'] * 1e3:7.1f} us (replays, events); "
+                  f"prefill {n_prompt}: {o['prefill_tok_s']:8.0f} tok/s ({o['prefill_ms']:.2f} ms)", flush=True)
     return out
 
 
@@ -354,6 +354,10 @@ def prefill_breakdown(m, t: int) -> dict:
         "attention": lambda: rt.launch("attention", "PPPPiiiiPi", (a.n_head, t), (512, 1, 1), p(m.qb), np.intp(kc),
                                        np.intp(vc), p(m.att), np.int32(a.n_head), np.int32(a.n_head_kv),
                                        np.int32(d), np.int32(m.n_ctx), p(m.pos), np.int32(0), shared=4 * m.n_ctx),
+        "attention flash": lambda: ops.flash_attention_launch(rt, m.qb, kc, vc, m.att, a.n_head, a.n_head_kv, d,
+                                                              m.n_ctx, t, m.pos),
+        "attention flash f16 P": lambda: ops.flash_attention_launch(rt, m.qb, kc, vc, m.att, a.n_head, a.n_head_kv,
+                                                                    d, m.n_ctx, t, m.pos, f16_p=True),
         "o": lambda: ops.ternary_launch(rt, L.o, "resid", m.q8, m.qsum, m.s, m.hn, e, t),
         "gate/up": lambda: ops.ternary_launch(rt, L.gu, "relu2", m.q8, m.qsum, m.s, m.fb, f, t),
         "down": lambda: ops.ternary_launch(rt, L.down, "resid", m.q8, m.qsum, m.s, m.hn, e, t),
@@ -492,7 +496,8 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true", help="also torch.compile the PyTorch step before capture")
     p.add_argument("--json", help="write the numbers to this file")
     p.add_argument("--ab", metavar="NAME=V1,V2", help="only the decode (host and device loop) of the step "
-                   "captured under each value of GPUModel switch NAME, alternating twice; e.g. attn_cluster=1,0")
+                   "captured under each value of GPUModel switch NAME and the prefill of --n-prompt tokens, "
+                   "alternating twice; e.g. attn_cluster=1,0 or flash_prefill=0,1")
     args = p.parse_args(argv)
 
     from bitnet_inference.gpu_model import GPUModel, load_gpu
@@ -507,8 +512,9 @@ def main(argv=None) -> int:
     a = m.args
     mode = m.decode_mode
     if args.ab:
-        print(f"device: {rt.name}; decode of {args.n_gen} tokens after a 32-token prompt", flush=True)
-        ab = attr_ab(m, args.ab, args.n_gen)
+        print(f"device: {rt.name}; decode of {args.n_gen} tokens after a 32-token prompt, prefill of "
+              f"{args.n_prompt}", flush=True)
+        ab = attr_ab(m, args.ab, args.n_gen, n_prompt=args.n_prompt)
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump({"device": rt.name, "ab": ab}, fh, indent=1)

@@ -251,6 +251,76 @@ def test_split_attention_matches_float64(d):
         assert np.linalg.norm(got[0] - one) / np.linalg.norm(one) < 1e-5
 
 
+def causal_attention_ref(q, kc, vc, pos0, n_head, n_kv):
+    """Prompt attention in float64: query i (position pos0 + i) over keys 0 .. pos0 + i (q rounded through f16
+    as the kernels do); q (T, n_head, d) -> (T, n_head, d)."""
+    t, _, d = q.shape
+    nk = pos0 + t
+    out = np.zeros(q.shape)
+    mask = np.arange(nk)[None, :] > (pos0 + np.arange(t))[:, None]
+    for h in range(n_head):
+        kh = h // (n_head // n_kv)
+        s = q[:, h].astype(np.float16).astype(np.float64) @ kc[kh, :nk].astype(np.float64).T / np.sqrt(d)
+        s[mask] = -np.inf
+        p = np.exp(s - s.max(1, keepdims=True))
+        out[:, h] = (p / p.sum(1, keepdims=True)) @ vc[kh, :nk].astype(np.float64)
+    return out
+
+
+@pytest.mark.parametrize("f16_p", [False, True], ids=["split_p", "f16_p"])
+@pytest.mark.parametrize("d,n_head,n_kv,t,pos0", [
+    (128, 8, 2, 77, 0), (128, 20, 5, 512, 0), (128, 20, 5, 100, 300), (128, 4, 4, 2, 0), (128, 4, 4, 130, 37),
+    (64, 4, 4, 33, 100), (64, 8, 2, 70, 0), (64, 16, 2, 19, 5), (64, 12, 4, 65, 64), (256, 4, 2, 50, 9)])
+def test_flash_prefill_attention(d, n_head, n_kv, t, pos0, f16_p):
+    """The tiled tensor-core prompt attention (flash_attn_d*) against float64 and the one-block-a-(head, query)
+    `attention` kernel: ragged T, pos0 > 0, GQA 8:1 / 4:1 / 3:1 / 2:1 / 1:1. Bounds, as multiples of max|v|: the
+    old kernel (f32 P) 1e-5 of float64 (measured <= 1.7e-6). The default (P as hi + lo f16 halves: ~22 bits, each
+    weight off by at most 2^-22 relative or 2^-25 absolute in f16's subnormal range, so at most ~1e-5 over 600 keys
+    in the worst case; f32 dots and sums ~1e-6): 2e-5. With P rounded to f16 once (f16_p: relative error at most
+    2^-11 a weight, normalized by the sum of the rounded weights, so the output moves by at most
+    ~2 * 2^-11 * max|v| ~ 1e-3 * max|v|): 1e-3. The cache past the prompt holds NaN (never read: the block's rows
+    past its keys are zero in shared memory); rows of out past T stay untouched."""
+    from bitnet_kernels.gpu import get_runtime, ops
+
+    assert ops.flash_supported(n_head, n_kv, d)
+    rt = get_runtime()
+    rng = np.random.default_rng(d * 1000 + t + pos0)
+    n_ctx = pos0 + t + 40
+    kc = (rng.standard_normal((n_kv, n_ctx, d)) * 1.5).astype(np.float16)
+    vc = rng.standard_normal((n_kv, n_ctx, d)).astype(np.float16)
+    kc[:, pos0 + t :] = np.nan
+    vc[:, pos0 + t :] = np.nan
+    q = rng.standard_normal((t, n_head, d)).astype(np.float32)
+    q[t // 2, 0] *= 8  # a peaked row: one key takes most of the weight
+    dq, dk, dv = ops.to_gpu(q), ops.to_gpu(kc), ops.to_gpu(vc)
+    dpos = ops.to_gpu(np.array([pos0], np.int32))
+    out = ops.to_gpu(np.full((t + 3, n_head * d), np.nan, np.float32))
+    ops.flash_attention_launch(rt, dq, dk, dv, out, n_head, n_kv, d, n_ctx, t, dpos, f16_p=f16_p)
+    rt.sync()
+    res = out.get()
+    assert np.isnan(res[t:]).all()
+    got = res[:t].reshape(t, n_head, d)
+    ref = causal_attention_ref(q, kc, vc, pos0, n_head, n_kv)
+    vmax = float(np.abs(vc[:, : pos0 + t].astype(np.float32)).max())
+    err = float(np.abs(got - ref).max())
+    out1 = ops.gpu_empty((t * n_head * d,), np.float32)
+    ops.attention_launch(rt, dq, dk, dv, out1, n_head, n_kv, d, n_ctx, t, dpos)
+    rt.sync()
+    old = out1.get().reshape(t, n_head, d)
+    err_old = float(np.abs(old - ref).max())
+    diff = float(np.abs(got - old).max())
+    print(f"flash attention{' f16 P' if f16_p else ''} d {d} heads {n_head}/{n_kv} T {t} pos0 {pos0}: max |flash - "
+          f"f64| {err:.2e}, |flash - attention| {diff:.2e}, |attention - f64| {err_old:.2e}, max|v| {vmax:.2f}")
+    bound = (1e-3 if f16_p else 2e-5) * vmax
+    assert err_old <= 1e-5 * vmax
+    assert err <= bound
+    assert diff <= bound
+    # the same bits again (no state between launches)
+    ops.flash_attention_launch(rt, dq, dk, dv, out, n_head, n_kv, d, n_ctx, t, dpos, f16_p=f16_p)
+    rt.sync()
+    np.testing.assert_array_equal(out.get()[:t].reshape(t, n_head, d), got)
+
+
 @pytest.mark.parametrize("t", [1, 5, 9])
 def test_q8_head_matches_cpu_q8_head(t):
     """The int8 LM head on the device: the same int8 rows and scales as bitnet_kernels.cpu.q8_head_prepare and

@@ -137,6 +137,11 @@ class GPUModel:
         # distributed shared memory, no global partials or counter) while the keys fit its cluster path; past
         # that, a second captured step with attn_split (see _long); BITNET_GPU_ATTN_CLUSTER=0: attn_split always
         self.attn_cluster = os.environ.get("BITNET_GPU_ATTN_CLUSTER", "1") != "0"
+        # prompts (T > 1), read at each forward: 1, the tiled attention on the f16 tensor cores (flash_attn_d*,
+        # head_dim 64 / 128 / 256; P as two f16 halves); 2, the same with P rounded to f16 once (flash_attn_f16p_d*,
+        # kept for comparison: moves the fixture's logits by 2.4%); 0 (or another head_dim): one 512-thread block a
+        # (head, query) (`attention`)
+        self.flash_prefill = 1
 
 
     # -- the one-kernel decode step ---------------------------------------------------------------------------
@@ -543,8 +548,8 @@ class GPUModel:
                           rows)
 
     def _attention(self, t: int, kc: int, vc: int, trace=None) -> None:
-        """Queue one layer's attention: one token with the split kernel (several blocks a head), else one block
-        a (head, token)."""
+        """Queue one layer's attention: one token with the split kernel (several blocks a head); a prompt with the
+        tiled tensor-core kernel (flash_prefill, where the shape is covered), else one block a (head, token)."""
         rt, a, p = self.rt, self.args, self.ops.ptr
         d = a.head_dim
         if t == 1 and self.attn_split:
@@ -557,6 +562,10 @@ class GPUModel:
                       np.intp(kc), np.intp(vc), p(self.att), p(self.att_part), p(self.att_cnt), np.int32(a.n_head),
                       np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx), p(self.pos),
                       p(trace) if trace is not None else np.intp(0), shared=shared)
+            return
+        if t > 1 and self.flash_prefill and self.ops.flash_supported(a.n_head, a.n_head_kv, d):
+            self.ops.flash_attention_launch(rt, self.qb, kc, vc, self.att, a.n_head, a.n_head_kv, d, self.n_ctx, t,
+                                            self.pos, f16_p=self.flash_prefill == 2)
             return
         rt.launch("attention", "PPPPiiiiPi", (a.n_head, t), (512, 1, 1), p(self.qb), np.intp(kc), np.intp(vc),
                   p(self.att), np.int32(a.n_head), np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx),

@@ -1124,6 +1124,225 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention(const float*
     }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Prefill attention (T > 1) on the f16 tensor cores, flash-attention style. A block (4 warps) takes 64 rows, each a
+// (query, head) pair of one KV head: row r is query q0 + r / G of head kh * G + r % G (G = n_head / n_kv query
+// heads a KV head, 64 / G queries a block), so the 4 query heads of a 2B-4T KV head share every K/V tile; a warp
+// owns 16 rows. The keys 0 .. pos0 + (last query of the block) go by in tiles of BN rows of the f16 cache, copied
+// into shared memory with cp.async (two buffers: the next tile's copy runs during this tile's math; rows past the
+// block's keys are zero, so a masked P of 0 never meets uninitialized V). S = Q.K^T with
+// mma.sync.m16n8k16.f32.f16.f16.f32 (q rounded through f16 where it meets the cache, as `attention`; K fragments
+// with ldmatrix), scaled by 1/sqrt(D) and the causal mask (key j visible to the query at position p when j <= p),
+// the online softmax in f32 registers (running max and sum a row, base 2), O += P.V with the same mma (V fragments
+// with ldmatrix.trans), O / l written as f32 (T, n_head * D). P meets the f16 mma as hi + lo, two f16 halves of the
+// f32 value (flash_attn_d*: two P.V mma a fragment, ~22 bits of P: within ~1e-6 of the f32 `attention`), or
+// rounded to f16 once (flash_attn_f16p_d*: the sum l adds the rounded values; up to ~1e-3 of max|v| off, which
+// moved the fixture model's logits by 2.4% and its KLD to bitnet.cpp from 5.9e-5 to 4.1e-4). grid (ceil(T / (64 / G)), n_kv), the longest query tiles
+// first; dynamic shared memory 4 * BN * (D + 8) * 2 bytes. D % 32 == 0.
+#define FA_THREADS 128
+#define FA_ROWS 64
+
+__device__ __forceinline__ void mma_f16(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t* r, const void* p) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t* r, const void* p) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
+}
+__device__ __forceinline__ uint32_t h2_bits(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
+
+template <int D, int BN, bool SPLIT>
+__device__ __forceinline__ void flash_body(const float* __restrict__ q, const __half* __restrict__ kc,
+                                           const __half* __restrict__ vc, float* __restrict__ out, int n_head,
+                                           int n_kv, int n_ctx, int T, const int* __restrict__ pos0p) {
+    static_assert(D % 32 == 0 && BN % 16 == 0, "flash_body: D % 32, BN % 16");
+    constexpr int P = D + 8;  // halves a shared row (an odd multiple of 16 bytes: conflict-free ldmatrix)
+    constexpr int CH = D / 8;  // 16-byte chunks a row
+    extern __shared__ __align__(16) unsigned char fa_smem[];
+    __half* Ks = reinterpret_cast<__half*>(fa_smem);  // [2][BN][P]
+    __half* Vs = Ks + 2 * BN * P;                     // [2][BN][P]
+    const int G = n_head / n_kv, QPB = FA_ROWS / G;
+    const int kh = blockIdx.y;
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * QPB;
+    const int pos0 = *pos0p;
+    const int q_last = min(q0 + QPB, T) - 1;
+    const int nk = pos0 + q_last + 1;
+    const int ntiles = (nk + BN - 1) / BN;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+    const int HD = n_head * D;
+    const __half* kb = kc + (size_t)kh * n_ctx * D;
+    const __half* vb = vc + (size_t)kh * n_ctx * D;
+
+    auto load = [&](int kt, int buf) {
+        __half* kd = Ks + buf * BN * P;
+        __half* vd = Vs + buf * BN * P;
+#pragma unroll 4
+        for (int i = tid; i < BN * CH; i += FA_THREADS) {
+            const int r = i / CH, c = i % CH, j = kt * BN + r;
+            if (j < nk) {
+                cp_async16(kd + r * P + c * 8, kb + (size_t)j * D + c * 8);
+                cp_async16(vd + r * P + c * 8, vb + (size_t)j * D + c * 8);
+            } else {
+                *reinterpret_cast<uint4*>(kd + r * P + c * 8) = make_uint4(0u, 0u, 0u, 0u);
+                *reinterpret_cast<uint4*>(vd + r * P + c * 8) = make_uint4(0u, 0u, 0u, 0u);
+            }
+        }
+        cp_async_commit();
+    };
+    load(0, 0);
+
+    // this thread's two rows (g and g + 8 of the warp's 16): query, head, position; rows past the block's
+    // queries (T or 64 / G * G) compute as its last query and are not written
+    int qi[2], hh[2], pr[2];
+    bool ok[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int r = warp * 16 + g + 8 * i;
+        const int qq = q0 + r / G;
+        ok[i] = r < QPB * G && qq < T;
+        qi[i] = min(qq, q_last);
+        hh[i] = kh * G + r % G;
+        pr[i] = pos0 + qi[i];
+    }
+    uint32_t qa[D / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ks++)
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+#pragma unroll
+            for (int hv = 0; hv < 2; hv++) {
+                const float2 f = *reinterpret_cast<const float2*>(q + (size_t)qi[i] * HD + hh[i] * D + 16 * ks +
+                                                                  8 * hv + 2 * t4);
+                qa[ks][i + 2 * hv] = h2_bits(__floats2half2_rn(f.x, f.y));
+            }
+    const float sl2 = (1.0f / sqrtf((float)D)) * 1.4426950408889634f;
+    float o[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[n][e] = 0.0f;
+    float mr[2] = {-INFINITY, -INFINITY}, lr[2] = {0.0f, 0.0f};
+
+    for (int kt = 0; kt < ntiles; kt++) {
+        if (kt + 1 < ntiles) {
+            load(kt + 1, (kt + 1) & 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const __half* Kt = Ks + (kt & 1) * BN * P;
+        const __half* Vt = Vs + (kt & 1) * BN * P;
+        float s[BN / 8][4];
+#pragma unroll
+        for (int n = 0; n < BN / 8; n++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[n][e] = 0.0f;
+#pragma unroll
+            for (int ks = 0; ks < D / 16; ks += 2) {
+                uint32_t b[4];
+                ldsm_x4(b, Kt + (n * 8 + (lane & 7)) * P + ks * 16 + (lane >> 3) * 8);
+                mma_f16(s[n], qa[ks], b[0], b[1]);
+                mma_f16(s[n], qa[ks + 1], b[2], b[3]);
+            }
+        }
+        // scale, mask, running max (a row's 4 threads: the quad)
+        const int j0 = kt * BN + 2 * t4;
+        float mx[2] = {mr[0], mr[1]};
+#pragma unroll
+        for (int n = 0; n < BN / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int i = e >> 1, j = j0 + n * 8 + (e & 1);
+                const float v = j <= pr[i] ? s[n][e] * sl2 : -INFINITY;
+                s[n][e] = v;
+                mx[i] = fmaxf(mx[i], v);
+            }
+        float cf[2];
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+            cf[i] = exp2f(mr[i] - mx[i]);  // key 0 is in tile 0 for every row: mx is finite from the start
+            mr[i] = mx[i];
+            lr[i] *= cf[i];
+        }
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+            o[n][0] *= cf[0]; o[n][1] *= cf[0];
+            o[n][2] *= cf[1]; o[n][3] *= cf[1];
+        }
+        // P = exp2(s - m) as f16 A fragments of P.V, straight from the S accumulators: SPLIT, P = hi + lo (two f16,
+        // ~22 bits; two mma a fragment) and l sums P in f32; else P rounded to f16 and l sums the rounded values
+        uint32_t pa[BN / 16][4], pl[BN / 16][4];
+#pragma unroll
+        for (int n = 0; n < BN / 8; n++)
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const float p0 = exp2f(s[n][2 * i] - mr[i]), p1 = exp2f(s[n][2 * i + 1] - mr[i]);
+                const __half2 h = __floats2half2_rn(p0, p1);
+                const float2 f = __half22float2(h);
+                pa[n >> 1][i + 2 * (n & 1)] = h2_bits(h);
+                if (SPLIT) {
+                    pl[n >> 1][i + 2 * (n & 1)] = h2_bits(__floats2half2_rn(p0 - f.x, p1 - f.y));
+                    lr[i] += p0 + p1;
+                } else {
+                    lr[i] += f.x + f.y;
+                }
+            }
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++)
+#pragma unroll
+            for (int n = 0; n < D / 8; n += 2) {
+                uint32_t b[4];
+                ldsm_x4_t(b, Vt + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * P + n * 8 + (lane >> 4) * 8);
+                mma_f16(o[n], pa[kk], b[0], b[1]);
+                mma_f16(o[n + 1], pa[kk], b[2], b[3]);
+                if (SPLIT) {
+                    mma_f16(o[n], pl[kk], b[0], b[1]);
+                    mma_f16(o[n + 1], pl[kk], b[2], b[3]);
+                }
+            }
+        __syncthreads();  // the buffer is refilled by the next iteration's copy
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        lr[i] += __shfl_xor_sync(0xffffffffu, lr[i], 1);
+        lr[i] += __shfl_xor_sync(0xffffffffu, lr[i], 2);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        if (!ok[i]) continue;
+        const float inv = 1.0f / lr[i];
+        float* orow = out + (size_t)qi[i] * HD + hh[i] * D + 2 * t4;
+#pragma unroll
+        for (int n = 0; n < D / 8; n++)
+            *reinterpret_cast<float2*>(orow + n * 8) = make_float2(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
+    }
+}
+
+#define FLASH_KERNEL(NAME, D, BN, SPLIT)                                                                       \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) NAME(                                           \
+        const float* __restrict__ q, const __half* __restrict__ kc, const __half* __restrict__ vc,            \
+        float* __restrict__ out, int n_head, int n_kv, int n_ctx, int T, const int* __restrict__ pos0p) {     \
+        flash_body<D, BN, SPLIT>(q, kc, vc, out, n_head, n_kv, n_ctx, T, pos0p);                              \
+    }
+FLASH_KERNEL(flash_attn_d64, 64, 64, true)
+FLASH_KERNEL(flash_attn_d128, 128, 64, true)
+FLASH_KERNEL(flash_attn_d256, 256, 32, true)
+FLASH_KERNEL(flash_attn_f16p_d64, 64, 64, false)
+FLASH_KERNEL(flash_attn_f16p_d128, 128, 64, false)
+FLASH_KERNEL(flash_attn_f16p_d256, 256, 32, false)
+
 // Greedy sampling on the device: index of the largest logit of row 0 (first on ties), one block of 1024.
 __device__ int block_argmax(const float* __restrict__ x, int V) {
     __shared__ float bv[32];

@@ -229,6 +229,38 @@ def _p(a) -> np.intp:
     return ptr(a)
 
 
+# prefill attention on the f16 tensor cores (flash_attn_d*): key tile a head_dim; 64 (query, head) rows a block
+FLASH_BN = {64: 64, 128: 64, 256: 32}
+FLASH_ROWS = 64
+SIG_FLASH = "PPPPiiiiP"
+SIG_ATTN = "PPPPiiiiPi"
+
+
+def flash_supported(n_head: int, n_kv: int, d: int) -> bool:
+    """Whether flash_attn_d* covers the shape (else the one-block-a-(head, query) `attention` kernel)."""
+    return d in FLASH_BN and n_kv > 0 and n_head % n_kv == 0 and n_head // n_kv <= FLASH_ROWS
+
+
+def flash_attention_launch(rt: Runtime, q, kc, vc, out, n_head: int, n_kv: int, d: int, n_ctx: int, t: int,
+                           pos0, f16_p: bool = False) -> None:
+    """Queue the causal attention of t queries (q: float (t, n_head * d)) at positions *pos0 .. over one layer's
+    f16 cache (kc, vc: (n_kv, n_ctx, d)) into out (float (t, n_head * d)); the shape must be flash_supported.
+    f16_p: P rounded to f16 once (flash_attn_f16p_d*) instead of hi + lo halves (~1e-3 of max|v| off, not ~1e-6)."""
+    name, bn = f"flash_attn_{'f16p_' if f16_p else ''}d{d}", FLASH_BN[d]
+    shared = 4 * bn * (d + 8) * 2
+    _allow_smem(rt, name, SIG_FLASH, shared)
+    qpb = FLASH_ROWS // (n_head // n_kv)
+    rt.launch(name, SIG_FLASH, (-(-t // qpb), n_kv), (128, 1, 1), _p(q), _p(kc), _p(vc), _p(out), np.int32(n_head),
+              np.int32(n_kv), np.int32(n_ctx), np.int32(t), _p(pos0), shared=shared)
+
+
+def attention_launch(rt: Runtime, q, kc, vc, out, n_head: int, n_kv: int, d: int, n_ctx: int, t: int, pos0,
+                     p_f16: int = 0) -> None:
+    """Queue the `attention` kernel (one 512-thread block a (head, query)) with the same arguments."""
+    rt.launch("attention", SIG_ATTN, (n_head, t), (512, 1, 1), _p(q), _p(kc), _p(vc), _p(out), np.int32(n_head),
+              np.int32(n_kv), np.int32(d), np.int32(n_ctx), _p(pos0), np.int32(p_f16), shared=4 * n_ctx)
+
+
 def _quant_rows_launch(rt: Runtime, x: np.ndarray):
     """Queue per-token int8 quantization of x (T, K) float32: device arrays (x, q int8 (T, K), s (T,), qsum (T,));
     the caller keeps x alive until the queue has run."""
