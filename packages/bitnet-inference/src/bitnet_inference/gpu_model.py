@@ -567,9 +567,8 @@ class GPUModel:
             self.ops.flash_attention_launch(rt, self.qb, kc, vc, self.att, a.n_head, a.n_head_kv, d, self.n_ctx, t,
                                             self.pos, f16_p=self.flash_prefill == 2)
             return
-        rt.launch("attention", "PPPPiiiiPi", (a.n_head, t), (512, 1, 1), p(self.qb), np.intp(kc), np.intp(vc),
-                  p(self.att), np.int32(a.n_head), np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx),
-                  p(self.pos), np.int32(1 if t == 1 else 0), shared=4 * self.n_ctx)
+        self.ops.attention_launch(rt, self.qb, kc, vc, self.att, a.n_head, a.n_head_kv, d, self.n_ctx, t, self.pos,
+                                  p_f16=1 if t == 1 else 0)
 
     def forward(self, tokens, pos0: int, logits: str = "all", capture=None, slot: int = 0) -> np.ndarray:
         """Evaluate tokens (T,) at positions pos0.. and return logits (T, V) ("all") or (1, V) ("last")."""
