@@ -41,6 +41,18 @@ __device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+// Step kt of n of a two-buffer cp.async pipeline: queue tile kt + 1 into buffer (kt + 1) & 1 (load(tile, buf)
+// commits its group), wait until tile kt has landed, and make it visible to the block.
+template <typename Load>
+__device__ __forceinline__ void pipe_step(int kt, int n, Load&& load) {
+    if (kt + 1 < n) {
+        load(kt + 1, (kt + 1) & 1);
+        cp_async_wait<1>();
+    } else {
+        cp_async_wait<0>();
+    }
+    __syncthreads();
+}
 
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
@@ -1233,13 +1245,7 @@ __device__ __forceinline__ void flash_body(const float* __restrict__ q, const __
     float mr[2] = {-INFINITY, -INFINITY}, lr[2] = {0.0f, 0.0f};
 
     for (int kt = 0; kt < ntiles; kt++) {
-        if (kt + 1 < ntiles) {
-            load(kt + 1, (kt + 1) & 1);
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
+        pipe_step(kt, ntiles, load);
         const __half* Kt = Ks + (kt & 1) * BN * P;
         const __half* Vt = Vs + (kt & 1) * BN * P;
         float s[BN / 8][4];
@@ -1465,13 +1471,7 @@ __device__ __forceinline__ void tern_mma_body(const uint32_t* __restrict__ W, in
     };
     load(0, 0);
     for (int kt = 0; kt < nk; kt++) {
-        if (kt + 1 < nk) {
-            load(kt + 1, (kt + 1) & 1);
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
+        pipe_step(kt, nk, load);
         const int8_t* Ab = As[kt & 1];
         const uint8_t* Bb = Bs[kt & 1];
 #pragma unroll
