@@ -191,16 +191,9 @@ def test_decode_hoisted_loads_bit_equal(k, x_kind, monkeypatch):
 
 
 def attention_ref(q, kc, vc, nk, n_head, n_kv):
-    """One token's attention in float64 over keys 0..nk-1 (q rounded through f16 as the kernels do)."""
-    d = q.shape[-1]
-    out = np.zeros((n_head, d))
-    for h in range(n_head):
-        kh = h // (n_head // n_kv)
-        qh = q[h].astype(np.float16).astype(np.float64)
-        s = kc[kh, :nk].astype(np.float64) @ qh / np.sqrt(d)
-        p = np.exp(s - s.max())
-        out[h] = (p / p.sum()) @ vc[kh, :nk].astype(np.float64)
-    return out
+    """One token's attention in float64 over keys 0..nk-1 (q (n_head, d) rounded through f16 as the kernels do):
+    the causal reference for the token at position nk - 1."""
+    return causal_attention_ref(q[None], kc, vc, nk - 1, n_head, n_kv)[0]
 
 
 @pytest.mark.parametrize("d", [64, 128])
