@@ -96,7 +96,8 @@ def step_time(m, skip: set, noop: bool, reps: int = 20) -> float:
 
 
 # (mode, split attention, label): mode "kind:warps:prologue:cluster attention" (kind: fused = the 11:09 matmuls,
-# fusedh = hoisted loads, fusedhn / fusedhp = hoisted with the weight rows never / always asked into L2; warps: 0
+# fusedh = hoisted loads with the weight rows of matrices up to 6 MiB asked into L2, fusedhn / fusedhp = never /
+# always asked, fusedhw = those rows copied into shared memory (the sixth session's default); warps: 0
 # sized per matrix, else 8 or 16; prologue: shfl | redux, see ops.DEC_PROLOGUE; cluster attention: 1 | 0); the
 # third session's variants first (its table in docs/gpu.md), then the fourth session's
 CONFIGS_OLD = [("fused:8:shfl:0", False, "11:09 step: one attention block a head"),
@@ -107,15 +108,17 @@ CONFIGS_OLD = [("fused:8:shfl:0", False, "11:09 step: one attention block a head
                ("fusedhp:0:shfl:0", True, "the same + all weight rows asked into L2 first")]
 CONFIGS = [("fusedh:0:shfl:0", True, "third session's default (shuffle reductions)"),
            ("fusedh:0:redux:0", True, "+ redux.sync reductions"),
-           ("fusedh:0:redux:1", True, "+ cluster attention up to 512 keys (default)")]
+           ("fusedh:0:redux:1", True, "+ cluster attention up to 512 keys"),
+           ("fusedhw:0:redux:1", True, "+ weights copied into smem (default)")]
 
 
 def set_config(m, mode: str, split: bool) -> None:
     from bitnet_kernels.gpu import ops
 
     kind, w, prologue, cl = (mode.split(":") + ["0"])[:4]
-    ops.DEC_HOIST = kind in ("fusedh", "fusedhn", "fusedhp")
-    ops.L2_WEIGHTS = {"fusedhp": True, "fusedhn": False}.get(kind)
+    ops.DEC_HOIST = kind in ("fusedh", "fusedhn", "fusedhp", "fusedhw")
+    ops.AHEAD_ALL = {"fusedhp": True, "fusedhn": False}.get(kind)
+    ops.WEIGHTS_AHEAD = "smem" if kind == "fusedhw" else "l2"
     ops.DEC_PROLOGUE = prologue
     m.attn_cluster = cl == "1"
     m.set_decode_mode("fused", int(w))

@@ -157,8 +157,9 @@ def test_fused_norm_decode_matches_oracle(k):
 @pytest.mark.parametrize("x_kind", ["normal", "ties", "zeros", "spike", "pair", "spread"])
 def test_decode_hoisted_loads_bit_equal(k, x_kind, monkeypatch):
     """The decode matmul that issues its prologue-independent loads first (tdech_*: redux.sync reductions;
-    tdechs_*: shuffles) gives the same bits as the one that loads them after the prologue (tdec_*), with and without
-    the weight rows asked into L2 first, with 8, 16 and 27 warps a block. Inputs: random; every |x * w|
+    tdechs_*: shuffles) gives the same bits as the one that loads them after the prologue (tdec_*), with the weight
+    rows copied into shared memory first (tdechw_*, tdechsw_*), asked into L2 first or neither, with 8, 16, 27 and
+    32 warps a block (the int8 row in planes: K / 64 chunks of 16 bytes a plane, 256 .. 6912). Inputs: random; every |x * w|
     the same; zeros but a few; two near-equal largest |x * w| in one thread, in two threads of one warp, in two
     warps (ties for the redux.sync maximum on the bits)."""
     from bitnet_kernels.gpu import ops
@@ -181,11 +182,12 @@ def test_decode_hoisted_loads_bit_equal(k, x_kind, monkeypatch):
     m.load_codes(w, 0.03)
     m.finish()
     outs = []
-    for hoist, prologue, l2w in ((True, "redux", None), (False, "redux", None), (True, "shfl", None),
-                                 (True, "redux", True), (True, "redux", False), (True, "shfl", True)):
+    for hoist, prologue, ahead in ((True, "redux", None), (False, "redux", None), (True, "shfl", None),
+                                   (True, "redux", "smem"), (True, "redux", "l2"), (True, "shfl", "smem"),
+                                   (True, "redux", "none"), (True, "shfl", "l2"), (True, "redux", "smem")):
         monkeypatch.setattr(ops, "DEC_HOIST", hoist)
         monkeypatch.setattr(ops, "DEC_PROLOGUE", prologue)
-        outs.append(ops.decode_linear(m, x, nw, 1e-5, warps=(8, 16, 27)[len(outs) % 3], l2_weights=l2w))
+        outs.append(ops.decode_linear(m, x, nw, 1e-5, warps=(8, 16, 27, 32)[len(outs) % 4], ahead=ahead))
     for o in outs[1:]:
         np.testing.assert_array_equal(o, outs[0])
 

@@ -231,25 +231,29 @@ def test_split_attention_and_hoisted_loads(gpu_model, monkeypatch):
 
 
 def test_decode_variants_bit_equal(gpu_model, monkeypatch):
-    """One-token steps in the graph: the decode reductions (redux.sync / shuffles), with the weight rows asked
-    into L2 first for the matrices of the default or for all, give the same logits, bit for bit."""
+    """One-token steps in the graph: the decode reductions (redux.sync / shuffles), with the weight rows of the
+    default matrices or of all copied into shared memory first, asked into L2 first, or neither, give the same
+    logits, bit for bit."""
     from bitnet_kernels.gpu import ops
 
     toks = [BOS, 41, 42, 43, 44, 45, 46]
 
-    def run(prologue, l2w):
+    def run(prologue, mode, every):
         monkeypatch.setattr(ops, "DEC_PROLOGUE", prologue)
-        monkeypatch.setattr(ops, "L2_WEIGHTS", l2w)
+        monkeypatch.setattr(ops, "WEIGHTS_AHEAD", mode)
+        monkeypatch.setattr(ops, "AHEAD_ALL", every)
         gpu_model.set_decode_mode("fused", 0)  # recapture
         gpu_model.cache.reset()
         gpu_model.prefill(toks[:2])
         return np.concatenate([gpu_model.forward([tk], 2 + i, logits="last") for i, tk in enumerate(toks[2:])])
 
     try:
-        outs = [run(*v) for v in (("redux", None), ("shfl", None), ("redux", True), ("shfl", False))]
+        outs = [run(*v) for v in (("redux", "smem", None), ("shfl", "smem", None), ("redux", "smem", True),
+                                  ("redux", "l2", True), ("shfl", "none", None), ("shfl", "smem", False))]
     finally:
         monkeypatch.setattr(ops, "DEC_PROLOGUE", "redux")
-        monkeypatch.setattr(ops, "L2_WEIGHTS", None)
+        monkeypatch.setattr(ops, "WEIGHTS_AHEAD", "smem")
+        monkeypatch.setattr(ops, "AHEAD_ALL", None)
         gpu_model.set_decode_mode("fused", 0)
     for o in outs[1:]:
         np.testing.assert_array_equal(o, outs[0])

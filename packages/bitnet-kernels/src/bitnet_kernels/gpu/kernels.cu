@@ -364,7 +364,7 @@ __device__ __forceinline__ void kv_prefetch(const QKVArgs& qa, int pos) {
 // epilogue; the QKV kernel asks for this layer's K/V cache rows in L2 at its end (kv_prefetch); flags & 1: one
 // thread also asks for the block's weight rows in L2 at the start; PV, the prologue's variant (the same bits each):
 // 1 (tdech_*) the integer sum and maximum and the dots' warp sums with redux.sync; 0 (tdechs_*) with shuffles.
-template <int R, int EPI, bool HOIST, int PV>
+template <int R, int EPI, bool HOIST, int PV, bool ST>
 __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int N, int K, const float* __restrict__ x,
                                                const float* __restrict__ nw, const float* __restrict__ ws,
                                                const float* __restrict__ os, float* out,
@@ -373,8 +373,12 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
                                                int flags) {
     extern __shared__ int4 qsm_raw[];
     int* qsm = reinterpret_cast<int*>(qsm_raw);
-    // the input row (K floats) in shared memory after the K bytes of int8: x, then x * scale * nw
-    float4* xs = reinterpret_cast<float4*>(reinterpret_cast<char*>(qsm_raw) + K);
+    // HOIST: the int8 row in four planes, plane j holding the j-th 16 bytes of every 64-byte chunk (PL int4 a
+    // plane, two of padding), so that a warp's lanes read consecutive 16 bytes (no bank conflicts) and the
+    // quantization's writes land on distinct banks; K + 128 bytes. Otherwise the row as is (K bytes).
+    const int PL = (K >> 6) + 2;
+    // the input row (K floats) in shared memory after the int8 row: x, then x * scale * nw
+    float4* xs = reinterpret_cast<float4*>(reinterpret_cast<char*>(qsm_raw) + K + (HOIST ? 128 : 0));
     __shared__ double shd[32];
     __shared__ float shf[32];
     __shared__ int shi[32];
@@ -389,7 +393,8 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     const float4* x4 = reinterpret_cast<const float4*>(x);
     const float4* w4 = reinterpret_cast<const float4*>(nw);
     const int K4 = K >> 2;
-    float4* wsm = xs + K4;  // HOIST: the norm weight in shared memory too (9 K bytes of dynamic shared memory)
+    float4* wsm = xs + K4;  // HOIST: the norm weight in shared memory too (9 K + 128 bytes of dynamic shared memory)
+    uint4* wst = reinterpret_cast<uint4*>(wsm + K4);  // ST: then the block's weight rows (K / 4 bytes a row)
     if (HOIST) {
         // one round of loads for the prologue: the row and the norm weight into shared memory
         for (int i = threadIdx.x; i < K4; i += blockDim.x) {
@@ -405,7 +410,20 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
             epi_issue<R, EPI>(r0, threadIdx.x >> 5, ws, os, out, pos0p, rope, qa, e_ws, e_os, e_res, e_cos, e_sin,
                               e_pos);
         cp_async_commit();
-        cp_async_wait<1>();  // the row and the norm weight
+        if (ST) {  // the warp's weight rows into shared memory, each lane copying the chunks it will use
+            const int nch = K >> 6, wr0 = brow + (threadIdx.x >> 5) * R;
+            if (wr0 < N) {
+                const uint4* src = W + (size_t)wr0 * nch;
+                uint4* dst = wst + (size_t)(threadIdx.x >> 5) * R * nch;
+                for (int c = threadIdx.x & 31; c < nch; c += WARP)
+#pragma unroll
+                    for (int r = 0; r < R; r++) cp_async16(dst + r * nch + c, src + r * nch + c);
+            }
+            cp_async_commit();
+            cp_async_wait<2>();  // the row and the norm weight
+        } else {
+            cp_async_wait<1>();  // the row and the norm weight
+        }
         __syncthreads();
         stamp(trace, 4);
     }
@@ -454,7 +472,8 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
             q2 = (int)fminf(fmaxf(rintf(__fmul_rn(t.z, sc)), -128.0f), 127.0f);
             q3 = (int)fminf(fmaxf(rintf(__fmul_rn(t.w, sc)), -128.0f), 127.0f);
         }
-        qsm[i] = (q0 & 0xff) | ((q1 & 0xff) << 8) | ((q2 & 0xff) << 16) | ((q3 & 0xff) << 24);
+        const int qi = HOIST ? (((((i >> 2) & 3) * PL + (i >> 4)) << 2) | (i & 3)) : i;
+        qsm[qi] = (q0 & 0xff) | ((q1 & 0xff) << 8) | ((q2 & 0xff) << 16) | ((q3 & 0xff) << 24);
         sum += q0 + q1 + q2 + q3;
     }
     if (HOIST) {
@@ -483,7 +502,9 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     int acc[R];
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = 0;
-    const uint4* wrow = W + (size_t)row0 * nchunk;
+    // ST: the warp's rows from shared memory, copied by the lanes that read them (their own wait suffices)
+    const uint4* wrow = ST ? wst + (size_t)warp * R * nchunk : W + (size_t)row0 * nchunk;
+    if (ST) cp_async_wait<0>();
     constexpr int U = (R == 1) ? 4 : 2;
     for (int c0 = lane; c0 < nchunk; c0 += WARP * U) {
         uint4 w[U][R];
@@ -491,14 +512,15 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         for (int u = 0; u < U; u++) {
             const int c = c0 + u * WARP;
 #pragma unroll
-            for (int r = 0; r < R; r++) w[u][r] = c < nchunk ? ld_stream(wrow + r * nchunk + c) : make_uint4(0, 0, 0, 0);
+            for (int r = 0; r < R; r++)
+                w[u][r] = c < nchunk ? (ST ? wrow[r * nchunk + c] : ld_stream(wrow + r * nchunk + c))
+                                     : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int c = c0 + u * WARP;
             if (c < nchunk) {
-                const int4* a = a4 + c * 4;
-                const int4 a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+                const int4 a0 = a4[c], a1 = a4[PL + c], a2 = a4[2 * PL + c], a3 = a4[3 * PL + c];
 #pragma unroll
                 for (int r = 0; r < R; r++) {
                     int v = acc[r];
@@ -548,30 +570,41 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     if (warp == 0) stamp(trace, 3);
 }
 
-#define DECODE_KERNEL(NAME, R, EPI, HOIST, PV)                                                                  \
-    extern "C" __global__ void __launch_bounds__(1024, 2) NAME(                                             \
+// ST (weights staged in shared memory, the matrices of one block an SM): up to 64 registers, no spills
+#define DECODE_KERNEL(NAME, R, EPI, HOIST, PV, ST)                                                                \
+    extern "C" __global__ void __launch_bounds__(1024, ST ? 1 : 2) NAME(                                    \
         const uint4* __restrict__ W, int N, int K, const float* __restrict__ x, const float* __restrict__ nw, \
         const float* __restrict__ ws, const float* __restrict__ os, float* out, const int* __restrict__ pos0p, \
         const float* __restrict__ rope, int ldo, float eps, QKVArgs qa, unsigned long long* trace,            \
         int flags) {                                                                                          \
-        ternary_decode<R, EPI, HOIST, PV>(W, N, K, x, nw, ws, os, out, pos0p, rope, ldo, eps, qa, trace, flags); \
+        ternary_decode<R, EPI, HOIST, PV, ST>(W, N, K, x, nw, ws, os, out, pos0p, rope, ldo, eps, qa, trace, flags); \
     }
 
-DECODE_KERNEL(tdec_f32, 1, EPI_F32, false, 0)
-DECODE_KERNEL(tdec_resid, 1, EPI_RESID, false, 0)
-DECODE_KERNEL(tdec_relu2, 2, EPI_RELU2, false, 0)
-DECODE_KERNEL(tdec_silu, 2, EPI_SILU, false, 0)
-DECODE_KERNEL(tdec_qkv, 2, EPI_QKV, false, 0)
-DECODE_KERNEL(tdech_f32, 1, EPI_F32, true, 1)
-DECODE_KERNEL(tdech_resid, 1, EPI_RESID, true, 1)
-DECODE_KERNEL(tdech_relu2, 2, EPI_RELU2, true, 1)
-DECODE_KERNEL(tdech_silu, 2, EPI_SILU, true, 1)
-DECODE_KERNEL(tdech_qkv, 2, EPI_QKV, true, 1)
-DECODE_KERNEL(tdechs_f32, 1, EPI_F32, true, 0)
-DECODE_KERNEL(tdechs_resid, 1, EPI_RESID, true, 0)
-DECODE_KERNEL(tdechs_relu2, 2, EPI_RELU2, true, 0)
-DECODE_KERNEL(tdechs_silu, 2, EPI_SILU, true, 0)
-DECODE_KERNEL(tdechs_qkv, 2, EPI_QKV, true, 0)
+DECODE_KERNEL(tdec_f32, 1, EPI_F32, false, 0, false)
+DECODE_KERNEL(tdec_resid, 1, EPI_RESID, false, 0, false)
+DECODE_KERNEL(tdec_relu2, 2, EPI_RELU2, false, 0, false)
+DECODE_KERNEL(tdec_silu, 2, EPI_SILU, false, 0, false)
+DECODE_KERNEL(tdec_qkv, 2, EPI_QKV, false, 0, false)
+DECODE_KERNEL(tdech_f32, 1, EPI_F32, true, 1, false)
+DECODE_KERNEL(tdech_resid, 1, EPI_RESID, true, 1, false)
+DECODE_KERNEL(tdech_relu2, 2, EPI_RELU2, true, 1, false)
+DECODE_KERNEL(tdech_silu, 2, EPI_SILU, true, 1, false)
+DECODE_KERNEL(tdech_qkv, 2, EPI_QKV, true, 1, false)
+DECODE_KERNEL(tdechs_f32, 1, EPI_F32, true, 0, false)
+DECODE_KERNEL(tdechs_resid, 1, EPI_RESID, true, 0, false)
+DECODE_KERNEL(tdechs_relu2, 2, EPI_RELU2, true, 0, false)
+DECODE_KERNEL(tdechs_silu, 2, EPI_SILU, true, 0, false)
+DECODE_KERNEL(tdechs_qkv, 2, EPI_QKV, true, 0, false)
+DECODE_KERNEL(tdechw_f32, 1, EPI_F32, true, 1, true)
+DECODE_KERNEL(tdechw_resid, 1, EPI_RESID, true, 1, true)
+DECODE_KERNEL(tdechw_relu2, 2, EPI_RELU2, true, 1, true)
+DECODE_KERNEL(tdechw_silu, 2, EPI_SILU, true, 1, true)
+DECODE_KERNEL(tdechw_qkv, 2, EPI_QKV, true, 1, true)
+DECODE_KERNEL(tdechsw_f32, 1, EPI_F32, true, 0, true)
+DECODE_KERNEL(tdechsw_resid, 1, EPI_RESID, true, 0, true)
+DECODE_KERNEL(tdechsw_relu2, 2, EPI_RELU2, true, 0, true)
+DECODE_KERNEL(tdechsw_silu, 2, EPI_SILU, true, 0, true)
+DECODE_KERNEL(tdechsw_qkv, 2, EPI_QKV, true, 0, true)
 
 // The decode step's embedding (x = emb[tok], f16 to float) and the step's RoPE row (cos, sin at the position,
 // head_dim / 2 each) for the hoisted QKV decode kernel.
@@ -643,6 +676,23 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
     const int h = blockIdx.x, sp = blockIdx.y, tid = threadIdx.x;
     if (trace != nullptr) trace += (size_t)sp * gridDim.x * 8;  // stamp() indexes by blockIdx.x
     stamp(trace, 0);
+    const int kh = h / (n_head / n_kv);
+    const int D8 = D >> 3, pitch = D + 8;  // halves a row in shared memory (16 bytes of padding)
+    // CL, the first AS_CLUSTER splits: the split's AS_KEYS rows of K and V are copied before the position is known
+    // (rows past the keys are never read), so the copies overlap the position's load
+    const bool spec = CL && sp < AS_CLUSTER;
+    if (spec) {
+        const int j0 = sp * AS_KEYS, nrow = min(AS_KEYS, n_ctx - j0);
+        __half* ks = reinterpret_cast<__half*>(as_smem);
+        __half* vs = ks + AS_KEYS * pitch;
+        const __half* kb = kc + ((size_t)kh * n_ctx + j0) * D;
+        const __half* vb = vc + ((size_t)kh * n_ctx + j0) * D;
+        for (int i = tid; i < nrow * D8; i += AS_THREADS) {
+            const int j = i / D8, cc = i % D8;
+            cp_async16(ks + j * pitch + 8 * cc, kb + (size_t)j * D + 8 * cc);
+            cp_async16(vs + j * pitch + 8 * cc, vb + (size_t)j * D + 8 * cc);
+        }
+    }
     const int nk = *pos0p + 1;
     const int nsp = (nk + AS_KEYS - 1) / AS_KEYS;
     const bool clp = CL && nsp > 1 && nsp <= AS_CLUSTER * AS_CPB;  // the cluster path (the same for every block)
@@ -650,19 +700,18 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
     if (clp && sp < AS_CLUSTER) cluster_arrive_relaxed();  // phase 1: this block runs
     if (clp && sp >= AS_CLUSTER) return;  // past the head's first cluster: its splits are the first's second ones
     if (sp >= nsp) {
+        if (spec) cp_async_wait<0>();  // no copy outlives its block
         if (clp && sp < AS_CLUSTER) {  // a rank past the keys of the head's first cluster: its part of phase 2
             cluster_wait();
             cluster_arrive_release();
         }
         return;
     }
-    const int kh = h / (n_head / n_kv);
-    const int D8 = D >> 3, pitch = D + 8;  // halves a row in shared memory (16 bytes of padding)
     // the cluster path with more than AS_CLUSTER splits: block sp also takes split sp + AS_CLUSTER (its K and V
     // in a second pair of buffers after pv, copied with the first); elsewhere one split a block
     const int nch = clp ? (nsp - sp + AS_CLUSTER - 1) / AS_CLUSTER : 1;
     float* pv = reinterpret_cast<float*>(reinterpret_cast<__half*>(as_smem) + 2 * AS_KEYS * pitch);  // (groups, D)
-    for (int ci = 0; ci < nch; ci++) {
+    for (int ci = spec ? 1 : 0; ci < nch; ci++) {
         const int j0 = (sp + ci * AS_CLUSTER) * AS_KEYS, n = min(AS_KEYS, nk - j0);
         __half* ks = ci ? reinterpret_cast<__half*>(as_smem + 2 * AS_KEYS * pitch * 2 + 4096)
                         : reinterpret_cast<__half*>(as_smem);

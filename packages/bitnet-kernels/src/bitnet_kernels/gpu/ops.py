@@ -26,17 +26,20 @@ MMA = os.environ.get("BITNET_GPU_MMA", "1") != "0"
 # scales / residual rows / RoPE angles asked for before the prologue, the K/V cache asked into L2 by QKV;
 # BITNET_GPU_DEC_HOIST=0: the kernels of the 11:09 run (tdec_*: two rounds, the epilogue's loads after the dots)
 DEC_HOIST = os.environ.get("BITNET_GPU_DEC_HOIST", "1") != "0"
-# hoisted decode kernels: one thread also asks for the block's weight rows in L2 at the start, for matrices of at
-# most L2_WEIGHTS_MAX bytes (at the 2B-4T shape QKV, O and down, not gate/up: measured, docs/gpu.md);
-# BITNET_GPU_L2_WEIGHTS=0 / 1: never / always
-_l2w = os.environ.get("BITNET_GPU_L2_WEIGHTS", "")
+# hoisted decode kernels, matrices of at most AHEAD_MAX bytes (at the 2B-4T shape QKV, O and down, not gate/up:
+# measured, docs/gpu.md): what a block does with its weight rows before the prologue. "smem" (tdechw_*): its lanes
+# copy them into shared memory with cp.async (each lane the chunks it reads); "l2": one thread asks for them in L2
+# (the fourth and fifth sessions' default); "none": nothing. BITNET_GPU_WEIGHTS_AHEAD=smem|l2|none, and
+# BITNET_GPU_WEIGHTS_AHEAD_ALL=1: every matrix (=0: none)
+WEIGHTS_AHEAD = os.environ.get("BITNET_GPU_WEIGHTS_AHEAD", "smem")
+_ahead_all = os.environ.get("BITNET_GPU_WEIGHTS_AHEAD_ALL", "")
 # hoisted decode kernels' reductions (the same bits each): "redux" (tdech_*): the prologue's integer sum and maximum
 # and the dots' warp sums with redux.sync; "shfl" (tdechs_*): five shuffles each, as in the third session;
 # BITNET_GPU_DEC_PROLOGUE
 DEC_PROLOGUE = os.environ.get("BITNET_GPU_DEC_PROLOGUE", "redux")
-_PROLOGUE_PREFIX = {"redux": "tdech_", "shfl": "tdechs_"}
-L2_WEIGHTS = None if _l2w not in ("0", "1") else _l2w == "1"
-L2_WEIGHTS_MAX = 6 << 20
+_PROLOGUE_PREFIX = {"redux": "tdech", "shfl": "tdechs"}
+AHEAD_ALL = None if _ahead_all not in ("0", "1") else _ahead_all == "1"
+AHEAD_MAX = 6 << 20
 SMEM_DEFAULT = 48 * 1024
 
 
@@ -140,36 +143,41 @@ SIG_DEC = "PiiPPPPPPPifiiiiPPPPPi"
 
 def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, eps: float, out, ldo: int, pos=None,
                           qkv: tuple = (0, 0, 0, 0, None, None, None, None), warps: int = WARPS,
-                          hoist: bool | None = None, rope=None, trace=None, l2_weights: bool | None = None) -> None:
+                          hoist: bool | None = None, rope=None, trace=None, ahead: str | None = None) -> None:
     """Queue one single-token matmul with its RMSNorm + int8 quantization fused in (x: the float input row,
-    normw: the norm weight); every block (`warps` warps, at most 16) quantizes the row into K bytes of shared
-    memory, then each warp computes one row (or pair). hoist (default DEC_HOIST): the loads that do not depend
-    on the prologue are issued before it (needs rope, the step's (cos, sin) row, for EPI qkv). trace: a device
-    buffer (blocks, 8) uint64 for stage timestamps. l2_weights (hoisted only): whether a block first asks for its
-    weight rows in L2 (default: BITNET_GPU_L2_WEIGHTS, else matrices of at most L2_WEIGHTS_MAX bytes)."""
+    normw: the norm weight); every block (`warps` warps, at most 32) quantizes the row into shared memory, then
+    each warp computes one row (or pair). hoist (default DEC_HOIST): the loads that do not depend on the prologue
+    are issued before it (needs rope, the step's (cos, sin) row, for EPI qkv). trace: a device buffer (blocks, 8)
+    uint64 for stage timestamps. ahead (hoisted only): what a block does with its weight rows before the prologue,
+    "smem" | "l2" | "none" (default: WEIGHTS_AHEAD for matrices of at most AHEAD_MAX bytes, see AHEAD_ALL)."""
     r = 2 if epi in PAIRED else 1
     grid = ((mat.n // r + warps - 1) // warps, 1)
     nh, nkv, hd, nctx, cos, sin, kc, vc = qkv
     hoisted = DEC_HOIST if hoist is None else hoist
     if hoisted and epi == "qkv" and rope is None:
         raise GPUError("the hoisted QKV decode kernel reads the step's RoPE row: pass rope")
-    name = _PROLOGUE_PREFIX.get(DEC_PROLOGUE, "tdech_") + epi if hoisted else f"tdec_{epi}"
-    shared = (9 if hoisted else 5) * mat.k  # int8 row + the float row (+ the norm weight)
+    mode = _ahead(mat, ahead) if hoisted else "none"
+    if mode not in ("smem", "l2", "none"):
+        raise GPUError(f"weights ahead: expected smem, l2 or none, got {mode!r}")
+    if hoisted:  # the int8 row in planes (+ 128 bytes), the float row, the norm weight (+ the weight rows)
+        name = _PROLOGUE_PREFIX.get(DEC_PROLOGUE, "tdech") + ("w_" if mode == "smem" else "_") + epi
+        shared = 9 * mat.k + 128 + (warps * r * mat.k // 4 if mode == "smem" else 0)
+    else:  # the int8 row and the float row
+        name, shared = f"tdec_{epi}", 5 * mat.k
     if shared > SMEM_DEFAULT:
         _allow_smem(rt, name, SIG_DEC, shared)
     rt.launch(name, SIG_DEC, grid, (32 * warps, 1, 1),
               ptr(mat.words), np.int32(mat.n), np.int32(mat.k), _p(x), _p(normw), ptr(mat.ws), ptr(mat.os), _p(out),
               _p(pos), _p(rope), np.int32(ldo), np.float32(eps),
               np.int32(nh), np.int32(nkv), np.int32(hd), np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc),
-              _p(trace), np.int32(1 if _l2_weights(mat, l2_weights) else 0), shared=shared)
+              _p(trace), np.int32(1 if mode == "l2" else 0), shared=shared)
 
 
-def _l2_weights(mat: TernaryMatrix, l2_weights: bool | None) -> bool:
-    if l2_weights is not None:
-        return l2_weights
-    if L2_WEIGHTS is not None:
-        return L2_WEIGHTS
-    return mat.n * mat.k // 4 <= L2_WEIGHTS_MAX
+def _ahead(mat: TernaryMatrix, ahead: str | None) -> str:
+    if ahead is not None:
+        return ahead
+    chosen = AHEAD_ALL if AHEAD_ALL is not None else mat.n * mat.k // 4 <= AHEAD_MAX
+    return WEIGHTS_AHEAD if chosen else "none"
 
 
 _SMEM_SET: dict[str, int] = {}
@@ -189,7 +197,7 @@ def _allow_smem(rt: Runtime, name: str, sig: str, nbytes: int) -> None:
 def decode_linear(mat: TernaryMatrix, x: np.ndarray, normw: np.ndarray, eps: float, warps: int = WARPS,
                   **kw) -> np.ndarray:
     """RMSNorm(x) * normw, per-token int8 activations, ternary matmul: one row x (K,) -> (N,) float32; kw: the
-    launch function's options (hoist, l2_weights)."""
+    launch function's options (hoist, ahead)."""
     rt = get_runtime()
     dx = to_gpu(np.asarray(x, np.float32).reshape(-1))
     dw = to_gpu(np.asarray(normw, np.float32).reshape(-1))
