@@ -541,13 +541,20 @@ def main(argv=None) -> int:
     ours["old_decode_tok_s"], ours["old_device_loop_tok_s"] = old["decode_tok_s"], old["device_loop_tok_s"]
     print("ours (the 11:09 step: one attention block a head, loads after the norm):", old, flush=True)
     m.attn_split, ops.DEC_HOIST = True, True
-    # the third session's decode kernels (the prologue's and the dots' reductions with shuffles, not redux.sync;
-    # the split attention's partials through global memory, not a cluster)
+    # the fifth session's decode step (weight rows asked into L2 instead of copied into shared memory, gate/up a
+    # pair a warp), then the third session's kernels (also the prologue's and the dots' reductions with shuffles,
+    # not redux.sync; the split attention's partials through global memory, not a cluster)
+    ahead, ops.WEIGHTS_AHEAD = ops.WEIGHTS_AHEAD, "l2"
+    m.gu_upw = 1
+    m.set_decode_mode("fused", 0)
+    fifth = bench_ours(m, args.n_gen, 64)
+    ours["fifth_device_loop_tok_s"] = fifth["device_loop_tok_s"]
+    print("ours (the fifth session's step: weights asked into L2, gate/up a pair a warp):", fifth, flush=True)
     prologue, ops.DEC_PROLOGUE = ops.DEC_PROLOGUE, "shfl"
     cluster, m.attn_cluster = m.attn_cluster, False
     m.set_decode_mode("fused", 0)
     shfl = bench_ours(m, args.n_gen, 64)
-    ops.DEC_PROLOGUE, m.attn_cluster = prologue, cluster
+    ops.DEC_PROLOGUE, m.attn_cluster, ops.WEIGHTS_AHEAD, m.gu_upw = prologue, cluster, ahead, 2
     m.set_decode_mode("fused", 0)
     ours["shfl_device_loop_tok_s"] = shfl["device_loop_tok_s"]
     print("ours (the third session's kernels: shuffle reductions):", shfl, flush=True)
@@ -603,6 +610,7 @@ def main(argv=None) -> int:
             ("ours decode, one persistent kernel a step (device loop)", ours.get("mega_device_loop_tok_s", 0)),
             ("ours decode, separate norm kernels (host loop)", ours["unfused_decode_tok_s"]),
             ("ours decode, the 11:09 step's kernels (device loop)", ours["old_device_loop_tok_s"]),
+            ("ours decode, the fifth session's step (L2 asks; device loop)", ours["fifth_device_loop_tok_s"]),
             ("ours decode, the third session's kernels (shuffles; device loop)", ours["shfl_device_loop_tok_s"]),
             ("ours decode, int8 head --lm-head q8 (device loop)", ours["q8_head_device_loop_tok_s"]),
             (f"ours prefill {args.n_prompt}", ours["prefill_tok_s"])]

@@ -37,7 +37,7 @@ def build(pos: int, n_ctx: int = 1024):
 
 
 def kind_of(m, name: str, args) -> str:
-    if name.startswith(("tdec_", "tdech_", "tdechs_")):
+    if name.startswith("tdec"):
         epi = name.split("_", 1)[1]
         if epi == "qkv":
             return "qkv"

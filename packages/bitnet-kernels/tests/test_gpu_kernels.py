@@ -190,6 +190,24 @@ def test_decode_hoisted_loads_bit_equal(k, x_kind, monkeypatch):
         outs.append(ops.decode_linear(m, x, nw, 1e-5, warps=(8, 16, 27, 32)[len(outs) % 4], ahead=ahead))
     for o in outs[1:]:
         np.testing.assert_array_equal(o, outs[0])
+    for warps in (5, 16, 27):  # two rows (pairs) a warp, the weights copied into shared memory first
+        for prologue in ("redux", "shfl"):
+            monkeypatch.setattr(ops, "DEC_PROLOGUE", prologue)
+            np.testing.assert_array_equal(ops.decode_linear(m, x, nw, 1e-5, warps=warps, ahead="smem", upw=2),
+                                          outs[0])
+
+
+def test_decode_two_rows_a_warp_needs_smem():
+    from bitnet_kernels.gpu import ops
+    from bitnet_kernels.gpu.errors import GPUError
+
+    m = ops.TernaryMatrix(64, 256)
+    m.load_codes(np.zeros((64, 256), np.int8), 1.0)
+    m.finish()
+    with pytest.raises(GPUError, match="shared memory"):
+        ops.decode_linear(m, np.ones(256, np.float32), np.ones(256, np.float32), 1e-5, ahead="l2", upw=2)
+    with pytest.raises(GPUError, match="1 or 2"):
+        ops.decode_linear(m, np.ones(256, np.float32), np.ones(256, np.float32), 1e-5, ahead="smem", upw=3)
 
 
 def attention_ref(q, kc, vc, nk, n_head, n_kv):

@@ -232,16 +232,17 @@ def test_split_attention_and_hoisted_loads(gpu_model, monkeypatch):
 
 def test_decode_variants_bit_equal(gpu_model, monkeypatch):
     """One-token steps in the graph: the decode reductions (redux.sync / shuffles), with the weight rows of the
-    default matrices or of all copied into shared memory first, asked into L2 first, or neither, give the same
-    logits, bit for bit."""
+    default matrices or of all copied into shared memory first, asked into L2 first, or neither, and gate/up with
+    one or two pairs a warp, give the same logits, bit for bit."""
     from bitnet_kernels.gpu import ops
 
     toks = [BOS, 41, 42, 43, 44, 45, 46]
 
-    def run(prologue, mode, every):
+    def run(prologue, mode, every, gu_upw=2):
         monkeypatch.setattr(ops, "DEC_PROLOGUE", prologue)
         monkeypatch.setattr(ops, "WEIGHTS_AHEAD", mode)
         monkeypatch.setattr(ops, "AHEAD_ALL", every)
+        gpu_model.gu_upw = gu_upw
         gpu_model.set_decode_mode("fused", 0)  # recapture
         gpu_model.cache.reset()
         gpu_model.prefill(toks[:2])
@@ -249,11 +250,13 @@ def test_decode_variants_bit_equal(gpu_model, monkeypatch):
 
     try:
         outs = [run(*v) for v in (("redux", "smem", None), ("shfl", "smem", None), ("redux", "smem", True),
-                                  ("redux", "l2", True), ("shfl", "none", None), ("shfl", "smem", False))]
+                                  ("redux", "l2", True), ("shfl", "none", None), ("shfl", "smem", False),
+                                  ("redux", "l2", None, 1), ("redux", "smem", True, 1))]
     finally:
         monkeypatch.setattr(ops, "DEC_PROLOGUE", "redux")
         monkeypatch.setattr(ops, "WEIGHTS_AHEAD", "smem")
         monkeypatch.setattr(ops, "AHEAD_ALL", None)
+        gpu_model.gu_upw = 2
         gpu_model.set_decode_mode("fused", 0)
     for o in outs[1:]:
         np.testing.assert_array_equal(o, outs[0])

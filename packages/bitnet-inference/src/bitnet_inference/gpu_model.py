@@ -142,6 +142,10 @@ class GPUModel:
         # kept for comparison: moves the fixture's logits by 2.4%); 0 (or another head_dim): one 512-thread block a
         # (head, query) (`attention`)
         self.flash_prefill = 1
+        # one-token gate/up, read at capture: 2, two pairs a warp, one block an SM, the weights copied into shared
+        # memory before the norm prologue (as QKV, O and down); 1, a pair a warp, two blocks an SM, the weights read
+        # after the prologue (the fifth session's)
+        self.gu_upw = 2
 
 
     # -- the one-kernel decode step ---------------------------------------------------------------------------
@@ -500,8 +504,11 @@ class GPUModel:
             if fused:
                 ops.ternary_decode_launch(rt, L.o, "resid", self.att, L.attn_sub_norm, eps, self.x, e,
                                           warps=self.dec_warps(L.o, 1), trace=tr.get("o"))
+                # two pairs a warp, the weights copied into shared memory first (hoisted kernels only)
+                gu2 = self.gu_upw == 2 and ops.DEC_HOIST
                 ops.ternary_decode_launch(rt, L.gu, act, self.x, L.ffn_norm, eps, self.fb, f,
-                                          warps=self.dec_warps(L.gu, 2), trace=tr.get("gu"))
+                                          warps=self.dec_warps(L.gu, 4 if gu2 else 2), trace=tr.get("gu"),
+                                          ahead="smem" if gu2 else None, upw=2 if gu2 else 1)
                 ops.ternary_decode_launch(rt, L.down, "resid", self.fb, L.ffn_sub_norm, eps, self.x, e,
                                           warps=self.dec_warps(L.down, 1), trace=tr.get("down"))
                 continue

@@ -384,12 +384,14 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     __shared__ int shi[32];
     __shared__ float s_sh;
     __shared__ int qsum_sh;
-    __shared__ float e_ws[64], e_os[64], e_res[64], e_cos[32], e_sin[32];  // up to 32 warps of 2 rows
-    __shared__ int e_pos[32];
+    __shared__ float e_ws[128], e_os[128], e_res[128], e_cos[64], e_sin[64];  // up to 64 units of 2 rows
+    __shared__ int e_pos[64];
     constexpr bool RX = HOIST && PV >= 1;
     stamp(trace, 0);
     const int nw_ = blockDim.x >> 5;
-    const int brow = blockIdx.x * nw_ * R;  // the block's first row
+    // ST: units (rows or pairs) a warp, flags >> 8 (1 or 2): unit k of the block is warp k % nw_'s (k / nw_)-th
+    const int upw = ST ? min(max(flags >> 8, 1), 2) : 1;
+    const int brow = blockIdx.x * nw_ * R * upw;  // the block's first row
     const float4* x4 = reinterpret_cast<const float4*>(x);
     const float4* w4 = reinterpret_cast<const float4*>(nw);
     const int K4 = K >> 2;
@@ -405,19 +407,23 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         const int nrows = min(nw_ * R, N - brow);
         if ((flags & 1) && threadIdx.x == 0 && nrows > 0)
             prefetch_l2(W + (size_t)brow * (K >> 6), (unsigned)nrows * (unsigned)(K >> 2));
-        const int r0 = brow + (threadIdx.x >> 5) * R;
-        if ((threadIdx.x & 31) == 0 && r0 < N)
-            epi_issue<R, EPI>(r0, threadIdx.x >> 5, ws, os, out, pos0p, rope, qa, e_ws, e_os, e_res, e_cos, e_sin,
-                              e_pos);
+        for (int u = 0; u < upw; u++) {
+            const int k = (threadIdx.x >> 5) + u * nw_, r0 = brow + k * R;
+            if ((threadIdx.x & 31) == 0 && r0 < N)
+                epi_issue<R, EPI>(r0, k, ws, os, out, pos0p, rope, qa, e_ws, e_os, e_res, e_cos, e_sin, e_pos);
+        }
         cp_async_commit();
         if (ST) {  // the warp's weight rows into shared memory, each lane copying the chunks it will use
-            const int nch = K >> 6, wr0 = brow + (threadIdx.x >> 5) * R;
-            if (wr0 < N) {
-                const uint4* src = W + (size_t)wr0 * nch;
-                uint4* dst = wst + (size_t)(threadIdx.x >> 5) * R * nch;
-                for (int c = threadIdx.x & 31; c < nch; c += WARP)
+            const int nch = K >> 6;
+            for (int u = 0; u < upw; u++) {
+                const int k = (threadIdx.x >> 5) + u * nw_, wr0 = brow + k * R;
+                if (wr0 < N) {
+                    const uint4* src = W + (size_t)wr0 * nch;
+                    uint4* dst = wst + (size_t)k * R * nch;
+                    for (int c = threadIdx.x & 31; c < nch; c += WARP)
 #pragma unroll
-                    for (int r = 0; r < R; r++) cp_async16(dst + r * nch + c, src + r * nch + c);
+                        for (int r = 0; r < R; r++) cp_async16(dst + r * nch + c, src + r * nch + c);
+                }
             }
             cp_async_commit();
             cp_async_wait<2>();  // the row and the norm weight
@@ -499,12 +505,15 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     // the GEMV as in ternary_warp (one token, activations in shared memory), epilogue from the hoisted values
     const int nchunk = K >> 6;
     const int4* a4 = reinterpret_cast<const int4*>(qsm);
+    if (ST) cp_async_wait<0>();
+    for (int u = 0; u < upw; u++) {
+    const int k = warp + u * nw_, row0 = brow + k * R;  // the unit, its first row
+    if (row0 >= N) break;
     int acc[R];
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = 0;
     // ST: the warp's rows from shared memory, copied by the lanes that read them (their own wait suffices)
-    const uint4* wrow = ST ? wst + (size_t)warp * R * nchunk : W + (size_t)row0 * nchunk;
-    if (ST) cp_async_wait<0>();
+    const uint4* wrow = ST ? wst + (size_t)k * R * nchunk : W + (size_t)row0 * nchunk;
     constexpr int U = (R == 1) ? 4 : 2;
     for (int c0 = lane; c0 < nchunk; c0 += WARP * U) {
         uint4 w[U][R];
@@ -543,7 +552,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     }
     if (lane == 0) {
         cp_async_wait<0>();
-        const int lr = warp * R;  // the warp's first row in the block
+        const int lr = k * R;  // the unit's first row in the block
         float y[R];
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -563,9 +572,10 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
             const float g = y[0];
             out[row0 >> 1] = __fmul_rn(__fdiv_rn(g, 1.0f + expf(-g)), y[R - 1]);
         } else if (EPI == EPI_QKV) {
-            qkv_store_cs(0, row0 >> 1, y[0], y[R - 1], e_cos[warp], e_sin[warp], out, ldo, e_pos[warp], qa);
+            qkv_store_cs(0, row0 >> 1, y[0], y[R - 1], e_cos[k], e_sin[k], out, ldo, e_pos[k], qa);
         }
-        if (EPI == EPI_QKV && threadIdx.x == 0) kv_prefetch(qa, e_pos[0]);
+        if (EPI == EPI_QKV && threadIdx.x == 0 && u == 0) kv_prefetch(qa, e_pos[0]);
+    }
     }
     if (warp == 0) stamp(trace, 3);
 }

@@ -143,15 +143,19 @@ SIG_DEC = "PiiPPPPPPPifiiiiPPPPPi"
 
 def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, eps: float, out, ldo: int, pos=None,
                           qkv: tuple = (0, 0, 0, 0, None, None, None, None), warps: int = WARPS,
-                          hoist: bool | None = None, rope=None, trace=None, ahead: str | None = None) -> None:
+                          hoist: bool | None = None, rope=None, trace=None, ahead: str | None = None,
+                          upw: int = 1) -> None:
     """Queue one single-token matmul with its RMSNorm + int8 quantization fused in (x: the float input row,
     normw: the norm weight); every block (`warps` warps, at most 32) quantizes the row into shared memory, then
     each warp computes one row (or pair). hoist (default DEC_HOIST): the loads that do not depend on the prologue
     are issued before it (needs rope, the step's (cos, sin) row, for EPI qkv). trace: a device buffer (blocks, 8)
     uint64 for stage timestamps. ahead (hoisted only): what a block does with its weight rows before the prologue,
-    "smem" | "l2" | "none" (default: WEIGHTS_AHEAD for matrices of at most AHEAD_MAX bytes, see AHEAD_ALL)."""
+    "smem" | "l2" | "none" (default: WEIGHTS_AHEAD for matrices of at most AHEAD_MAX bytes, see AHEAD_ALL).
+    upw: rows (pairs) a warp, 1 or 2 (2: ahead "smem" only, so a block of at most 32 warps covers twice the rows)."""
     r = 2 if epi in PAIRED else 1
-    grid = ((mat.n // r + warps - 1) // warps, 1)
+    if upw not in (1, 2):
+        raise GPUError(f"decode warps take 1 or 2 rows (pairs), got {upw}")
+    grid = ((mat.n // r + warps * upw - 1) // (warps * upw), 1)
     nh, nkv, hd, nctx, cos, sin, kc, vc = qkv
     hoisted = DEC_HOIST if hoist is None else hoist
     if hoisted and epi == "qkv" and rope is None:
@@ -159,9 +163,11 @@ def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, e
     mode = _ahead(mat, ahead) if hoisted else "none"
     if mode not in ("smem", "l2", "none"):
         raise GPUError(f"weights ahead: expected smem, l2 or none, got {mode!r}")
+    if upw != 1 and mode != "smem":
+        raise GPUError("two rows (pairs) a warp need the weights copied into shared memory (ahead='smem')")
     if hoisted:  # the int8 row in planes (+ 128 bytes), the float row, the norm weight (+ the weight rows)
         name = _PROLOGUE_PREFIX.get(DEC_PROLOGUE, "tdech") + ("w_" if mode == "smem" else "_") + epi
-        shared = 9 * mat.k + 128 + (warps * r * mat.k // 4 if mode == "smem" else 0)
+        shared = 9 * mat.k + 128 + (warps * upw * r * mat.k // 4 if mode == "smem" else 0)
     else:  # the int8 row and the float row
         name, shared = f"tdec_{epi}", 5 * mat.k
     if shared > SMEM_DEFAULT:
@@ -170,7 +176,7 @@ def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, e
               ptr(mat.words), np.int32(mat.n), np.int32(mat.k), _p(x), _p(normw), ptr(mat.ws), ptr(mat.os), _p(out),
               _p(pos), _p(rope), np.int32(ldo), np.float32(eps),
               np.int32(nh), np.int32(nkv), np.int32(hd), np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc),
-              _p(trace), np.int32(1 if mode == "l2" else 0), shared=shared)
+              _p(trace), np.int32((1 if mode == "l2" else 0) | upw << 8), shared=shared)
 
 
 def _ahead(mat: TernaryMatrix, ahead: str | None) -> str:
