@@ -451,7 +451,7 @@ class GPUModel:
         self.layers = []
         for _ in range(a.n_layer):
             L = _Layer()
-            L.attn_norm = L.ffn_norm = L.attn_sub_norm = ops.to_gpu(ones)
+            L.attn_norm, L.ffn_norm, L.attn_sub_norm = (ops.to_gpu(ones) for _ in range(3))  # as a model's: 3 tensors
             L.ffn_sub_norm = ops.to_gpu(np.ones(f, F32))
             L.qkv = ops.TernaryMatrix(hd + 2 * a.n_head_kv * a.head_dim, e)
             L.o = ops.TernaryMatrix(e, hd)

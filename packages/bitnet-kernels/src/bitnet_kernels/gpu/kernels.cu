@@ -404,7 +404,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
             cp_async16(wsm + i, w4 + i);
         }
         cp_async_commit();
-        const int nrows = min(nw_ * R, N - brow);
+        const int nrows = min(nw_ * R * upw, N - brow);
         if ((flags & 1) && threadIdx.x == 0 && nrows > 0)
             prefetch_l2(W + (size_t)brow * (K >> 6), (unsigned)nrows * (unsigned)(K >> 2));
         for (int u = 0; u < upw; u++) {
