@@ -505,15 +505,42 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     // the GEMV as in ternary_warp (one token, activations in shared memory), epilogue from the hoisted values
     const int nchunk = K >> 6;
     const int4* a4 = reinterpret_cast<const int4*>(qsm);
-    if (ST) cp_async_wait<0>();
-    for (int u = 0; u < upw; u++) {
-    const int k = warp + u * nw_, row0 = brow + k * R;  // the unit, its first row
-    if (row0 >= N) break;
-    int acc[R];
+    // the warp's units (rows or pairs): unit u is the block's unit warp + u * nw_ (ST: up to 2; else 1)
+    constexpr int UM = ST ? 2 : 1;
+    int nu = 0;
+    for (int u = 0; u < upw; u++)
+        if (brow + (warp + u * nw_) * R < N) nu = u + 1;
+    int acc[UM][R];
 #pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = 0;
-    // ST: the warp's rows from shared memory, copied by the lanes that read them (their own wait suffices)
-    const uint4* wrow = ST ? wst + (size_t)k * R * nchunk : W + (size_t)row0 * nchunk;
+    for (int u = 0; u < UM; u++)
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[u][r] = 0;
+    if (ST) {
+        // the rows from shared memory, copied by the lanes that read them (their own wait suffices); each chunk of
+        // activations is read once for all the warp's units
+        cp_async_wait<0>();
+        const uint4* wb = wst + (size_t)warp * R * nchunk;
+        const size_t ustride = (size_t)nw_ * R * nchunk;
+        for (int c = lane; c < nchunk; c += WARP) {
+            const int4 a0 = a4[c], a1 = a4[PL + c], a2 = a4[2 * PL + c], a3 = a4[3 * PL + c];
+#pragma unroll
+            for (int u = 0; u < UM; u++) {
+                if (u < nu) {
+#pragma unroll
+                    for (int r = 0; r < R; r++) {
+                        const uint4 w = wb[u * ustride + r * nchunk + c];
+                        int v = acc[u][r];
+                        v = dot16(w.x, a0, v);
+                        v = dot16(w.y, a1, v);
+                        v = dot16(w.z, a2, v);
+                        v = dot16(w.w, a3, v);
+                        acc[u][r] = v;
+                    }
+                }
+            }
+        }
+    } else {
+    const uint4* wrow = W + (size_t)row0 * nchunk;
     constexpr int U = (R == 1) ? 4 : 2;
     for (int c0 = lane; c0 < nchunk; c0 += WARP * U) {
         uint4 w[U][R];
@@ -521,9 +548,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         for (int u = 0; u < U; u++) {
             const int c = c0 + u * WARP;
 #pragma unroll
-            for (int r = 0; r < R; r++)
-                w[u][r] = c < nchunk ? (ST ? wrow[r * nchunk + c] : ld_stream(wrow + r * nchunk + c))
-                                     : make_uint4(0, 0, 0, 0);
+            for (int r = 0; r < R; r++) w[u][r] = c < nchunk ? ld_stream(wrow + r * nchunk + c) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -532,23 +557,28 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
                 const int4 a0 = a4[c], a1 = a4[PL + c], a2 = a4[2 * PL + c], a3 = a4[3 * PL + c];
 #pragma unroll
                 for (int r = 0; r < R; r++) {
-                    int v = acc[r];
+                    int v = acc[0][r];
                     v = dot16(w[u][r].x, a0, v);
                     v = dot16(w[u][r].y, a1, v);
                     v = dot16(w[u][r].z, a2, v);
                     v = dot16(w[u][r].w, a3, v);
-                    acc[r] = v;
+                    acc[0][r] = v;
                 }
             }
         }
     }
+    }
     if (warp == 0) stamp(trace, 2);
+#pragma unroll
+    for (int u = 0; u < UM; u++) {
+    if (u >= nu) break;
+    const int k = warp + u * nw_, row0 = brow + k * R;  // the unit, its first row
     if (RX) {
 #pragma unroll
-        for (int r = 0; r < R; r++) acc[r] = __reduce_add_sync(0xffffffffu, acc[r]);
+        for (int r = 0; r < R; r++) acc[u][r] = __reduce_add_sync(0xffffffffu, acc[u][r]);
     } else {
 #pragma unroll
-        for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
+        for (int r = 0; r < R; r++) acc[u][r] = warp_sum(acc[u][r]);
     }
     if (lane == 0) {
         cp_async_wait<0>();
@@ -556,7 +586,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         float y[R];
 #pragma unroll
         for (int r = 0; r < R; r++) {
-            const float d = (float)(acc[r] - sum);
+            const float d = (float)(acc[u][r] - sum);
             y[r] = (__fdiv_rn(d, sc) * e_ws[lr + r]) * e_os[lr + r];
         }
         if (EPI == EPI_F32) {
