@@ -23,6 +23,22 @@ __device__ __forceinline__ int dot16(uint32_t w, int4 a, int acc) {
     return acc;
 }
 
+// The same dot with the codes masked in place: acc.x .. acc.w collect sum(code * a) of the four 2-bit fields
+// times 1, 4, 16, 64 (unsigned code bytes x signed activations), so a word costs four AND and four dp4a instead
+// of three shifts more; dot16m_sum gives the exact sum (each acc is a multiple of its factor; |acc.w| <= K * 6144).
+__device__ __forceinline__ int dp4a_us(uint32_t a, int b, int c) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+__device__ __forceinline__ void dot16m(uint32_t w, int4 a, int4& acc) {
+    acc.x = dp4a_us(w & 0x03030303u, a.x, acc.x);
+    acc.y = dp4a_us(w & 0x0c0c0c0cu, a.y, acc.y);
+    acc.z = dp4a_us(w & 0x30303030u, a.z, acc.z);
+    acc.w = dp4a_us(w & 0xc0c0c0c0u, a.w, acc.w);
+}
+__device__ __forceinline__ int dot16m_sum(int4 acc) { return acc.x + (acc.y >> 2) + (acc.z >> 4) + (acc.w >> 6); }
+
 __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
     uint4 r;
     asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
@@ -517,10 +533,15 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         for (int r = 0; r < R; r++) acc[u][r] = 0;
     if (ST) {
         // the rows from shared memory, copied by the lanes that read them (their own wait suffices); each chunk of
-        // activations is read once for all the warp's units
+        // activations is read once for all the warp's units; the codes masked in place (dot16m)
         cp_async_wait<0>();
         const uint4* wb = wst + (size_t)warp * R * nchunk;
         const size_t ustride = (size_t)nw_ * R * nchunk;
+        int4 am[UM][R];
+#pragma unroll
+        for (int u = 0; u < UM; u++)
+#pragma unroll
+            for (int r = 0; r < R; r++) am[u][r] = make_int4(0, 0, 0, 0);
         for (int c = lane; c < nchunk; c += WARP) {
             const int4 a0 = a4[c], a1 = a4[PL + c], a2 = a4[2 * PL + c], a3 = a4[3 * PL + c];
 #pragma unroll
@@ -529,16 +550,18 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
 #pragma unroll
                     for (int r = 0; r < R; r++) {
                         const uint4 w = wb[u * ustride + r * nchunk + c];
-                        int v = acc[u][r];
-                        v = dot16(w.x, a0, v);
-                        v = dot16(w.y, a1, v);
-                        v = dot16(w.z, a2, v);
-                        v = dot16(w.w, a3, v);
-                        acc[u][r] = v;
+                        dot16m(w.x, a0, am[u][r]);
+                        dot16m(w.y, a1, am[u][r]);
+                        dot16m(w.z, a2, am[u][r]);
+                        dot16m(w.w, a3, am[u][r]);
                     }
                 }
             }
         }
+#pragma unroll
+        for (int u = 0; u < UM; u++)
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[u][r] = dot16m_sum(am[u][r]);
     } else {
     const uint4* wrow = W + (size_t)row0 * nchunk;
     constexpr int U = (R == 1) ? 4 : 2;
