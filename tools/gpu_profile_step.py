@@ -97,7 +97,8 @@ def step_time(m, skip: set, noop: bool, reps: int = 20) -> float:
 
 # (mode, split attention, label): mode "kind:warps:prologue:cluster attention" (kind: fused = the 11:09 matmuls,
 # fusedh = hoisted loads with the weight rows of matrices up to 6 MiB asked into L2, fusedhn / fusedhp = never /
-# always asked, fusedhw = those rows copied into shared memory (the sixth session's default); warps: 0
+# always asked, fusedhw = those rows copied into shared memory and gate/up two pairs a warp with its rows copied
+# too (the sixth session's default; the others take gate/up a pair a warp); warps: 0
 # sized per matrix, else 8 or 16; prologue: shfl | redux, see ops.DEC_PROLOGUE; cluster attention: 1 | 0); the
 # third session's variants first (its table in docs/gpu.md), then the fourth session's
 CONFIGS_OLD = [("fused:8:shfl:0", False, "11:09 step: one attention block a head"),
@@ -119,6 +120,7 @@ def set_config(m, mode: str, split: bool) -> None:
     ops.DEC_HOIST = kind in ("fusedh", "fusedhn", "fusedhp", "fusedhw")
     ops.AHEAD_ALL = {"fusedhp": True, "fusedhn": False}.get(kind)
     ops.WEIGHTS_AHEAD = "smem" if kind == "fusedhw" else "l2"
+    m.gu_upw = 2 if kind == "fusedhw" else 1  # gate/up: two pairs a warp with its weights staged, or one
     ops.DEC_PROLOGUE = prologue
     m.attn_cluster = cl == "1"
     m.set_decode_mode("fused", int(w))
