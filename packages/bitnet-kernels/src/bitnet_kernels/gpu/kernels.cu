@@ -483,11 +483,12 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     for (int i = threadIdx.x; i < K4; i += blockDim.x) {
         float4 t = xs[i];
         int q0, q1, q2, q3;
-        if (HOIST) {  // one conversion each (round half to even), the clamp in integers: the same values
-            q0 = max(-128, min(127, __float2int_rn(__fmul_rn(t.x, sc))));
-            q1 = max(-128, min(127, __float2int_rn(__fmul_rn(t.y, sc))));
-            q2 = max(-128, min(127, __float2int_rn(__fmul_rn(t.z, sc))));
-            q3 = max(-128, min(127, __float2int_rn(__fmul_rn(t.w, sc))));
+        if (HOIST) {  // round half to even by adding 1.5 * 2^23 (the float add rounds; exact for |v| < 2^22, here
+                      // |v| <= 127.5: the values of __float2int_rn, without the conversion unit), clamp in integers
+            q0 = max(-128, min(127, __float_as_int(__fadd_rn(__fmul_rn(t.x, sc), 12582912.0f)) - 0x4b400000));
+            q1 = max(-128, min(127, __float_as_int(__fadd_rn(__fmul_rn(t.y, sc), 12582912.0f)) - 0x4b400000));
+            q2 = max(-128, min(127, __float_as_int(__fadd_rn(__fmul_rn(t.z, sc), 12582912.0f)) - 0x4b400000));
+            q3 = max(-128, min(127, __float_as_int(__fadd_rn(__fmul_rn(t.w, sc), 12582912.0f)) - 0x4b400000));
         } else {
             q0 = (int)fminf(fmaxf(rintf(__fmul_rn(t.x, sc)), -128.0f), 127.0f);
             q1 = (int)fminf(fmaxf(rintf(__fmul_rn(t.y, sc)), -128.0f), 127.0f);
