@@ -197,6 +197,23 @@ def test_decode_hoisted_loads_bit_equal(k, x_kind, monkeypatch):
                                           outs[0])
 
 
+def test_decode_staged_rows_past_shared_memory_fall_back():
+    """A block whose weight rows would not fit in shared memory next to its 9 K bytes (K = 9344, 32 warps of two
+    rows: 234 KB) asks them into L2 with a row a warp instead, with the same bits."""
+    from bitnet_kernels.gpu import ops
+
+    rng = np.random.default_rng(7)
+    n, k = 200, 9344
+    w = ternary(rng, n, k)
+    x = (rng.standard_normal(k) * 2).astype(np.float32)
+    nw = rng.uniform(0.5, 1.5, k).astype(np.float32)
+    m = ops.TernaryMatrix(n, k)
+    m.load_codes(w, 0.03)
+    m.finish()
+    np.testing.assert_array_equal(ops.decode_linear(m, x, nw, 1e-5, warps=32, ahead="smem", upw=2),
+                                  ops.decode_linear(m, x, nw, 1e-5, warps=8, ahead="none"))
+
+
 def test_decode_two_rows_a_warp_needs_smem():
     from bitnet_kernels.gpu import ops
     from bitnet_kernels.gpu.errors import GPUError

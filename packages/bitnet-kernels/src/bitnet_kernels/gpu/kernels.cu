@@ -742,12 +742,10 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
     stamp(trace, 0);
     const int kh = h / (n_head / n_kv);
     const int D8 = D >> 3, pitch = D + 8;  // halves a row in shared memory (16 bytes of padding)
-    // CL, the first AS_CLUSTER splits: the split's AS_KEYS rows of K and V are copied before the position is known
-    // (rows past the keys are never read), so the copies overlap the position's load
-    const bool spec = CL && sp < AS_CLUSTER;
-    if (spec) {
-        const int j0 = sp * AS_KEYS, nrow = min(AS_KEYS, n_ctx - j0);
-        __half* ks = reinterpret_cast<__half*>(as_smem);
+    // K and V rows j0 .. j0 + nrow - 1 into the buffers of the block's ci-th split (cp.async, not committed)
+    auto copy_kv = [&](int ci, int j0, int nrow) {
+        __half* ks = ci ? reinterpret_cast<__half*>(as_smem + 2 * AS_KEYS * pitch * 2 + 4096)
+                        : reinterpret_cast<__half*>(as_smem);
         __half* vs = ks + AS_KEYS * pitch;
         const __half* kb = kc + ((size_t)kh * n_ctx + j0) * D;
         const __half* vb = vc + ((size_t)kh * n_ctx + j0) * D;
@@ -756,7 +754,11 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
             cp_async16(ks + j * pitch + 8 * cc, kb + (size_t)j * D + 8 * cc);
             cp_async16(vs + j * pitch + 8 * cc, vb + (size_t)j * D + 8 * cc);
         }
-    }
+    };
+    // CL, the first AS_CLUSTER splits: the split's AS_KEYS rows of K and V are copied before the position is known
+    // (rows past the keys are never read), so the copies overlap the position's load
+    const bool spec = CL && sp < AS_CLUSTER;
+    if (spec) copy_kv(0, sp * AS_KEYS, min(AS_KEYS, n_ctx - sp * AS_KEYS));
     const int nk = *pos0p + 1;
     const int nsp = (nk + AS_KEYS - 1) / AS_KEYS;
     const bool clp = CL && nsp > 1 && nsp <= AS_CLUSTER * AS_CPB;  // the cluster path (the same for every block)
@@ -776,17 +778,8 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
     const int nch = clp ? (nsp - sp + AS_CLUSTER - 1) / AS_CLUSTER : 1;
     float* pv = reinterpret_cast<float*>(reinterpret_cast<__half*>(as_smem) + 2 * AS_KEYS * pitch);  // (groups, D)
     for (int ci = spec ? 1 : 0; ci < nch; ci++) {
-        const int j0 = (sp + ci * AS_CLUSTER) * AS_KEYS, n = min(AS_KEYS, nk - j0);
-        __half* ks = ci ? reinterpret_cast<__half*>(as_smem + 2 * AS_KEYS * pitch * 2 + 4096)
-                        : reinterpret_cast<__half*>(as_smem);
-        __half* vs = ks + AS_KEYS * pitch;
-        const __half* kb = kc + ((size_t)kh * n_ctx + j0) * D;
-        const __half* vb = vc + ((size_t)kh * n_ctx + j0) * D;
-        for (int i = tid; i < n * D8; i += AS_THREADS) {
-            const int j = i / D8, cc = i % D8;
-            cp_async16(ks + j * pitch + 8 * cc, kb + (size_t)j * D + 8 * cc);
-            cp_async16(vs + j * pitch + 8 * cc, vb + (size_t)j * D + 8 * cc);
-        }
+        const int j0 = (sp + ci * AS_CLUSTER) * AS_KEYS;
+        copy_kv(ci, j0, min(AS_KEYS, nk - j0));
     }
     cp_async_commit();
     for (int d = tid; d < D; d += AS_THREADS) qs[d] = __half2float(__float2half_rn(q[h * D + d]));

@@ -151,11 +151,11 @@ def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, e
     are issued before it (needs rope, the step's (cos, sin) row, for EPI qkv). trace: a device buffer (blocks, 8)
     uint64 for stage timestamps. ahead (hoisted only): what a block does with its weight rows before the prologue,
     "smem" | "l2" | "none" (default: WEIGHTS_AHEAD for matrices of at most AHEAD_MAX bytes, see AHEAD_ALL).
-    upw: rows (pairs) a warp, 1 or 2 (2: ahead "smem" only, so a block of at most 32 warps covers twice the rows)."""
+    upw: rows (pairs) a warp, 1 or 2 (2: ahead "smem" only, so a block of at most 32 warps covers twice the rows).
+    Where the block's rows would not fit in shared memory, "smem" becomes "l2" with a row (pair) a warp."""
     r = 2 if epi in PAIRED else 1
     if upw not in (1, 2):
         raise GPUError(f"decode warps take 1 or 2 rows (pairs), got {upw}")
-    grid = ((mat.n // r + warps * upw - 1) // (warps * upw), 1)
     nh, nkv, hd, nctx, cos, sin, kc, vc = qkv
     hoisted = DEC_HOIST if hoist is None else hoist
     if hoisted and epi == "qkv" and rope is None:
@@ -165,6 +165,9 @@ def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, e
         raise GPUError(f"weights ahead: expected smem, l2 or none, got {mode!r}")
     if upw != 1 and mode != "smem":
         raise GPUError("two rows (pairs) a warp need the weights copied into shared memory (ahead='smem')")
+    if mode == "smem" and 9 * mat.k + 128 + warps * upw * r * mat.k // 4 > _smem_optin(rt):
+        mode, upw = "l2", 1  # the block's rows do not fit in shared memory: asked into L2 instead, a row (pair) a warp
+    grid = ((mat.n // r + warps * upw - 1) // (warps * upw), 1)
     if hoisted:  # the int8 row in planes (+ 128 bytes), the float row, the norm weight (+ the weight rows)
         name = _PROLOGUE_PREFIX.get(DEC_PROLOGUE, "tdech") + ("w_" if mode == "smem" else "_") + epi
         shared = 9 * mat.k + 128 + (warps * upw * r * mat.k // 4 if mode == "smem" else 0)
@@ -187,13 +190,21 @@ def _ahead(mat: TernaryMatrix, ahead: str | None) -> str:
 
 
 _SMEM_SET: dict[str, int] = {}
+_OPTIN: dict[int, int] = {}
+
+
+def _smem_optin(rt: Runtime) -> int:
+    """The most dynamic shared memory a block may ask for on this device (cached)."""
+    if id(rt) not in _OPTIN:
+        _OPTIN[id(rt)] = rt.device.get_attribute(rt.cuda.device_attribute.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+    return _OPTIN[id(rt)]
 
 
 def _allow_smem(rt: Runtime, name: str, sig: str, nbytes: int) -> None:
     """Raise a kernel's dynamic shared-memory limit (needed above 48 KiB), once per size."""
     if _SMEM_SET.get(name, 0) >= nbytes:
         return
-    optin = rt.device.get_attribute(rt.cuda.device_attribute.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+    optin = _smem_optin(rt)
     if nbytes > optin:
         raise GPUError(f"{name} needs {nbytes} bytes of shared memory, the device allows {optin}")
     rt.fn(name, sig).set_attribute(rt.cuda.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, nbytes)
