@@ -543,7 +543,8 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         for (int u = 0; u < UM; u++)
 #pragma unroll
             for (int r = 0; r < R; r++) am[u][r] = make_int4(0, 0, 0, 0);
-        for (int c = lane; c < nchunk; c += WARP) {
+        const int cend = nchunk - nchunk % WARP;
+        for (int c = lane; c < cend; c += WARP) {
             const int4 a0 = a4[c], a1 = a4[PL + c], a2 = a4[2 * PL + c], a3 = a4[3 * PL + c];
 #pragma unroll
             for (int u = 0; u < UM; u++) {
@@ -558,6 +559,29 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
                     }
                 }
             }
+        }
+        // the last nchunk % 32 chunks of every row spread over the lanes as (row, chunk) items, so a pass keeps
+        // all 32 lanes busy where a warp has several rows (gate/up: 4 rows x 8 chunks at K = 2560)
+        const int rem = nchunk - cend;
+        for (int t = lane; t < nu * R * rem; t += WARP) {
+            const int q = t / rem, c = cend + t % rem;
+            const int4 a0 = a4[c], a1 = a4[PL + c], a2 = a4[2 * PL + c], a3 = a4[3 * PL + c];
+            const uint4 w = wb[(q / R) * ustride + (q % R) * nchunk + c];
+            int4 tt = make_int4(0, 0, 0, 0);
+            dot16m(w.x, a0, tt);
+            dot16m(w.y, a1, tt);
+            dot16m(w.z, a2, tt);
+            dot16m(w.w, a3, tt);
+#pragma unroll
+            for (int u = 0; u < UM; u++)
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                    if (q == u * R + r) {
+                        am[u][r].x += tt.x;
+                        am[u][r].y += tt.y;
+                        am[u][r].z += tt.z;
+                        am[u][r].w += tt.w;
+                    }
         }
 #pragma unroll
         for (int u = 0; u < UM; u++)
