@@ -380,6 +380,8 @@ __device__ __forceinline__ void kv_prefetch(const QKVArgs& qa, int pos) {
 // epilogue; the QKV kernel asks for this layer's K/V cache rows in L2 at its end (kv_prefetch); flags & 1: one
 // thread also asks for the block's weight rows in L2 at the start; PV, the prologue's variant (the same bits each):
 // 1 (tdech_*) the integer sum and maximum and the dots' warp sums with redux.sync; 0 (tdechs_*) with shuffles.
+// ST (tdechw_*, tdechsw_*): the lanes copy their warp's weight rows into shared memory (after the planes, the row
+// and the norm weight) before the prologue, and a warp takes flags >> 8 (1 or 2) rows or pairs.
 template <int R, int EPI, bool HOIST, int PV, bool ST>
 __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int N, int K, const float* __restrict__ x,
                                                const float* __restrict__ nw, const float* __restrict__ ws,
