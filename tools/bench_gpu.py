@@ -545,7 +545,7 @@ def main(argv=None) -> int:
     # pair a warp), then the third session's kernels (also the prologue's and the dots' reductions with shuffles,
     # not redux.sync; the split attention's partials through global memory, not a cluster)
     ahead, ops.WEIGHTS_AHEAD = ops.WEIGHTS_AHEAD, "l2"
-    m.gu_upw = 1
+    gu_upw, m.gu_upw = m.gu_upw, 1
     m.set_decode_mode("fused", 0)
     fifth = bench_ours(m, args.n_gen, 64)
     ours["fifth_device_loop_tok_s"] = fifth["device_loop_tok_s"]
@@ -554,7 +554,7 @@ def main(argv=None) -> int:
     cluster, m.attn_cluster = m.attn_cluster, False
     m.set_decode_mode("fused", 0)
     shfl = bench_ours(m, args.n_gen, 64)
-    ops.DEC_PROLOGUE, m.attn_cluster, ops.WEIGHTS_AHEAD, m.gu_upw = prologue, cluster, ahead, 2
+    ops.DEC_PROLOGUE, m.attn_cluster, ops.WEIGHTS_AHEAD, m.gu_upw = prologue, cluster, ahead, gu_upw
     m.set_decode_mode("fused", 0)
     ours["shfl_device_loop_tok_s"] = shfl["device_loop_tok_s"]
     print("ours (the third session's kernels: shuffle reductions):", shfl, flush=True)

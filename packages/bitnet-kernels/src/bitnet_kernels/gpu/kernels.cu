@@ -38,6 +38,19 @@ __device__ __forceinline__ void dot16m(uint32_t w, int4 a, int4& acc) {
     acc.w = dp4a_us(w & 0xc0c0c0c0u, a.w, acc.w);
 }
 __device__ __forceinline__ int dot16m_sum(int4 acc) { return acc.x + (acc.y >> 2) + (acc.z >> 4) + (acc.w >> 6); }
+// One 16-byte load of weights (64: words w.x .. w.w) against their 64 int8 activations a0 .. a3.
+__device__ __forceinline__ int dot64(uint4 w, int4 a0, int4 a1, int4 a2, int4 a3, int acc) {
+    acc = dot16(w.x, a0, acc);
+    acc = dot16(w.y, a1, acc);
+    acc = dot16(w.z, a2, acc);
+    return dot16(w.w, a3, acc);
+}
+__device__ __forceinline__ void dot64m(uint4 w, int4 a0, int4 a1, int4 a2, int4 a3, int4& acc) {
+    dot16m(w.x, a0, acc);
+    dot16m(w.y, a1, acc);
+    dot16m(w.z, a2, acc);
+    dot16m(w.w, a3, acc);
+}
 
 __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
     uint4 r;
@@ -298,12 +311,7 @@ __device__ __forceinline__ void ternary_warp(const uint4* __restrict__ W, int ro
                     }
 #pragma unroll
                     for (int r = 0; r < R; r++) {
-                        int v = acc[r][t];
-                        v = dot16(w[u][r].x, a0, v);
-                        v = dot16(w[u][r].y, a1, v);
-                        v = dot16(w[u][r].z, a2, v);
-                        v = dot16(w[u][r].w, a3, v);
-                        acc[r][t] = v;
+                        acc[r][t] = dot64(w[u][r], a0, a1, a2, a3, acc[r][t]);
                     }
                 }
             }
@@ -553,11 +561,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
                 if (u < nu) {
 #pragma unroll
                     for (int r = 0; r < R; r++) {
-                        const uint4 w = wb[u * ustride + r * nchunk + c];
-                        dot16m(w.x, a0, am[u][r]);
-                        dot16m(w.y, a1, am[u][r]);
-                        dot16m(w.z, a2, am[u][r]);
-                        dot16m(w.w, a3, am[u][r]);
+                        dot64m(wb[u * ustride + r * nchunk + c], a0, a1, a2, a3, am[u][r]);
                     }
                 }
             }
@@ -568,12 +572,8 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         for (int t = lane; t < nu * R * rem; t += WARP) {
             const int q = t / rem, c = cend + t % rem;
             const int4 a0 = a4[c], a1 = a4[PL + c], a2 = a4[2 * PL + c], a3 = a4[3 * PL + c];
-            const uint4 w = wb[(q / R) * ustride + (q % R) * nchunk + c];
             int4 tt = make_int4(0, 0, 0, 0);
-            dot16m(w.x, a0, tt);
-            dot16m(w.y, a1, tt);
-            dot16m(w.z, a2, tt);
-            dot16m(w.w, a3, tt);
+            dot64m(wb[(q / R) * ustride + (q % R) * nchunk + c], a0, a1, a2, a3, tt);
 #pragma unroll
             for (int u = 0; u < UM; u++)
 #pragma unroll
@@ -607,12 +607,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
                 const int4 a0 = a4[c], a1 = a4[PL + c], a2 = a4[2 * PL + c], a3 = a4[3 * PL + c];
 #pragma unroll
                 for (int r = 0; r < R; r++) {
-                    int v = acc[0][r];
-                    v = dot16(w[u][r].x, a0, v);
-                    v = dot16(w[u][r].y, a1, v);
-                    v = dot16(w[u][r].z, a2, v);
-                    v = dot16(w[u][r].w, a3, v);
-                    acc[0][r] = v;
+                    acc[0][r] = dot64(w[u][r], a0, a1, a2, a3, acc[0][r]);
                 }
             }
         }
@@ -1917,16 +1912,10 @@ __device__ void mk_gemv(const StepArgs& A, const LayerDev& L, int m, const uint4
                     b0 = q8[4 * c]; b1 = q8[4 * c + 1]; b2 = q8[4 * c + 2]; b3 = q8[4 * c + 3];
                 }
                 uint4 w = w0[c];
-                acc0 = dot16(w.x, b0, acc0);
-                acc0 = dot16(w.y, b1, acc0);
-                acc0 = dot16(w.z, b2, acc0);
-                acc0 = dot16(w.w, b3, acc0);
+                acc0 = dot64(w, b0, b1, b2, b3, acc0);
                 if (R == 2) {
                     uint4 v = w0[C + c];
-                    acc1 = dot16(v.x, b0, acc1);
-                    acc1 = dot16(v.y, b1, acc1);
-                    acc1 = dot16(v.z, b2, acc1);
-                    acc1 = dot16(v.w, b3, acc1);
+                    acc1 = dot64(v, b0, b1, b2, b3, acc1);
                 }
             }
         }

@@ -165,12 +165,14 @@ def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, e
         raise GPUError(f"weights ahead: expected smem, l2 or none, got {mode!r}")
     if upw != 1 and mode != "smem":
         raise GPUError("two rows (pairs) a warp need the weights copied into shared memory (ahead='smem')")
-    if mode == "smem" and 9 * mat.k + 128 + warps * upw * r * mat.k // 4 > _smem_optin(rt):
+    # hoisted: the int8 row in planes (+ 128 bytes), the float row, the norm weight (+ the weight rows if staged)
+    shared = 9 * mat.k + 128 + (warps * upw * r * mat.k // 4 if mode == "smem" else 0)
+    if mode == "smem" and shared > _smem_optin(rt):
         mode, upw = "l2", 1  # the block's rows do not fit in shared memory: asked into L2 instead, a row (pair) a warp
+        shared = 9 * mat.k + 128
     grid = ((mat.n // r + warps * upw - 1) // (warps * upw), 1)
-    if hoisted:  # the int8 row in planes (+ 128 bytes), the float row, the norm weight (+ the weight rows)
+    if hoisted:
         name = _PROLOGUE_PREFIX.get(DEC_PROLOGUE, "tdech") + ("w_" if mode == "smem" else "_") + epi
-        shared = 9 * mat.k + 128 + (warps * upw * r * mat.k // 4 if mode == "smem" else 0)
     else:  # the int8 row and the float row
         name, shared = f"tdec_{epi}", 5 * mat.k
     if shared > SMEM_DEFAULT:
