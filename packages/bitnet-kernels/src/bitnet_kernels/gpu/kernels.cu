@@ -382,7 +382,7 @@ __device__ __forceinline__ void kv_prefetch(const QKVArgs& qa, int pos) {
 
 
 // Decode (T = 1) with the RMSNorm + int8 quantization fused in: every block normalizes and quantizes the input
-// row into shared memory (K bytes of dynamic shared memory), then its 8 warps compute 8 rows (or pairs).
+// row into shared memory (the dynamic shared memory laid out below), then each warp computes its row (or pair).
 // HOIST (the tdech_* kernels): the prologue's row and norm weight come into shared memory in one round of
 // cp.async; the first lane of each warp asks for what its epilogue reads (epi_issue) and waits for it only at the
 // epilogue; the QKV kernel asks for this layer's K/V cache rows in L2 at its end (kv_prefetch); flags & 1: one
