@@ -1,41 +1,27 @@
 // Micro-benchmark of the decode dots (docs/gpu.md, seventh session): gate/up's staged dots for one block (108 rows
 // x 2560, the weights and the int8 row in shared memory, 132 blocks) with dp4a (kernels.cu's dot16m, lane-strided
 // chunks) against mma.sync m16n8k32 u8 x s8 with the 2-bit fields masked in place (one accumulator set a field).
-// Both exact; the results are compared. On the device: nvcc -arch=sm_90 -O3 -o /tmp/b tools/gpu_dots_bench.cu && /tmp/b
+// Both exact; the results are compared. On the device: nvcc -arch=sm_90 -O3 -std=c++17 -o /tmp/b tools/gpu_dots_bench.cu && /tmp/b
 #include <cstdio>
 #include <cstdint>
 #include <cstdlib>
 #include <vector>
-#define K 2560
-#define NCH (K / 64)
-#define PL (NCH + 2)
+// dp4a_us, dot16m, dot64m and dot16m_sum: the shipped helpers
+#include "../packages/bitnet-kernels/src/bitnet_kernels/gpu/kernels.cu"
+#define BK 2560
+#define NCH (BK / 64)
+#define BPL (NCH + 2)
 #define ROWS 108
 #define NREP 200
 
-__device__ __forceinline__ int dp4a_us(uint32_t a, int b, int c) {
-    int d;
-    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-    return d;
-}
-__device__ __forceinline__ void dot16m(uint32_t w, int4 a, int4& acc) {
-    acc.x = dp4a_us(w & 0x03030303u, a.x, acc.x);
-    acc.y = dp4a_us(w & 0x0c0c0c0cu, a.y, acc.y);
-    acc.z = dp4a_us(w & 0x30303030u, a.z, acc.z);
-    acc.w = dp4a_us(w & 0xc0c0c0c0u, a.w, acc.w);
-}
-__device__ __forceinline__ void dot64m(uint4 w, int4 a0, int4 a1, int4 a2, int4 a3, int4& acc) {
-    dot16m(w.x, a0, acc); dot16m(w.y, a1, acc); dot16m(w.z, a2, acc); dot16m(w.w, a3, acc);
-}
-__device__ __forceinline__ int dsum(int4 a) { return a.x + (a.y >> 2) + (a.z >> 4) + (a.w >> 6); }
-
-// shared layout: int8 row in planes (4 * PL int4), then weight rows with pitch RP bytes
-#define RP (K / 4 + 16)
+// shared layout: int8 row in planes (4 * BPL int4), then weight rows with pitch RP bytes
+#define RP (BK / 4 + 16)
 __device__ void fill(const uint32_t* gw, const int* ga, char* sm) {
     int4* a4 = (int4*)sm;
-    for (int i = threadIdx.x; i < 4 * PL * 4; i += blockDim.x) ((int*)a4)[i] = ga[i];
-    char* ws = sm + 4 * PL * 16;
-    for (int i = threadIdx.x; i < 112 * (K / 16); i += blockDim.x) {
-        const int r = i / (K / 16), w = i % (K / 16);
+    for (int i = threadIdx.x; i < 4 * BPL * 4; i += blockDim.x) ((int*)a4)[i] = ga[i];
+    char* ws = sm + 4 * BPL * 16;
+    for (int i = threadIdx.x; i < 112 * (BK / 16); i += blockDim.x) {
+        const int r = i / (BK / 16), w = i % (BK / 16);
         *(uint32_t*)(ws + r * RP + 4 * w) = gw[i];
     }
     __syncthreads();
@@ -46,7 +32,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) dots_dp4a(const uint32_t* 
     extern __shared__ __align__(16) char sm[];
     fill(gw, ga, sm);
     const int4* a4 = (const int4*)sm;
-    const char* ws = sm + 4 * PL * 16;
+    const char* ws = sm + 4 * BPL * 16;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int tot[4] = {0, 0, 0, 0};
     for (int rep = 0; rep < NREP; rep++) {
@@ -54,7 +40,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) dots_dp4a(const uint32_t* 
         int4 am[4];
         for (int r = 0; r < 4; r++) am[r] = make_int4(0, 0, 0, 0);
         for (int c = lane; c < NCH; c += 32) {
-            const int4 a0 = a4[c], a1 = a4[PL + c], a2 = a4[2 * PL + c], a3 = a4[3 * PL + c];
+            const int4 a0 = a4[c], a1 = a4[BPL + c], a2 = a4[2 * BPL + c], a3 = a4[3 * BPL + c];
 #pragma unroll
             for (int r = 0; r < 4; r++) {
                 const uint4 w = *(const uint4*)(ws + (warp * 4 + r) * RP + 16 * c);
@@ -62,7 +48,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) dots_dp4a(const uint32_t* 
             }
         }
 #pragma unroll
-        for (int r = 0; r < 4; r++) tot[r] += __reduce_add_sync(0xffffffffu, dsum(am[r]));
+        for (int r = 0; r < 4; r++) tot[r] += __reduce_add_sync(0xffffffffu, dot16m_sum(am[r]));
     }
     if (lane == 0)
         for (int r = 0; r < 4; r++) out[blockIdx.x * 112 + warp * 4 + r] = tot[r];
@@ -86,7 +72,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) dots_mma(const uint32_t* g
     for (int i = threadIdx.x; i < 112; i += blockDim.x) part[i] = 0;
     __syncthreads();
     const int* a32 = (const int*)sm;
-    const char* ws = sm + 4 * PL * 16;
+    const char* ws = sm + 4 * BPL * 16;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int tile = warp >> 2, ks = warp & 3, g = lane >> 2, t = lane & 3;
     const char* r0 = ws + (tile * 16 + g) * RP + 4 * t;
@@ -103,8 +89,8 @@ extern "C" __global__ void __launch_bounds__(1024, 1) dots_mma(const uint32_t* g
             int b[4][2];
 #pragma unroll
             for (int f = 0; f < 4; f++) {
-                b[f][0] = g == 0 ? a32[((t * PL + c) << 2) | f] : 0;
-                b[f][1] = g == 0 ? a32[((t * PL + c + 1) << 2) | f] : 0;
+                b[f][0] = g == 0 ? a32[((t * BPL + c) << 2) | f] : 0;
+                b[f][1] = g == 0 ? a32[((t * BPL + c + 1) << 2) | f] : 0;
             }
 #pragma unroll
             for (int f = 0; f < 4; f++) {
@@ -125,8 +111,8 @@ extern "C" __global__ void __launch_bounds__(1024, 1) dots_mma(const uint32_t* g
 
 int main() {
     const int B = 132;
-    std::vector<uint32_t> hw(112 * (K / 16));
-    std::vector<int> ha(4 * PL * 4);
+    std::vector<uint32_t> hw(112 * (BK / 16));
+    std::vector<int> ha(4 * BPL * 4);
     srand(1);
     for (auto& v : hw) {  // codes 0..2 only
         uint32_t x = 0;
@@ -139,7 +125,7 @@ int main() {
     cudaMalloc(&oa, B * 112 * 4); cudaMalloc(&ob, B * 112 * 4);
     cudaMemcpy(dw, hw.data(), hw.size() * 4, cudaMemcpyHostToDevice);
     cudaMemcpy(da, ha.data(), ha.size() * 4, cudaMemcpyHostToDevice);
-    const int smem = 4 * PL * 16 + 112 * RP;
+    const int smem = 4 * BPL * 16 + 112 * RP;
     cudaFuncSetAttribute(dots_dp4a, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     cudaFuncSetAttribute(dots_mma, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     cudaEvent_t e0, e1;
