@@ -185,11 +185,8 @@ def breakdown(m) -> dict:
     parts = {
         "qkv (fused norm, RoPE, KV store)": lambda: ops.ternary_decode_launch(rt, L.qkv, "qkv", m.x, L.attn_norm, eps,
                                                                               m.qb, hd, pos=m.pos, qkv=qkv, rope=m.rope_cur),
-        "attention (one block a head)": lambda: rt.launch("attention", "PPPPiiiiPi", (a.n_head, 1), (512, 1, 1),
-                                                          p(m.qb), np.intp(kc), np.intp(vc), p(m.att),
-                                                          np.int32(a.n_head), np.int32(a.n_head_kv), np.int32(d),
-                                                          np.int32(m.n_ctx), p(m.pos), np.int32(1),
-                                                          shared=4 * m.n_ctx),
+        "attention (one block a head)": lambda: ops.attention_launch(rt, m.qb, kc, vc, m.att, a.n_head, a.n_head_kv,
+                                                                     d, m.n_ctx, 1, m.pos, p_f16=1),
         "attention split (attn_split)": lambda: m._attention(1, kc, vc),
         "o (fused norm, residual)": lambda: ops.ternary_decode_launch(rt, L.o, "resid", m.att, L.attn_sub_norm, eps,
                                                                       m.hn, e),

@@ -254,7 +254,7 @@ def test_split_attention_matches_float64(d):
     out1 = ops.gpu_empty((n_head * d,), np.float32)
     p = ops.ptr
     smem = {"attn_split": 2 * 32 * (d + 8) * 2 + 4096, "attn_splitc": 4 * 32 * (d + 8) * 2 + 4096}
-    sig = "PPPPPPiiiiPP"
+    sig = ops.SIG_ATTN_SPLIT
     ops._allow_smem(rt, "attn_splitc", sig, smem["attn_splitc"])  # static + dynamic > 48 KB
     for nk in (1, 31, 32, 33, 64, 100, 256, 257, 289, 480, 512, 513, 1100):
         q = rng.standard_normal((n_head, d)).astype(np.float32)
@@ -274,8 +274,7 @@ def test_split_attention_matches_float64(d):
         assert (cnt.get() == 0).all()
         err = np.linalg.norm(got[0] - ref) / np.linalg.norm(ref)
         assert err < 1e-5, (nk, err)
-        rt.launch("attention", "PPPPiiiiPi", (n_head, 1), (512, 1, 1), p(dq), p(dk), p(dv), p(out1), np.int32(n_head),
-                  np.int32(n_kv), np.int32(d), np.int32(n_ctx), p(dpos), np.int32(0), shared=4 * n_ctx)
+        ops.attention_launch(rt, dq, dk, dv, out1, n_head, n_kv, d, n_ctx, 1, dpos)
         rt.sync()
         one = out1.get().reshape(n_head, d)
         assert np.linalg.norm(got[0] - one) / np.linalg.norm(one) < 1e-5

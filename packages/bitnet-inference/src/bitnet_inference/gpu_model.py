@@ -29,7 +29,6 @@ MAX_BATCH = 512
 ATT_SPLIT_KEYS = 32  # keys a block of the split one-token attention (AS_KEYS in kernels.cu)
 ATT_CLUSTER = 8  # blocks a cluster of attn_splitc (AS_CLUSTER in kernels.cu)
 ATT_CPB = 2  # splits a block of attn_splitc's cluster path at most (AS_CPB in kernels.cu)
-SIG_ATTN_SPLIT = "PPPPPPiiiiPP"  # attn_split / attn_splitc (ATTN_SPLIT_ARGS in kernels.cu)
 
 
 def _ops():
@@ -564,8 +563,8 @@ class GPUModel:
             kv = 2 * ATT_SPLIT_KEYS * (d + 8) * 2  # one split's K and V rows in shared memory
             shared = (2 * kv if name == "attn_splitc" else kv) + 4096
             if name == "attn_splitc":  # with its static shared memory over 48 KB: the opt-in
-                self.ops._allow_smem(rt, name, SIG_ATTN_SPLIT, shared)
-            rt.launch(name, SIG_ATTN_SPLIT, (a.n_head, self.att_splits), (128, 1, 1), p(self.qb),
+                self.ops._allow_smem(rt, name, self.ops.SIG_ATTN_SPLIT, shared)
+            rt.launch(name, self.ops.SIG_ATTN_SPLIT, (a.n_head, self.att_splits), (128, 1, 1), p(self.qb),
                       np.intp(kc), np.intp(vc), p(self.att), p(self.att_part), p(self.att_cnt), np.int32(a.n_head),
                       np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx), p(self.pos),
                       p(trace) if trace is not None else np.intp(0), shared=shared)

@@ -261,6 +261,7 @@ FLASH_BN = {64: 64, 128: 64, 256: 32}
 FLASH_ROWS = 64
 SIG_FLASH = "PPPPiiiiP"
 SIG_ATTN = "PPPPiiiiPi"
+SIG_ATTN_SPLIT = "PPPPPPiiiiPP"  # attn_split / attn_splitc (ATTN_SPLIT_ARGS in kernels.cu)
 
 
 def flash_supported(n_head: int, n_kv: int, d: int) -> bool:
