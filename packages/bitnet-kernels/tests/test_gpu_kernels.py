@@ -280,62 +280,6 @@ def test_split_attention_matches_float64(d):
         assert np.linalg.norm(got[0] - one) / np.linalg.norm(one) < 1e-5
 
 
-@pytest.mark.parametrize("n_head,n_kv,d,k", [(4, 1, 64, 256), (8, 2, 64, 512), (20, 5, 128, 2560)])
-def test_qkv_attention_fused(n_head, n_kv, d, k):
-    """The QKV matmul + one-token attention in one launch of thread-block clusters (tdechw_qkva, clusters of 8
-    and of 16 blocks where the device runs them) against the QKV decode kernel then the split attention: the K/V
-    cache bit-equal (the position's k and v are the same bits), the attention within 1e-5 of theirs and of
-    float64 on their q, at 1 .. 512 keys (an empty block, one key a block, the position in each block)."""
-    from bitnet_kernels.gpu import get_runtime, ops
-
-    rt = get_runtime()
-    rng = np.random.default_rng(n_head + d)
-    n_ctx, eps, half = 600, np.float32(1e-5), d // 2
-    m = ops.TernaryMatrix((n_head + 2 * n_kv) * d, k)
-    m.load_codes(ternary(rng, m.n, k), 0.03)
-    m.finish()
-    ang = np.arange(n_ctx)[:, None] * (10000.0 ** (-np.arange(half) / half))[None]
-    cos, sin = ops.to_gpu(np.cos(ang).astype(np.float32)), ops.to_gpu(np.sin(ang).astype(np.float32))
-    kc0 = (rng.standard_normal((n_kv, n_ctx, d)) * 0.5).astype(np.float16)
-    vc0 = rng.standard_normal((n_kv, n_ctx, d)).astype(np.float16)
-    p = ops.ptr
-    splits = -(-n_ctx // 256) * 8
-    part = ops.gpu_empty((n_head * splits * (d + 2),), np.float32)
-    cnt = ops.to_gpu(np.zeros(n_head, np.uint32))
-    sizes = [cs for cs in (8, 16) if rt.max_active_clusters(
-        "tdechw_qkva", (n_kv * cs, 1), (32 * ops.qkv_attention_plan(n_head, n_kv, d, k, cs)[0], 1, 1), cs,
-        ops.qkv_attention_plan(n_head, n_kv, d, k, cs)[2]) > 0]
-    assert 8 in sizes
-    print(f"cluster sizes run: {sizes}")
-    for pos in (0, 1, 5, 7, 15, 16, 17, 31, 100, 288, 511):
-        x = (rng.standard_normal(k) * 2).astype(np.float32)
-        nw = rng.uniform(0.5, 1.5, k).astype(np.float32)
-        dx, dnw, dpos = ops.to_gpu(x), ops.to_gpu(nw), ops.to_gpu(np.array([pos], np.int32))
-        drope = ops.to_gpu(np.concatenate([np.cos(ang[pos]), np.sin(ang[pos])]).astype(np.float32))
-        dk, dv = ops.to_gpu(kc0), ops.to_gpu(vc0)
-        qkv = (n_head, n_kv, d, n_ctx, cos, sin, dk, dv)
-        qb = ops.gpu_empty((n_head * d,), np.float32)
-        att = ops.gpu_empty((n_head * d,), np.float32)
-        ops.ternary_decode_launch(rt, m, "qkv", dx, dnw, eps, qb, n_head * d, pos=dpos, qkv=qkv, warps=16, rope=drope)
-        rt.launch("attn_split", ops.SIG_ATTN_SPLIT, (n_head, splits), (128, 1, 1), p(qb), p(dk), p(dv), p(att),
-                  p(part), p(cnt), np.int32(n_head), np.int32(n_kv), np.int32(d), np.int32(n_ctx), p(dpos),
-                  np.intp(0), shared=2 * 32 * (d + 8) * 2 + 4096)
-        rt.sync()
-        q, kc, vc, want = qb.get().reshape(n_head, d), dk.get(), dv.get(), att.get().reshape(n_head, d)
-        ref = attention_ref(q, kc.astype(np.float32), vc.astype(np.float32), pos + 1, n_head, n_kv)
-        for cs in sizes:
-            dk2, dv2 = ops.to_gpu(kc0), ops.to_gpu(vc0)
-            att2 = ops.to_gpu(np.full(n_head * d, np.nan, np.float32))
-            ops.qkv_attention_launch(rt, m, dx, dnw, eps, att2, dpos, (n_head, n_kv, d, n_ctx, cos, sin, dk2, dv2),
-                                     drope, cs)
-            rt.sync()
-            np.testing.assert_array_equal(dk2.get(), kc)
-            np.testing.assert_array_equal(dv2.get(), vc)
-            got = att2.get().reshape(n_head, d)
-            assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-5, (pos, cs)
-            assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-5, (pos, cs)
-
-
 def causal_attention_ref(q, kc, vc, pos0, n_head, n_kv):
     """Prompt attention in float64: query i (position pos0 + i) over keys 0 .. pos0 + i (q rounded through f16
     as the kernels do); q (T, n_head, d) -> (T, n_head, d)."""

@@ -145,11 +145,6 @@ class GPUModel:
         # memory before the norm prologue (as QKV, O and down); 1, a pair a warp, two blocks an SM, the weights read
         # after the prologue (the fifth session's)
         self.gu_upw = 2
-        # one-token QKV and attention in one launch of thread-block clusters (tdechw_qkva: a cluster a kv group,
-        # 16 blocks where the device runs n_kv such clusters at once, else 8) while the keys fit (FA_MAXKEYS, the
-        # short graph's 512); BITNET_GPU_QKV_ATTN=0: the QKV kernel, then attn_splitc
-        self.qkv_attn = os.environ.get("BITNET_GPU_QKV_ATTN", "1") != "0"
-        self._qkv_attn_cs: int | None = None
 
 
     # -- the one-kernel decode step ---------------------------------------------------------------------------
@@ -491,25 +486,20 @@ class GPUModel:
                       p(self.q8), p(self.s), p(self.qsum))
 
         fused = t == 1 and self.fused_norm
-        cs = self._qkv_attn_cluster() if fused else 0  # QKV + attention in one launch (tdechw_qkva)
         trace = getattr(self, "_trace", None)  # stage timestamps of one layer (tools/gpu_profile_step.py)
         for i, L in enumerate(self.layers):
             kc = int(self.kc.gpudata) + i * kv_layer
             vc = int(self.vc.gpudata) + i * kv_layer
             qkv = (a.n_head, a.n_head_kv, d, self.n_ctx, self.cos, self.sin, kc, vc)
             tr = trace if trace is not None and trace["layer"] == i else {}
-            if cs:
-                ops.qkv_attention_launch(rt, L.qkv, self.x, L.attn_norm, eps, self.att, self.pos, qkv, self.rope_cur,
-                                         cs, trace=tr.get("qkv"))
-            elif fused:
+            if fused:
                 ops.ternary_decode_launch(rt, L.qkv, "qkv", self.x, L.attn_norm, eps, self.qb, hd, pos=self.pos,
                                           qkv=qkv, warps=self.dec_warps(L.qkv, 2), rope=self.rope_cur,
                                           trace=tr.get("qkv"))
             else:
                 norm_quant(self.x, L.attn_norm, e)
                 ops.ternary_launch(rt, L.qkv, "qkv", self.q8, self.qsum, self.s, self.qb, hd, t, pos=self.pos, qkv=qkv)
-            if not cs:
-                self._attention(t, kc, vc, trace=tr.get("attn"))
+            self._attention(t, kc, vc, trace=tr.get("attn"))
             if fused:
                 ops.ternary_decode_launch(rt, L.o, "resid", self.att, L.attn_sub_norm, eps, self.x, e,
                                           warps=self.dec_warps(L.o, 1), trace=tr.get("o"))
@@ -562,19 +552,6 @@ class GPUModel:
         else:
             ops.q8_launch(rt, self.head_q8, self.head_scale, a.n_vocab, e, self.q8, self.s, self.logits, a.n_vocab,
                           rows)
-
-    def _qkv_attn_cluster(self) -> int:
-        """The cluster size of the fused QKV + attention launch for the step being queued, 0 for the two kernels:
-        it needs the cluster attention's short graph (keys up to FA_MAXKEYS; the long one keeps attn_split), the
-        hoisted redux kernels with staged QKV weights, and a device and shape it covers (ops.qkv_attention_cluster,
-        asked once)."""
-        ops, a = self.ops, self.args
-        if not (self.qkv_attn and self.attn_split and self.attn_cluster and not self._att_long and ops.DEC_HOIST
-                and ops.DEC_PROLOGUE == "redux" and ops._ahead(self.layers[0].qkv, None) == "smem"):
-            return 0
-        if self._qkv_attn_cs is None:
-            self._qkv_attn_cs = ops.qkv_attention_cluster(self.rt, a.n_head, a.n_head_kv, a.head_dim, a.n_embd)
-        return self._qkv_attn_cs
 
     def _attention(self, t: int, kc: int, vc: int, trace=None) -> None:
         """Queue one layer's attention: one token with the split kernel (several blocks a head); a prompt with the

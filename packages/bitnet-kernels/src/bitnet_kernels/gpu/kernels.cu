@@ -381,215 +381,6 @@ __device__ __forceinline__ void kv_prefetch(const QKVArgs& qa, int pos) {
 }
 
 
-__device__ __forceinline__ void cluster_arrive_relaxed() {
-    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
-}
-__device__ __forceinline__ void cluster_arrive_release() {
-    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
-}
-__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
-
-// --- The fused QKV + attention decode kernel (tdechw_qkva) ----------------------------------------------------
-// One thread-block cluster a kv group (grid n_kv x CS blocks, cluster dims (CS, 1, 1), set at launch): the CS
-// blocks compute the group's rows of the QKV matmul (its q heads, k and v: (gq + 2) head_dim / 2 pairs, the
-// unfused kernel's bits), push q (through f16) into every block's shared memory and the position's k and v (f16)
-// into the K/V tile of the block whose keys hold the position (and into the cache); after a cluster barrier each
-// block computes the attention of the group's gq heads over its share of the keys (flash-decoding: kpr keys a
-// block, its K/V rows copied during the matmul), pushes (m, l, o) to the blocks that combine each output, and
-// after a second barrier each block combines its share of the gq * head_dim outputs. Up to FA_MAXKEYS keys
-// (the decode step's short graph); no global partials, counters or fences, one launch instead of two.
-#define FA_MAXKEYS 512
-
-struct FALayout {  // the attention's part of the dynamic shared memory (after the staged weights)
-    int gq, D, pitch, kpr, opr, P;  // heads a group, head_dim, halves a tile row, keys a block at most,
-                                    // outputs a block combines, floats a block's slot of cparts
-    __half *kt, *vt;                // (kpr, pitch) K and V rows of this block's keys
-    float *fq, *fps, *fml, *cp;     // q (gq, D); scores / p (gq, kpr); own (m, l) a head; slots (ncl, P)
-};
-
-__device__ __forceinline__ FALayout fa_layout(const QKVArgs& qa, unsigned ncl, unsigned char* base) {
-    FALayout L;
-    L.gq = qa.n_head / qa.n_kv;
-    L.D = qa.head_dim;
-    L.pitch = L.D + 8;
-    L.kpr = (FA_MAXKEYS + (int)ncl - 1) / (int)ncl;
-    L.opr = (L.gq * L.D + (int)ncl - 1) / (int)ncl;
-    L.P = 2 * L.gq + L.opr;
-    L.kt = reinterpret_cast<__half*>(base);
-    L.vt = L.kt + L.kpr * L.pitch;
-    L.fq = reinterpret_cast<float*>(L.vt + L.kpr * L.pitch);
-    L.fps = L.fq + L.gq * L.D;
-    L.fml = L.fps + L.gq * L.kpr;
-    L.cp = L.fml + 2 * L.gq;
-    return L;
-}
-
-// The fused QKV matrix's pair for the group-local unit lu of kv group g (q heads g gq .. g gq + gq - 1, then the
-// group's k, then its v pairs), or -1 past the group's (gq + 2) D / 2 pairs.
-__device__ __forceinline__ int fa_pair(const QKVArgs& qa, int g, int lu) {
-    const int half = qa.head_dim >> 1, gq = qa.n_head / qa.n_kv;
-    if (lu < gq * half) return g * gq * half + lu;
-    if (lu < (gq + 1) * half) return qa.n_head * half + g * half + (lu - gq * half);
-    if (lu < (gq + 2) * half) return (qa.n_head + qa.n_kv) * half + g * half + (lu - (gq + 1) * half);
-    return -1;
-}
-
-// Keys of block crank: kpr = ceil((pos + 1) / ncl) a block, block r holding keys r kpr .. ; the rows before the
-// position into the block's K/V tile (cp.async, the caller commits).
-__device__ __forceinline__ void fa_copy_kv(const QKVArgs& qa, int g, int pos, unsigned crank, unsigned ncl,
-                                           unsigned char* base) {
-    const FALayout L = fa_layout(qa, ncl, base);
-    const int kpr = (pos + (int)ncl) / (int)ncl, j0 = (int)crank * kpr;
-    if (kpr > L.kpr) __trap();  // past FA_MAXKEYS: the caller takes the unfused step there
-    const int nold = max(0, min(kpr, pos - j0)), D8 = L.D >> 3;
-    const __half* kb = qa.kc + ((size_t)g * qa.n_ctx + j0) * L.D;
-    const __half* vb = qa.vc + ((size_t)g * qa.n_ctx + j0) * L.D;
-    for (int i = threadIdx.x; i < nold * D8; i += blockDim.x) {
-        const int j = i / D8, c = i % D8;
-        cp_async16(L.kt + j * L.pitch + 8 * c, kb + (size_t)j * L.D + 8 * c);
-        cp_async16(L.vt + j * L.pitch + 8 * c, vb + (size_t)j * L.D + 8 * c);
-    }
-}
-
-// The epilogue of group-local pair lu (its two outputs y0, y1; c, sn its RoPE angle): qkv_store_cs's arithmetic,
-// q into every block's fq (lane l to rank l), k and v into the tile of the block that owns the position (which
-// writes them to the cache after the last barrier: no global store before a cluster barrier's release).
-__device__ __forceinline__ void fa_store(const QKVArgs& qa, int g, int lu, float y0, float y1, float c, float sn,
-                                         int pos, unsigned ncl, unsigned char* base, int lane) {
-    const FALayout L = fa_layout(qa, ncl, base);
-    const int half = L.D >> 1, gq = L.gq;
-    cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
-    const bool rope = lu < (gq + 1) * half;
-    const float o0 = rope ? __fsub_rn(__fmul_rn(y0, c), __fmul_rn(y1, sn)) : y0;
-    const float o1 = rope ? __fadd_rn(__fmul_rn(y0, sn), __fmul_rn(y1, c)) : y1;
-    if (lu < gq * half) {
-        const int hl = lu / half, i = lu % half;
-        if (lane < (int)ncl) {
-            float* dq = cl.map_shared_rank(L.fq, lane) + hl * L.D;
-            dq[i] = __half2float(__float2half_rn(o0));
-            dq[i + half] = __half2float(__float2half_rn(o1));
-        }
-        return;
-    }
-    const int kpr = (pos + (int)ncl) / (int)ncl, owner = pos / kpr, row = pos - owner * kpr;
-    const bool isk = lu < (gq + 1) * half;
-    const int i0 = isk ? lu - gq * half : 2 * (lu - (gq + 1) * half), i1 = isk ? i0 + half : i0 + 1;
-    const __half h0 = __float2half_rn(o0), h1 = __float2half_rn(o1);
-    if (lane == 0) {
-        __half* tr = cl.map_shared_rank(isk ? L.kt : L.vt, owner) + row * L.pitch;
-        tr[i0] = h0;
-        tr[i1] = h1;
-    }
-}
-
-// The attention of group g after the matmul (every thread of the block; its K/V copies waited for): attn_split's
-// arithmetic on this block's keys, then the combine of its share of the outputs into out (n_head, D).
-__device__ __forceinline__ void fa_attention(const QKVArgs& qa, int g, int pos, unsigned crank, unsigned ncl,
-                                             unsigned char* base, float* __restrict__ out,
-                                             unsigned long long* trace, int dbg = 0) {
-    const FALayout L = fa_layout(qa, ncl, base);
-    cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
-    cluster_arrive_release();
-    cluster_wait();  // phase 2: q and the position's k and v are in place
-    stamp(trace, 0);
-    const int gq = L.gq, D = L.D, D8 = D >> 3, tid = threadIdx.x, nt = blockDim.x;
-    const int kpr = (pos + (int)ncl) / (int)ncl, j0 = (int)crank * kpr, n = max(0, min(kpr, pos + 1 - j0));
-    const float scale = 1.0f / sqrtf((float)D);
-    if (!(dbg & 16)) {
-    // warp w: heads w, w + warps, .. over the block's n keys (lane j: keys j and j + 32), no block barrier: scores, softmax by
-    // shuffles, P.V with lane l holding dims l, l + 32, .. (at most 8), pushed to the blocks that combine them
-    const int warp = tid >> 5, lane = tid & 31;
-    for (int hl = warp; hl < gq; hl += nt >> 5) {
-        const float* qh = L.fq + hl * D;
-        float sj[2];
-#pragma unroll
-        for (int h2 = 0; h2 < 2; h2++) {
-            const int j = lane + 32 * h2;
-            float a0 = 0.0f, a1 = 0.0f;
-            if (j < n) {
-                const uint4* kr = reinterpret_cast<const uint4*>(L.kt + j * L.pitch);
-                for (int c = 0; c < D8; c++) {
-                    uint4 w = kr[c];
-                    const __half2* hw = reinterpret_cast<const __half2*>(&w);
-                    const float4 qa4 = *reinterpret_cast<const float4*>(qh + 8 * c);
-                    const float4 qb4 = *reinterpret_cast<const float4*>(qh + 8 * c + 4);
-                    const float2 f0 = __half22float2(hw[0]), f1 = __half22float2(hw[1]),
-                                 f2 = __half22float2(hw[2]), f3 = __half22float2(hw[3]);
-                    a0 = fmaf(qa4.x, f0.x, a0); a1 = fmaf(qa4.y, f0.y, a1);
-                    a0 = fmaf(qa4.z, f1.x, a0); a1 = fmaf(qa4.w, f1.y, a1);
-                    a0 = fmaf(qb4.x, f2.x, a0); a1 = fmaf(qb4.y, f2.y, a1);
-                    a0 = fmaf(qb4.z, f3.x, a0); a1 = fmaf(qb4.w, f3.y, a1);
-                }
-            }
-            sj[h2] = j < n ? __fmul_rn(a0 + a1, scale) : -INFINITY;
-        }
-        const float m = warp_max(fmaxf(sj[0], sj[1]));
-        const float e0 = lane < n ? expf(sj[0] - m) : 0.0f, e1 = lane + 32 < n ? expf(sj[1] - m) : 0.0f;
-        const float l = warp_sum(e0 + e1);
-        float o[8];
-#pragma unroll
-        for (int e = 0; e < 8; e++) o[e] = 0.0f;
-        for (int j = 0; j < n; j++) {
-            const float pj = __shfl_sync(0xffffffffu, j < 32 ? e0 : e1, j & 31);
-            const __half* vr = L.vt + j * L.pitch;
-#pragma unroll
-            for (int e = 0; e < 8; e++)
-                if (lane + 32 * e < D) o[e] = fmaf(pj, __half2float(vr[lane + 32 * e]), o[e]);
-        }
-#pragma unroll
-        for (int e = 0; e < 8; e++) {
-            const int t = hl * D + lane + 32 * e;
-            if (lane + 32 * e < D) cl.map_shared_rank(L.cp, t / L.opr)[crank * L.P + 2 * gq + t % L.opr] = o[e];
-        }
-        if (lane == 0) {
-            L.fml[2 * hl] = n > 0 ? m : -INFINITY;
-            L.fml[2 * hl + 1] = l;
-        }
-    }
-    __syncthreads();
-    stamp(trace, 3);
-    for (int t = tid; t < gq * (int)ncl; t += nt) {  // (m, l) of every head to every block
-        float* dst = cl.map_shared_rank(L.cp, t / gq) + crank * L.P + 2 * (t % gq);
-        dst[0] = L.fml[2 * (t % gq)];
-        dst[1] = L.fml[2 * (t % gq) + 1];
-    }
-    stamp(trace, 4);
-    }
-    if (dbg & 8) return;
-    cluster_arrive_release();
-    // the position's k and v from the owner's tile into the cache: after the arrive, so that its release does not
-    // wait for these global stores
-    if (pos >= j0 && pos < j0 + kpr) {
-        for (int i = tid; i < 2 * D8; i += nt) {
-            const int c = i % D8;
-            const __half* src = (i < D8 ? L.kt : L.vt) + (pos - j0) * L.pitch + 8 * c;
-            __half* dst = (i < D8 ? qa.kc : qa.vc) + ((size_t)g * qa.n_ctx + pos) * D + 8 * c;
-            *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-        }
-    }
-    cluster_wait();  // phase 3: every block's partials are here
-    stamp(trace, 5);
-    // the combine: output t of this block's share by ncl lanes (lane r: block r's partial), max and sums by
-    // shuffles within the ncl lanes (ncl divides 32)
-    for (int b = 0; b < L.opr * (int)ncl; b += nt) {
-        const int i = b + tid, t = i / (int)ncl, r = i % (int)ncl, gi = (int)crank * L.opr + t;
-        const bool ok = t < L.opr && gi < gq * D;
-        const int hl = ok ? gi / D : 0;
-        const float mr = ok ? L.cp[r * L.P + 2 * hl] : -INFINITY;
-        float M = mr;
-        for (int o = 1; o < (int)ncl; o <<= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-        const float f = ok ? expf(mr - M) : 0.0f;
-        float Ls = ok ? L.cp[r * L.P + 2 * hl + 1] * f : 0.0f;
-        float acc = ok ? L.cp[r * L.P + 2 * gq + t] * f : 0.0f;
-        for (int o = 1; o < (int)ncl; o <<= 1) {
-            Ls += __shfl_xor_sync(0xffffffffu, Ls, o);
-            acc += __shfl_xor_sync(0xffffffffu, acc, o);
-        }
-        if (ok && r == 0) out[(size_t)(g * gq + hl) * D + gi % D] = __fdiv_rn(acc, Ls);
-    }
-    stamp(trace, 6);
-}
-
 // Decode (T = 1) with the RMSNorm + int8 quantization fused in: every block normalizes and quantizes the input
 // row into shared memory (the dynamic shared memory laid out below), then each warp computes its row (or pair).
 // HOIST (the tdech_* kernels): the prologue's row and norm weight come into shared memory in one round of
@@ -599,7 +390,7 @@ __device__ __forceinline__ void fa_attention(const QKVArgs& qa, int g, int pos, 
 // 1 (tdech_*) the integer sum and maximum and the dots' warp sums with redux.sync; 0 (tdechs_*) with shuffles.
 // ST (tdechw_*, tdechsw_*): the lanes copy their warp's weight rows into shared memory (after the planes, the row
 // and the norm weight) before the prologue, and a warp takes flags >> 8 (1 or 2) rows or pairs.
-template <int R, int EPI, bool HOIST, int PV, bool ST, bool FA = false>
+template <int R, int EPI, bool HOIST, int PV, bool ST>
 __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int N, int K, const float* __restrict__ x,
                                                const float* __restrict__ nw, const float* __restrict__ ws,
                                                const float* __restrict__ os, float* out,
@@ -627,27 +418,6 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     // ST: units (rows or pairs) a warp, flags >> 8 (1 or 2): unit k of the block is warp k % nw_'s (k / nw_)-th
     const int upw = ST ? min(max(flags >> 8, 1), 2) : 1;
     const int brow = blockIdx.x * nw_ * R * upw;  // the block's first row
-    // FA (tdechw_qkva): the block is rank crank of the ncl-block cluster of kv group cg, and its units are the
-    // group's pairs crank * nw_ * upw + k (the group's q heads, then its k, then its v pairs; fa_pair)
-    const unsigned ncl = FA ? cooperative_groups::this_cluster().num_blocks() : 1u;
-    const unsigned crank = FA ? cooperative_groups::this_cluster().block_rank() : 0u;
-    const int cg = FA ? (int)(blockIdx.x / ncl) : 0;
-    unsigned long long* atr = nullptr;  // FA, flags & 4: the attention's stage stamps instead of the matmul's
-    if (FA && (flags & 4)) {
-        atr = trace;
-        trace = nullptr;
-    }
-    stamp(atr, 7);
-    if (FA) cluster_arrive_relaxed();  // phase 1: this block runs (its shared memory may be written from now)
-    const int fpos = FA ? *pos0p : 0;
-    // the first row of the block's unit k, or -1 where it has none
-    auto urow = [&](int k) -> int {
-        if (FA) {
-            const int p = fa_pair(qa, cg, (int)crank * nw_ * upw + k);
-            return p < 0 ? -1 : 2 * p;
-        }
-        return brow + k * R < N ? brow + k * R : -1;
-    };
     const float4* x4 = reinterpret_cast<const float4*>(x);
     const float4* w4 = reinterpret_cast<const float4*>(nw);
     const int K4 = K >> 2;
@@ -664,16 +434,16 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         if ((flags & 1) && threadIdx.x == 0 && nrows > 0)
             prefetch_l2(W + (size_t)brow * (K >> 6), (unsigned)nrows * (unsigned)(K >> 2));
         for (int u = 0; u < upw; u++) {
-            const int k = (threadIdx.x >> 5) + u * nw_, r0 = urow(k);
-            if ((threadIdx.x & 31) == 0 && r0 >= 0)
+            const int k = (threadIdx.x >> 5) + u * nw_, r0 = brow + k * R;
+            if ((threadIdx.x & 31) == 0 && r0 < N)
                 epi_issue<R, EPI>(r0, k, ws, os, out, pos0p, rope, qa, e_ws, e_os, e_res, e_cos, e_sin, e_pos);
         }
         cp_async_commit();
         if (ST) {  // the warp's weight rows into shared memory, each lane copying the chunks it will use
             const int nch = K >> 6;
             for (int u = 0; u < upw; u++) {
-                const int k = (threadIdx.x >> 5) + u * nw_, wr0 = urow(k);
-                if (wr0 >= 0) {
+                const int k = (threadIdx.x >> 5) + u * nw_, wr0 = brow + k * R;
+                if (wr0 < N) {
                     const uint4* src = W + (size_t)wr0 * nch;
                     uint4* dst = wst + (size_t)k * R * nch;
                     for (int c = threadIdx.x & 31; c < nch; c += WARP)
@@ -702,7 +472,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         ss += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
     }
     ss = HOIST ? block_sum1<double>(ss, shd) : block_sum<double>(ss, shd);
-    if (HOIST && !FA) stamp(trace, 5);
+    if (HOIST) stamp(trace, 5);
     const float scale = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn((float)(ss / (double)K), eps)));
     float amax = 0.0f;
 #pragma unroll 4
@@ -716,7 +486,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         amax = fmaxf(fmaxf(fmaxf(fmaxf(amax, fabsf(t.x)), fabsf(t.y)), fabsf(t.z)), fabsf(t.w));
     }
     amax = HOIST ? (RX ? block_max1_rx(amax, shf) : block_max1(amax, shf)) : block_max(amax, shf);
-    if (HOIST && !FA) stamp(trace, 6);
+    if (HOIST) stamp(trace, 6);
     const float sc = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
     int sum = 0;
 #pragma unroll 4
@@ -751,15 +521,8 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     }
     stamp(trace, 1);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    // FA: this group's attention tiles after the staged weights; the K and V rows of this rank's keys before the
-    // position copied now (the position's own row comes from the blocks that compute it, at the epilogue)
-    unsigned char* fa_base = reinterpret_cast<unsigned char*>(wst + (size_t)nw_ * upw * R * (K >> 6));
-    if (FA) {
-        fa_copy_kv(qa, cg, fpos, crank, ncl, fa_base);
-        cp_async_commit();
-    }
     const int row0 = brow + warp * R;
-    if (!FA && row0 >= N) return;
+    if (row0 >= N) return;
     if (!HOIST) {
         ternary_warp<R, 1, EPI, true>(W, row0, N, K, reinterpret_cast<const int8_t*>(qsm), &qsum_sh, &s_sh, ws, os,
                                       out, nullptr, ldo, 0, 1, pos0p, qa);
@@ -773,7 +536,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     constexpr int UM = ST ? 2 : 1;
     int nu = 0;
     for (int u = 0; u < upw; u++)
-        if (urow(warp + u * nw_) >= 0) nu = u + 1;
+        if (brow + (warp + u * nw_) * R < N) nu = u + 1;
     int acc[UM][R];
 #pragma unroll
     for (int u = 0; u < UM; u++)
@@ -782,7 +545,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     if (ST) {
         // the rows from shared memory, copied by the lanes that read them (their own wait suffices); each chunk of
         // activations is read once for all the warp's units; the codes masked in place (dot16m)
-        if (FA) cp_async_wait<1>(); else cp_async_wait<0>();  // FA: the K/V copies are the newest group
+        cp_async_wait<0>();
         const uint4* wb = wst + (size_t)warp * R * nchunk;
         const size_t ustride = (size_t)nw_ * R * nchunk;
         int4 am[UM][R];
@@ -851,26 +614,16 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     }
     }
     if (warp == 0) stamp(trace, 2);
-    if (FA) cluster_wait();  // phase 1: every block of the cluster runs
 #pragma unroll
     for (int u = 0; u < UM; u++) {
     if (u >= nu) break;
-    const int k = warp + u * nw_, row0 = urow(k);  // the unit, its first row
+    const int k = warp + u * nw_, row0 = brow + k * R;  // the unit, its first row
     if (RX) {
 #pragma unroll
         for (int r = 0; r < R; r++) acc[u][r] = __reduce_add_sync(0xffffffffu, acc[u][r]);
     } else {
 #pragma unroll
         for (int r = 0; r < R; r++) acc[u][r] = warp_sum(acc[u][r]);
-    }
-    if (FA) {  // every lane has the sums: lane 0's copies made visible to the warp, then the pushes
-        if (lane == 0) cp_async_wait<0>();
-        __syncwarp();
-        const int lr = k * R;
-        const float y0 = (__fdiv_rn((float)(acc[u][0] - sum), sc) * e_ws[lr]) * e_os[lr];
-        const float y1 = (__fdiv_rn((float)(acc[u][R - 1] - sum), sc) * e_ws[lr + R - 1]) * e_os[lr + R - 1];
-        fa_store(qa, cg, (int)crank * nw_ * upw + k, y0, y1, e_cos[k], e_sin[k], fpos, ncl, fa_base, lane);
-        continue;
     }
     if (lane == 0) {
         cp_async_wait<0>();
@@ -900,24 +653,17 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     }
     }
     if (warp == 0) stamp(trace, 3);
-    if (FA) {
-        cp_async_wait<0>();  // this thread's K/V copies
-        if (!(flags & 2)) fa_attention(qa, cg, fpos, crank, ncl, fa_base, out, atr, flags);
-        else { cluster_arrive_release(); cluster_wait(); }
-    }
 }
 
 // ST (weights staged in shared memory, the matrices of one block an SM): up to 64 registers, no spills
-#define DECODE_KERNEL_FA(NAME, R, EPI, HOIST, PV, ST, FA)                                                       \
+#define DECODE_KERNEL(NAME, R, EPI, HOIST, PV, ST)                                                                \
     extern "C" __global__ void __launch_bounds__(1024, ST ? 1 : 2) NAME(                                    \
         const uint4* __restrict__ W, int N, int K, const float* __restrict__ x, const float* __restrict__ nw, \
         const float* __restrict__ ws, const float* __restrict__ os, float* out, const int* __restrict__ pos0p, \
         const float* __restrict__ rope, int ldo, float eps, QKVArgs qa, unsigned long long* trace,            \
         int flags) {                                                                                          \
-        ternary_decode<R, EPI, HOIST, PV, ST, FA>(W, N, K, x, nw, ws, os, out, pos0p, rope, ldo, eps, qa, trace,    \
-                                                  flags);                                                    \
+        ternary_decode<R, EPI, HOIST, PV, ST>(W, N, K, x, nw, ws, os, out, pos0p, rope, ldo, eps, qa, trace, flags); \
     }
-#define DECODE_KERNEL(NAME, R, EPI, HOIST, PV, ST) DECODE_KERNEL_FA(NAME, R, EPI, HOIST, PV, ST, false)
 
 DECODE_KERNEL(tdec_f32, 1, EPI_F32, false, 0, false)
 DECODE_KERNEL(tdec_resid, 1, EPI_RESID, false, 0, false)
@@ -944,9 +690,6 @@ DECODE_KERNEL(tdechsw_resid, 1, EPI_RESID, true, 0, true)
 DECODE_KERNEL(tdechsw_relu2, 2, EPI_RELU2, true, 0, true)
 DECODE_KERNEL(tdechsw_silu, 2, EPI_SILU, true, 0, true)
 DECODE_KERNEL(tdechsw_qkv, 2, EPI_QKV, true, 0, true)
-// the QKV matmul and the attention in one launch of thread-block clusters (cluster dims set at launch; out: the
-// attention's output (n_head, head_dim))
-DECODE_KERNEL_FA(tdechw_qkva, 2, EPI_QKV, true, 1, true, true)
 
 // The decode step's embedding (x = emb[tok], f16 to float) and the step's RoPE row (cos, sin at the position,
 // head_dim / 2 each) for the hoisted QKV decode kernel.
@@ -981,6 +724,13 @@ extern "C" __global__ void embed_rope(const __half* __restrict__ emb, const int*
 // shared memory), arrives at a cluster barrier and leaves; block 0 waits and combines them (the same arithmetic
 // in the same order: the same bits as the global path). No partials in global memory, no fence, no counter.
 // Longer contexts take the global path.
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_arrive_release() {
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
 
 // Dimension d of a split's unnormalized output o: the sum of the KG key groups' partials in pv (KG, D), in
 // group order.

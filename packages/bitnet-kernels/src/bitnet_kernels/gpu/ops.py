@@ -184,59 +184,6 @@ def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, e
               _p(trace), np.int32((1 if mode == "l2" else 0) | upw << 8), shared=shared)
 
 
-FA_DEBUG = 0
-FA_MAXKEYS = 512  # keys the fused QKV + attention kernel takes (FA_MAXKEYS in kernels.cu)
-
-
-def qkv_attention_plan(n_head: int, n_kv: int, d: int, k: int, cluster: int) -> tuple[int, int, int]:
-    """(warps, pairs a warp, dynamic shared bytes) of tdechw_qkva for clusters of `cluster` blocks: a block takes
-    ceil((gq + 2) d / 2 / cluster) of its kv group's pairs, stages their weight rows, and holds its share of the
-    group's attention (fa_layout in kernels.cu)."""
-    gq = n_head // n_kv
-    units = -(-((gq + 2) * d // 2) // cluster)
-    upw = 1 if units <= 32 else 2
-    warps = -(-units // upw)
-    if warps > 32:
-        raise GPUError(f"{units} QKV pairs a block do not fit a decode block; use a larger cluster")
-    kpr, opr = -(-FA_MAXKEYS // cluster), -(-(gq * d) // cluster)
-    fa = 4 * kpr * (d + 8) + 4 * gq * d + 4 * gq * kpr + 8 * gq + 4 * cluster * (2 * gq + opr)
-    return warps, upw, 9 * k + 128 + warps * upw * 2 * k // 4 + fa
-
-
-def qkv_attention_launch(rt: Runtime, mat: TernaryMatrix, x, normw, eps: float, att, pos,
-                         qkv: tuple, rope, cluster: int, trace=None) -> None:
-    """Queue the fused QKV matmul + one-token attention (tdechw_qkva): one cluster of `cluster` blocks a kv
-    group computes the group's q, k, v rows (RoPE, k and v into the cache at the position, as the QKV decode
-    kernel) and then its heads' attention over keys 0 .. position (at most FA_MAXKEYS) into att (n_head, d)."""
-    nh, nkv, hd, nctx, cos, sin, kc, vc = qkv
-    warps, upw, shared = qkv_attention_plan(nh, nkv, hd, mat.k, cluster)
-    if shared > _smem_optin(rt):
-        raise GPUError(f"tdechw_qkva needs {shared} bytes of shared memory, the device allows {_smem_optin(rt)}")
-    rt.fn("tdechw_qkva", SIG_DEC)  # prepared (its argument format)
-    rt.launch_cluster("tdechw_qkva", SIG_DEC, (nkv * cluster, 1), (32 * warps, 1, 1), (
-        ptr(mat.words), np.int32(mat.n), np.int32(mat.k), _p(x), _p(normw), ptr(mat.ws), ptr(mat.os), _p(att),
-        _p(pos), _p(rope), np.int32(nh * hd), np.float32(eps),
-        np.int32(nh), np.int32(nkv), np.int32(hd), np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc),
-        _p(trace), np.int32(upw << 8 | FA_DEBUG)), cluster, shared)
-
-
-def qkv_attention_cluster(rt: Runtime, n_head: int, n_kv: int, d: int, k: int) -> int:
-    """The cluster size for tdechw_qkva on this device: 16 blocks where n_kv such clusters run at once, else 8
-    where one does; 0 where neither (or the shape is not covered: head_dim a multiple of 8, n_head a multiple
-    of n_kv)."""
-    if d % 8 or n_head % n_kv or rt.device.compute_capability() < (9, 0):
-        return 0
-    for cs, need in ((16, n_kv), (8, 1)):
-        try:
-            warps, _upw, shared = qkv_attention_plan(n_head, n_kv, d, k, cs)
-        except GPUError:
-            continue
-        if shared <= _smem_optin(rt) and rt.max_active_clusters(
-                "tdechw_qkva", (n_kv * cs, 1), (32 * warps, 1, 1), cs, shared) >= need:
-            return cs
-    return 0
-
-
 def _ahead(mat: TernaryMatrix, ahead: str | None) -> str:
     if ahead is not None:
         return ahead
