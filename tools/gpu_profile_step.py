@@ -50,14 +50,15 @@ def kind_of(m, name: str, args) -> str:
 
 
 def capture_step(m, rt):
-    """One decode step enqueued eagerly (compiles and warms every kernel), then captured as a CUDA graph."""
+    """One greedy decode step (the certified head where prepared) enqueued eagerly (compiles and warms every
+    kernel), then captured as a CUDA graph."""
     from bitnet_kernels.gpu import CudaGraph
 
-    m._enqueue_step(False)
+    m._enqueue_step(False, cert=True)
     rt.sync()
     g = CudaGraph(rt.stream)
     g.begin()
-    m._enqueue_step(False)
+    m._enqueue_step(False, cert=True)
     g.end()
     return g
 

@@ -367,3 +367,67 @@ def test_q8_head_matches_cpu_q8_head(t):
     np.testing.assert_array_equal(scale, scale_ref)
     ref = cpu.q8_head_gemv(q_ref, scale_ref, x)
     np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("v,k", [(6001, 256), (20000, 2560)])
+def test_certified_head_argmax_is_the_f16_argmax(v, k):
+    """The certified greedy head (head_norm_q8c, q8c_head, q8c_rescore) gives the argmax key of the F16 head
+    (rmsnorm_f32 with f16 rounding, then f16_head_argmax), bit for bit, on random rows, rows tied exactly (the
+    first index wins), rows a few f16 ulps apart, a zero row, and inputs from flat to one spike; it rescored far
+    fewer rows than the head has (the count is printed)."""
+    from bitnet_kernels.gpu import get_runtime, ops
+
+    rt = get_runtime()
+    rng = np.random.default_rng(v + k)
+    w = (rng.standard_normal((v, k)) * 0.05).astype(np.float16)
+    w[v // 2] = w[v // 3]  # an exact tie: index v // 3 must win where they lead
+    w[v // 4] = w[100]
+    w[v // 4, :8] += np.float16(0.001)  # nearly tied
+    w[17] = 0
+    nw = rng.uniform(0.5, 1.5, k).astype(np.float32)
+    dw, dnw = ops.to_gpu(w), ops.to_gpu(nw)
+    q, scale = ops.q8_head_prepare(rt, dw, v, k)
+    wn, ewn = ops.q8c_prepare(rt, dw, q, scale, v, k)
+    p = ops.ptr
+    hn, hn2 = ops.gpu_empty((k,), np.float32), ops.gpu_empty((k,), np.float32)
+    xq, s, hx = ops.gpu_empty((k,), np.int8), ops.gpu_empty((1,), np.float32), ops.gpu_empty((2,), np.float32)
+    ub, logits, logits2 = (ops.gpu_empty((v,), np.float32) for _ in range(3))
+    keys = ops.gpu_empty((6,), np.uint32)  # the F16 head's argmax key, the certified one's, its bound key
+    ncand = ops.gpu_empty((1,), np.uint32)
+    counts = []
+    for trial in range(12):
+        x = (rng.standard_normal(k) * (0.1 if trial % 3 == 0 else 3.0)).astype(np.float32)
+        if trial % 4 == 1:  # steer towards the tied rows
+            x = (w[v // 3].astype(np.float32) * 40 + x * 0.1).astype(np.float32)
+        if trial % 4 == 2:
+            x = (w[100].astype(np.float32) * 40).astype(np.float32)
+        if trial == 11:
+            x[:] = 0
+            x[5] = 1e3
+        dx = ops.to_gpu(x)
+        rt.cuda.memset_d32(keys.gpudata, 0, 6)
+        rt.cuda.memset_d32(ncand.gpudata, 0, 1)
+        rt.launch("rmsnorm_f32", "PPifPi", (1, 1), (1024, 1, 1), p(dx), p(dnw), np.int32(k), np.float32(1e-5),
+                  p(hn), np.int32(1))
+        rt.launch("f16_head_argmax", "PiiPPP", ((v + 7) // 8, 1), (256, 1, 1), p(dw), np.int32(v), np.int32(k),
+                  p(hn), p(logits), p(keys))
+        key2 = np.intp(int(keys.gpudata) + 8)
+        rt.launch("head_norm_q8c", "PPifPPPP", (1, 1), (1024, 1, 1), p(dx), p(dnw), np.int32(k), np.float32(1e-5),
+                  p(hn2), p(xq), p(s), p(hx))
+        rt.launch("q8c_head", "PiiPPPPPPPP", ((v + 7) // 8, 1), (256, 1, 1), p(q), np.int32(v), np.int32(k), p(xq),
+                  p(s), p(scale), p(wn), p(ewn), p(hx), p(ub), np.intp(int(keys.gpudata) + 16))
+        rt.launch("q8c_rescore", "PiiPPPPPP", ((v + 255) // 256, 1), (256, 1, 1), p(dw), np.int32(v), np.int32(k),
+                  p(hn2), p(ub), np.intp(int(keys.gpudata) + 16), p(logits2), key2, p(ncand))
+        rt.sync()
+        np.testing.assert_array_equal(hn2.get(), hn.get())
+        kk = keys.get()
+        assert kk[0] or kk[1]
+        assert (kk[0], kk[1]) == (kk[2], kk[3]), trial
+        full = logits.get()
+        top = int(np.argmax(full))
+        assert 0xFFFFFFFF - int(kk[0]) == top  # the key's index: the first of the largest logits
+        if trial % 4 == 1 and full[v // 3] == full.max():
+            assert top == v // 3
+        counts.append(int(ncand.get()[0]))
+    print(f"V={v} K={k}: rows rescored {counts}")
+    assert max(counts) < v // 4

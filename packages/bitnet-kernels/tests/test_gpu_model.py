@@ -326,3 +326,27 @@ def test_q8_head_matches_cpu_q8_head():
         c1 = cpu.forward([tok], 20 + i, logits="last")[0]
         assert nxt == int(c1.argmax())
         tok = nxt
+
+
+def test_certified_greedy_head_equals_f16_head():
+    """Greedy decoding with the certified head (the default: the int8 head, a bound, F16 logits for the
+    candidates) gives the tokens of the F16 head, in the device loop and one step at a time."""
+    from bitnet_inference.gpu_model import load_gpu
+
+    g = load_gpu(FIXTURES / "b158-a-i2s.gguf", n_ctx=256)
+    assert g.greedy_head == "cert" and g.head_cert is not None
+    toks = np.random.default_rng(11).integers(0, g.args.n_vocab, size=20)
+    runs = []
+    for mode in ("cert", "f16", "cert"):
+        g.greedy_head = mode
+        g._prepare_head()
+        g.set_decode_mode("fused", 0)  # recapture
+        assert (g.head_cert is not None) == (mode == "cert")
+        g.cache.reset()
+        tok = int(g.prefill(toks).argmax())
+        runs.append(g.generate_greedy(tok, len(toks), 120))
+        g.cache.reset()
+        tok = int(g.prefill(toks).argmax())
+        runs.append([tok := g.decode_greedy(tok, len(toks) + i) for i in range(40)])
+    assert runs[0] == runs[2] == runs[4]
+    assert runs[1] == runs[3] == runs[5]

@@ -50,6 +50,17 @@ def parse_memory_limit(text: str | None) -> int | None:
         raise EngineError(f"BITNET_GPU_MEMORY_LIMIT={text!r} is not a size; write bytes or e.g. 8G") from None
 
 
+def greedy_head_setting() -> str:
+    """The head of greedy one-token steps with the F16 head (BITNET_GPU_GREEDY_HEAD): "cert" (default) finds the
+    F16 head's argmax from the int8 head and a certified bound (q8c_head in kernels.cu), computing F16 logits
+    only for the rows the bound cannot rule out: the tokens are the F16 head's, bit for bit, for 328 MB more GPU
+    memory at the 2B-4T shape; "f16": the F16 head."""
+    v = os.environ.get("BITNET_GPU_GREEDY_HEAD", "cert")
+    if v not in ("cert", "f16"):
+        raise EngineError(f"BITNET_GPU_GREEDY_HEAD is cert or f16, got {v!r}")
+    return v
+
+
 def qkv_rows(n_head: int, n_kv: int, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Destination rows of the fused QKV matrix: Q and K rows in RoPE pairs (i, i + d/2), then V in order."""
     half = d // 2
@@ -90,6 +101,7 @@ class GPUModel:
         if lm_head not in ("f16", "q8"):
             raise EngineError(f"unknown LM head {lm_head!r}; choose f16 (default) or q8")
         self.lm_head = lm_head
+        self.greedy_head = greedy_head_setting()
         self.path = Path(path) if path else None
         self.gguf = gguf if gguf is not None else read_gguf(self.path)
         if args is None:
@@ -119,7 +131,7 @@ class GPUModel:
         self.cache = _Cache(self)
 
     def _init_decode_mode(self) -> None:
-        self._graph: dict = {}  # the captured decode step (and the greedy one) by "long" (see _long)
+        self._graph: dict = {}  # the captured decode step by ("long" (see _long), certified head); the greedy one
         self._greedy: dict = {}
         self._att_long = False  # set while a "long" step is queued: attn_split instead of attn_splitc
         self._mega = None
@@ -269,12 +281,14 @@ class GPUModel:
         rt.launch("argmax_finish", "PPPPPi", (1, 1), (32, 1, 1), key, p(self.argmax), p(self.tok), p(self.pos),
                   p(self.hist), np.int32(1 if step else 0))
 
-    def _enqueue_step(self, step: bool) -> None:
-        """One decode step as 5 kernels a layer; the head folds the argmax in (step: it feeds the next replay)."""
+    def _enqueue_step(self, step: bool, cert: bool | None = None) -> None:
+        """One decode step as 5 kernels a layer; the head folds the argmax in (step: it feeds the next replay);
+        cert (default: step): the certified greedy head where prepared (only the argmax is right, not the
+        logits)."""
         rt, p = self.rt, self.ops.ptr
         key = int(self.step_key.gpudata)
-        rt.cuda.memset_d32_async(key, 0, 2, rt.stream)
-        self._enqueue(1, "all", argmax_key=key)
+        rt.cuda.memset_d32_async(key, 0, 3, rt.stream)  # the argmax key and the certified head's bound key
+        self._enqueue(1, "all", argmax_key=key, cert=step if cert is None else cert)
         rt.launch("argmax_finish", "PPPPPi", (1, 1), (32, 1, 1), np.intp(key), p(self.argmax), p(self.tok),
                   p(self.pos), p(self.hist), np.int32(1 if step else 0))
 
@@ -300,6 +314,8 @@ class GPUModel:
         t = self.max_batch
         act = t * (4 * (3 * a.n_embd + a.n_head * a.head_dim + a.n_ff) + max(a.n_embd, a.n_ff))
         head_q8 = a.n_vocab * (a.n_embd + 4) if getattr(self, "lm_head", "f16") == "q8" else 0
+        if getattr(self, "lm_head", "f16") == "f16" and getattr(self, "greedy_head", "cert") == "cert":
+            head_q8 = a.n_vocab * (a.n_embd + 16)  # the certified greedy head's int8 rows, scales, norms, bounds
         return kv + act + t * a.n_vocab * 4 + self.n_ctx * a.head_dim * 4 + head_q8
 
     def _check_memory(self) -> None:
@@ -333,8 +349,11 @@ class GPUModel:
         self.pos = emp((1,), np.int32)
         self.argmax = emp((1,), np.int32)
         self.hist = emp((self.n_ctx + 1,), np.int32)
-        self.step_key = emp((2,), np.uint32)  # the decode step's argmax (64-bit key, see f16_head_argmax)
+        # the decode step's argmax (64-bit key, see f16_head_argmax), then the certified head's bound key (q8c_head)
+        self.step_key = emp((4,), np.uint32)
         self.head_q8 = self.head_scale = None  # the int8 head (lm_head "q8"), made by _prepare_head
+        self.head_cert = None  # the certified greedy head's tensors (greedy_head "cert"), made by _prepare_head
+        self.hx = emp((2,), F32)  # its activation norms |hn|, |hn - xq / s|
         self.rope_cur = emp((d,), F32)  # the decode step's cos / sin row (embed_rope)
         # split attention: (m, l, o) of every (head, key block), and a counter a head (0 between launches)
         self.att_splits = -(-self.n_ctx // ATT_SPLIT_KEYS)
@@ -414,11 +433,17 @@ class GPUModel:
         return self
 
     def _prepare_head(self) -> None:
-        """The int8 head (lm_head "q8"), made on the device from the F16 one as the CPU path's --lm-head q8."""
-        self.head_q8 = self.head_scale = None
-        if self.lm_head != "q8":
-            return
+        """The int8 head (lm_head "q8"), made on the device from the F16 one as the CPU path's --lm-head q8; or,
+        with the F16 head, the certified greedy head's int8 rows and per-row norms (greedy_head "cert")."""
+        self.head_q8 = self.head_scale = self.head_cert = None
         a = self.args
+        if self.lm_head == "f16":
+            if self.greedy_head == "cert" and self.head.dtype == np.float16 and a.n_embd % 16 == 0:
+                q, scale = self.ops.q8_head_prepare(self.rt, self.head, a.n_vocab, a.n_embd)
+                wn, ewn = self.ops.q8c_prepare(self.rt, self.head, q, scale, a.n_vocab, a.n_embd)
+                self.head_cert = {"q": q, "scale": scale, "wn": wn, "ewn": ewn,
+                                  "ub": self.ops.gpu_empty((a.n_vocab,), F32)}
+            return
         if self.head.dtype != np.float16:
             raise EngineError(f"--lm-head q8 converts an F16 head; this head is {self.head.dtype}")
         self.head_q8, self.head_scale = self.ops.q8_head_prepare(self.rt, self.head, a.n_vocab, a.n_embd)
@@ -431,6 +456,7 @@ class GPUModel:
         self = cls.__new__(cls)
         self.path, self.gguf, self.args = None, None, args
         self.lm_head = lm_head
+        self.greedy_head = greedy_head_setting()
         arch = ARCHS[args.arch]
         self.ffn_act, self.head_f16_always, self.uses_scales = arch.Model.ffn_act, arch.Model.head_f16_always, False
         self.n_ctx, self.max_batch = n_ctx, max_batch
@@ -465,7 +491,7 @@ class GPUModel:
 
     # -- the forward pass -------------------------------------------------------------------------------------
 
-    def _enqueue(self, t: int, head_rows: str, argmax_key: int = 0) -> None:
+    def _enqueue(self, t: int, head_rows: str, argmax_key: int = 0, cert: bool = False) -> None:
         """Queue the pass over tokens self.tok[:t] at positions *self.pos ..; the head over all rows or the last.
         argmax_key (one token): device address of a zeroed 64-bit word; the head kernel then also folds the
         argmax into it (f16_head_argmax)."""
@@ -517,16 +543,20 @@ class GPUModel:
             ops.ternary_launch(rt, L.gu, act, self.q8, self.qsum, self.s, self.fb, f, t)
             norm_quant(self.fb, L.ffn_sub_norm, f)
             ops.ternary_launch(rt, L.down, "resid", self.q8, self.qsum, self.s, self.x, e, t)
-        self._enqueue_head(t, head_rows, argmax_key)
+        self._enqueue_head(t, head_rows, argmax_key, cert)
 
-    def _enqueue_head(self, t: int, head_rows: str, argmax_key: int = 0) -> None:
-        """Queue the head over the last (head_rows "last") or all t rows of the residual stream."""
+    def _enqueue_head(self, t: int, head_rows: str, argmax_key: int = 0, cert: bool = False) -> None:
+        """Queue the head over the last (head_rows "last") or all t rows of the residual stream; cert (one row,
+        with argmax_key): the certified greedy head where prepared, which leaves the logits of most rows unset."""
         ops, rt, a, p = self.ops, self.rt, self.args, self.ops.ptr
         e = a.n_embd
         rows = t if head_rows == "all" else 1
         src = int(self.x.gpudata) + (0 if head_rows == "all" else (t - 1) * e * 4)
         if self.head_q8 is not None:
             self._head_q8(src, rows, argmax_key)
+            return
+        if cert and argmax_key and rows == 1 and self.head_cert is not None:
+            self._head_cert(src, argmax_key)
             return
         f16 = 1 if (self.head_f16_always or rows == 1) else 0
         rt.launch("rmsnorm_f32", "PPifPi", (rows, 1), (1024, 1, 1), np.intp(src), p(self.output_norm), np.int32(e),
@@ -536,6 +566,21 @@ class GPUModel:
                       np.int32(a.n_vocab), np.int32(e), p(self.hn), p(self.logits), np.intp(argmax_key))
         else:
             ops.f16_launch(rt, self.head, a.n_vocab, e, self.hn, self.logits, a.n_vocab, rows)
+
+    def _head_cert(self, src: int, argmax_key: int, ncand=None) -> None:
+        """Queue the certified greedy head for the row at device address src: the F16 head's input hn (the bits
+        of rmsnorm_f32) with its int8 quantization, the int8 head with the bound (q8c_head: the bound key at
+        argmax_key + 8, zeroed with the argmax key), then the F16 logits of the candidate rows folded into the
+        argmax key (q8c_rescore; ncand: a device counter of the candidates, for tools)."""
+        ops, rt, a, p = self.ops, self.rt, self.args, self.ops.ptr
+        c, e, v = self.head_cert, a.n_embd, a.n_vocab
+        lb = np.intp(argmax_key + 8)
+        rt.launch("head_norm_q8c", "PPifPPPP", (1, 1), (1024, 1, 1), np.intp(src), p(self.output_norm), np.int32(e),
+                  np.float32(a.norm_eps), p(self.hn), p(self.q8), p(self.s), p(self.hx))
+        rt.launch("q8c_head", "PiiPPPPPPPP", ((v + 7) // 8, 1), (256, 1, 1), p(c["q"]), np.int32(v), np.int32(e),
+                  p(self.q8), p(self.s), p(c["scale"]), p(c["wn"]), p(c["ewn"]), p(self.hx), p(c["ub"]), lb)
+        rt.launch("q8c_rescore", "PiiPPPPPP", ((v + 255) // 256, 1), (256, 1, 1), p(self.head), np.int32(v),
+                  np.int32(e), p(self.hn), p(c["ub"]), lb, p(self.logits), np.intp(argmax_key), p(ncand))
 
     def _head_q8(self, src: int, rows: int, argmax_key: int = 0) -> None:
         """Queue the int8 head over `rows` rows of the residual stream at device address src: RMSNorm +
@@ -629,7 +674,7 @@ class GPUModel:
         cluster path takes (512), where attn_split (global partials) is faster than attn_splitc's global path."""
         return self.attn_cluster and pos + 1 > ATT_CLUSTER * ATT_CPB * ATT_SPLIT_KEYS
 
-    def _capture(self, step: bool, long: bool):
+    def _capture(self, step: bool, long: bool, cert: bool = False):
         from bitnet_kernels.gpu import CudaGraph
 
         mega = self.decode_mode == "mega"
@@ -639,28 +684,30 @@ class GPUModel:
                 if mega:
                     self._enqueue_mega(False)
                 else:
-                    self._enqueue_step(False)
+                    self._enqueue_step(False, cert)
                 self.rt.sync()
             g = CudaGraph(self.rt.stream)
             g.begin()
             if mega:
                 self._enqueue_mega(step)
             else:
-                self._enqueue_step(step)
+                self._enqueue_step(step, cert)
             g.end()
         finally:
             self._att_long = False
         return g
 
-    def _decode_graph(self, long: bool = False):
-        if long not in self._graph:
-            self._graph[long] = self._capture(False, long)
-        return self._graph[long]
+    def _decode_graph(self, long: bool = False, cert: bool = False):
+        """The captured one-token step (logits and argmax; cert: the argmax only, with the certified head)."""
+        if (long, cert) not in self._graph:
+            self._graph[(long, cert)] = self._capture(False, long, cert)
+        return self._graph[(long, cert)]
 
     def _greedy_graph(self, long: bool = False):
+        """The captured greedy step that feeds its token to the next replay (the certified head)."""
         if long not in self._greedy:
-            self._decode_graph(long)  # kernels loaded
-            self._greedy[long] = self._capture(True, long)
+            self._decode_graph(long, True)  # kernels loaded
+            self._greedy[long] = self._capture(True, long, True)
         return self._greedy[long]
 
     def generate_greedy(self, token: int, pos: int, n: int, execs: int = 1) -> list[int]:
@@ -733,7 +780,7 @@ class GPUModel:
         self.h_pos[0] = pos
         cuda.memcpy_htod_async(self.tok.gpudata, self.h_tok, rt.stream)
         cuda.memcpy_htod_async(self.pos.gpudata, self.h_pos, rt.stream)
-        self._decode_graph(self._long(pos)).replay()
+        self._decode_graph(self._long(pos), cert=True).replay()
         cuda.memcpy_dtoh_async(self.h_argmax, self.argmax.gpudata, rt.stream)
         rt.sync()
         self.cache.pos[0] = pos + 1

@@ -1094,17 +1094,22 @@ extern "C" __global__ void __launch_bounds__(1024) quant_rows(const float* __res
 }
 
 // RMSNorm to float (the head's input); round_f16: round each value through f16 (ggml's one-row F16 head).
-extern "C" __global__ void __launch_bounds__(1024) rmsnorm_f32(const float* __restrict__ x, const float* __restrict__ w,
-                                                                int K, float eps, float* __restrict__ out, int round_f16) {
-    __shared__ double shd[32];
-    const float* xr = x + (size_t)blockIdx.x * K;
+// The RMSNorm scale of row xr (K floats; the mean square summed in double), for a whole block.
+__device__ __forceinline__ float rms_scale(const float* __restrict__ xr, int K, float eps, double* shd) {
     double ss = 0.0;
     for (int i = threadIdx.x; i < K; i += blockDim.x) {
         double v = (double)xr[i];
         ss += v * v;
     }
     ss = block_sum<double>(ss, shd);
-    float scale = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn((float)(ss / (double)K), eps)));
+    return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn((float)(ss / (double)K), eps)));
+}
+
+extern "C" __global__ void __launch_bounds__(1024) rmsnorm_f32(const float* __restrict__ x, const float* __restrict__ w,
+                                                                int K, float eps, float* __restrict__ out, int round_f16) {
+    __shared__ double shd[32];
+    const float* xr = x + (size_t)blockIdx.x * K;
+    const float scale = rms_scale(xr, K, eps, shd);
     for (int i = threadIdx.x; i < K; i += blockDim.x) {
         float y = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
         if (round_f16) y = __half2float(__float2half_rn(y));
@@ -2408,6 +2413,150 @@ extern "C" __global__ void __launch_bounds__(256) q8_head_argmax(const uint4* __
 }
 
 // A kernel that does nothing (tools/gpu_profile_step.py: the launch cost of a step's grids).
+// --- The certified greedy head: the F16 head's argmax from the int8 head plus a few F16 rows --------------------
+// For one token, greedy: the int8 head (q8_head_prepare's rows, activations quantized here) gives every logit
+// A_r with a rigorous bound B_r on |T_r - A_r|, T_r the F16 head kernel's own float result (f16_warp):
+//   with w = hs_r wq + ew (hs_r the row's scale, wq its int8 codes) and x = xq / sx + ex,
+//   T_r - A_r = sum(ew x) + sum(hs_r wq ex) + (T_r - sum(w x)) + (A*_r - A_r), so
+//   |T_r - A_r| <= |ew_r| |x| + (|w_r| + |ew_r|) |ex| + 1e-4 |w_r| |x| + 1e-5 |A_r|
+// (2-norms, Cauchy-Schwarz; |w_r|, |ew_r| per row at load and |x|, |ex| per token, all rounded up; the last two
+// terms cover the float accumulation of f16_warp (~85 roundings of sum |w x| <= |w| |x|, 20x margin) and the
+// rounding of A's formula (4 u)); B_r takes a further 1e-4 relative margin. Every row with A_r + B_r >= LB =
+// max_r (A_r - B_r) is a candidate (the F16 argmax is: T >= LB); q8c_rescore computes the candidates' F16 logits
+// with f16_warp (the bits of the F16 head) and folds them into the argmax key as f16_head_argmax does, so the
+// token is the F16 head's, ties to the first index included.
+
+// An order-preserving 32-bit key of a float (atomicMax on it is a float max; 0 is below every float).
+__device__ __forceinline__ unsigned fkey(float v) {
+    const unsigned u = __float_as_uint(v);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ float fkey_value(unsigned k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+// Per row of the F16 head (a warp a row): |w_r| and |w_r - hs_r wq_r| (2-norms in double, rounded up to float).
+extern "C" __global__ void __launch_bounds__(256) q8c_prepare(const __half* __restrict__ w, const int8_t* __restrict__ q,
+                                                              const float* __restrict__ scale, int V, int K,
+                                                              float* __restrict__ wn, float* __restrict__ ewn) {
+    const int lane = threadIdx.x & 31, row = blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (row >= V) return;
+    const double hs = (double)scale[row];
+    double sw = 0.0, se = 0.0;
+    for (int k = lane; k < K; k += WARP) {
+        const double wv = (double)__half2float(w[(size_t)row * K + k]);
+        const double e = wv - hs * (double)q[(size_t)row * K + k];
+        sw += wv * wv;
+        se += e * e;
+    }
+    sw = warp_sum(sw);
+    se = warp_sum(se);
+    if (lane == 0) {
+        wn[row] = __double2float_ru(sqrt(sw) * (1.0 + 1e-12));
+        ewn[row] = __double2float_ru(sqrt(se) * (1.0 + 1e-12));
+    }
+}
+
+// The head's input for one token (one block): hn, the bits of rmsnorm_f32 with round_f16 (what the F16 head
+// reads), its int8 quantization xq with scale s (sx = 127 / max(max|hn|, 1e-5), round half to even) and
+// hx = (|hn|, |hn - xq / sx|), rounded up.
+extern "C" __global__ void __launch_bounds__(1024) head_norm_q8c(const float* __restrict__ x, const float* __restrict__ w,
+                                                                 int K, float eps, float* __restrict__ hn,
+                                                                 int8_t* __restrict__ xq, float* __restrict__ s,
+                                                                 float* __restrict__ hx) {
+    __shared__ double shd[32];
+    __shared__ float shf[32];
+    const float scale = rms_scale(x, K, eps, shd);
+    float amax = 0.0f;
+    for (int i = threadIdx.x; i < K; i += blockDim.x) {
+        const float y = __half2float(__float2half_rn(__fmul_rn(__fmul_rn(x[i], scale), w[i])));
+        hn[i] = y;
+        amax = fmaxf(amax, fabsf(y));
+    }
+    amax = block_max(amax, shf);
+    const float sx = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
+    double sy = 0.0, se = 0.0;
+    for (int i = threadIdx.x; i < K; i += blockDim.x) {
+        const float y = hn[i];  // this thread's own write
+        const int qv = max(-128, min(127, __float2int_rn(__fmul_rn(y, sx))));
+        xq[i] = (int8_t)qv;
+        const double e = (double)y - (double)qv / (double)sx;
+        sy += (double)y * y;
+        se += e * e;
+    }
+    sy = block_sum<double>(sy, shd);
+    se = block_sum<double>(se, shd);
+    if (threadIdx.x == 0) {
+        s[0] = sx;
+        hx[0] = __double2float_ru(sqrt(sy) * (1.0 + 1e-12));
+        hx[1] = __double2float_ru(sqrt(se) * (1.0 + 1e-12) + 1e-30);
+    }
+}
+
+// The int8 head over every row (a warp a row) with the bound: ub[r] = A_r + B_r, and the key of max (A_r - B_r)
+// into *lb (zeroed before).
+extern "C" __global__ void __launch_bounds__(256) q8c_head(const uint4* __restrict__ W, int V, int K,
+                                                           const int8_t* __restrict__ xq, const float* __restrict__ s,
+                                                           const float* __restrict__ scale,
+                                                           const float* __restrict__ wn, const float* __restrict__ ewn,
+                                                           const float* __restrict__ hx, float* __restrict__ ub,
+                                                           unsigned* __restrict__ lb) {
+    __shared__ unsigned best[8];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int row = blockIdx.x * 8 + warp;
+    unsigned k = 0;
+    if (row < V) {
+        q8_warp<1>(W, row, K, xq, s, scale, ub, V, 0, 1);
+        if (lane == 0) {
+            __threadfence_block();
+            const float a = ub[row], xn = hx[0], exn = hx[1], w2 = wn[row], e2 = ewn[row];
+            const float b = (fmaf(e2, xn, (w2 + e2) * exn) + 1e-4f * w2 * xn + 1e-5f * fabsf(a)) * 1.0001f + 1e-30f;
+            ub[row] = a + b;
+            k = fkey(a - b);
+        }
+    }
+    if (lane == 0) best[warp] = k;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned b = best[0];
+        for (int w = 1; w < 8; w++) b = max(b, best[w]);
+        atomicMax(lb, b);
+    }
+}
+
+// The candidates (ub[r] >= LB; a warp checks 32 rows and computes each candidate's F16 logit with f16_warp) folded
+// into the argmax key (as f16_head_argmax); *ncand (when not null) counts them.
+extern "C" __global__ void __launch_bounds__(256) q8c_rescore(const uint4* __restrict__ W16, int V, int K,
+                                                              const float* __restrict__ hn,
+                                                              const float* __restrict__ ub,
+                                                              const unsigned* __restrict__ lb,
+                                                              float* __restrict__ out, unsigned long long* key,
+                                                              unsigned* ncand) {
+    __shared__ unsigned long long best[8];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int base = (blockIdx.x * 8 + warp) * WARP, row = base + lane;
+    const float lbv = fkey_value(*lb);
+    unsigned mask = __ballot_sync(0xffffffffu, row < V && ub[row] >= lbv);
+    if (ncand != nullptr && lane == 0 && mask) atomicAdd(ncand, (unsigned)__popc(mask));
+    unsigned long long k = 0;
+    while (mask) {
+        const int r = base + __ffs(mask) - 1;
+        mask &= mask - 1;
+        f16_warp<1>(W16, r, K, hn, out, V, 0, 1);
+        if (lane == 0) {
+            __threadfence_block();
+            k = max(k, argmax_key(out[r], r));
+        }
+    }
+    if (lane == 0) best[warp] = k;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned long long b = best[0];
+        for (int w = 1; w < 8; w++) b = max(b, best[w]);
+        if (b) atomicMax(key, b);
+    }
+}
+
 extern "C" __global__ void noop() {}
 
 // n grid-wide barriers of the persistent decode kernel in a row (a benchmark of their cost); cnt must be 0.

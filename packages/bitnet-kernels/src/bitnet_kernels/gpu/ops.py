@@ -365,6 +365,16 @@ def q8_head_prepare(rt: Runtime, w16, V: int, K: int):
     return q, scale
 
 
+def q8c_prepare(rt: Runtime, w16, q, scale, V: int, K: int):
+    """The certified greedy head's per-row norms of F16 weights (V, K) and their int8 rows (q, scale from
+    q8_head_prepare): (|w_r|, |w_r - scale_r q_r|) float32 (V,) each, 2-norms rounded up (q8c_head in kernels.cu)."""
+    wn = gpu_empty((V,), np.float32)
+    ewn = gpu_empty((V,), np.float32)
+    rt.launch("q8c_prepare", "PPPiiPP", ((V + WARPS - 1) // WARPS, 1), (32 * WARPS, 1, 1), _p(w16), _p(q),
+              _p(scale), np.int32(V), np.int32(K), ptr(wn), ptr(ewn))
+    return wn, ewn
+
+
 def q8_launch(rt: Runtime, q, scale, V: int, K: int, xq, s, out, ldo: int, T: int) -> None:
     """Queue the int8 head: int8 activations xq (T, K) with scales s (T,) -> logits (T, V)."""
     tt = 1 if T == 1 else TT
