@@ -350,3 +350,14 @@ def test_certified_greedy_head_equals_f16_head():
         runs.append([tok := g.decode_greedy(tok, len(toks) + i) for i in range(40)])
     assert runs[0] == runs[2] == runs[4]
     assert runs[1] == runs[3] == runs[5]
+
+
+def test_generate_step_greedy_on_device_equals_host_argmax(gpu_model):
+    """generate_step with the greedy sampler takes the on-device argmax (decode_greedy, the certified head) and
+    yields the tokens of np.argmax over the full F16 logits (forward)."""
+    from bitnet_inference.generate import generate_step
+
+    prompt = [BOS, 71, 72, 73, 74]
+    fast = list(generate_step(gpu_model, prompt, max_tokens=60))
+    host = list(generate_step(gpu_model, prompt, sampler=lambda lg: int(np.argmax(lg)), max_tokens=60))
+    assert fast == host
