@@ -353,11 +353,22 @@ def test_certified_greedy_head_equals_f16_head():
 
 
 def test_generate_step_greedy_on_device_equals_host_argmax(gpu_model):
-    """generate_step with the greedy sampler takes the on-device argmax (decode_greedy, the certified head) and
-    yields the tokens of np.argmax over the full F16 logits (forward)."""
+    """generate_step with the greedy sampler streams from the device (greedy_stream: the certified head, steps
+    queued ahead) and yields the tokens of np.argmax over the full F16 logits (forward); stopped early, the
+    position is right after the tokens taken and a new generation is unaffected; the context's end is kept."""
     from bitnet_inference.generate import generate_step
 
     prompt = [BOS, 71, 72, 73, 74]
     fast = list(generate_step(gpu_model, prompt, max_tokens=60))
     host = list(generate_step(gpu_model, prompt, sampler=lambda lg: int(np.argmax(lg)), max_tokens=60))
-    assert fast == host
+    assert fast == host and len(fast) == 60
+    it = generate_step(gpu_model, prompt, max_tokens=60)
+    first = [next(it) for _ in range(7)]
+    it.close()
+    assert first == fast[:7]
+    assert gpu_model.cache.pos[0] == len(prompt) + 6  # the prefill, then 6 steps
+    assert list(generate_step(gpu_model, prompt, max_tokens=60)) == fast
+    long_prompt = [BOS] + [int(t) for t in np.random.default_rng(2).integers(3, 4000, size=240)]
+    got = list(generate_step(gpu_model, long_prompt, max_tokens=100))
+    want = list(generate_step(gpu_model, long_prompt, sampler=lambda lg: int(np.argmax(lg)), max_tokens=100))
+    assert got == want and len(got) == gpu_model.n_ctx - len(long_prompt)

@@ -110,30 +110,35 @@ def load(path: str | Path, numerics: str = "fast", n_ctx: int | None = None, tok
 def generate_step(model: Model, prompt: Sequence[int], sampler: Sampler = greedy,
                   logits_processors: Sequence[LogitsProcessor] = (), max_tokens: int = 256) -> Iterator[int]:
     """Yield sampled token ids one at a time; the caller decides when to stop. Greedy without logits processors
-    on a model with an on-device argmax (the GPU model's decode_greedy: the first index of the largest logit, as
-    np.argmax) takes that path: no logits leave the device."""
+    on a model that streams greedy tokens from the device (the GPU model's greedy_stream: its argmax is the first
+    index of the largest logit, as np.argmax) takes that path: no logits leave the device, and the steps run a
+    little ahead of the caller."""
     if len(prompt) == 0:
         raise EngineError("the prompt is empty: give at least one token (or let the tokenizer add BOS)")
     if len(prompt) >= model.n_ctx:
         raise EngineError(f"the prompt has {len(prompt)} tokens but the context holds {model.n_ctx}; raise -c")
-    on_device = sampler is greedy and not logits_processors and hasattr(model, "decode_greedy")
+    on_device = sampler is greedy and not logits_processors and hasattr(model, "greedy_stream")
     tokens = list(prompt)
     model.cache.reset()
     logits = model.prefill(tokens)
-    tok = None
+    if on_device:
+        if max_tokens <= 0:
+            return
+        tok = sampler(logits)
+        yield tok
+        tokens.append(tok)
+        if len(tokens) < model.n_ctx:
+            yield from model.greedy_stream(tok, len(tokens) - 1, min(max_tokens - 1, model.n_ctx - len(tokens)))
+        return
     for _ in range(max_tokens):
-        if tok is None or not on_device:
-            for proc in logits_processors:
-                logits = proc(tokens, logits)
-            tok = sampler(logits)
+        for proc in logits_processors:
+            logits = proc(tokens, logits)
+        tok = sampler(logits)
         yield tok
         tokens.append(tok)
         if len(tokens) >= model.n_ctx:
             return
-        if on_device:
-            tok = model.decode_greedy(tok, len(tokens) - 1)
-        else:
-            logits = model.forward([tok], len(tokens) - 1, logits="last")[0]
+        logits = model.forward([tok], len(tokens) - 1, logits="last")[0]
 
 
 @dataclass

@@ -735,6 +735,47 @@ class GPUModel:
         self.cache.pos[0] = pos + n
         return [int(v) for v in self.h_hist[pos + 1 : pos + 1 + n]]
 
+    def greedy_stream(self, token: int, pos: int, n: int, ahead: int = 2):
+        """Yield up to n greedy tokens, starting with `token` at position `pos`, one at a time as they come: the
+        greedy step's graph replays feed their token to the next replay (as generate_greedy) and run `ahead`
+        steps in front of the host, each token coming back through a 4-byte copy and an event. Closing the
+        generator early leaves the position after the tokens yielded (the steps queued past them only wrote
+        K/V rows that later steps overwrite before any read)."""
+        if n <= 0:
+            return
+        if pos + n > self.n_ctx:
+            raise ContextOverflowError(f"{pos + n} positions do not fit the context of {self.n_ctx}; raise -c")
+        cuda, rt = self.rt.cuda, self.rt
+        self.h_tok[0] = token
+        self.h_pos[0] = pos
+        cuda.memcpy_htod_async(self.tok.gpudata, self.h_tok, rt.stream)
+        cuda.memcpy_htod_async(self.pos.gpudata, self.h_pos, rt.stream)
+        graphs = {lg: self._greedy_graph(lg) for lg in {self._long(pos), self._long(pos + n - 1)}}
+        events = [cuda.Event() for _ in range(ahead + 1)]
+        hist = int(self.hist.gpudata)
+
+        def queue(i: int) -> None:
+            graphs[self._long(pos + i)].replay()
+            j = pos + 1 + i  # argmax_finish writes the step's token to hist[j]
+            cuda.memcpy_dtoh_async(self.h_hist[j : j + 1], hist + 4 * j, rt.stream)
+            events[i % len(events)].record(rt.stream)
+
+        done = 0
+        try:
+            for i in range(min(ahead, n)):
+                queue(i)
+            for i in range(n):
+                events[i % len(events)].synchronize()
+                tok = int(self.h_hist[pos + 1 + i])
+                if i + ahead < n:
+                    queue(i + ahead)
+                done = i + 1
+                self.cache.pos[0] = pos + done
+                yield tok
+        finally:
+            rt.sync()
+            self.cache.pos[0] = pos + done
+
     def set_decode_mode(self, mode: str, warps: int | None = None) -> None:
         """Choose the single-token path: "mega" (one persistent kernel a step, where the model's shape allows),
         "fused" (5 kernels a layer, RMSNorm + quantization in every matmul block; warps: 8 or 16 a block) or
