@@ -395,7 +395,7 @@ def test_certified_head_argmax_is_the_f16_argmax(v, k):
     keys = ops.gpu_empty((6,), np.uint32)  # the F16 head's argmax key, the certified one's, its bound key
     ncand = ops.gpu_empty((1,), np.uint32)
     counts = []
-    for trial in range(12):
+    for trial in range(13):
         x = (rng.standard_normal(k) * (0.1 if trial % 3 == 0 else 3.0)).astype(np.float32)
         if trial % 4 == 1:  # steer towards the tied rows
             x = (w[v // 3].astype(np.float32) * 40 + x * 0.1).astype(np.float32)
@@ -404,6 +404,8 @@ def test_certified_head_argmax_is_the_f16_argmax(v, k):
         if trial == 11:
             x[:] = 0
             x[5] = 1e3
+        if trial == 12:  # a broken hidden state: NaN logits; every row is rescored, the key is still the F16 one
+            x[3] = np.inf
         dx = ops.to_gpu(x)
         rt.cuda.memset_d32(keys.gpudata, 0, 6)
         rt.cuda.memset_d32(ncand.gpudata, 0, 1)
@@ -423,6 +425,9 @@ def test_certified_head_argmax_is_the_f16_argmax(v, k):
         kk = keys.get()
         assert kk[0] or kk[1]
         assert (kk[0], kk[1]) == (kk[2], kk[3]), trial
+        if trial == 12:
+            assert int(ncand.get()[0]) == v
+            continue
         full = logits.get()
         top = int(np.argmax(full))
         assert 0xFFFFFFFF - int(kk[0]) == top  # the key's index: the first of the largest logits

@@ -2524,7 +2524,7 @@ extern "C" __global__ void __launch_bounds__(256) q8c_head(const uint4* __restri
     }
 }
 
-// The candidates (ub[r] >= LB; a warp checks 32 rows and computes each candidate's F16 logit with f16_warp) folded
+// The candidates (ub[r] >= LB, or either NaN; a warp checks 32 rows and computes each candidate's F16 logit with f16_warp) folded
 // into the argmax key (as f16_head_argmax); *ncand (when not null) counts them.
 extern "C" __global__ void __launch_bounds__(256) q8c_rescore(const uint4* __restrict__ W16, int V, int K,
                                                               const float* __restrict__ hn,
@@ -2536,7 +2536,9 @@ extern "C" __global__ void __launch_bounds__(256) q8c_rescore(const uint4* __res
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int base = (blockIdx.x * 8 + warp) * WARP, row = base + lane;
     const float lbv = fkey_value(*lb);
-    unsigned mask = __ballot_sync(0xffffffffu, row < V && ub[row] >= lbv);
+    // !(ub < lb): a NaN bound (a NaN or infinite hidden state) makes the row a candidate, so such a step rescores
+    // every row and gives the F16 head's key, whatever its logits are
+    unsigned mask = __ballot_sync(0xffffffffu, row < V && !(ub[row] < lbv));
     if (ncand != nullptr && lane == 0 && mask) atomicAdd(ncand, (unsigned)__popc(mask));
     unsigned long long k = 0;
     while (mask) {
