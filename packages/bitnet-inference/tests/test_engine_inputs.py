@@ -86,6 +86,30 @@ def test_sampler_seeded_and_restricted():
     assert {s(logits) for _ in range(200)} <= allowed
 
 
+def test_sampler_on_the_top_k_matches_the_whole_vector():
+    """The sampler works on the top-k entries only; its distribution is the one of top-k, top-p, min-p and the
+    temperature applied to the whole vector (ties at the k-th value kept), and a seeded draw picks the index the
+    whole-vector computation picks for the same uniform draw."""
+    from bitnet_inference.sampling import _probs, apply_min_p, apply_top_k, apply_top_p, top_k_indices
+
+    rng = np.random.default_rng(5)
+    for trial in range(30):
+        v = int(rng.integers(50, 5000))
+        logits = (rng.standard_normal(v) * rng.uniform(0.5, 4)).astype(np.float32)
+        if trial % 3 == 0:
+            logits[rng.integers(0, v, 8)] = logits.max()  # ties at the top
+        k, p, mp, t = int(rng.integers(0, 60)), float(rng.uniform(0.3, 1.0)), float(rng.uniform(0, 0.2)), 0.8
+        full = _probs(apply_min_p(apply_top_p(apply_top_k(logits, k), p), mp), t)
+        idx = top_k_indices(logits, k)
+        compact = np.zeros(v)
+        compact[idx] = _probs(apply_min_p(apply_top_p(logits[idx], p), mp), t)
+        np.testing.assert_allclose(compact, full, rtol=1e-12, atol=1e-15)
+        s1 = make_sampler(t, k, p, mp, seed=trial)
+        draws = np.random.default_rng(trial)
+        want = [int(draws.choice(v, p=full)) for _ in range(50)]
+        assert [s1(logits) for _ in range(50)] == want
+
+
 def test_repetition_penalty():
     (proc,) = make_logits_processors(repeat_penalty=2.0)
     logits = np.array([2.0, -2.0, 1.0], np.float32)

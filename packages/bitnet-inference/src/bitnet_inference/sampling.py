@@ -77,11 +77,23 @@ def make_sampler(temp: float = 0.0, top_k: int = 40, top_p: float = 0.95, min_p:
     rng = np.random.default_rng(seed)
 
     def sample(logits: np.ndarray) -> int:
-        l = apply_min_p(apply_top_p(apply_top_k(logits, top_k), top_p), min_p)
+        # top-k first, then the rest on the kept entries only (in index order, so the draw maps to the index the
+        # whole vector would give): top-p's sort and the softmaxes touch k values instead of the vocabulary
+        idx = top_k_indices(logits, top_k)
+        l = apply_min_p(apply_top_p(logits[idx], top_p), min_p)
         probs = _probs(l, temp)
-        return int(rng.choice(probs.size, p=probs))
+        return int(idx[rng.choice(probs.size, p=probs)])
 
     return sample
+
+
+def top_k_indices(logits: np.ndarray, k: int) -> np.ndarray:
+    """The indices (ascending) of the entries apply_top_k keeps: every entry >= the k-th largest (ties kept), or
+    all of them when k is 0 or covers the vocabulary."""
+    if k <= 0 or k >= logits.size:
+        return np.arange(logits.size)
+    kth = logits[np.argpartition(logits, -k)[-k:]].min()
+    return np.flatnonzero(logits >= kth)
 
 
 def make_repetition_penalty(penalty: float, context_size: int = 64) -> LogitsProcessor:
