@@ -374,7 +374,8 @@ def test_certified_head_argmax_is_the_f16_argmax(v, k):
     """The certified greedy head (head_norm_q8c, q8c_head, q8c_rescore) gives the argmax key of the F16 head
     (rmsnorm_f32 with f16 rounding, then f16_head_argmax), bit for bit, on random rows, rows tied exactly (the
     first index wins), rows a few f16 ulps apart, a zero row, and inputs from flat to one spike; it rescored far
-    fewer rows than the head has (the count is printed)."""
+    fewer rows than the head has (the count is printed). The top-k head's candidates (k = 1, 40, 300) hold every
+    row at or above the k-th largest F16 logit, with the F16 head's bits."""
     from bitnet_kernels.gpu import get_runtime, ops
 
     rt = get_runtime()
@@ -394,7 +395,10 @@ def test_certified_head_argmax_is_the_f16_argmax(v, k):
     ub, logits, logits2 = (ops.gpu_empty((v,), np.float32) for _ in range(3))
     keys = ops.gpu_empty((6,), np.uint32)  # the F16 head's argmax key, the certified one's, its bound key
     ncand = ops.gpu_empty((1,), np.uint32)
-    counts = []
+    lo, hist = ops.gpu_empty((v,), np.float32), ops.gpu_empty((2048,), np.uint32)
+    maxc = v  # room for every row
+    lst = ops.gpu_empty((1 + 2 * maxc,), np.uint32)
+    counts, counts_k = [], []
     for trial in range(13):
         x = (rng.standard_normal(k) * (0.1 if trial % 3 == 0 else 3.0)).astype(np.float32)
         if trial % 4 == 1:  # steer towards the tied rows
@@ -416,8 +420,8 @@ def test_certified_head_argmax_is_the_f16_argmax(v, k):
         key2 = np.intp(int(keys.gpudata) + 8)
         rt.launch("head_norm_q8c", "PPifPPPP", (1, 1), (1024, 1, 1), p(dx), p(dnw), np.int32(k), np.float32(1e-5),
                   p(hn2), p(xq), p(s), p(hx))
-        rt.launch("q8c_head", "PiiPPPPPPPP", ((v + 7) // 8, 1), (256, 1, 1), p(q), np.int32(v), np.int32(k), p(xq),
-                  p(s), p(scale), p(wn), p(ewn), p(hx), p(ub), np.intp(int(keys.gpudata) + 16))
+        rt.launch("q8c_head", "PiiPPPPPPPPP", ((v + 7) // 8, 1), (256, 1, 1), p(q), np.int32(v), np.int32(k),
+                  p(xq), p(s), p(scale), p(wn), p(ewn), p(hx), p(ub), np.intp(int(keys.gpudata) + 16), np.intp(0))
         rt.launch("q8c_rescore", "PiiPPPPPP", ((v + 255) // 256, 1), (256, 1, 1), p(dw), np.int32(v), np.int32(k),
                   p(hn2), p(ub), np.intp(int(keys.gpudata) + 16), p(logits2), key2, p(ncand))
         rt.sync()
@@ -431,8 +435,31 @@ def test_certified_head_argmax_is_the_f16_argmax(v, k):
         full = logits.get()
         top = int(np.argmax(full))
         assert 0xFFFFFFFF - int(kk[0]) == top  # the key's index: the first of the largest logits
+        # the top-k head (q8c_head's lower bounds, q8c_hist, q8c_thresh, q8c_collect): every row at or above the
+        # k-th largest F16 logit is a candidate, with the F16 head's bits
+        for kk_ in (1, 40, 300):
+            rt.cuda.memset_d32(keys.gpudata, 0, 6)
+            rt.cuda.memset_d32(hist.gpudata, 0, hist.size)
+            rt.cuda.memset_d32(lst.gpudata, 0, 1)
+            dk = ops.to_gpu(np.array([kk_], np.int32))
+            rt.launch("q8c_head", "PiiPPPPPPPPP", ((v + 7) // 8, 1), (256, 1, 1), p(q), np.int32(v), np.int32(k),
+                      p(xq), p(s), p(scale), p(wn), p(ewn), p(hx), p(ub), np.intp(int(keys.gpudata) + 16), p(lo))
+            rt.launch("q8c_hist", "PiP", (min(132, (v + 1023) // 1024), 1), (1024, 1, 1), p(lo), np.int32(v), p(hist))
+            rt.launch("q8c_thresh", "PPP", (1, 1), (32, 1, 1), p(hist), p(dk), np.intp(int(keys.gpudata) + 20))
+            rt.launch("q8c_collect", "PiiPPPPPi", ((v + 255) // 256, 1), (256, 1, 1), p(dw), np.int32(v), np.int32(k),
+                      p(hn2), p(ub), np.intp(int(keys.gpudata) + 20), p(logits2), p(lst), np.int32(maxc))
+            rt.sync()
+            got = lst.get()
+            n = int(got[0])
+            assert kk_ <= n <= maxc, (trial, kk_, n)
+            rows, bits = got[1 : 1 + 2 * n : 2].astype(np.int64), got[2 : 2 + 2 * n : 2]
+            assert len(set(rows.tolist())) == n
+            np.testing.assert_array_equal(bits.view(np.float32), full[rows])
+            kth = np.sort(full)[-kk_]
+            assert set(np.flatnonzero(full >= kth).tolist()) <= set(rows.tolist())
+            counts_k.append(n)
         if trial % 4 == 1 and full[v // 3] == full.max():
             assert top == v // 3
         counts.append(int(ncand.get()[0]))
-    print(f"V={v} K={k}: rows rescored {counts}")
+    print(f"V={v} K={k}: rows rescored {counts}; top-k candidates (k = 1, 40, 300) {counts_k}")
     assert max(counts) < v // 4

@@ -372,3 +372,30 @@ def test_generate_step_greedy_on_device_equals_host_argmax(gpu_model):
     got = list(generate_step(gpu_model, long_prompt, max_tokens=100))
     want = list(generate_step(gpu_model, long_prompt, sampler=lambda lg: int(np.argmax(lg)), max_tokens=100))
     assert got == want and len(got) == gpu_model.n_ctx - len(long_prompt)
+
+
+def test_sampled_generation_from_top_k_candidates(gpu_model, monkeypatch):
+    """Top-k sampling on the GPU model draws from the certified top-k head's candidates (sample_candidates):
+    the same tokens, seed for seed, as the sampler on the whole F16 logits (forward), also when the candidates
+    overflow the list (the full head then)."""
+    from bitnet_inference import gpu_model as gm
+    from bitnet_inference.generate import generate_step
+    from bitnet_inference.sampling import make_sampler
+
+    prompt = [BOS, 81, 82, 83]
+    for k, temp in ((40, 0.8), (5, 1.5), (400, 1.0)):
+        fast = list(generate_step(gpu_model, prompt, make_sampler(temp, k, 0.95, 0.02, seed=k), max_tokens=50))
+        s = make_sampler(temp, k, 0.95, 0.02, seed=k)
+        full = list(generate_step(gpu_model, prompt, lambda lg, s=s: s(lg), max_tokens=50))
+        assert fast == full, k
+    rows, vals = gpu_model.sample_candidates(fast[-1], len(prompt) + 49, 40)
+    assert 40 <= rows.size < gpu_model.args.n_vocab and (np.diff(rows) > 0).all()
+    monkeypatch.setattr(gm, "TOPK_MAXC", 3)  # every step overflows: the full head
+    gpu_model.set_decode_mode("fused", 0)  # recapture with the smaller list
+    try:
+        over = list(generate_step(gpu_model, prompt, make_sampler(0.8, 40, 0.95, 0.02, seed=40), max_tokens=20))
+    finally:
+        monkeypatch.undo()
+        gpu_model.set_decode_mode("fused", 0)
+    s = make_sampler(0.8, 40, 0.95, 0.02, seed=40)
+    assert over == list(generate_step(gpu_model, prompt, lambda lg: s(lg), max_tokens=20))

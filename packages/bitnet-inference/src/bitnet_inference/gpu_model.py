@@ -26,6 +26,8 @@ from bitnet_models import ModelConfigError, read_gguf
 
 F32 = np.float32
 MAX_BATCH = 512
+TOPK_MAXC = 16384  # candidates the certified top-k head returns at most (more: the F16 head's full logits)
+TOPK_BINS = 2048  # Q8C_BINS in kernels.cu
 ATT_SPLIT_KEYS = 32  # keys a block of the split one-token attention (AS_KEYS in kernels.cu)
 ATT_CLUSTER = 8  # blocks a cluster of attn_splitc (AS_CLUSTER in kernels.cu)
 ATT_CPB = 2  # splits a block of attn_splitc's cluster path at most (AS_CPB in kernels.cu)
@@ -131,7 +133,7 @@ class GPUModel:
         self.cache = _Cache(self)
 
     def _init_decode_mode(self) -> None:
-        self._graph: dict = {}  # the captured decode step by ("long" (see _long), certified head); the greedy one
+        self._graph: dict = {}  # the captured decode step by ("long" (see _long), head mode); the greedy one
         self._greedy: dict = {}
         self._att_long = False  # set while a "long" step is queued: attn_split instead of attn_splitc
         self._mega = None
@@ -281,14 +283,15 @@ class GPUModel:
         rt.launch("argmax_finish", "PPPPPi", (1, 1), (32, 1, 1), key, p(self.argmax), p(self.tok), p(self.pos),
                   p(self.hist), np.int32(1 if step else 0))
 
-    def _enqueue_step(self, step: bool, cert: bool | None = None) -> None:
+    def _enqueue_step(self, step: bool, head: str | None = None) -> None:
         """One decode step as 5 kernels a layer; the head folds the argmax in (step: it feeds the next replay);
-        cert (default: step): the certified greedy head where prepared (only the argmax is right, not the
-        logits)."""
+        head (default: "argmax" for a greedy step, else "logits"): "logits", the F16 head's logits and argmax;
+        "argmax", the certified greedy head where prepared (only the argmax is right); "topk", the certified top-k
+        head (its candidates' logits in topk_list, see _head_topk)."""
         rt, p = self.rt, self.ops.ptr
         key = int(self.step_key.gpudata)
         rt.cuda.memset_d32_async(key, 0, 3, rt.stream)  # the argmax key and the certified head's bound key
-        self._enqueue(1, "all", argmax_key=key, cert=step if cert is None else cert)
+        self._enqueue(1, "all", argmax_key=key, head=head or ("argmax" if step else "logits"))
         rt.launch("argmax_finish", "PPPPPi", (1, 1), (32, 1, 1), np.intp(key), p(self.argmax), p(self.tok),
                   p(self.pos), p(self.hist), np.int32(1 if step else 0))
 
@@ -315,7 +318,8 @@ class GPUModel:
         act = t * (4 * (3 * a.n_embd + a.n_head * a.head_dim + a.n_ff) + max(a.n_embd, a.n_ff))
         head_q8 = a.n_vocab * (a.n_embd + 4) if getattr(self, "lm_head", "f16") == "q8" else 0
         if getattr(self, "lm_head", "f16") == "f16" and getattr(self, "greedy_head", "cert") == "cert":
-            head_q8 = a.n_vocab * (a.n_embd + 16)  # the certified greedy head's int8 rows, scales, norms, bounds
+            # the certified heads' int8 rows, scales, norms and bounds; the top-k head's histogram and list
+            head_q8 = a.n_vocab * (a.n_embd + 20) + (TOPK_BINS + 1 + 2 * TOPK_MAXC) * 4
         return kv + act + t * a.n_vocab * 4 + self.n_ctx * a.head_dim * 4 + head_q8
 
     def _check_memory(self) -> None:
@@ -354,6 +358,8 @@ class GPUModel:
         self.head_q8 = self.head_scale = None  # the int8 head (lm_head "q8"), made by _prepare_head
         self.head_cert = None  # the certified greedy head's tensors (greedy_head "cert"), made by _prepare_head
         self.hx = emp((2,), F32)  # its activation norms |hn|, |hn - xq / s|
+        self.topk_k = emp((1,), np.int32)  # the certified top-k head's k, and its candidate list (count, pairs)
+        self.topk_list = emp((1 + 2 * TOPK_MAXC,), np.uint32)
         self.rope_cur = emp((d,), F32)  # the decode step's cos / sin row (embed_rope)
         # split attention: (m, l, o) of every (head, key block), and a counter a head (0 between launches)
         self.att_splits = -(-self.n_ctx // ATT_SPLIT_KEYS)
@@ -375,6 +381,8 @@ class GPUModel:
         self.h_pos = cuda.pagelocked_empty((1,), np.int32)
         self.h_logits = cuda.pagelocked_empty((a.n_vocab,), F32)
         self.h_argmax = cuda.pagelocked_empty((1,), np.int32)
+        self.h_topk_k = cuda.pagelocked_empty((1,), np.int32)
+        self.h_topk_list = cuda.pagelocked_empty((1 + 2 * TOPK_MAXC,), np.uint32)
         self.h_hist = cuda.pagelocked_empty((self.n_ctx + 1,), np.int32)
         self._greedy = {}
 
@@ -442,7 +450,9 @@ class GPUModel:
                 q, scale = self.ops.q8_head_prepare(self.rt, self.head, a.n_vocab, a.n_embd)
                 wn, ewn = self.ops.q8c_prepare(self.rt, self.head, q, scale, a.n_vocab, a.n_embd)
                 self.head_cert = {"q": q, "scale": scale, "wn": wn, "ewn": ewn,
-                                  "ub": self.ops.gpu_empty((a.n_vocab,), F32)}
+                                  "ub": self.ops.gpu_empty((a.n_vocab,), F32),
+                                  "lo": self.ops.gpu_empty((a.n_vocab,), F32),
+                                  "hist": self.ops.gpu_empty((TOPK_BINS,), np.uint32)}
             return
         if self.head.dtype != np.float16:
             raise EngineError(f"--lm-head q8 converts an F16 head; this head is {self.head.dtype}")
@@ -491,7 +501,7 @@ class GPUModel:
 
     # -- the forward pass -------------------------------------------------------------------------------------
 
-    def _enqueue(self, t: int, head_rows: str, argmax_key: int = 0, cert: bool = False) -> None:
+    def _enqueue(self, t: int, head_rows: str, argmax_key: int = 0, head: str = "logits") -> None:
         """Queue the pass over tokens self.tok[:t] at positions *self.pos ..; the head over all rows or the last.
         argmax_key (one token): device address of a zeroed 64-bit word; the head kernel then also folds the
         argmax into it (f16_head_argmax)."""
@@ -543,11 +553,12 @@ class GPUModel:
             ops.ternary_launch(rt, L.gu, act, self.q8, self.qsum, self.s, self.fb, f, t)
             norm_quant(self.fb, L.ffn_sub_norm, f)
             ops.ternary_launch(rt, L.down, "resid", self.q8, self.qsum, self.s, self.x, e, t)
-        self._enqueue_head(t, head_rows, argmax_key, cert)
+        self._enqueue_head(t, head_rows, argmax_key, head)
 
-    def _enqueue_head(self, t: int, head_rows: str, argmax_key: int = 0, cert: bool = False) -> None:
-        """Queue the head over the last (head_rows "last") or all t rows of the residual stream; cert (one row,
-        with argmax_key): the certified greedy head where prepared, which leaves the logits of most rows unset."""
+    def _enqueue_head(self, t: int, head_rows: str, argmax_key: int = 0, head: str = "logits") -> None:
+        """Queue the head over the last (head_rows "last") or all t rows of the residual stream; head (one row,
+        with argmax_key, where the certified head is prepared): "argmax", the certified greedy head; "topk", the
+        certified top-k head; both leave the logits of most rows unset."""
         ops, rt, a, p = self.ops, self.rt, self.args, self.ops.ptr
         e = a.n_embd
         rows = t if head_rows == "all" else 1
@@ -555,8 +566,11 @@ class GPUModel:
         if self.head_q8 is not None:
             self._head_q8(src, rows, argmax_key)
             return
-        if cert and argmax_key and rows == 1 and self.head_cert is not None:
-            self._head_cert(src, argmax_key)
+        if head != "logits" and argmax_key and rows == 1 and self.head_cert is not None:
+            if head == "topk":
+                self._head_topk(src, argmax_key)
+            else:
+                self._head_cert(src, argmax_key)
             return
         f16 = 1 if (self.head_f16_always or rows == 1) else 0
         rt.launch("rmsnorm_f32", "PPifPi", (rows, 1), (1024, 1, 1), np.intp(src), p(self.output_norm), np.int32(e),
@@ -577,10 +591,63 @@ class GPUModel:
         lb = np.intp(argmax_key + 8)
         rt.launch("head_norm_q8c", "PPifPPPP", (1, 1), (1024, 1, 1), np.intp(src), p(self.output_norm), np.int32(e),
                   np.float32(a.norm_eps), p(self.hn), p(self.q8), p(self.s), p(self.hx))
-        rt.launch("q8c_head", "PiiPPPPPPPP", ((v + 7) // 8, 1), (256, 1, 1), p(c["q"]), np.int32(v), np.int32(e),
-                  p(self.q8), p(self.s), p(c["scale"]), p(c["wn"]), p(c["ewn"]), p(self.hx), p(c["ub"]), lb)
+        rt.launch("q8c_head", "PiiPPPPPPPPP", ((v + 7) // 8, 1), (256, 1, 1), p(c["q"]), np.int32(v), np.int32(e),
+                  p(self.q8), p(self.s), p(c["scale"]), p(c["wn"]), p(c["ewn"]), p(self.hx), p(c["ub"]), lb, np.intp(0))
         rt.launch("q8c_rescore", "PiiPPPPPP", ((v + 255) // 256, 1), (256, 1, 1), p(self.head), np.int32(v),
                   np.int32(e), p(self.hn), p(c["ub"]), lb, p(self.logits), np.intp(argmax_key), p(ncand))
+
+    def _head_topk(self, src: int, argmax_key: int) -> None:
+        """Queue the certified top-k head for the row at device address src (k in self.topk_k): hn and its int8
+        quantization, the int8 head with both bounds (ub, lo), the threshold from lo's histogram (q8c_hist,
+        q8c_thresh: at most the k-th largest lo, into argmax_key + 12), then the F16 logits of every row with
+        ub >= it into topk_list (q8c_collect): every row whose F16 logit may be among the k largest, ties
+        included."""
+        ops, rt, a, p = self.ops, self.rt, self.args, self.ops.ptr
+        c, e, v = self.head_cert, a.n_embd, a.n_vocab
+        lb, tau = np.intp(argmax_key + 8), np.intp(argmax_key + 12)
+        rt.launch("head_norm_q8c", "PPifPPPP", (1, 1), (1024, 1, 1), np.intp(src), p(self.output_norm), np.int32(e),
+                  np.float32(a.norm_eps), p(self.hn), p(self.q8), p(self.s), p(self.hx))
+        rt.launch("q8c_head", "PiiPPPPPPPPP", ((v + 7) // 8, 1), (256, 1, 1), p(c["q"]), np.int32(v), np.int32(e),
+                  p(self.q8), p(self.s), p(c["scale"]), p(c["wn"]), p(c["ewn"]), p(self.hx), p(c["ub"]), lb,
+                  p(c["lo"]))
+        rt.cuda.memset_d32_async(c["hist"].gpudata, 0, c["hist"].size, rt.stream)
+        rt.cuda.memset_d32_async(self.topk_list.gpudata, 0, 1, rt.stream)
+        rt.launch("q8c_hist", "PiP", (min(132, (v + 1023) // 1024), 1), (1024, 1, 1), p(c["lo"]), np.int32(v),
+                  p(c["hist"]))
+        rt.launch("q8c_thresh", "PPP", (1, 1), (32, 1, 1), p(c["hist"]), p(self.topk_k), tau)
+        rt.launch("q8c_collect", "PiiPPPPPi", ((v + 255) // 256, 1), (256, 1, 1), p(self.head), np.int32(v),
+                  np.int32(e), p(self.hn), p(c["ub"]), tau, p(self.logits), p(self.topk_list), np.int32(TOPK_MAXC))
+
+    def sample_candidates(self, token: int, pos: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """One decode step (`token` at `pos`) that returns (rows ascending, their F16 logits) for every row whose
+        logit may be among the k largest (ties included), the rest left out: what top-k sampling needs, without
+        the whole vocabulary's logits crossing to the host (the certified top-k head). Where the candidates
+        would not fit the list (TOPK_MAXC) or the certified head is off, the head's full logits instead."""
+        cuda, rt = self.rt.cuda, self.rt
+        if pos >= self.n_ctx:
+            raise ContextOverflowError(f"position {pos} is past the context of {self.n_ctx}")
+        if self.head_cert is None:
+            logits = self.forward([token], pos, logits="last")[0]
+            return np.arange(logits.size), logits
+        self.h_tok[0] = token
+        self.h_pos[0] = pos
+        self.h_topk_k[0] = k
+        cuda.memcpy_htod_async(self.tok.gpudata, self.h_tok, rt.stream)
+        cuda.memcpy_htod_async(self.pos.gpudata, self.h_pos, rt.stream)
+        cuda.memcpy_htod_async(self.topk_k.gpudata, self.h_topk_k, rt.stream)
+        self._decode_graph(self._long(pos), head="topk").replay()
+        cuda.memcpy_dtoh_async(self.h_topk_list, self.topk_list.gpudata, rt.stream)
+        rt.sync()
+        self.cache.pos[0] = pos + 1
+        n = int(self.h_topk_list[0])
+        if n > TOPK_MAXC:  # too many candidates for the list: the F16 head over every row, from the same state
+            self._enqueue_head(1, "last")
+            cuda.memcpy_dtoh_async(self.h_logits, self.logits.gpudata, rt.stream)
+            rt.sync()
+            return np.arange(self.args.n_vocab), self.h_logits.copy()
+        pairs = self.h_topk_list[1 : 1 + 2 * n].reshape(n, 2)
+        order = np.argsort(pairs[:, 0], kind="stable")
+        return pairs[order, 0].astype(np.int64), pairs[order, 1].view(np.float32).copy()
 
     def _head_q8(self, src: int, rows: int, argmax_key: int = 0) -> None:
         """Queue the int8 head over `rows` rows of the residual stream at device address src: RMSNorm +
@@ -674,7 +741,7 @@ class GPUModel:
         cluster path takes (512), where attn_split (global partials) is faster than attn_splitc's global path."""
         return self.attn_cluster and pos + 1 > ATT_CLUSTER * ATT_CPB * ATT_SPLIT_KEYS
 
-    def _capture(self, step: bool, long: bool, cert: bool = False):
+    def _capture(self, step: bool, long: bool, head: str = "logits"):
         from bitnet_kernels.gpu import CudaGraph
 
         mega = self.decode_mode == "mega"
@@ -684,30 +751,31 @@ class GPUModel:
                 if mega:
                     self._enqueue_mega(False)
                 else:
-                    self._enqueue_step(False, cert)
+                    self._enqueue_step(False, head)
                 self.rt.sync()
             g = CudaGraph(self.rt.stream)
             g.begin()
             if mega:
                 self._enqueue_mega(step)
             else:
-                self._enqueue_step(step, cert)
+                self._enqueue_step(step, head)
             g.end()
         finally:
             self._att_long = False
         return g
 
-    def _decode_graph(self, long: bool = False, cert: bool = False):
-        """The captured one-token step (logits and argmax; cert: the argmax only, with the certified head)."""
-        if (long, cert) not in self._graph:
-            self._graph[(long, cert)] = self._capture(False, long, cert)
-        return self._graph[(long, cert)]
+    def _decode_graph(self, long: bool = False, head: str = "logits"):
+        """The captured one-token step; head "logits" (the F16 head's logits and argmax), "argmax" (the argmax
+        only, with the certified head) or "topk" (the certified top-k head's candidates)."""
+        if (long, head) not in self._graph:
+            self._graph[(long, head)] = self._capture(False, long, head)
+        return self._graph[(long, head)]
 
     def _greedy_graph(self, long: bool = False):
         """The captured greedy step that feeds its token to the next replay (the certified head)."""
         if long not in self._greedy:
-            self._decode_graph(long, True)  # kernels loaded
-            self._greedy[long] = self._capture(True, long, True)
+            self._decode_graph(long, "argmax")  # kernels loaded
+            self._greedy[long] = self._capture(True, long, "argmax")
         return self._greedy[long]
 
     def generate_greedy(self, token: int, pos: int, n: int, execs: int = 1) -> list[int]:
@@ -821,7 +889,7 @@ class GPUModel:
         self.h_pos[0] = pos
         cuda.memcpy_htod_async(self.tok.gpudata, self.h_tok, rt.stream)
         cuda.memcpy_htod_async(self.pos.gpudata, self.h_pos, rt.stream)
-        self._decode_graph(self._long(pos), cert=True).replay()
+        self._decode_graph(self._long(pos), head="argmax").replay()
         cuda.memcpy_dtoh_async(self.h_argmax, self.argmax.gpudata, rt.stream)
         rt.sync()
         self.cache.pos[0] = pos + 1

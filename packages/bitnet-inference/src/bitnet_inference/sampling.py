@@ -76,14 +76,21 @@ def make_sampler(temp: float = 0.0, top_k: int = 40, top_p: float = 0.95, min_p:
         return greedy
     rng = np.random.default_rng(seed)
 
-    def sample(logits: np.ndarray) -> int:
+    def from_candidates(rows: np.ndarray, logits: np.ndarray) -> int:
         # top-k first, then the rest on the kept entries only (in index order, so the draw maps to the index the
         # whole vector would give): top-p's sort and the softmaxes touch k values instead of the vocabulary
-        idx = top_k_indices(logits, top_k)
-        l = apply_min_p(apply_top_p(logits[idx], top_p), min_p)
+        keep = top_k_indices(logits, top_k)
+        l = apply_min_p(apply_top_p(logits[keep], top_p), min_p)
         probs = _probs(l, temp)
-        return int(idx[rng.choice(probs.size, p=probs)])
+        return int(rows[keep[rng.choice(probs.size, p=probs)]])
 
+    def sample(logits: np.ndarray) -> int:
+        return from_candidates(np.arange(logits.size), logits)
+
+    # for a model that returns only the rows whose logits may be among the top_k largest, ties included, with
+    # their logits (rows ascending): the same draw as sample() on the whole vector (the GPU model's top-k head)
+    sample.top_k = top_k
+    sample.from_candidates = from_candidates
     return sample
 
 

@@ -2493,14 +2493,14 @@ extern "C" __global__ void __launch_bounds__(1024) head_norm_q8c(const float* __
     }
 }
 
-// The int8 head over every row (a warp a row) with the bound: ub[r] = A_r + B_r, and the key of max (A_r - B_r)
-// into *lb (zeroed before).
+// The int8 head over every row (a warp a row) with the bound: ub[r] = A_r + B_r, lo[r] = A_r - B_r (where lo is
+// not null: the top-k path), and the key of max (A_r - B_r) into *lb (zeroed before).
 extern "C" __global__ void __launch_bounds__(256) q8c_head(const uint4* __restrict__ W, int V, int K,
                                                            const int8_t* __restrict__ xq, const float* __restrict__ s,
                                                            const float* __restrict__ scale,
                                                            const float* __restrict__ wn, const float* __restrict__ ewn,
                                                            const float* __restrict__ hx, float* __restrict__ ub,
-                                                           unsigned* __restrict__ lb) {
+                                                           unsigned* __restrict__ lb, float* __restrict__ lo) {
     __shared__ unsigned best[8];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row = blockIdx.x * 8 + warp;
@@ -2512,6 +2512,7 @@ extern "C" __global__ void __launch_bounds__(256) q8c_head(const uint4* __restri
             const float a = ub[row], xn = hx[0], exn = hx[1], w2 = wn[row], e2 = ewn[row];
             const float b = (fmaf(e2, xn, (w2 + e2) * exn) + 1e-4f * w2 * xn + 1e-5f * fabsf(a)) * 1.0001f + 1e-30f;
             ub[row] = a + b;
+            if (lo != nullptr) lo[row] = a - b;
             k = fkey(a - b);
         }
     }
@@ -2556,6 +2557,86 @@ extern "C" __global__ void __launch_bounds__(256) q8c_rescore(const uint4* __res
         unsigned long long b = best[0];
         for (int w = 1; w < 8; w++) b = max(b, best[w]);
         if (b) atomicMax(key, b);
+    }
+}
+
+// --- The certified top-k head (sampling): every row whose F16 logit may be among the k largest ----------------
+// A threshold tau <= the k-th largest lower bound lo (a histogram of lo's order-preserving keys, 2048 bins on their
+// top 11 bits: tau is the lowest key of the bin where the count from the top reaches k) makes every row with
+// ub >= tau a candidate: a row whose F16 logit T is at least the k-th largest T has ub >= T >= (k-th largest T)
+// >= (k-th largest lo) >= tau, ties included. q8c_collect computes the candidates' F16 logits (f16_warp, the F16
+// head's bits) into a list: list[0] the count (it may pass maxc: the caller then reads the whole F16 head), then
+// (row, logit bits) pairs in no order.
+#define Q8C_BINS 2048
+extern "C" __global__ void __launch_bounds__(1024) q8c_hist(const float* __restrict__ lo, int V,
+                                                            unsigned* __restrict__ hist) {
+    __shared__ unsigned h[Q8C_BINS];
+    for (int i = threadIdx.x; i < Q8C_BINS; i += blockDim.x) h[i] = 0;
+    __syncthreads();
+    for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < V; r += gridDim.x * blockDim.x)
+        atomicAdd(&h[fkey(lo[r]) >> 21], 1u);
+    __syncthreads();
+    for (int i = threadIdx.x; i < Q8C_BINS; i += blockDim.x)
+        if (h[i]) atomicAdd(&hist[i], h[i]);
+}
+
+// One warp: the bin where the count from the top first reaches *kp (all rows: key 0 when the vocabulary has
+// fewer than k rows), its lowest key into *tau.
+extern "C" __global__ void q8c_thresh(const unsigned* __restrict__ hist, const int* __restrict__ kp,
+                                      unsigned* __restrict__ tau) {
+    const int lane = threadIdx.x & 31, seg = Q8C_BINS / WARP;  // lane l: bins of segment l from the top
+    const unsigned k = (unsigned)max(*kp, 1);
+    unsigned c = 0;
+    for (int i = 0; i < seg; i++) c += hist[Q8C_BINS - 1 - lane * seg - i];
+    unsigned incl = c;  // inclusive scan over the lanes (from the top)
+    for (int o = 1; o < WARP; o <<= 1) {
+        const unsigned v = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += v;
+    }
+    const unsigned hit = __ballot_sync(0xffffffffu, incl >= k);
+    if (lane != 0) return;
+    if (!hit) {
+        *tau = 0u;
+        return;
+    }
+    const int l = __ffs(hit) - 1;  // lane 0 alone from here: the count above segment l, then its bins one by one
+    unsigned acc = 0;
+    for (int i = 0; i < l * seg; i++) acc += hist[Q8C_BINS - 1 - i];
+    int b = Q8C_BINS - 1 - l * seg;
+    for (;; b--) {
+        acc += hist[b];
+        if (acc >= k || b == Q8C_BINS - 1 - (l + 1) * seg + 1) break;
+    }
+    *tau = (unsigned)b << 21;
+}
+
+// The candidates (ub[r] >= fkey_value(*tau), or either NaN) with their F16 logits (a warp checks 32 rows, as
+// q8c_rescore) appended to list (count first; entries past maxc are counted, not written).
+extern "C" __global__ void __launch_bounds__(256) q8c_collect(const uint4* __restrict__ W16, int V, int K,
+                                                              const float* __restrict__ hn,
+                                                              const float* __restrict__ ub,
+                                                              const unsigned* __restrict__ tau,
+                                                              float* __restrict__ out, unsigned* __restrict__ list,
+                                                              int maxc) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int base = (blockIdx.x * 8 + warp) * WARP, row = base + lane;
+    const float tv = fkey_value(*tau);
+    unsigned mask = __ballot_sync(0xffffffffu, row < V && !(ub[row] < tv));
+    unsigned slot = 0;
+    if (lane == 0 && mask) slot = atomicAdd(list, (unsigned)__popc(mask));
+    slot = __shfl_sync(0xffffffffu, slot, 0);
+    while (mask) {
+        const int r = base + __ffs(mask) - 1;
+        mask &= mask - 1;
+        f16_warp<1>(W16, r, K, hn, out, V, 0, 1);
+        if (lane == 0) {
+            __threadfence_block();
+            if (slot < (unsigned)maxc) {
+                list[1 + 2 * slot] = (unsigned)r;
+                list[2 + 2 * slot] = __float_as_uint(out[r]);
+            }
+        }
+        slot++;
     }
 }
 
