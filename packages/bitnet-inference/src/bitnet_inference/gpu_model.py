@@ -581,18 +581,27 @@ class GPUModel:
         else:
             ops.f16_launch(rt, self.head, a.n_vocab, e, self.hn, self.logits, a.n_vocab, rows)
 
+    def _head_bounds(self, src: int, lb: np.intp, lo) -> None:
+        """Queue the certified heads' common part for the row at device address src: hn (the bits of
+        rmsnorm_f32) with its int8 quantization and norms (head_norm_q8c), then the int8 head with the bounds
+        (q8c_head: upper bounds into ub, the key of the largest lower bound into lb, the lower bounds into lo where
+        given)."""
+        rt, a, p = self.rt, self.args, self.ops.ptr
+        c, e, v = self.head_cert, a.n_embd, a.n_vocab
+        rt.launch("head_norm_q8c", "PPifPPPP", (1, 1), (1024, 1, 1), np.intp(src), p(self.output_norm), np.int32(e),
+                  np.float32(a.norm_eps), p(self.hn), p(self.q8), p(self.s), p(self.hx))
+        rt.launch("q8c_head", "PiiPPPPPPPPP", ((v + 7) // 8, 1), (256, 1, 1), p(c["q"]), np.int32(v), np.int32(e),
+                  p(self.q8), p(self.s), p(c["scale"]), p(c["wn"]), p(c["ewn"]), p(self.hx), p(c["ub"]), lb, p(lo))
+
     def _head_cert(self, src: int, argmax_key: int, ncand=None) -> None:
         """Queue the certified greedy head for the row at device address src: the F16 head's input hn (the bits
         of rmsnorm_f32) with its int8 quantization, the int8 head with the bound (q8c_head: the bound key at
         argmax_key + 8, zeroed with the argmax key), then the F16 logits of the candidate rows folded into the
         argmax key (q8c_rescore; ncand: a device counter of the candidates, for tools)."""
-        ops, rt, a, p = self.ops, self.rt, self.args, self.ops.ptr
+        rt, a, p = self.rt, self.args, self.ops.ptr
         c, e, v = self.head_cert, a.n_embd, a.n_vocab
         lb = np.intp(argmax_key + 8)
-        rt.launch("head_norm_q8c", "PPifPPPP", (1, 1), (1024, 1, 1), np.intp(src), p(self.output_norm), np.int32(e),
-                  np.float32(a.norm_eps), p(self.hn), p(self.q8), p(self.s), p(self.hx))
-        rt.launch("q8c_head", "PiiPPPPPPPPP", ((v + 7) // 8, 1), (256, 1, 1), p(c["q"]), np.int32(v), np.int32(e),
-                  p(self.q8), p(self.s), p(c["scale"]), p(c["wn"]), p(c["ewn"]), p(self.hx), p(c["ub"]), lb, np.intp(0))
+        self._head_bounds(src, lb, None)
         rt.launch("q8c_rescore", "PiiPPPPPP", ((v + 255) // 256, 1), (256, 1, 1), p(self.head), np.int32(v),
                   np.int32(e), p(self.hn), p(c["ub"]), lb, p(self.logits), np.intp(argmax_key), p(ncand))
 
@@ -602,14 +611,10 @@ class GPUModel:
         q8c_thresh: at most the k-th largest lo, into argmax_key + 12), then the F16 logits of every row with
         ub >= it into topk_list (q8c_collect): every row whose F16 logit may be among the k largest, ties
         included."""
-        ops, rt, a, p = self.ops, self.rt, self.args, self.ops.ptr
+        rt, a, p = self.rt, self.args, self.ops.ptr
         c, e, v = self.head_cert, a.n_embd, a.n_vocab
         lb, tau = np.intp(argmax_key + 8), np.intp(argmax_key + 12)
-        rt.launch("head_norm_q8c", "PPifPPPP", (1, 1), (1024, 1, 1), np.intp(src), p(self.output_norm), np.int32(e),
-                  np.float32(a.norm_eps), p(self.hn), p(self.q8), p(self.s), p(self.hx))
-        rt.launch("q8c_head", "PiiPPPPPPPPP", ((v + 7) // 8, 1), (256, 1, 1), p(c["q"]), np.int32(v), np.int32(e),
-                  p(self.q8), p(self.s), p(c["scale"]), p(c["wn"]), p(c["ewn"]), p(self.hx), p(c["ub"]), lb,
-                  p(c["lo"]))
+        self._head_bounds(src, lb, c["lo"])
         rt.cuda.memset_d32_async(c["hist"].gpudata, 0, c["hist"].size, rt.stream)
         rt.cuda.memset_d32_async(self.topk_list.gpudata, 0, 1, rt.stream)
         rt.launch("q8c_hist", "PiP", (min(132, (v + 1023) // 1024), 1), (1024, 1, 1), p(c["lo"]), np.int32(v),
