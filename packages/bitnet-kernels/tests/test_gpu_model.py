@@ -282,7 +282,7 @@ def test_cluster_attention_bit_equal(gpu_model):
 
 
 def test_generate_greedy_across_cluster_limit():
-    """generate_greedy across 256 keys (two splits a cluster block from there) and 512 keys (the cluster
+    """generate_greedy across 256 keys (wider splits from there) and 512 keys (the cluster
     attention's graph, then the one with attn_split) gives the tokens of the host loop and of attn_split."""
     from bitnet_inference.gpu_model import load_gpu
 

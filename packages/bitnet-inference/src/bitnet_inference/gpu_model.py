@@ -29,8 +29,8 @@ MAX_BATCH = 512
 TOPK_MAXC = 16384  # candidates the certified top-k head returns at most (more: the F16 head's full logits)
 TOPK_BINS = 2048  # Q8C_BINS in kernels.cu
 ATT_SPLIT_KEYS = 32  # keys a block of the split one-token attention (AS_KEYS in kernels.cu)
+ATT_WIDE = 64  # keys a split at most, from 257 to 512 keys (AS_WIDE in kernels.cu)
 ATT_CLUSTER = 8  # blocks a cluster of attn_splitc (AS_CLUSTER in kernels.cu)
-ATT_CPB = 2  # splits a block of attn_splitc's cluster path at most (AS_CPB in kernels.cu)
 
 
 def _ops():
@@ -677,9 +677,8 @@ class GPUModel:
         d = a.head_dim
         if t == 1 and self.attn_split:
             name = "attn_splitc" if self.attn_cluster and not self._att_long else "attn_split"
-            kv = 2 * ATT_SPLIT_KEYS * (d + 8) * 2  # one split's K and V rows in shared memory
-            shared = (2 * kv if name == "attn_splitc" else kv) + 4096
-            if name == "attn_splitc":  # with its static shared memory over 48 KB: the opt-in
+            shared = 2 * ATT_WIDE * (d + 8) * 2 + 4096  # a split's K and V rows in shared memory, then pv
+            if name == "attn_splitc" or shared > self.ops.SMEM_DEFAULT:  # over 48 KB with its static memory: opt in
                 self.ops._allow_smem(rt, name, self.ops.SIG_ATTN_SPLIT, shared)
             rt.launch(name, self.ops.SIG_ATTN_SPLIT, (a.n_head, self.att_splits), (128, 1, 1), p(self.qb),
                       np.intp(kc), np.intp(vc), p(self.att), p(self.att_part), p(self.att_cnt), np.int32(a.n_head),
@@ -744,7 +743,7 @@ class GPUModel:
     def _long(self, pos: int) -> bool:
         """Whether the step at position pos takes the "long" graph: more keys (pos + 1) than the split attention's
         cluster path takes (512), where attn_split (global partials) is faster than attn_splitc's global path."""
-        return self.attn_cluster and pos + 1 > ATT_CLUSTER * ATT_CPB * ATT_SPLIT_KEYS
+        return self.attn_cluster and pos + 1 > ATT_CLUSTER * ATT_WIDE
 
     def _capture(self, step: bool, long: bool, head: str = "logits"):
         from bitnet_kernels.gpu import CudaGraph

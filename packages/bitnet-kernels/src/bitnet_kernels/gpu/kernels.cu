@@ -707,23 +707,23 @@ extern "C" __global__ void embed_rope(const __half* __restrict__ emb, const int*
 }
 
 // Single-token attention split over keys (flash-decoding): block (h, sp) of grid (n_head, ceil(n_ctx / AS_KEYS))
-// takes keys sp * AS_KEYS .. + AS_KEYS - 1 of the nk = pos + 1 in the cache (blocks past nk leave at once), so a
-// 288-key step runs 9 blocks a head instead of one. The block copies its K and V rows into shared memory
-// (cp.async, 16 bytes a thread a step, issued before anything waits); 4 threads a key compute its score (q
-// rounded through f16, a quarter of the dims each, then * 1/sqrt(D)); warp 0 takes the local max m and
-// e_j = exp(s_j - m); the threads take sum_j e_j v_j over (key group, 8 dims). One split: the block writes o / l
-// itself. Several: (m, l, o) to part, and the last block of the head to finish (an atomic counter, reset to 0 by
-// that block for the next launch) combines them: M = max m_k, f_k = exp(m_k - M), out = sum_k f_k o_k /
+// takes split sp of the nk = pos + 1 keys in the cache (blocks past the splits leave at once): AS_KEYS keys a split,
+// except from 257 to 512 keys, where a split takes ceil(nk / AS_CLUSTER) (33 .. AS_WIDE) so that there are at most
+// AS_CLUSTER of them (as_split_keys). A 288-key step runs 8 blocks a head of 36 keys instead of 9 of 32 (or 8 with
+// the first taking two, one after the other). The block copies its K and V rows into shared memory (cp.async, 16
+// bytes a thread a step, issued before anything waits); 4 threads a key compute its score (q rounded through
+// f16, a quarter of the dims each, then * 1/sqrt(D)); warp 0 takes the local max m and e_j = exp(s_j - m) (two
+// keys a lane past 32); the threads take sum_j e_j v_j over (key group, 8 dims). One split: the block writes o /
+// l itself. Several: (m, l, o) to part, and the last block of the head to finish (an atomic counter, reset to 0
+// by that block for the next launch) combines them: M = max m_k, f_k = exp(m_k - M), out = sum_k f_k o_k /
 // sum_k f_k l_k. P is not rounded to f16 (the one-block kernel rounds P = e / l when p_f16; here l is known only
 // after the combine): last-bit differences, see docs/gpu.md.
-// Dynamic shared memory: 2 * AS_KEYS * (D + 8) halves + 4096 bytes.
+// Dynamic shared memory: 2 * AS_WIDE * (D + 8) halves + 4096 bytes.
 // CL (attn_splitc, thread-block clusters of AS_CLUSTER blocks along the splits; the grid's y a multiple of
-// AS_CLUSTER): when 1 < nsp <= AS_CLUSTER * AS_CPB, the splits of a head are computed by the blocks of its first
-// cluster (block r: splits r and r + AS_CLUSTER, their K/V copied together; dynamic shared memory for two splits:
-// 4 * AS_KEYS * (D + 8) halves + 4096 bytes); each writes its (m, l, o) into block 0's shared memory (distributed
-// shared memory), arrives at a cluster barrier and leaves; block 0 waits and combines them (the same arithmetic
-// in the same order: the same bits as the global path). No partials in global memory, no fence, no counter.
-// Longer contexts take the global path.
+// AS_CLUSTER): when 1 < nsp <= AS_CLUSTER (up to 512 keys), the splits of a head are the blocks of its first
+// cluster; each writes its (m, l, o) into block 0's shared memory (distributed shared memory), arrives at a cluster
+// barrier and leaves; block 0 waits and combines them (the same arithmetic in the same order: the same bits as the
+// global path). No partials in global memory, no fence, no counter. Longer contexts take the global path.
 __device__ __forceinline__ void cluster_arrive_relaxed() {
     asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
 }
@@ -741,10 +741,14 @@ __device__ __forceinline__ float pv_sum(const float* pv, int KG, int D, int d) {
 }
 
 #define AS_KEYS 32
+#define AS_WIDE 64  // keys a split at most (from 257 to 512 keys)
 #define AS_THREADS 128
 #define AS_MAXSPLIT 256
 #define AS_CLUSTER 8
-#define AS_CPB 2  // splits a block of the cluster path at most (AS_CLUSTER * AS_CPB * AS_KEYS keys)
+// Keys a split for nk keys: AS_KEYS, or ceil(nk / AS_CLUSTER) from AS_CLUSTER * AS_KEYS + 1 to AS_CLUSTER * AS_WIDE
+__device__ __forceinline__ int as_split_keys(int nk) {
+    return (nk > AS_CLUSTER * AS_KEYS && nk <= AS_CLUSTER * AS_WIDE) ? (nk + AS_CLUSTER - 1) / AS_CLUSTER : AS_KEYS;
+}
 template <bool CL>
 __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, const __half* __restrict__ kc,
                                                 const __half* __restrict__ vc, float* __restrict__ out,
@@ -753,8 +757,8 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
                                                 unsigned long long* trace) {
     extern __shared__ __align__(16) unsigned char as_smem[];
     __shared__ float qs[256];
-    __shared__ float ss[AS_KEYS];
-    __shared__ float ps[AS_KEYS];
+    __shared__ float ss[AS_WIDE];
+    __shared__ float ps[AS_WIDE];
     __shared__ float red[32];
     __shared__ float mk[AS_MAXSPLIT], lk[AS_MAXSPLIT];
     __shared__ int last_sh;
@@ -763,11 +767,10 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
     stamp(trace, 0);
     const int kh = h / (n_head / n_kv);
     const int D8 = D >> 3, pitch = D + 8;  // halves a row in shared memory (16 bytes of padding)
-    // K and V rows j0 .. j0 + nrow - 1 into the buffers of the block's ci-th split (cp.async, not committed)
-    auto copy_kv = [&](int ci, int j0, int nrow) {
-        __half* ks = ci ? reinterpret_cast<__half*>(as_smem + 2 * AS_KEYS * pitch * 2 + 4096)
-                        : reinterpret_cast<__half*>(as_smem);
-        __half* vs = ks + AS_KEYS * pitch;
+    __half* ks = reinterpret_cast<__half*>(as_smem);  // (AS_WIDE, pitch) K rows, then V rows, then pv
+    __half* vs = ks + AS_WIDE * pitch;
+    // K and V rows j0 .. j0 + nrow - 1 into the tiles (cp.async, not committed)
+    auto copy_kv = [&](int j0, int nrow) {
         const __half* kb = kc + ((size_t)kh * n_ctx + j0) * D;
         const __half* vb = vc + ((size_t)kh * n_ctx + j0) * D;
         for (int i = tid; i < nrow * D8; i += AS_THREADS) {
@@ -776,16 +779,17 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
             cp_async16(vs + j * pitch + 8 * cc, vb + (size_t)j * D + 8 * cc);
         }
     };
-    // CL, the first AS_CLUSTER splits: the split's AS_KEYS rows of K and V are copied before the position is known
-    // (rows past the keys are never read), so the copies overlap the position's load
+    // CL, the first AS_CLUSTER splits: the split's rows for AS_KEYS keys a split are copied before the position is
+    // known (rows past the keys are never read), so the copies overlap the position's load
     const bool spec = CL && sp < AS_CLUSTER;
-    if (spec) copy_kv(0, sp * AS_KEYS, min(AS_KEYS, n_ctx - sp * AS_KEYS));
+    if (spec) copy_kv(sp * AS_KEYS, min(AS_KEYS, n_ctx - sp * AS_KEYS));
     const int nk = *pos0p + 1;
-    const int nsp = (nk + AS_KEYS - 1) / AS_KEYS;
-    const bool clp = CL && nsp > 1 && nsp <= AS_CLUSTER * AS_CPB;  // the cluster path (the same for every block)
-    __shared__ float cparts[CL ? AS_CLUSTER * AS_CPB * (2 + 256) : 1];  // rank 0's: every split's (m, l, o)
+    const int spk = as_split_keys(nk);
+    const int nsp = (nk + spk - 1) / spk;
+    const bool clp = CL && nsp > 1 && nsp <= AS_CLUSTER;  // the cluster path (the same for every block)
+    __shared__ float cparts[CL ? AS_CLUSTER * (2 + 256) : 1];  // rank 0's: every split's (m, l, o)
     if (clp && sp < AS_CLUSTER) cluster_arrive_relaxed();  // phase 1: this block runs
-    if (clp && sp >= AS_CLUSTER) return;  // past the head's first cluster: its splits are the first's second ones
+    if (spec) cp_async_commit();  // the guessed rows: a group of their own (a wait covers committed groups only)
     if (sp >= nsp) {
         if (spec) cp_async_wait<0>();  // no copy outlives its block
         if (clp && sp < AS_CLUSTER) {  // a rank past the keys of the head's first cluster: its part of phase 2
@@ -794,13 +798,11 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
         }
         return;
     }
-    // the cluster path with more than AS_CLUSTER splits: block sp also takes split sp + AS_CLUSTER (its K and V
-    // in a second pair of buffers after pv, copied with the first); elsewhere one split a block
-    const int nch = clp ? (nsp - sp + AS_CLUSTER - 1) / AS_CLUSTER : 1;
-    float* pv = reinterpret_cast<float*>(reinterpret_cast<__half*>(as_smem) + 2 * AS_KEYS * pitch);  // (groups, D)
-    for (int ci = spec ? 1 : 0; ci < nch; ci++) {
-        const int j0 = (sp + ci * AS_CLUSTER) * AS_KEYS;
-        copy_kv(ci, j0, min(AS_KEYS, nk - j0));
+    float* pv = reinterpret_cast<float*>(vs + AS_WIDE * pitch);  // (groups, D)
+    const int j0 = sp * spk, n = min(spk, nk - j0);
+    if (!spec || spk != AS_KEYS) {
+        if (spec) cp_async_wait<0>();  // wide splits: the guessed rows land before the right ones are copied over
+        copy_kv(j0, n);
     }
     cp_async_commit();
     for (int d = tid; d < D; d += AS_THREADS) qs[d] = __half2float(__float2half_rn(q[h * D + d]));
@@ -810,14 +812,8 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
     const float scale = 1.0f / sqrtf((float)D);
     const int KG = AS_THREADS / D8;  // key groups of D8 threads, 8 dims a thread
     const int g = tid / D8, c = tid % D8;
-    for (int ci = 0; ci < nch; ci++) {
-    const int cs = sp + ci * AS_CLUSTER;  // this split
-    const int j0 = cs * AS_KEYS, n = min(AS_KEYS, nk - j0);
-    const __half* ks = ci ? reinterpret_cast<const __half*>(as_smem + 2 * AS_KEYS * pitch * 2 + 4096)
-                          : reinterpret_cast<const __half*>(as_smem);
-    const __half* vs = ks + AS_KEYS * pitch;
-    {  // scores: key tid / 4, chunks c = tid % 4, + 4, ... of its row
-        const int j = tid >> 2, part = tid & 3;
+    for (int jb = 0; jb < n; jb += AS_THREADS / 4) {  // scores: key jb + tid / 4, chunks c = tid % 4, + 4, ...
+        const int j = jb + (tid >> 2), part = tid & 3;
         float acc = 0.0f;
         if (j < n) {
             const uint4* kr = reinterpret_cast<const uint4*>(ks + j * pitch);
@@ -835,15 +831,16 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
         }
         acc += __shfl_xor_sync(0xffffffffu, acc, 1);
         acc += __shfl_xor_sync(0xffffffffu, acc, 2);
-        if (part == 0) ss[j] = __fmul_rn(acc, scale);
+        if (part == 0 && j < n) ss[j] = __fmul_rn(acc, scale);
     }
     __syncthreads();
-    if (tid < 32) {
-        const float s = tid < n ? ss[tid] : -INFINITY;
-        const float m = warp_max(s);
-        const float e = tid < n ? expf(s - m) : 0.0f;
-        const float l = warp_sum(e);
-        ps[tid] = e;
+    if (tid < 32) {  // keys tid and tid + 32 (up to 32 keys: the bits of one a lane)
+        const float s0 = tid < n ? ss[tid] : -INFINITY, s1 = tid + 32 < n ? ss[tid + 32] : -INFINITY;
+        const float m = warp_max(fmaxf(s0, s1));
+        const float e0 = tid < n ? expf(s0 - m) : 0.0f, e1 = tid + 32 < n ? expf(s1 - m) : 0.0f;
+        const float l = warp_sum(e0 + e1);
+        ps[tid] = e0;
+        ps[tid + 32] = e1;
         if (tid == 0) {
             red[0] = m;
             red[1] = l;
@@ -869,21 +866,6 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
         for (int e = 0; e < 8; e++) pv[g * D + 8 * c + e] = o[e];
     }
     __syncthreads();
-    if (CL && clp) {
-        // push: this split's (m, l, o) into rank 0's shared memory (distributed shared memory); the next split's
-        // stages read ss, ps, red and pv only after a barrier that every thread reaches after this
-        const int P = 2 + D;
-        float* dst = cooperative_groups::this_cluster().map_shared_rank(cparts, 0) + cs * P;
-        if (ci == 0) cluster_wait();  // phase 1 (arrived at the start): every block of the cluster is running
-        for (int d = tid; d < D; d += AS_THREADS) {
-            dst[2 + d] = pv_sum(pv, KG, D, d);
-        }
-        if (tid == 0) {
-            dst[0] = red[0];
-            dst[1] = red[1];
-        }
-    }
-    }
     stamp(trace, 2);
     const float m = red[0], l = red[1];
     float* orow = out + h * D;
@@ -892,9 +874,18 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
             orow[d] = __fdiv_rn(pv_sum(pv, KG, D, d), l);
         }
     } else if (CL && clp) {
-        // every split has pushed its (m, l, o) into rank 0's shared memory: arrive (release) and leave; rank 0
-        // waits (acquire) and combines from its own memory
+        // push this split's (m, l, o) into rank 0's shared memory (distributed shared memory), arrive (release)
+        // and leave; rank 0 waits (acquire) and combines from its own memory
         const int P = 2 + D;
+        float* dst = cooperative_groups::this_cluster().map_shared_rank(cparts, 0) + sp * P;
+        cluster_wait();  // phase 1 (arrived at the start): every block of the cluster is running
+        for (int d = tid; d < D; d += AS_THREADS) {
+            dst[2 + d] = pv_sum(pv, KG, D, d);
+        }
+        if (tid == 0) {
+            dst[0] = m;
+            dst[1] = l;
+        }
         cluster_arrive_release();  // phase 2
         if (sp != 0) return;
         cluster_wait();
