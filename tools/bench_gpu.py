@@ -54,6 +54,29 @@ def copy_bandwidth(rt, nbytes: int = 2 << 30, reps: int = 10) -> float:
     return 2 * nbytes / statistics.median(times[2:])
 
 
+def bench_generate(m, n_gen: int) -> dict:
+    """tok/s of bitnet_inference.generate_step (what `bitnet generate` runs) after a 32-token prompt, prefill
+    included: greedy (greedy_stream), top-k 40 sampling from the certified top-k head's candidates, and the same
+    sampler over the whole F16 logits copied to the host (a wrapper hides its top_k from generate_step)."""
+    from bitnet_inference.generate import generate_step
+    from bitnet_inference.sampling import make_sampler
+
+    prompt = [int(t) for t in np.random.default_rng(0).integers(0, m.args.n_vocab, size=32)]
+    out = {}
+    for name in ("greedy", "topk40_candidates", "topk40_whole_logits"):
+        best = 0.0
+        for rep in range(2):
+            s = make_sampler(0.8, 40, 0.95, 0.05, seed=rep)
+            sampler = {"greedy": make_sampler(0.0), "topk40_candidates": s,
+                       "topk40_whole_logits": lambda lg, s=s: s(lg)}[name]
+            list(generate_step(m, prompt, sampler, max_tokens=4))  # capture + warm-up
+            t0 = time.perf_counter()
+            n = len(list(generate_step(m, prompt, sampler, max_tokens=n_gen + 1)))
+            best = max(best, (n - 1) / (time.perf_counter() - t0))
+        out[f"generate_step_{name}_tok_s"] = best
+    return out
+
+
 def bench_ours(m, n_gen: int, n_prompt: int) -> dict:
     rt, cuda = m.rt, m.rt.cuda
     a = m.args
@@ -555,6 +578,8 @@ def main(argv=None) -> int:
     ours["greedy_head"] = m.greedy_head if m.head_cert is not None else "f16"
     print(f"ours ({mode}, greedy head {ours['greedy_head']}):", ours, flush=True)
     cert_stats = cert_head_stats(m) if m.head_cert is not None else {}
+    ours.update(bench_generate(m, args.n_gen))
+    print("generate_step:", {k: round(v, 1) for k, v in ours.items() if k.startswith("generate_step")}, flush=True)
     # the same step with the F16 head's GEMV over every row (no certified head)
     m.greedy_head = "f16"
     m._prepare_head()
@@ -658,6 +683,10 @@ def main(argv=None) -> int:
             ("ours decode, the fifth session's step (L2 asks; device loop)", ours["fifth_device_loop_tok_s"]),
             ("ours decode, the third session's kernels (shuffles; device loop)", ours["shfl_device_loop_tok_s"]),
             ("ours decode, F16 head GEMV over every row (device loop)", ours["f16_head_device_loop_tok_s"]),
+            ("generate_step greedy (greedy_stream), prefill included", ours["generate_step_greedy_tok_s"]),
+            ("generate_step top-k 40 sampling (certified top-k head)", ours["generate_step_topk40_candidates_tok_s"]),
+            ("generate_step top-k 40 sampling (whole logits to the host)",
+             ours["generate_step_topk40_whole_logits_tok_s"]),
             ("ours decode, int8 head --lm-head q8 (device loop)", ours["q8_head_device_loop_tok_s"]),
             (f"ours prefill {args.n_prompt}", ours["prefill_tok_s"])]
     if "torch" in res:
