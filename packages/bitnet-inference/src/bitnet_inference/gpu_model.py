@@ -353,7 +353,8 @@ class GPUModel:
         self.pos = emp((1,), np.int32)
         self.argmax = emp((1,), np.int32)
         self.hist = emp((self.n_ctx + 1,), np.int32)
-        # the decode step's argmax (64-bit key, see f16_head_argmax), then the certified head's bound key (q8c_head)
+        # the decode step's argmax (64-bit key, see f16_head_argmax), then the certified heads' bound key (q8c_head)
+        # and the top-k threshold key (q8c_thresh)
         self.step_key = emp((4,), np.uint32)
         self.head_q8 = self.head_scale = None  # the int8 head (lm_head "q8"), made by _prepare_head
         self.head_cert = None  # the certified greedy head's tensors (greedy_head "cert"), made by _prepare_head
@@ -631,7 +632,7 @@ class GPUModel:
         cuda, rt = self.rt.cuda, self.rt
         if pos >= self.n_ctx:
             raise ContextOverflowError(f"position {pos} is past the context of {self.n_ctx}")
-        if self.head_cert is None:
+        if self.head_cert is None or self.decode_mode == "mega":  # (the persistent kernel has its own head)
             logits = self.forward([token], pos, logits="last")[0]
             return np.arange(logits.size), logits
         self.h_tok[0] = token
