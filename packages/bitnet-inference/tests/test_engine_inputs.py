@@ -108,6 +108,11 @@ def test_sampler_on_the_top_k_matches_the_whole_vector():
         draws = np.random.default_rng(trial)
         want = [int(draws.choice(v, p=full)) for _ in range(50)]
         assert [s1(logits) for _ in range(50)] == want
+        # from a shuffled superset of the top-k entries (what the GPU model's top-k head returns): the same draws
+        s2 = make_sampler(t, k, p, mp, seed=trial)
+        sup = np.flatnonzero(logits >= np.sort(logits)[-min(3 * k, v)]) if k else np.arange(v)
+        sup = rng.permutation(sup)
+        assert [s2.from_candidates(sup, logits[sup]) for _ in range(50)] == want
 
 
 def test_repetition_penalty():

@@ -389,7 +389,7 @@ def test_sampled_generation_from_top_k_candidates(gpu_model, monkeypatch):
         full = list(generate_step(gpu_model, prompt, lambda lg, s=s: s(lg), max_tokens=50))
         assert fast == full, k
     rows, vals = gpu_model.sample_candidates(fast[-1], len(prompt) + 49, 40)
-    assert 40 <= rows.size < gpu_model.args.n_vocab and (np.diff(rows) > 0).all()
+    assert 40 <= rows.size < gpu_model.args.n_vocab and np.unique(rows).size == rows.size
     monkeypatch.setattr(gm, "TOPK_MAXC", 3)  # every step overflows: the full head
     gpu_model.set_decode_mode("fused", 0)  # recapture with the smaller list
     try:

@@ -625,8 +625,8 @@ class GPUModel:
                   np.int32(e), p(self.hn), p(c["ub"]), tau, p(self.logits), p(self.topk_list), np.int32(TOPK_MAXC))
 
     def sample_candidates(self, token: int, pos: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """One decode step (`token` at `pos`) that returns (rows ascending, their F16 logits) for every row whose
-        logit may be among the k largest (ties included), the rest left out: what top-k sampling needs, without
+        """One decode step (`token` at `pos`) that returns (rows, their F16 logits), in no particular order, for
+        every row whose logit may be among the k largest (ties included), the rest left out: what top-k sampling needs, without
         the whole vocabulary's logits crossing to the host (the certified top-k head). Where the candidates
         would not fit the list (TOPK_MAXC) or the certified head is off, the head's full logits instead."""
         cuda, rt = self.rt.cuda, self.rt
@@ -651,9 +651,8 @@ class GPUModel:
             cuda.memcpy_dtoh_async(self.h_logits, self.logits.gpudata, rt.stream)
             rt.sync()
             return np.arange(self.args.n_vocab), self.h_logits.copy()
-        pairs = self.h_topk_list[1 : 1 + 2 * n].reshape(n, 2)
-        order = np.argsort(pairs[:, 0], kind="stable")
-        return pairs[order, 0].astype(np.int64), pairs[order, 1].view(np.float32).copy()
+        pairs = self.h_topk_list[1 : 1 + 2 * n].reshape(n, 2).copy()
+        return pairs[:, 0].astype(np.int64), pairs[:, 1].view(np.float32)
 
     def _head_q8(self, src: int, rows: int, argmax_key: int = 0) -> None:
         """Queue the int8 head over `rows` rows of the residual stream at device address src: RMSNorm +

@@ -76,19 +76,23 @@ def make_sampler(temp: float = 0.0, top_k: int = 40, top_p: float = 0.95, min_p:
         return greedy
     rng = np.random.default_rng(seed)
 
-    def from_candidates(rows: np.ndarray, logits: np.ndarray) -> int:
-        # top-k first, then the rest on the kept entries only (in index order, so the draw maps to the index the
-        # whole vector would give): top-p's sort and the softmaxes touch k values instead of the vocabulary
-        keep = top_k_indices(logits, top_k)
+    def draw(logits: np.ndarray, keep: np.ndarray) -> int:
+        # top-p, min-p and the temperature on the entries top-k kept, in vocabulary order (so the draw maps to the
+        # index the whole vector would give): top-p's sort and the softmaxes touch k values, not the vocabulary
         l = apply_min_p(apply_top_p(logits[keep], top_p), min_p)
         probs = _probs(l, temp)
-        return int(rows[keep[rng.choice(probs.size, p=probs)]])
+        return int(keep[rng.choice(probs.size, p=probs)])
 
     def sample(logits: np.ndarray) -> int:
-        return from_candidates(np.arange(logits.size), logits)
+        return draw(logits, top_k_indices(logits, top_k))
+
+    def from_candidates(rows: np.ndarray, logits: np.ndarray) -> int:
+        keep = top_k_indices(logits, top_k)
+        keep = keep[np.argsort(rows[keep], kind="stable")]  # the kept entries in vocabulary order
+        return int(rows[draw(logits, keep)])
 
     # for a model that returns only the rows whose logits may be among the top_k largest, ties included, with
-    # their logits (rows ascending): the same draw as sample() on the whole vector (the GPU model's top-k head)
+    # their logits (rows in any order): the same draw as sample() on the whole vector (the GPU model's top-k head)
     sample.top_k = top_k
     sample.from_candidates = from_candidates
     return sample
