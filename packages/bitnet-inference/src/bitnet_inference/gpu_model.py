@@ -626,20 +626,17 @@ class GPUModel:
 
     def sample_candidates(self, token: int, pos: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """One decode step (`token` at `pos`) that returns (rows, their F16 logits), in no particular order, for
-        every row whose logit may be among the k largest (ties included), the rest left out: what top-k sampling needs, without
-        the whole vocabulary's logits crossing to the host (the certified top-k head). Where the candidates
-        would not fit the list (TOPK_MAXC) or the certified head is off, the head's full logits instead."""
+        every row whose logit may be among the k largest (ties included), the rest left out: what top-k sampling
+        needs, without the whole vocabulary's logits crossing to the host (the certified top-k head). Where the
+        candidates would not fit the list (TOPK_MAXC) or the certified head is off, the head's full logits."""
         cuda, rt = self.rt.cuda, self.rt
         if pos >= self.n_ctx:
             raise ContextOverflowError(f"position {pos} is past the context of {self.n_ctx}")
         if self.head_cert is None or self.decode_mode == "mega":  # (the persistent kernel has its own head)
             logits = self.forward([token], pos, logits="last")[0]
             return np.arange(logits.size), logits
-        self.h_tok[0] = token
-        self.h_pos[0] = pos
+        self._put_token(token, pos)
         self.h_topk_k[0] = k
-        cuda.memcpy_htod_async(self.tok.gpudata, self.h_tok, rt.stream)
-        cuda.memcpy_htod_async(self.pos.gpudata, self.h_pos, rt.stream)
         cuda.memcpy_htod_async(self.topk_k.gpudata, self.h_topk_k, rt.stream)
         self._decode_graph(self._long(pos), head="topk").replay()
         cuda.memcpy_dtoh_async(self.h_topk_list, self.topk_list.gpudata, rt.stream)
@@ -782,6 +779,22 @@ class GPUModel:
             self._greedy[long] = self._capture(True, long, "argmax")
         return self._greedy[long]
 
+    def _put_token(self, token: int, pos: int) -> None:
+        """Queue the copies of a one-token step's token and position into device memory (the graphs read them)."""
+        cuda, rt = self.rt.cuda, self.rt
+        self.h_tok[0] = token
+        self.h_pos[0] = pos
+        cuda.memcpy_htod_async(self.tok.gpudata, self.h_tok, rt.stream)
+        cuda.memcpy_htod_async(self.pos.gpudata, self.h_pos, rt.stream)
+
+    def _greedy_start(self, token: int, pos: int, n: int) -> dict:
+        """Check that n greedy steps from pos fit the context, queue the first token and position, and return the
+        greedy step graphs the positions pos .. pos + n - 1 take, by "long"."""
+        if pos + n > self.n_ctx:
+            raise ContextOverflowError(f"{pos + n} positions do not fit the context of {self.n_ctx}; raise -c")
+        self._put_token(token, pos)
+        return {lg: self._greedy_graph(lg) for lg in {self._long(pos), self._long(pos + n - 1)}}
+
     def generate_greedy(self, token: int, pos: int, n: int, execs: int = 1) -> list[int]:
         """n greedy decode steps on the device, starting with `token` at position `pos`: the sampled token and
         the position stay in device memory between the replays; the n token ids come back at the end.
@@ -789,14 +802,8 @@ class GPUModel:
         instance queued behind itself)."""
         if n <= 0:
             return []
-        if pos + n > self.n_ctx:
-            raise ContextOverflowError(f"{pos + n} positions do not fit the context of {self.n_ctx}; raise -c")
         cuda, rt = self.rt.cuda, self.rt
-        self.h_tok[0] = token
-        self.h_pos[0] = pos
-        cuda.memcpy_htod_async(self.tok.gpudata, self.h_tok, rt.stream)
-        cuda.memcpy_htod_async(self.pos.gpudata, self.h_pos, rt.stream)
-        graphs = {lg: self._greedy_graph(lg) for lg in {self._long(pos), self._long(pos + n - 1)}}
+        graphs = self._greedy_start(token, pos, n)
         for g in graphs.values():
             while len(g.extra) + 1 < execs:
                 g.add_exec()
@@ -815,14 +822,8 @@ class GPUModel:
         K/V rows that later steps overwrite before any read)."""
         if n <= 0:
             return
-        if pos + n > self.n_ctx:
-            raise ContextOverflowError(f"{pos + n} positions do not fit the context of {self.n_ctx}; raise -c")
         cuda, rt = self.rt.cuda, self.rt
-        self.h_tok[0] = token
-        self.h_pos[0] = pos
-        cuda.memcpy_htod_async(self.tok.gpudata, self.h_tok, rt.stream)
-        cuda.memcpy_htod_async(self.pos.gpudata, self.h_pos, rt.stream)
-        graphs = {lg: self._greedy_graph(lg) for lg in {self._long(pos), self._long(pos + n - 1)}}
+        graphs = self._greedy_start(token, pos, n)
         events = [cuda.Event() for _ in range(ahead + 1)]
         hist = int(self.hist.gpudata)
 
@@ -889,10 +890,7 @@ class GPUModel:
         cuda, rt = self.rt.cuda, self.rt
         if pos >= self.n_ctx:
             raise ContextOverflowError(f"position {pos} is past the context of {self.n_ctx}")
-        self.h_tok[0] = token
-        self.h_pos[0] = pos
-        cuda.memcpy_htod_async(self.tok.gpudata, self.h_tok, rt.stream)
-        cuda.memcpy_htod_async(self.pos.gpudata, self.h_pos, rt.stream)
+        self._put_token(token, pos)
         self._decode_graph(self._long(pos), head="argmax").replay()
         cuda.memcpy_dtoh_async(self.h_argmax, self.argmax.gpudata, rt.stream)
         rt.sync()

@@ -2259,11 +2259,24 @@ __device__ __forceinline__ unsigned long long argmax_key(float v, int idx) {
     return ((unsigned long long)u << 32) | (unsigned)(0xffffffffu - (unsigned)idx);
 }
 
+// The largest of a 256-thread block's 8 warp keys (lane 0 of each holds its warp's; 0 is none) into *key: one
+// atomicMax a block (the heads' argmax keys, the certified head's bound key).
+template <typename T>
+__device__ __forceinline__ void block_key_max(T k, T* key) {
+    __shared__ T best[8];
+    if ((threadIdx.x & 31) == 0) best[threadIdx.x >> 5] = k;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        T b = best[0];
+        for (int w = 1; w < 8; w++) b = max(b, best[w]);
+        if (b) atomicMax(key, b);
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) f16_head_argmax(const uint4* __restrict__ W, int V, int K,
                                                                   const float* __restrict__ x,
                                                                   float* __restrict__ out,
                                                                   unsigned long long* key) {
-    __shared__ unsigned long long best[8];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row = blockIdx.x * 8 + warp;
     unsigned long long k = 0;
@@ -2274,13 +2287,7 @@ extern "C" __global__ void __launch_bounds__(256) f16_head_argmax(const uint4* _
             k = argmax_key(out[row], row);
         }
     }
-    if (lane == 0) best[warp] = k;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned long long b = best[0];
-        for (int w = 1; w < 8; w++) b = max(b, best[w]);
-        atomicMax(key, b);
-    }
+    block_key_max(k, key);
 }
 
 // After the head: the argmax index out of key; step != 0 also feeds it to the next replay (tok, hist, pos).
@@ -2383,7 +2390,6 @@ extern "C" __global__ void __launch_bounds__(256) q8_head_argmax(const uint4* __
                                                                  const float* __restrict__ s,
                                                                  const float* __restrict__ scale,
                                                                  float* __restrict__ out, unsigned long long* key) {
-    __shared__ unsigned long long best[8];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row = blockIdx.x * 8 + warp;
     unsigned long long k = 0;
@@ -2394,13 +2400,7 @@ extern "C" __global__ void __launch_bounds__(256) q8_head_argmax(const uint4* __
             k = argmax_key(out[row], row);
         }
     }
-    if (lane == 0) best[warp] = k;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned long long b = best[0];
-        for (int w = 1; w < 8; w++) b = max(b, best[w]);
-        atomicMax(key, b);
-    }
+    block_key_max(k, key);
 }
 
 // A kernel that does nothing (tools/gpu_profile_step.py: the launch cost of a step's grids).
@@ -2492,7 +2492,6 @@ extern "C" __global__ void __launch_bounds__(256) q8c_head(const uint4* __restri
                                                            const float* __restrict__ wn, const float* __restrict__ ewn,
                                                            const float* __restrict__ hx, float* __restrict__ ub,
                                                            unsigned* __restrict__ lb, float* __restrict__ lo) {
-    __shared__ unsigned best[8];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row = blockIdx.x * 8 + warp;
     unsigned k = 0;
@@ -2507,12 +2506,28 @@ extern "C" __global__ void __launch_bounds__(256) q8c_head(const uint4* __restri
             k = fkey(a - b);
         }
     }
-    if (lane == 0) best[warp] = k;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned b = best[0];
-        for (int w = 1; w < 8; w++) b = max(b, best[w]);
-        atomicMax(lb, b);
+    block_key_max(k, lb);
+}
+
+// A warp's candidates among rows base .. base + 31: those with ub[r] >= thr, or either NaN (a NaN bound - a NaN or
+// infinite hidden state - makes the row a candidate, so such a step rescores every row and gives the F16 head's
+// key, whatever its logits are). The ballot's mask comes back to the caller first (use(mask) before any logit),
+// then each candidate's F16 logit (f16_warp, the F16 head's bits) into out[r] and lane 0 calls each(r, logit).
+template <typename Mask, typename Each>
+__device__ __forceinline__ void q8c_candidates(const uint4* __restrict__ W16, int V, int K, const float* __restrict__ hn,
+                                               const float* __restrict__ ub, float thr, float* __restrict__ out,
+                                               int base, Mask&& use, Each&& each) {
+    const int lane = threadIdx.x & 31, row = base + lane;
+    unsigned mask = __ballot_sync(0xffffffffu, row < V && !(ub[row] < thr));
+    use(mask);
+    while (mask) {
+        const int r = base + __ffs(mask) - 1;
+        mask &= mask - 1;
+        f16_warp<1>(W16, r, K, hn, out, V, 0, 1);
+        if (lane == 0) {
+            __threadfence_block();
+            each(r, out[r]);
+        }
     }
 }
 
@@ -2524,31 +2539,16 @@ extern "C" __global__ void __launch_bounds__(256) q8c_rescore(const uint4* __res
                                                               const unsigned* __restrict__ lb,
                                                               float* __restrict__ out, unsigned long long* key,
                                                               unsigned* ncand) {
-    __shared__ unsigned long long best[8];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int base = (blockIdx.x * 8 + warp) * WARP, row = base + lane;
-    const float lbv = fkey_value(*lb);
-    // !(ub < lb): a NaN bound (a NaN or infinite hidden state) makes the row a candidate, so such a step rescores
-    // every row and gives the F16 head's key, whatever its logits are
-    unsigned mask = __ballot_sync(0xffffffffu, row < V && !(ub[row] < lbv));
-    if (ncand != nullptr && lane == 0 && mask) atomicAdd(ncand, (unsigned)__popc(mask));
+    const int base = (blockIdx.x * 8 + warp) * WARP;
     unsigned long long k = 0;
-    while (mask) {
-        const int r = base + __ffs(mask) - 1;
-        mask &= mask - 1;
-        f16_warp<1>(W16, r, K, hn, out, V, 0, 1);
-        if (lane == 0) {
-            __threadfence_block();
-            k = max(k, argmax_key(out[r], r));
-        }
-    }
-    if (lane == 0) best[warp] = k;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned long long b = best[0];
-        for (int w = 1; w < 8; w++) b = max(b, best[w]);
-        if (b) atomicMax(key, b);
-    }
+    q8c_candidates(
+        W16, V, K, hn, ub, fkey_value(*lb), out, base,
+        [&](unsigned mask) {
+            if (ncand != nullptr && lane == 0 && mask) atomicAdd(ncand, (unsigned)__popc(mask));
+        },
+        [&](int r, float v) { k = max(k, argmax_key(v, r)); });
+    block_key_max(k, key);
 }
 
 // --- The certified top-k head (sampling): every row whose F16 logit may be among the k largest ----------------
@@ -2610,25 +2610,19 @@ extern "C" __global__ void __launch_bounds__(256) q8c_collect(const uint4* __res
                                                               float* __restrict__ out, unsigned* __restrict__ list,
                                                               int maxc) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int base = (blockIdx.x * 8 + warp) * WARP, row = base + lane;
-    const float tv = fkey_value(*tau);
-    unsigned mask = __ballot_sync(0xffffffffu, row < V && !(ub[row] < tv));
-    unsigned slot = 0;
-    if (lane == 0 && mask) slot = atomicAdd(list, (unsigned)__popc(mask));
-    slot = __shfl_sync(0xffffffffu, slot, 0);
-    while (mask) {
-        const int r = base + __ffs(mask) - 1;
-        mask &= mask - 1;
-        f16_warp<1>(W16, r, K, hn, out, V, 0, 1);
-        if (lane == 0) {
-            __threadfence_block();
+    unsigned slot = 0;  // lane 0's next place in the list
+    q8c_candidates(
+        W16, V, K, hn, ub, fkey_value(*tau), out, (blockIdx.x * 8 + warp) * WARP,
+        [&](unsigned mask) {
+            if (lane == 0 && mask) slot = atomicAdd(list, (unsigned)__popc(mask));
+        },
+        [&](int r, float v) {
             if (slot < (unsigned)maxc) {
                 list[1 + 2 * slot] = (unsigned)r;
-                list[2 + 2 * slot] = __float_as_uint(out[r]);
+                list[2 + 2 * slot] = __float_as_uint(v);
             }
-        }
-        slot++;
-    }
+            slot++;
+        });
 }
 
 extern "C" __global__ void noop() {}
