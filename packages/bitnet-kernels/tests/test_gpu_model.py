@@ -399,22 +399,3 @@ def test_sampled_generation_from_top_k_candidates(gpu_model, monkeypatch):
         gpu_model.set_decode_mode("fused", 0)
     s = make_sampler(0.8, 40, 0.95, 0.02, seed=40)
     assert over == list(generate_step(gpu_model, prompt, lambda lg: s(lg), max_tokens=20))
-
-
-def test_ll_step_equals_fused(gpu_model):
-    """The persistent step with LL words (set_decode_mode("ll")) gives the 5-kernel step's logits bit for bit, with
-    one and several attention splits, and its device loop equals its host loop."""
-    rng = np.random.default_rng(3)
-    toks = [BOS] + [int(t) for t in rng.integers(3, 200, size=100)]
-    outs = []
-    for mode in ("fused", "ll"):
-        gpu_model.set_decode_mode(mode, 0)
-        assert gpu_model.decode_mode == mode
-        gpu_model.cache.reset()
-        gpu_model.prefill(toks[:3])
-        outs.append(np.concatenate([gpu_model.forward([t], 3 + i, logits="last") for i, t in enumerate(toks[3:])]))
-    try:
-        np.testing.assert_array_equal(outs[1], outs[0])
-        test_generate_greedy_on_device_equals_host_loop(gpu_model)
-    finally:
-        gpu_model.set_decode_mode("fused", 0)

@@ -137,10 +137,6 @@ class GPUModel:
         self._greedy: dict = {}
         self._att_long = False  # set while a "long" step is queued: attn_split instead of attn_splitc
         self._mega = None
-        self._ll = None
-        # the persistent step with LL words (decode_ll), opt-in: set_decode_mode("ll") or BITNET_GPU_DECODE=ll
-        self.ll_step = os.environ.get("BITNET_GPU_DECODE", "") == "ll"
-        self.ll_opt = 0  # decode_ll's ternary_decode flags (LLStep.opt)
         self.fused_norm = os.environ.get("BITNET_GPU_FUSED_NORM", "1") != "0"
         # warps a fused decode block: 0 (default) sizes the blocks so every SM gets the same rows (one block an
         # SM, two for the largest matrix), 8 or 16 (BITNET_GPU_DECODE_WARPS) fixed
@@ -164,115 +160,6 @@ class GPUModel:
         # after the prologue (the fifth session's)
         self.gu_upw = 2
 
-
-    # -- the persistent step with LL words ----------------------------------------------------------------------
-
-    def _ll_plan(self) -> dict | None:
-        """Sizes of decode_ll for this model and card, or None where it does not apply: one block an SM (128 blocks
-        from 128 SMs up, for rows that divide evenly), at most 28 warps a block, every stage's rows covered by its
-        warps (at most 20 a block: 96 registers a thread; gate/up three pairs a warp), the input rows' float4s at most
-        LL_ROW (3) a thread, head_dim 8 .. 256 dividing 1,024."""
-        a, rt = self.args, self.rt
-        cuda = rt.cuda
-        sms = rt.device.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)
-        nb = 128 if sms >= 128 else sms
-        d, e, f, hd, kvd = a.head_dim, a.n_embd, a.n_ff, a.n_head * a.head_dim, a.n_head_kv * a.head_dim
-        if d % 8 or d > 256 or 1024 % d or a.n_head % a.n_head_kv or a.n_layer > 128 or min(e, f, hd) % 64:
-            return None
-        ceil = lambda x, y: -(-x // y)  # noqa: E731
-        wq, wo, wgu, wdn = ceil((hd + 2 * kvd) // 2, nb), ceil(e, nb), ceil(f, 3 * nb), ceil(e, nb)  # gate/up: 3 pairs a warp
-        threads = 32 * max(wq, wo, wgu, wdn, 8)
-        if threads > 640 or max(e, f, hd) // 4 > 3 * threads:
-            return None
-        smem_a = max(9 * e + 128 + wq * 2 * e // 4, 9 * hd + 128 + wo * hd // 4, 9 * e + 128 + wgu * 6 * e // 4,
-                     9 * f + 128 + wdn * f // 4)
-        smem_a = (smem_a + 15) & ~15
-        smem = smem_a + 2 * (2 * 64 * (d + 8) * 2 + 4096)  # LL_GROUPS attention groups of AS_WIDE-row K/V tiles
-        fn = rt.fn("decode_ll", "")
-        static = fn.get_attribute(cuda.function_attribute.SHARED_SIZE_BYTES)
-        if smem + static > rt.device.get_attribute(cuda.device_attribute.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN):
-            return None
-        return dict(grid=nb, threads=threads, smem=smem, smem_a=smem_a, w=(wq, wo, wgu, wdn),
-                    splits=ceil(self.n_ctx, 32))
-
-    def _ll_setup(self):
-        """decode_ll's LL buffers and constant memory (built once, after the weights); False where it does not
-        apply."""
-        if self._ll is not None:
-            return self._ll
-        import struct
-
-        plan = self._ll_plan()
-        if plan is None:
-            self._ll = False
-            return False
-        ops, a, rt = self.ops, self.args, self.rt
-        cuda = rt.cuda
-        p = lambda g: int(g.gpudata)  # noqa: E731
-        d, e, f, hd, kvd = a.head_dim, a.n_embd, a.n_ff, a.n_head * a.head_dim, a.n_head_kv * a.head_dim
-        sizes = dict(q=hd, kv=2 * kvd, att=hd, part=a.n_head * plan["splits"] * (d + 2), ro=e, act=f, rd=e)
-        bufs = {k: ops.gpu_empty((n,), np.uint64) for k, n in sizes.items()}
-        for b in bufs.values():  # tag 0: never a step's
-            cuda.memset_d32(b.gpudata, 0, b.size * 2)
-        ep = ops.gpu_empty((1,), np.uint32)
-        cuda.memset_d32(ep.gpudata, 0, 1)
-        kv_layer = a.n_head_kv * self.n_ctx * d * 2
-        blob = b""
-        for i, L in enumerate(self.layers):
-            mats = (L.qkv, L.o, L.gu, L.down)
-            norms = (L.attn_norm, L.attn_sub_norm, L.ffn_norm, L.ffn_sub_norm)
-            blob += struct.pack("<18Q", *[p(m.words) for m in mats], *[p(m.ws) for m in mats],
-                                *[p(m.os) for m in mats], *[p(nw) for nw in norms],
-                                p(self.kc) + i * kv_layer, p(self.vc) + i * kv_layer)
-        gptr, gsize = rt.module.get_global("c_layers")
-        cuda.memcpy_htod(gptr, np.frombuffer(blob, np.uint8))
-        self._ll = dict(plan, bufs=bufs, ep=ep)
-        self._ll_args(0)
-        rt.fn("decode_ll", "").set_attribute(cuda.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, plan["smem"])
-        return self._ll
-
-    def _ll_args(self, trace: int) -> None:
-        """Write decode_ll's LLStep (kernels.cu) into its constant memory; trace: the device address of a
-        (n_layer, grid, 8) uint64 timestamp buffer, or 0."""
-        import struct
-
-        a, ll, rt = self.args, self._ll, self.rt
-        p = lambda g: int(g.gpudata)  # noqa: E731
-        b = ll["bufs"]
-        args = struct.pack("<12Q14ifii4x", p(self.x), p(self.rope_cur), p(self.pos), p(ll["ep"]),
-                           *[p(b[k]) for k in ("q", "kv", "att", "part", "ro", "act", "rd")], trace,
-                           a.n_layer, a.n_embd, a.n_ff, a.n_head * a.head_dim, a.n_head, a.n_head_kv, a.head_dim,
-                           self.n_ctx, ll["splits"], 0 if self.ffn_act == "relu2" else 1, *ll["w"],
-                           float(a.norm_eps), ll["smem_a"], self.ll_opt)
-        gptr, gsize = rt.module.get_global("c_ll")
-        if gsize != len(args):
-            raise EngineError(f"decode_ll's arguments are {gsize} bytes on the device, {len(args)} here")
-        rt.cuda.memcpy_htod(gptr, np.frombuffer(args, np.uint8))
-
-    def _enqueue_ll(self) -> None:
-        """Queue decode_ll (the embedding and RoPE row are queued before it)."""
-        ll = self._ll
-        self.rt.launch("decode_ll", "", (ll["grid"], 1), (ll["threads"], 1, 1), shared=ll["smem"])
-
-    def ll_trace(self, token: int, pos: int) -> np.ndarray:
-        """One step of decode_ll with stage timestamps: (n_layer, 5, grid, 8) ns (%globaltimer): the four matmuls'
-        (ternary_decode's stamps: start, row and norm weight in, sum of squares, maximum, prologue done, dots done (warp
-        0), end (warp 0) in slots 0, 4, 5, 6, 1, 2, 3), then the layer's start and the ends of QKV, attention, O,
-        gate/up and down (slots 0-5); thread 0 of each block."""
-        ops, rt, a = self.ops, self.rt, self.args
-        if self.decode_mode != "ll":
-            raise EngineError("the LL decode step is not in use")
-        ll = self._ll
-        tr = ops.gpu_empty((a.n_layer, 5, ll["grid"], 8), np.uint64)
-        rt.cuda.memset_d32(tr.gpudata, 0, tr.size * 2)
-        self._ll_args(int(tr.gpudata))
-        try:
-            self._put_token(token, pos)
-            self._enqueue(1, "all")
-            rt.sync()
-        finally:
-            self._ll_args(0)
-        return tr.get()
 
     # -- the one-kernel decode step ---------------------------------------------------------------------------
 
@@ -410,10 +297,7 @@ class GPUModel:
 
     @property
     def decode_mode(self) -> str:
-        """"ll" (the persistent step with LL words), "mega" (one persistent kernel a step), "fused" (5 kernels a
-        layer, norm in each block) or "unfused"."""
-        if self.ll_step and self.fused_norm and self._ll_setup():
-            return "ll"
+        """"mega" (one persistent kernel a step), "fused" (5 kernels a layer, norm in each block) or "unfused"."""
         if not self.fused_norm:
             return "unfused"
         return "mega" if self.megakernel and self._mega_setup() else "fused"
@@ -638,10 +522,6 @@ class GPUModel:
             rt.launch("rmsnorm_quant", "PPifPPP", (t, 1), (1024, 1, 1), p(src), p(w), np.int32(k), eps,
                       p(self.q8), p(self.s), p(self.qsum))
 
-        if t == 1 and self.decode_mode == "ll":
-            self._enqueue_ll()
-            self._enqueue_head(t, head_rows, argmax_key, head)
-            return
         fused = t == 1 and self.fused_norm
         trace = getattr(self, "_trace", None)  # stage timestamps of one layer (tools/gpu_profile_step.py)
         for i, L in enumerate(self.layers):
@@ -970,15 +850,13 @@ class GPUModel:
             self.cache.pos[0] = pos + done
 
     def set_decode_mode(self, mode: str, warps: int | None = None) -> None:
-        """Choose the single-token path: "ll" (one persistent kernel a step, the stages handing over rows as LL
-        words, where the model's shape allows), "mega" (the older persistent kernel with grid barriers), "fused"
-        (5 kernels a layer, RMSNorm + quantization in every matmul block; warps: 8 or 16 a block) or "unfused"
-        (separate norm kernels)."""
-        if mode not in ("ll", "mega", "fused", "unfused"):
-            raise EngineError(f"decode mode is ll, mega, fused or unfused, got {mode!r}")
+        """Choose the single-token path: "mega" (one persistent kernel a step, where the model's shape allows),
+        "fused" (5 kernels a layer, RMSNorm + quantization in every matmul block; warps: 8 or 16 a block) or
+        "unfused" (separate norm kernels)."""
+        if mode not in ("mega", "fused", "unfused"):
+            raise EngineError(f"decode mode is mega, fused or unfused, got {mode!r}")
         self.set_fused_norm(mode != "unfused", warps)
         self.megakernel = mode == "mega"
-        self.ll_step = mode == "ll"
 
     def dec_warps(self, mat, r: int) -> int:
         """Warps a fused decode block for a matrix of mat.n / r rows (or pairs): decode_warps, or with 0 the

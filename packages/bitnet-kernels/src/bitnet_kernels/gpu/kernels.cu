@@ -179,113 +179,6 @@ struct QKVArgs {
     __half* vc;
 };
 
-// LL words (the persistent decode step, decode_ll): a float (or f16 bits) in the low 32 bits and a tag in the high
-// 32, stored and read as one 8-byte word (single-copy atomic), so a reader that sees its tag has the value: no fence,
-// no counter (NCCL's LL protocol). The tag names the step and the layer, so last layer's or last step's words in
-// the same buffer never pass. A reader that polls about 2^24 times without its tag traps (a launch error, not a hang).
-#define LL_SPINS (1 << 24)
-__device__ __forceinline__ void ll_store(unsigned long long* p, unsigned bits, unsigned tag) {
-    asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(((unsigned long long)tag << 32) | bits) : "memory");
-}
-__device__ __forceinline__ void ll_storef(unsigned long long* p, float v, unsigned tag) { ll_store(p, __float_as_uint(v), tag); }
-__device__ __forceinline__ unsigned long long ll_load(const unsigned long long* p) {
-    unsigned long long v;
-    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-    return v;
-}
-__device__ __forceinline__ void ll_load2(const unsigned long long* p, unsigned long long& a, unsigned long long& b) {
-    asm volatile("ld.relaxed.gpu.global.v2.u64 {%0, %1}, [%2];" : "=l"(a), "=l"(b) : "l"(p) : "memory");
-}
-// The low 32 bits of word p once it carries tag.
-__device__ __forceinline__ unsigned ll_wait(const unsigned long long* p, unsigned tag) {
-    for (int spin = 0;; spin++) {
-        const unsigned long long w = ll_load(p);
-        if ((unsigned)(w >> 32) == tag) return (unsigned)w;
-        if (spin > LL_SPINS) __trap();
-    }
-}
-__device__ __forceinline__ float ll_waitf(const unsigned long long* p, unsigned tag) { return __uint_as_float(ll_wait(p, tag)); }
-// Float4s i = threadIdx.x + m * blockDim.x (m < LL_ROW, i < n4) of an LL row into dst, all of a thread's loads in
-// flight together; only the words not yet tagged are read again.
-// watch (the row's producers are many blocks): first warp 0 alone waits for the last word of each 128th of the row
-// (a producer block's last row, at the decode shapes) while the others wait at a barrier, so a block waiting for
-// its input reads 1 KB a round instead of the whole row.
-#define LL_ROW 3
-__device__ __noinline__ void ll_row(const unsigned long long* src, float4* dst, int n4, unsigned tag, bool watch) {
-    if (watch) {
-        if (threadIdx.x < 32) {
-            const int n = 4 * n4;
-            for (int spin = 0;; spin++) {
-                bool ok = true;
-#pragma unroll
-                for (int k = 0; k < 4; k++) {
-                    const int idx = (int)((long long)(threadIdx.x + 32 * k + 1) * n / 128) - 1;
-                    if ((unsigned)(ll_load(src + idx) >> 32) != tag) ok = false;
-                }
-                if (__all_sync(0xffffffffu, ok)) break;
-                if (spin > LL_SPINS) __trap();
-            }
-        }
-        __syncthreads();
-    }
-    unsigned pend = 0;
-#pragma unroll
-    for (int m = 0; m < LL_ROW; m++)
-        if (threadIdx.x + m * blockDim.x < n4) pend |= 1u << m;
-    unsigned long long w[LL_ROW][4];
-    for (int spin = 0; pend; spin++) {
-#pragma unroll
-        for (int m = 0; m < LL_ROW; m++)
-            if (pend & (1u << m)) {
-                const unsigned long long* q = src + 4 * (threadIdx.x + m * blockDim.x);
-                ll_load2(q, w[m][0], w[m][1]);
-                ll_load2(q + 2, w[m][2], w[m][3]);
-            }
-#pragma unroll
-        for (int m = 0; m < LL_ROW; m++)
-            if ((pend & (1u << m)) && (unsigned)(w[m][0] >> 32) == tag && (unsigned)(w[m][1] >> 32) == tag &&
-                (unsigned)(w[m][2] >> 32) == tag && (unsigned)(w[m][3] >> 32) == tag) {
-                dst[threadIdx.x + m * blockDim.x] = make_float4(__uint_as_float((unsigned)w[m][0]), __uint_as_float((unsigned)w[m][1]),
-                                                                __uint_as_float((unsigned)w[m][2]), __uint_as_float((unsigned)w[m][3]));
-                pend &= ~(1u << m);
-            }
-        if (spin > LL_SPINS) __trap();
-    }
-}
-
-struct LLLayer {
-    const uint4* w[4];  // QKV, O, gate/up, down
-    const float* ws[4];
-    const float* os[4];
-    const float* nw[4];  // attn_norm, attn_sub_norm, ffn_norm, ffn_sub_norm
-    __half* kc;
-    __half* vc;
-};
-struct LLStep {
-    float* x;           // the embedding row (layer 0's input and O's residual); the last residual at the end
-    const float* rope;  // the step's RoPE row (embed_rope)
-    const int* pos;
-    unsigned* ep;       // the step counter
-    unsigned long long *q, *kv, *att, *part, *ro, *act, *rd;  // LL rows: q, K/V of the position, attention out,
-                                                              // split partials, residual after O, ffn, after down
-    unsigned long long* trace;  // (n_layer, 5, grid, 8) stage timestamps (QKV, O, gate/up, down: ternary_decode's;
-                                // then the layer's stage ends), or nullptr
-    int n_layer, e, f, hd, n_head, n_kv, D, n_ctx, S, silu, wq, wo, wgu, wdn;
-    float eps;
-    int smem_a;  // bytes of the matmuls' dynamic shared memory; the attention groups' follow
-    int opt;     // ternary_decode's flags: 4, watch (ll_row)
-};
-// decode_ll's arguments in constant memory (set by the host, see GPUModel._ll_setup): read where used, so they
-// never sit in registers across the dots (a struct of pointers passed down spilled).
-#define LL_MAXLAYERS 128
-__constant__ LLStep c_ll;
-__constant__ LLLayer c_layers[LL_MAXLAYERS];
-// ternary_decode's LL stages (its template parameter LLP): what each reads and writes instead of plain rows
-#define LLP_QKV 1  // layer l's input: LL rd (l > 0) or the embedding row x; q and this position's K / V as LL words
-#define LLP_O 2    // LL att; the residual LL rd (l > 0) or x; out LL ro
-#define LLP_GU 3   // LL ro; out LL act
-#define LLP_DOWN 4 // LL act; the residual LL ro; out LL rd with the next layer's tag (and x at the last layer)
-
 // RoPE'd q to out (row tok), RoPE'd k and v to the f16 cache at position pos; pair = row0 / 2 of the fused
 // QKV matrix (Q and K rows in RoPE pairs (i, i + D/2), then V in order).
 // The RoPE angle index of a pair (-1 for V pairs).
@@ -294,9 +187,8 @@ __device__ __forceinline__ int qkv_rope_index(int pair, const QKVArgs& qa) {
     return pair < pq + pk ? (pair < pq ? pair : pair - pq) % half : -1;
 }
 
-// ll (the persistent LL step): q as LL words (tag) to c_ll.q, and K and V also as LL f16 bits to c_ll.kv.
 __device__ __forceinline__ void qkv_store_cs(int tok, int pair, float y0, float y1, float c, float sn, float* out,
-                                             int ldo, int pos, const QKVArgs& qa, bool ll = false, unsigned tag = 0) {
+                                             int ldo, int pos, const QKVArgs& qa) {
     const int D = qa.head_dim, half = D >> 1;
     const int pq = qa.n_head * half, pk = qa.n_kv * half;
     if (pair < pq + pk) {
@@ -305,36 +197,20 @@ __device__ __forceinline__ void qkv_store_cs(int tok, int pair, float y0, float 
         float o0 = __fsub_rn(__fmul_rn(y0, c), __fmul_rn(y1, sn));
         float o1 = __fadd_rn(__fmul_rn(y0, sn), __fmul_rn(y1, c));
         if (pair < pq) {
-            if (ll) {
-                ll_storef(c_ll.q + h * D + i, o0, tag);
-                ll_storef(c_ll.q + h * D + i + half, o1, tag);
-                return;
-            }
             float* qo = out + (size_t)tok * ldo + h * D;
             qo[i] = o0;
             qo[i + half] = o1;
         } else {
             __half* kr = qa.kc + ((size_t)h * qa.n_ctx + pos) * D;
-            const __half k0 = __float2half_rn(o0), k1 = __float2half_rn(o1);
-            kr[i] = k0;
-            kr[i + half] = k1;
-            if (ll) {
-                ll_store(c_ll.kv + h * D + i, __half_as_ushort(k0), tag);
-                ll_store(c_ll.kv + h * D + i + half, __half_as_ushort(k1), tag);
-            }
+            kr[i] = __float2half_rn(o0);
+            kr[i + half] = __float2half_rn(o1);
         }
     } else {
         int j = (pair - pq - pk) * 2;  // flat index into v (n_kv * D)
         int h = j / D, d = j % D;
         __half* vr = qa.vc + ((size_t)h * qa.n_ctx + pos) * D;
-        const __half v0 = __float2half_rn(y0), v1 = __float2half_rn(y1);
-        vr[d] = v0;
-        vr[d + 1] = v1;
-        if (ll) {
-            unsigned long long* kvv = c_ll.kv + qa.n_kv * D;
-            ll_store(kvv + j, __half_as_ushort(v0), tag);
-            ll_store(kvv + j + 1, __half_as_ushort(v1), tag);
-        }
+        vr[d] = __float2half_rn(y0);
+        vr[d + 1] = __float2half_rn(y1);
     }
 }
 
@@ -480,7 +356,7 @@ __device__ __forceinline__ void epi_issue(int row0, int warp, const float* ws, c
     for (int r = 0; r < R; r++) {
         cp_async4(e_ws + warp * R + r, ws + row0 + r);
         cp_async4(e_os + warp * R + r, os + row0 + r);
-        if (EPI == EPI_RESID && out != nullptr) cp_async4(e_res + warp * R + r, out + row0 + r);
+        if (EPI == EPI_RESID) cp_async4(e_res + warp * R + r, out + row0 + r);
     }
     if (EPI == EPI_QKV) {
         cp_async4(e_pos + warp, pos0p);
@@ -514,15 +390,13 @@ __device__ __forceinline__ void kv_prefetch(const QKVArgs& qa, int pos) {
 // 1 (tdech_*) the integer sum and maximum and the dots' warp sums with redux.sync; 0 (tdechs_*) with shuffles.
 // ST (tdechw_*, tdechsw_*): the lanes copy their warp's weight rows into shared memory (after the planes, the row
 // and the norm weight) before the prologue, and a warp takes flags >> 8 (1 or 2) rows or pairs.
-// LLP (decode_ll, with HOIST and ST): one of its stages (LLP_*) of layer ll_l with tag ll_tag; c_ll's warps for the
-// stage take the block's rows (the others join the prologue).
-template <int R, int EPI, bool HOIST, int PV, bool ST, int LLP = 0>
+template <int R, int EPI, bool HOIST, int PV, bool ST>
 __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int N, int K, const float* __restrict__ x,
                                                const float* __restrict__ nw, const float* __restrict__ ws,
                                                const float* __restrict__ os, float* out,
                                                const int* __restrict__ pos0p, const float* __restrict__ rope,
                                                int ldo, float eps, QKVArgs qa, unsigned long long* trace,
-                                               int flags, int ll_l = 0, unsigned ll_tag = 0) {
+                                               int flags) {
     extern __shared__ int4 qsm_raw[];
     int* qsm = reinterpret_cast<int*>(qsm_raw);
     // HOIST: the int8 row in four planes, plane j holding the j-th 16 bytes of every 64-byte chunk (PL int4 a
@@ -540,19 +414,9 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     __shared__ int e_pos[64];
     constexpr bool RX = HOIST && PV >= 1;
     stamp(trace, 0);
-    constexpr bool LLM = LLP != 0;
-    // LLP_O's code also runs down (flags & 8): one copy of the code for both (the kernel's code is what an SM keeps)
-    const int llp = LLP == LLP_O && (flags & 8) ? LLP_DOWN : LLP;
-    const int nw_ = !LLM ? blockDim.x >> 5
-                    : llp == LLP_QKV ? c_ll.wq : llp == LLP_O ? c_ll.wo : llp == LLP_GU ? c_ll.wgu : c_ll.wdn;
-    const bool llin = LLM && (llp != LLP_QKV || ll_l > 0);  // the input row as LL words
-    const unsigned long long* xin = llp == LLP_QKV || llp == LLP_DOWN ? (llp == LLP_QKV ? c_ll.rd : c_ll.act)
-                                                                      : (llp == LLP_O ? c_ll.att : c_ll.ro);
-    // ST: units (rows or pairs) a warp, flags >> 8 (1 or 2; LLP: up to 3): unit k of the block is warp k % nw_'s
-    // (k / nw_)-th
-    // (decode_ll's stages: up to 3, so gate/up needs 18 warps and the block's threads keep 96 registers)
-    constexpr int UM = LLP == LLP_GU ? 3 : LLP ? 1 : ST ? 2 : 1;
-    const int upw = min(max(flags >> 8, 1), UM);
+    const int nw_ = blockDim.x >> 5;
+    // ST: units (rows or pairs) a warp, flags >> 8 (1 or 2): unit k of the block is warp k % nw_'s (k / nw_)-th
+    const int upw = ST ? min(max(flags >> 8, 1), 2) : 1;
     const int brow = blockIdx.x * nw_ * R * upw;  // the block's first row
     const float4* x4 = reinterpret_cast<const float4*>(x);
     const float4* w4 = reinterpret_cast<const float4*>(nw);
@@ -562,24 +426,22 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     if (HOIST) {
         // one round of loads for the prologue: the row and the norm weight into shared memory
         for (int i = threadIdx.x; i < K4; i += blockDim.x) {
-            if (!llin) cp_async16(xs + i, x4 + i);
+            cp_async16(xs + i, x4 + i);
             cp_async16(wsm + i, w4 + i);
         }
         cp_async_commit();
         const int nrows = min(nw_ * R * upw, N - brow);
         if ((flags & 1) && threadIdx.x == 0 && nrows > 0)
             prefetch_l2(W + (size_t)brow * (K >> 6), (unsigned)nrows * (unsigned)(K >> 2));
-        for (int u = 0; u < upw && (threadIdx.x >> 5) < nw_; u++) {
+        for (int u = 0; u < upw; u++) {
             const int k = (threadIdx.x >> 5) + u * nw_, r0 = brow + k * R;
             if ((threadIdx.x & 31) == 0 && r0 < N)
-                epi_issue<R, EPI>(r0, k, ws, os, LLM ? nullptr : out, pos0p, rope, qa, e_ws, e_os, e_res, e_cos, e_sin,
-                                  e_pos);
+                epi_issue<R, EPI>(r0, k, ws, os, out, pos0p, rope, qa, e_ws, e_os, e_res, e_cos, e_sin, e_pos);
         }
         cp_async_commit();
-        if (llin) ll_row(xin, xs, K4, ll_tag, flags & 4);  // the row before the weights' copies (they delay its loads)
         if (ST) {  // the warp's weight rows into shared memory, each lane copying the chunks it will use
             const int nch = K >> 6;
-            for (int u = 0; u < upw && (threadIdx.x >> 5) < nw_; u++) {
+            for (int u = 0; u < upw; u++) {
                 const int k = (threadIdx.x >> 5) + u * nw_, wr0 = brow + k * R;
                 if (wr0 < N) {
                     const uint4* src = W + (size_t)wr0 * nch;
@@ -660,7 +522,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     stamp(trace, 1);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int row0 = brow + warp * R;
-    if (row0 >= N || warp >= nw_) return;
+    if (row0 >= N) return;
     if (!HOIST) {
         ternary_warp<R, 1, EPI, true>(W, row0, N, K, reinterpret_cast<const int8_t*>(qsm), &qsum_sh, &s_sh, ws, os,
                                       out, nullptr, ldo, 0, 1, pos0p, qa);
@@ -671,6 +533,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     const int nchunk = K >> 6;
     const int4* a4 = reinterpret_cast<const int4*>(qsm);
     // the warp's units (rows or pairs): unit u is the block's unit warp + u * nw_ (ST: up to 2; else 1)
+    constexpr int UM = ST ? 2 : 1;
     int nu = 0;
     for (int u = 0; u < upw; u++)
         if (brow + (warp + u * nw_) * R < N) nu = u + 1;
@@ -774,36 +637,17 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         if (EPI == EPI_F32) {
 #pragma unroll
             for (int r = 0; r < R; r++) out[row0 + r] = y[r];
-        } else if (EPI == EPI_RESID && LLM) {
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-                const int i = row0 + r;
-                const float v = (llp == LLP_DOWN ? ll_waitf(c_ll.ro + i, ll_tag)
-                                 : ll_l > 0      ? ll_waitf(c_ll.rd + i, ll_tag)
-                                                 : c_ll.x[i]) + y[r];
-                if (llp == LLP_DOWN) {  // the next layer's input: its tag
-                    ll_storef(c_ll.rd + i, v, ll_tag + 1u);
-                    if (ll_l == c_ll.n_layer - 1) c_ll.x[i] = v;
-                } else {
-                    ll_storef(c_ll.ro + i, v, ll_tag);
-                }
-            }
         } else if (EPI == EPI_RESID) {
 #pragma unroll
             for (int r = 0; r < R; r++) out[row0 + r] = e_res[lr + r] + y[r];
-        } else if (EPI == EPI_RELU2 || EPI == EPI_SILU) {
-            float v;
-            if (EPI == EPI_RELU2 && !(LLM && c_ll.silu)) {  // (decode_ll: one copy of the code for both)
-                const float g = fmaxf(y[0], 0.0f);
-                v = __fmul_rn(__fmul_rn(g, g), y[R - 1]);
-            } else {
-                const float g = y[0];
-                v = __fmul_rn(__fdiv_rn(g, 1.0f + expf(-g)), y[R - 1]);
-            }
-            if (LLM) ll_storef(c_ll.act + (row0 >> 1), v, ll_tag);
-            else out[row0 >> 1] = v;
+        } else if (EPI == EPI_RELU2) {
+            const float g = fmaxf(y[0], 0.0f);
+            out[row0 >> 1] = __fmul_rn(__fmul_rn(g, g), y[R - 1]);
+        } else if (EPI == EPI_SILU) {
+            const float g = y[0];
+            out[row0 >> 1] = __fmul_rn(__fdiv_rn(g, 1.0f + expf(-g)), y[R - 1]);
         } else if (EPI == EPI_QKV) {
-            qkv_store_cs(0, row0 >> 1, y[0], y[R - 1], e_cos[k], e_sin[k], out, ldo, e_pos[k], qa, LLM, ll_tag);
+            qkv_store_cs(0, row0 >> 1, y[0], y[R - 1], e_cos[k], e_sin[k], out, ldo, e_pos[k], qa);
         }
         if (EPI == EPI_QKV && threadIdx.x == 0 && u == 0) kv_prefetch(qa, e_pos[0]);
     }
@@ -905,73 +749,6 @@ __device__ __forceinline__ float pv_sum(const float* pv, int KG, int D, int d) {
 __device__ __forceinline__ int as_split_keys(int nk) {
     return (nk > AS_CLUSTER * AS_KEYS && nk <= AS_CLUSTER * AS_WIDE) ? (nk + AS_CLUSTER - 1) / AS_CLUSTER : AS_KEYS;
 }
-// One split of one head, by AS_THREADS threads (tid) over its K / V tiles in shared memory (n <= AS_WIDE rows, pitch
-// D + 8 halves) and q (rounded through f16) in qs: the scores (4 threads a key), warp 0's max m and e = exp(s - m)
-// with their sum l (red[0], red[1]), and the unnormalized output's partial sums of the KG key groups in pv (KG, D).
-// bar(): a barrier of those threads (the block's, or a named one for a group of a persistent block).
-template <typename Bar>
-__device__ __forceinline__ void split_core(const __half* ks, const __half* vs, const float* qs, float* ss, float* ps,
-                                           float* red, float* pv, int n, int D, int tid, Bar bar) {
-    const int D8 = D >> 3, pitch = D + 8;
-    const float scale = 1.0f / sqrtf((float)D);
-    const int KG = AS_THREADS / D8;  // key groups of D8 threads, 8 dims a thread
-    const int g = tid / D8, c = tid % D8;
-    for (int jb = 0; jb < n; jb += AS_THREADS / 4) {  // scores: key jb + tid / 4, chunks c = tid % 4, + 4, ...
-        const int j = jb + (tid >> 2), part = tid & 3;
-        float acc = 0.0f;
-        if (j < n) {
-            const uint4* kr = reinterpret_cast<const uint4*>(ks + j * pitch);
-            for (int c = part; c < D8; c += 4) {
-                uint4 w = kr[c];
-                const __half2* hw = reinterpret_cast<const __half2*>(&w);
-                const float* qq = qs + 8 * c;
-                float2 f0 = __half22float2(hw[0]), f1 = __half22float2(hw[1]), f2 = __half22float2(hw[2]),
-                       f3 = __half22float2(hw[3]);
-                acc = fmaf(qq[0], f0.x, acc); acc = fmaf(qq[1], f0.y, acc);
-                acc = fmaf(qq[2], f1.x, acc); acc = fmaf(qq[3], f1.y, acc);
-                acc = fmaf(qq[4], f2.x, acc); acc = fmaf(qq[5], f2.y, acc);
-                acc = fmaf(qq[6], f3.x, acc); acc = fmaf(qq[7], f3.y, acc);
-            }
-        }
-        acc += __shfl_xor_sync(0xffffffffu, acc, 1);
-        acc += __shfl_xor_sync(0xffffffffu, acc, 2);
-        if (part == 0 && j < n) ss[j] = __fmul_rn(acc, scale);
-    }
-    bar();
-    if (tid < 32) {  // keys tid and tid + 32 (up to 32 keys: the bits of one a lane)
-        const float s0 = tid < n ? ss[tid] : -INFINITY, s1 = tid + 32 < n ? ss[tid + 32] : -INFINITY;
-        const float m = warp_max(fmaxf(s0, s1));
-        const float e0 = tid < n ? expf(s0 - m) : 0.0f, e1 = tid + 32 < n ? expf(s1 - m) : 0.0f;
-        const float l = warp_sum(e0 + e1);
-        ps[tid] = e0;
-        ps[tid + 32] = e1;
-        if (tid == 0) {
-            red[0] = m;
-            red[1] = l;
-        }
-    }
-    bar();
-    if (g < KG) {
-        float o[8];
-#pragma unroll
-        for (int e = 0; e < 8; e++) o[e] = 0.0f;
-        for (int j = g; j < n; j += KG) {
-            const float p = ps[j];
-            uint4 w = reinterpret_cast<const uint4*>(vs + j * pitch)[c];
-            const __half2* hw = reinterpret_cast<const __half2*>(&w);
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float2 f = __half22float2(hw[e]);
-                o[2 * e] = fmaf(p, f.x, o[2 * e]);
-                o[2 * e + 1] = fmaf(p, f.y, o[2 * e + 1]);
-            }
-        }
-#pragma unroll
-        for (int e = 0; e < 8; e++) pv[g * D + 8 * c + e] = o[e];
-    }
-    bar();
-}
-
 template <bool CL>
 __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, const __half* __restrict__ kc,
                                                 const __half* __restrict__ vc, float* __restrict__ out,
@@ -1032,8 +809,63 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
     cp_async_wait<0>();
     __syncthreads();
     stamp(trace, 1);
-    split_core(ks, vs, qs, ss, ps, red, pv, n, D, tid, [] { __syncthreads(); });
-    const int KG = AS_THREADS / D8;
+    const float scale = 1.0f / sqrtf((float)D);
+    const int KG = AS_THREADS / D8;  // key groups of D8 threads, 8 dims a thread
+    const int g = tid / D8, c = tid % D8;
+    for (int jb = 0; jb < n; jb += AS_THREADS / 4) {  // scores: key jb + tid / 4, chunks c = tid % 4, + 4, ...
+        const int j = jb + (tid >> 2), part = tid & 3;
+        float acc = 0.0f;
+        if (j < n) {
+            const uint4* kr = reinterpret_cast<const uint4*>(ks + j * pitch);
+            for (int c = part; c < D8; c += 4) {
+                uint4 w = kr[c];
+                const __half2* hw = reinterpret_cast<const __half2*>(&w);
+                const float* qq = qs + 8 * c;
+                float2 f0 = __half22float2(hw[0]), f1 = __half22float2(hw[1]), f2 = __half22float2(hw[2]),
+                       f3 = __half22float2(hw[3]);
+                acc = fmaf(qq[0], f0.x, acc); acc = fmaf(qq[1], f0.y, acc);
+                acc = fmaf(qq[2], f1.x, acc); acc = fmaf(qq[3], f1.y, acc);
+                acc = fmaf(qq[4], f2.x, acc); acc = fmaf(qq[5], f2.y, acc);
+                acc = fmaf(qq[6], f3.x, acc); acc = fmaf(qq[7], f3.y, acc);
+            }
+        }
+        acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+        acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+        if (part == 0 && j < n) ss[j] = __fmul_rn(acc, scale);
+    }
+    __syncthreads();
+    if (tid < 32) {  // keys tid and tid + 32 (up to 32 keys: the bits of one a lane)
+        const float s0 = tid < n ? ss[tid] : -INFINITY, s1 = tid + 32 < n ? ss[tid + 32] : -INFINITY;
+        const float m = warp_max(fmaxf(s0, s1));
+        const float e0 = tid < n ? expf(s0 - m) : 0.0f, e1 = tid + 32 < n ? expf(s1 - m) : 0.0f;
+        const float l = warp_sum(e0 + e1);
+        ps[tid] = e0;
+        ps[tid + 32] = e1;
+        if (tid == 0) {
+            red[0] = m;
+            red[1] = l;
+        }
+    }
+    __syncthreads();
+    if (g < KG) {
+        float o[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) o[e] = 0.0f;
+        for (int j = g; j < n; j += KG) {
+            const float p = ps[j];
+            uint4 w = reinterpret_cast<const uint4*>(vs + j * pitch)[c];
+            const __half2* hw = reinterpret_cast<const __half2*>(&w);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float2 f = __half22float2(hw[e]);
+                o[2 * e] = fmaf(p, f.x, o[2 * e]);
+                o[2 * e + 1] = fmaf(p, f.y, o[2 * e + 1]);
+            }
+        }
+#pragma unroll
+        for (int e = 0; e < 8; e++) pv[g * D + 8 * c + e] = o[e];
+    }
+    __syncthreads();
     stamp(trace, 2);
     const float m = red[0], l = red[1];
     float* orow = out + h * D;
@@ -1143,225 +975,6 @@ extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(ATTN_SPLIT_A
 extern "C" __global__ void __cluster_dims__(1, AS_CLUSTER, 1) __launch_bounds__(AS_THREADS)
     attn_splitc(ATTN_SPLIT_ARGS) {
     attn_split_body<true>(q, kc, vc, out, part, cnt, n_head, n_kv, D, n_ctx, pos0p, trace);
-}
-
-// The persistent decode step with LL words (decode_ll, opt-in: set_decode_mode("ll")): the 30 layers' 5 stages in one
-// launch of one block an SM, each stage's output handed to the next as LL words (above) instead of through a
-// kernel boundary. A stage is the 5-kernel step's code: the matmuls are ternary_decode's staged kernels in LL mode
-// (the same prologue, dots and epilogue, so the same bits), attention the split kernel's split_core and its global
-// path's combine, with the position's K / V row read from QKV's LL words (the cache rows before it are the earlier
-// steps'). Every reader waits for whole rows it needs, so a buffer is never written again before every block has
-// read it (each stage's input row needs every block's output of the stage before), and one set of LL buffers
-// serves all layers; the tag E * n_layer + layer + 1 (E the step counter in device memory, advanced by block 0
-// at the end) keeps the words of another layer or step from passing; the residual after down (the next layer's
-// input) carries the next layer's tag.
-#define LL_MAXTHREADS 640  // 20 warps: up to 96 registers a thread
-#define LL_GROUPS 2  // attention items at once a block (AS_THREADS threads each, named barriers 1, 2)
-
-__device__ __forceinline__ void group_bar(int g) {
-    asm volatile("bar.sync %0, %1;" ::"r"(g + 1), "n"(AS_THREADS) : "memory");
-}
-
-// Words src[i], i < n, once tagged, into dst (their low 32 bits) by nt threads (tid): a thread's words i = tid + k nt
-// in batches of 8 loads in flight.
-__device__ __noinline__ void ll_copy(const unsigned long long* src, unsigned* dst, int n, unsigned tag, int tid,
-                                        int nt) {
-    for (int i0 = tid; i0 < n; i0 += 8 * nt) {
-        unsigned long long w[8];
-        unsigned pend = 0;
-#pragma unroll
-        for (int k = 0; k < 8; k++)
-            if (i0 + k * nt < n) pend |= 1u << k;
-        for (int spin = 0; pend; spin++) {
-#pragma unroll
-            for (int k = 0; k < 8; k++)
-                if (pend & (1u << k)) w[k] = ll_load(src + i0 + k * nt);
-#pragma unroll
-            for (int k = 0; k < 8; k++)
-                if ((pend & (1u << k)) && (unsigned)(w[k] >> 32) == tag) {
-                    dst[i0 + k * nt] = (unsigned)w[k];
-                    pend &= ~(1u << k);
-                }
-            if (spin > LL_SPINS) __trap();
-        }
-    }
-}
-
-// One (head, split) item of a layer's attention by one group of AS_THREADS threads (tid, barrier g).
-__device__ __forceinline__ void ll_attn_item(const LLStep& A, const LLLayer& L, int h, int sp, int nk, int spk,
-                                             int nsp, unsigned tag, unsigned char* gsm, float* qs, float* ss,
-                                             float* ps, float* red, int tid, int g) {
-    const int D = A.D, D8 = D >> 3, pitch = D + 8, kh = h / (A.n_head / A.n_kv), pos = nk - 1;
-    __half* ks = reinterpret_cast<__half*>(gsm);
-    __half* vs = ks + AS_WIDE * pitch;
-    float* pv = reinterpret_cast<float*>(vs + AS_WIDE * pitch);
-    const int j0 = sp * spk, n = min(spk, nk - j0), nold = min(n, pos - j0);  // rows before pos: the cache's
-    const __half* kb = L.kc + ((size_t)kh * A.n_ctx + j0) * D;
-    const __half* vb = L.vc + ((size_t)kh * A.n_ctx + j0) * D;
-    for (int i = tid; i < nold * D8; i += AS_THREADS) {
-        const int j = i / D8, cc = i % D8;
-        cp_async16(ks + j * pitch + 8 * cc, kb + (size_t)j * D + 8 * cc);
-        cp_async16(vs + j * pitch + 8 * cc, vb + (size_t)j * D + 8 * cc);
-    }
-    cp_async_commit();
-    // q (through f16, as attn_split); the position's K / V row (f16 bits) from QKV's words, via pv, into the tiles;
-    // each thread converts the words it copied
-    unsigned* qb = reinterpret_cast<unsigned*>(qs);
-    ll_copy(A.q + h * D, qb, D, tag, tid, AS_THREADS);
-    for (int d = tid; d < D; d += AS_THREADS) qs[d] = __half2float(__float2half_rn(__uint_as_float(qb[d])));
-    if (nold < n) {
-        unsigned* kvb = reinterpret_cast<unsigned*>(pv);
-        ll_copy(A.kv + kh * D, kvb, D, tag, tid, AS_THREADS);
-        ll_copy(A.kv + A.n_kv * D + kh * D, kvb + D, D, tag, tid, AS_THREADS);
-        for (int d = tid; d < D; d += AS_THREADS) {
-            ks[(n - 1) * pitch + d] = __ushort_as_half((unsigned short)kvb[d]);
-            vs[(n - 1) * pitch + d] = __ushort_as_half((unsigned short)kvb[D + d]);
-        }
-    }
-    cp_async_wait<0>();
-    group_bar(g);
-    split_core(ks, vs, qs, ss, ps, red, pv, n, D, tid, [g] { group_bar(g); });
-    const float m = red[0], l = red[1];
-    const int KG = AS_THREADS / D8;
-    if (nsp == 1) {
-        for (int d = tid; d < D; d += AS_THREADS) ll_storef(A.att + h * D + d, __fdiv_rn(pv_sum(pv, KG, D, d), l), tag);
-    } else {
-        unsigned long long* pp = A.part + ((size_t)h * A.S + sp) * (D + 2);
-        for (int d = tid; d < D; d += AS_THREADS) ll_storef(pp + 2 + d, pv_sum(pv, KG, D, d), tag);
-        if (tid == 0) {
-            ll_storef(pp, m, tag);
-            ll_storef(pp + 1, l, tag);
-        }
-    }
-    group_bar(g);  // the group's shared memory is its next item's
-}
-
-// Head h's output from its nsp split partials (the global path's combine, term for term), by one group: every
-// split's (m, l) first, then the partials in chunks that fit the group's shared memory (cs, cs_floats).
-__device__ __forceinline__ void ll_combine(const LLStep& A, int h, int nsp, unsigned tag, float* mk, float* lk,
-                                           float* cs, int cs_floats, int tid, int g) {
-    const int D = A.D, P = D + 2;
-    const unsigned long long* hp = A.part + (size_t)h * A.S * P;
-    for (int k = tid; k < nsp; k += AS_THREADS) {
-        unsigned long long a, b;
-        for (int spin = 0;; spin++) {
-            ll_load2(hp + (size_t)k * P, a, b);
-            if ((unsigned)(a >> 32) == tag && (unsigned)(b >> 32) == tag) break;
-            if (spin > LL_SPINS) __trap();
-        }
-        mk[k] = __uint_as_float((unsigned)a);
-        lk[k] = __uint_as_float((unsigned)b);
-    }
-    group_bar(g);
-    float M = -INFINITY;
-    for (int k = 0; k < nsp; k++) M = fmaxf(M, mk[k]);
-    float acc[2] = {0.0f, 0.0f}, L[2] = {0.0f, 0.0f};  // d = tid, tid + AS_THREADS (head_dim <= 256)
-    const int ch = cs_floats / P;
-    for (int c0 = 0; c0 < nsp; c0 += ch) {
-        const int nc = min(ch, nsp - c0);
-        ll_copy(hp + (size_t)c0 * P, reinterpret_cast<unsigned*>(cs), nc * P, tag, tid, AS_THREADS);
-        group_bar(g);
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-            const int d = tid + e * AS_THREADS;
-            if (d < D)
-                for (int k = 0; k < nc; k++) {
-                    const float f = expf(mk[c0 + k] - M);
-                    L[e] = fmaf(lk[c0 + k], f, L[e]);
-                    acc[e] = fmaf(cs[k * P + 2 + d], f, acc[e]);
-                }
-        }
-        group_bar(g);
-    }
-#pragma unroll
-    for (int e = 0; e < 2; e++) {
-        const int d = tid + e * AS_THREADS;
-        if (d < D) ll_storef(A.att + h * D + d, __fdiv_rn(acc[e], L[e]), tag);
-    }
-}
-
-// A layer's attention items (and, with several splits, the heads' combines) on this block's groups: item i on slot i
-// (block i % nb, group i / nb % LL_GROUPS, each slot's items in turn).
-__device__ __forceinline__ void ll_attention(const LLLayer& L, int nk, unsigned tag) {
-    __shared__ float g_qs[LL_GROUPS][256], g_ss[LL_GROUPS][AS_WIDE], g_ps[LL_GROUPS][AS_WIDE], g_red[LL_GROUPS][32];
-    __shared__ float g_mk[LL_GROUPS][AS_MAXSPLIT], g_lk[LL_GROUPS][AS_MAXSPLIT];
-    extern __shared__ __align__(16) unsigned char ll_smem[];
-    const LLStep& A = c_ll;
-    const int g = threadIdx.x / AS_THREADS, gt = threadIdx.x % AS_THREADS, nb = gridDim.x;
-    if (g >= LL_GROUPS) return;
-    const int spk = as_split_keys(nk), nsp = (nk + spk - 1) / spk;
-    unsigned char* gsm = ll_smem + A.smem_a + g * (2 * AS_WIDE * (A.D + 8) * 2 + 4096);
-    for (int i = blockIdx.x + nb * g; i < A.n_head * nsp; i += nb * LL_GROUPS)
-        ll_attn_item(A, L, i / nsp, i % nsp, nk, spk, nsp, tag, gsm, g_qs[g], g_ss[g], g_ps[g], g_red[g], gt, g);
-    // the combines on the last slots (block, group) (slot s = block + nb group; head h on slot nb G - 1 - h), which
-    // have no item while items + heads fit the slots, so a combine waits for its splits from the start
-    if (nsp > 1)
-        for (int h = nb * LL_GROUPS - 1 - (blockIdx.x + nb * g); h < A.n_head; h += nb * LL_GROUPS)
-            ll_combine(A, h, nsp, tag, g_mk[g], g_lk[g], reinterpret_cast<float*>(gsm),
-                       (2 * AS_WIDE * (A.D + 8) * 2 + 4096) / 4, gt, g);
-}
-
-// The stages, their arguments from constant memory; the matmuls inlined, the attention a call (inlined with them it
-// made the dots spill). tr: the stage's timestamp slots, or nullptr.
-__device__ __forceinline__ QKVArgs ll_qa(int l) {
-    const LLStep& A = c_ll;
-    return QKVArgs{A.n_head, A.n_kv, A.D, A.n_ctx, nullptr, nullptr, c_layers[l].kc, c_layers[l].vc};
-}
-__device__ __forceinline__ void ll_qkv(int l, unsigned tag, unsigned long long* tr) {
-    const LLStep& A = c_ll;
-    const LLLayer& L = c_layers[l];
-    ternary_decode<2, EPI_QKV, true, 1, true, LLP_QKV>(L.w[0], A.hd + 2 * A.n_kv * A.D, A.e, A.x, L.nw[0], L.ws[0],
-                                                       L.os[0], nullptr, A.pos, A.rope, A.hd, A.eps, ll_qa(l), tr,
-                                                       (1 << 8) | A.opt, l, tag);
-}
-// O (down false: the attention's output, the residual the layer's input) or down (gate/up's output, the residual
-// after O): one call, so the kernel has one copy of their code.
-__device__ __noinline__ void ll_resid(int l, unsigned tag, unsigned long long* tr, bool down) {
-    const LLStep& A = c_ll;
-    const LLLayer& L = c_layers[l];
-    const int m = down ? 3 : 1;
-    ternary_decode<1, EPI_RESID, true, 1, true, LLP_O>(L.w[m], A.e, down ? A.f : A.hd, nullptr, L.nw[m], L.ws[m],
-                                                       L.os[m], nullptr, A.pos, A.rope, A.e, A.eps, ll_qa(l), tr,
-                                                       (1 << 8) | (down ? 8 : 0) | A.opt, l, tag);
-}
-__device__ __forceinline__ void ll_gu(int l, unsigned tag, unsigned long long* tr) {
-    const LLStep& A = c_ll;
-    const LLLayer& L = c_layers[l];
-    ternary_decode<2, EPI_RELU2, true, 1, true, LLP_GU>(L.w[2], 2 * A.f, A.e, nullptr, L.nw[2], L.ws[2], L.os[2],
-                                                        nullptr, A.pos, A.rope, A.f, A.eps, ll_qa(l), tr,
-                                                        (3 << 8) | A.opt, l, tag);  // relu2 or silu (c_ll.silu)
-}
-__device__ __noinline__ void ll_attn(int l, int nk, unsigned tag) { ll_attention(c_layers[l], nk, tag); }
-
-extern "C" __global__ void __launch_bounds__(LL_MAXTHREADS, 1) decode_ll() {
-    const LLStep& A = c_ll;
-    __shared__ unsigned e_sh;
-    if (threadIdx.x == 0) e_sh = *A.ep;
-    __syncthreads();
-    const unsigned E = e_sh;
-    const int nk = *A.pos + 1, nb = gridDim.x;
-    for (int l = 0; l < A.n_layer; l++) {
-        const unsigned tag = E * (unsigned)A.n_layer + (unsigned)l + 1u;
-        unsigned long long* const t0 = A.trace ? A.trace + (size_t)l * 5 * nb * 8 : nullptr;
-        unsigned long long* tr = t0 ? t0 + 4 * nb * 8 : nullptr;
-        stamp(tr, 0);
-        ll_qkv(l, tag, t0);
-        __syncthreads();
-        stamp(tr, 1);
-        ll_attn(l, nk, tag);
-        __syncthreads();
-        stamp(tr, 2);
-        ll_resid(l, tag, t0 ? t0 + nb * 8 : nullptr, false);
-        __syncthreads();
-        stamp(tr, 3);
-        ll_gu(l, tag, t0 ? t0 + 2 * nb * 8 : nullptr);
-        __syncthreads();
-        stamp(tr, 4);
-        ll_resid(l, tag, t0 ? t0 + 3 * nb * 8 : nullptr, true);
-        __syncthreads();
-        stamp(tr, 5);
-    }
-    if (blockIdx.x == 0 && threadIdx.x == 0) *A.ep = E + 1;  // every block read it before its first layer
 }
 
 // grid.x: row groups (8 warps a block, one row or pair a warp); grid.y: token tiles of TT.
