@@ -977,6 +977,122 @@ extern "C" __global__ void __cluster_dims__(1, AS_CLUSTER, 1) __launch_bounds__(
     attn_split_body<true>(q, kc, vc, out, part, cnt, n_head, n_kv, D, n_ctx, pos0p, trace);
 }
 
+// One token's attention with one block a head and no split (attn_head, ninth session; the step takes it while the
+// keys fit one chunk, see GPUModel._long): no partials and no combine across blocks. The keys go by in chunks of ch
+// rows (ch * (D + 8) halves of K and of V in shared memory, copied with cp.async, V's copy running during the
+// scores): the scores as attn_split (4 threads a key, q rounded through f16: the same score bits), the chunk's
+// maximum and e = exp(s - m) with their sum over the block, then P.V with AH_THREADS / (D / 8) key groups; chunks
+// after the first rescale the running output and sum as the split kernels' combine does (f = exp(m - M)).
+#define AH_THREADS 512
+#define AH_MAXCH 320
+__device__ __forceinline__ float block_maxf(float v, float* sh) {  // any floats (-inf for none)
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    float r = lane < nw ? sh[lane] : -INFINITY;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) r = fmaxf(r, __shfl_xor_sync(0xffffffffu, r, o));
+    return r;
+}
+extern "C" __global__ void __launch_bounds__(AH_THREADS) attn_head(const float* __restrict__ q,
+                                                                   const __half* __restrict__ kc,
+                                                                   const __half* __restrict__ vc,
+                                                                   float* __restrict__ out, int n_head, int n_kv, int D,
+                                                                   int n_ctx, const int* __restrict__ pos0p, int ch,
+                                                                   unsigned long long* trace) {
+    extern __shared__ __align__(16) unsigned char ah_smem[];
+    __shared__ float qs[256], ss[AH_MAXCH], os_[256], red[32], red2[32];
+    const int h = blockIdx.x, tid = threadIdx.x, kh = h / (n_head / n_kv);
+    const int D8 = D >> 3, pitch = D + 8, KG = AH_THREADS / D8;
+    __half* ks = reinterpret_cast<__half*>(ah_smem);
+    __half* vs = ks + (size_t)ch * pitch;
+    float* pv = reinterpret_cast<float*>(vs + (size_t)ch * pitch);  // (KG, D)
+    stamp(trace, 0);
+    const int nk = *pos0p + 1;
+    const __half* kb = kc + (size_t)kh * n_ctx * D;
+    const __half* vb = vc + (size_t)kh * n_ctx * D;
+    for (int d = tid; d < D; d += AH_THREADS) qs[d] = __half2float(__float2half_rn(q[h * D + d]));
+    const float scale = 1.0f / sqrtf((float)D);
+    float M = -INFINITY, L = 0.0f;  // the running maximum and sum (the same in every thread)
+    for (int c0 = 0; c0 < nk; c0 += ch) {
+        const int n = min(ch, nk - c0);
+        for (int i = tid; i < n * D8; i += AH_THREADS)
+            cp_async16(ks + (i / D8) * pitch + 8 * (i % D8), kb + (size_t)(c0 + i / D8) * D + 8 * (i % D8));
+        cp_async_commit();
+        for (int i = tid; i < n * D8; i += AH_THREADS)
+            cp_async16(vs + (i / D8) * pitch + 8 * (i % D8), vb + (size_t)(c0 + i / D8) * D + 8 * (i % D8));
+        cp_async_commit();
+        cp_async_wait<1>();  // K
+        __syncthreads();
+        stamp(trace, 1);
+        for (int jb = 0; jb < n; jb += AH_THREADS / 4) {  // key jb + tid / 4, chunks c = tid % 4, + 4, ...
+            const int j = jb + (tid >> 2), part = tid & 3;
+            float acc = 0.0f;
+            if (j < n) {
+                const uint4* kr = reinterpret_cast<const uint4*>(ks + j * pitch);
+                for (int c = part; c < D8; c += 4) {
+                    uint4 w = kr[c];
+                    const __half2* hw = reinterpret_cast<const __half2*>(&w);
+                    const float* qq = qs + 8 * c;
+                    float2 f0 = __half22float2(hw[0]), f1 = __half22float2(hw[1]), f2 = __half22float2(hw[2]),
+                           f3 = __half22float2(hw[3]);
+                    acc = fmaf(qq[0], f0.x, acc); acc = fmaf(qq[1], f0.y, acc);
+                    acc = fmaf(qq[2], f1.x, acc); acc = fmaf(qq[3], f1.y, acc);
+                    acc = fmaf(qq[4], f2.x, acc); acc = fmaf(qq[5], f2.y, acc);
+                    acc = fmaf(qq[6], f3.x, acc); acc = fmaf(qq[7], f3.y, acc);
+                }
+            }
+            acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+            acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+            if (part == 0 && j < n) ss[j] = __fmul_rn(acc, scale);
+        }
+        __syncthreads();
+        float mloc = -INFINITY;
+        for (int j = tid; j < n; j += AH_THREADS) mloc = fmaxf(mloc, ss[j]);
+        const float mc = block_maxf(mloc, red);
+        float lloc = 0.0f;
+        for (int j = tid; j < n; j += AH_THREADS) {
+            const float e = expf(ss[j] - mc);
+            ss[j] = e;
+            lloc += e;
+        }
+        const float lc = block_sum1<float>(lloc, red2);  // its barrier publishes ss
+        cp_async_wait<0>();  // V
+        __syncthreads();
+        stamp(trace, 2);
+        const int g = tid / D8, c = tid % D8;
+        float o[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) o[e] = 0.0f;
+        for (int j = g; j < n; j += KG) {
+            const float p = ss[j];
+            uint4 w = reinterpret_cast<const uint4*>(vs + j * pitch)[c];
+            const __half2* hw = reinterpret_cast<const __half2*>(&w);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float2 f = __half22float2(hw[e]);
+                o[2 * e] = fmaf(p, f.x, o[2 * e]);
+                o[2 * e + 1] = fmaf(p, f.y, o[2 * e + 1]);
+            }
+        }
+#pragma unroll
+        for (int e = 0; e < 8; e++) pv[g * D + 8 * c + e] = o[e];
+        __syncthreads();
+        const float Mn = fmaxf(M, mc), fo = expf(M - Mn), fc = expf(mc - Mn);
+        for (int d = tid; d < D; d += AH_THREADS) {
+            const float sd = pv_sum(pv, KG, D, d);
+            os_[d] = c0 == 0 ? sd : fmaf(os_[d], fo, sd * fc);
+        }
+        L = c0 == 0 ? lc : fmaf(L, fo, lc * fc);
+        M = Mn;
+        __syncthreads();  // the next chunk's copies overwrite the tiles
+    }
+    for (int d = tid; d < D; d += AH_THREADS) out[h * D + d] = __fdiv_rn(os_[d], L);
+    stamp(trace, 4);
+}
+
 // grid.x: row groups (8 warps a block, one row or pair a warp); grid.y: token tiles of TT.
 #define TERNARY_KERNEL(NAME, R, TT, EPI)                                                                      \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                                  \
