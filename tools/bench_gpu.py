@@ -84,10 +84,7 @@ def bench_ours(m, n_gen: int, n_prompt: int) -> dict:
     prompt = rng.integers(0, a.n_vocab, size=32)
     m.cache.reset()
     tok = int(m.prefill(prompt).argmax())
-    m.decode_greedy(tok, len(prompt))  # warm-up
-    for lg in {m._long(p) for p in range(len(prompt), len(prompt) + n_gen + 1)}:  # every graph the loops take
-        m._decode_graph(lg, head="argmax")
-        m._greedy_graph(lg)
+    m.decode_greedy(tok, len(prompt))  # capture + warm-up
     t0 = time.perf_counter()
     pos = len(prompt) + 1
     for i in range(n_gen):
@@ -113,7 +110,7 @@ def bench_ours(m, n_gen: int, n_prompt: int) -> dict:
     m.prefill(prompt)
     one = m.generate_greedy(tok, len(prompt), n_gen)
     # one replay at a time: the host waits for each step (no copies), device time from events
-    g = m._greedy_graph(m._long(len(prompt) + n_gen))
+    g = m._greedy_graph()
     start, end = cuda.Event(), cuda.Event()
     synced = []
     for _ in range(30):
@@ -127,7 +124,7 @@ def bench_ours(m, n_gen: int, n_prompt: int) -> dict:
         g.replay()
         rt.sync()
     synced_wall = (time.perf_counter() - t0) / 30
-    g = m._decode_graph(m._long(len(prompt) + n_gen), head="argmax")
+    g = m._decode_graph(head="argmax")
     start, end = cuda.Event(), cuda.Event()
     for _ in range(5):
         g.replay()

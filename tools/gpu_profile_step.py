@@ -44,7 +44,7 @@ def kind_of(m, name: str, args) -> str:
         if epi in ("relu2", "silu"):
             return "gu"
         return "down" if int(args[2]) == m.args.n_ff else "o"
-    if name in ("attention", "attn_split", "attn_splitc", "attn_head"):
+    if name in ("attention", "attn_split", "attn_splitc"):
         return "attn"
     return "other"
 
@@ -136,7 +136,7 @@ def ablate(pos: int, n_ctx: int = 1024, configs=None, full_only: bool = False) -
     print(f"{'':<44} {'full':>8} " + " ".join(f"{'-' + k:>8}" for k in KINDS) + f" {'noop all':>9} {'none':>8}")
     for mode, split, label in configs or CONFIGS:
         set_config(m, mode, split)
-        m._att_long = m._long(pos)  # the attention of the graph decode_greedy would replay at this position
+        m._att_long = m._long(pos)  # the graph decode_greedy would replay at this position
         full = step_time(m, set(), False)
         if full_only:
             print(f"{label:<44} {full:8.1f}", flush=True)

@@ -31,8 +31,6 @@ TOPK_BINS = 2048  # Q8C_BINS in kernels.cu
 ATT_SPLIT_KEYS = 32  # keys a block of the split one-token attention (AS_KEYS in kernels.cu)
 ATT_WIDE = 64  # keys a split at most, from 257 to 512 keys (AS_WIDE in kernels.cu)
 ATT_CLUSTER = 8  # blocks a cluster of attn_splitc (AS_CLUSTER in kernels.cu)
-AH_THREADS = 512  # attn_head's block (AH_THREADS in kernels.cu); its chunk at most AH_MAXCH = 320 keys
-SIG_ATTN_HEAD = "PPPPiiiiPiP"
 
 
 def _ops():
@@ -137,7 +135,7 @@ class GPUModel:
     def _init_decode_mode(self) -> None:
         self._graph: dict = {}  # the captured decode step by ("long" (see _long), head mode); the greedy one
         self._greedy: dict = {}
-        self._att_long = 1  # the attention regime of the step being queued (see _long)
+        self._att_long = False  # set while a "long" step is queued: attn_split instead of attn_splitc
         self._mega = None
         self.fused_norm = os.environ.get("BITNET_GPU_FUSED_NORM", "1") != "0"
         # warps a fused decode block: 0 (default) sizes the blocks so every SM gets the same rows (one block an
@@ -152,9 +150,6 @@ class GPUModel:
         # distributed shared memory, no global partials or counter) while the keys fit its cluster path; past
         # that, a second captured step with attn_split (see _long); BITNET_GPU_ATTN_CLUSTER=0: attn_split always
         self.attn_cluster = os.environ.get("BITNET_GPU_ATTN_CLUSTER", "1") != "0"
-        # one-token attention with one block a head and no split (attn_head) while the keys fit its chunk (ah_chunk
-        # rows of K and V in shared memory); BITNET_GPU_ATTN_HEAD=0: the split kernels at every position
-        self.attn_head = os.environ.get("BITNET_GPU_ATTN_HEAD", "1") != "0"
         # prompts (T > 1), read at each forward: 1, the tiled attention on the f16 tensor cores (flash_attn_d*,
         # head_dim 64 / 128 / 256; P as two f16 halves); 2, the same with P rounded to f16 once (flash_attn_f16p_d*,
         # kept for comparison: moves the fixture's logits by 2.4%); 0 (or another head_dim): one 512-thread block a
@@ -372,9 +367,6 @@ class GPUModel:
         self.att_splits = -(-self.att_splits // ATT_CLUSTER) * ATT_CLUSTER  # whole clusters (attn_splitc)
         self.att_part = emp((a.n_head * self.att_splits * (d + 2),), F32)
         self.att_cnt = emp((a.n_head,), np.uint32)
-        # attn_head's chunk: the keys whose K and V rows (d + 8 halves each) fit ~190 KB of shared memory with its
-        # partial sums, a multiple of 32, at most 320 (AH_MAXCH); the step takes attn_head up to this many keys
-        self.ah_chunk = min(320, (190 * 1024 - AH_THREADS * 8 * 4) // (4 * (d + 8)) // 32 * 32)
         self.rt.cuda.memset_d32(self.att_cnt.gpudata, 0, a.n_head)
         kv_shape = (a.n_layer, a.n_head_kv, self.n_ctx, d)
         self.kc = emp(kv_shape, np.float16)
@@ -680,16 +672,8 @@ class GPUModel:
         tiled tensor-core kernel (flash_prefill, where the shape is covered), else one block a (head, token)."""
         rt, a, p = self.rt, self.args, self.ops.ptr
         d = a.head_dim
-        if t == 1 and self.attn_split and self._att_long == 0:
-            shared = 2 * self.ah_chunk * (d + 8) * 2 + AH_THREADS * 8 * 4  # K and V rows, then pv
-            self.ops._allow_smem(rt, "attn_head", SIG_ATTN_HEAD, shared)
-            rt.launch("attn_head", SIG_ATTN_HEAD, (a.n_head, 1), (AH_THREADS, 1, 1), p(self.qb), np.intp(kc),
-                      np.intp(vc), p(self.att), np.int32(a.n_head), np.int32(a.n_head_kv), np.int32(d),
-                      np.int32(self.n_ctx), p(self.pos), np.int32(self.ah_chunk),
-                      p(trace) if trace is not None else np.intp(0), shared=shared)
-            return
         if t == 1 and self.attn_split:
-            name = "attn_splitc" if self.attn_cluster and self._att_long == 1 else "attn_split"
+            name = "attn_splitc" if self.attn_cluster and not self._att_long else "attn_split"
             shared = 2 * ATT_WIDE * (d + 8) * 2 + 4096  # a split's K and V rows in shared memory, then pv
             if name == "attn_splitc" or shared > self.ops.SMEM_DEFAULT:  # over 48 KB with its static memory: opt in
                 self.ops._allow_smem(rt, name, self.ops.SIG_ATTN_SPLIT, shared)
@@ -753,17 +737,12 @@ class GPUModel:
             out[:] = self.logits.get()[:rows]
         return out
 
-    def _long(self, pos: int) -> int:
-        """The attention of the step at position pos, so the graph it replays: 0, attn_head (one block a head) while
-        its pos + 1 keys fit attn_head's chunk; 1, the split attention (attn_splitc, or attn_split without
-        clusters); 2, past the 512 keys of attn_splitc's cluster path, attn_split (global partials), faster than
-        attn_splitc's global path."""
-        nk = pos + 1
-        if self.attn_split and self.attn_head and nk <= self.ah_chunk:
-            return 0
-        return 2 if self.attn_cluster and nk > ATT_CLUSTER * ATT_WIDE else 1
+    def _long(self, pos: int) -> bool:
+        """Whether the step at position pos takes the "long" graph: more keys (pos + 1) than the split attention's
+        cluster path takes (512), where attn_split (global partials) is faster than attn_splitc's global path."""
+        return self.attn_cluster and pos + 1 > ATT_CLUSTER * ATT_WIDE
 
-    def _capture(self, step: bool, long: int, head: str = "logits"):
+    def _capture(self, step: bool, long: bool, head: str = "logits"):
         from bitnet_kernels.gpu import CudaGraph
 
         mega = self.decode_mode == "mega"
@@ -783,17 +762,17 @@ class GPUModel:
                 self._enqueue_step(step, head)
             g.end()
         finally:
-            self._att_long = 1
+            self._att_long = False
         return g
 
-    def _decode_graph(self, long: int = 1, head: str = "logits"):
+    def _decode_graph(self, long: bool = False, head: str = "logits"):
         """The captured one-token step; head "logits" (the F16 head's logits and argmax), "argmax" (the argmax
         only, with the certified head) or "topk" (the certified top-k head's candidates)."""
         if (long, head) not in self._graph:
             self._graph[(long, head)] = self._capture(False, long, head)
         return self._graph[(long, head)]
 
-    def _greedy_graph(self, long: int = 1):
+    def _greedy_graph(self, long: bool = False):
         """The captured greedy step that feeds its token to the next replay (the certified head)."""
         if long not in self._greedy:
             self._decode_graph(long, "argmax")  # kernels loaded
@@ -810,11 +789,11 @@ class GPUModel:
 
     def _greedy_start(self, token: int, pos: int, n: int) -> dict:
         """Check that n greedy steps from pos fit the context, queue the first token and position, and return the
-        greedy step graphs the positions pos .. pos + n - 1 take, by attention regime (_long)."""
+        greedy step graphs the positions pos .. pos + n - 1 take, by "long"."""
         if pos + n > self.n_ctx:
             raise ContextOverflowError(f"{pos + n} positions do not fit the context of {self.n_ctx}; raise -c")
         self._put_token(token, pos)
-        return {lg: self._greedy_graph(lg) for lg in {self._long(p) for p in range(pos, pos + n)}}
+        return {lg: self._greedy_graph(lg) for lg in {self._long(pos), self._long(pos + n - 1)}}
 
     def generate_greedy(self, token: int, pos: int, n: int, execs: int = 1) -> list[int]:
         """n greedy decode steps on the device, starting with `token` at position `pos`: the sampled token and
