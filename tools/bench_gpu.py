@@ -57,21 +57,23 @@ def copy_bandwidth(rt, nbytes: int = 2 << 30, reps: int = 10) -> float:
 def bench_generate(m, n_gen: int) -> dict:
     """tok/s of bitnet_inference.generate_step (what `bitnet generate` runs) after a 32-token prompt, prefill
     included: greedy (greedy_stream), top-k 40 sampling from the certified top-k head's candidates, and the same
-    sampler over the whole F16 logits copied to the host (a wrapper hides its top_k from generate_step)."""
+    sampler over the whole F16 logits copied to the host (a wrapper hides its top_k from generate_step); then both
+    with llama.cpp's repeat penalty 1.1 over the last 64 tokens ("_rp")."""
     from bitnet_inference.generate import generate_step
-    from bitnet_inference.sampling import make_sampler
+    from bitnet_inference.sampling import make_logits_processors, make_sampler
 
     prompt = [int(t) for t in np.random.default_rng(0).integers(0, m.args.n_vocab, size=32)]
     out = {}
-    for name in ("greedy", "topk40_candidates", "topk40_whole_logits"):
+    for name in ("greedy", "topk40_candidates", "topk40_whole_logits", "topk40_rp_candidates",
+                 "topk40_rp_whole_logits"):
         best = 0.0
+        procs = make_logits_processors(1.1, 64) if "_rp" in name else []
         for rep in range(2):
             s = make_sampler(0.8, 40, 0.95, 0.05, seed=rep)
-            sampler = {"greedy": make_sampler(0.0), "topk40_candidates": s,
-                       "topk40_whole_logits": lambda lg, s=s: s(lg)}[name]
-            list(generate_step(m, prompt, sampler, max_tokens=4))  # capture + warm-up
+            sampler = make_sampler(0.0) if name == "greedy" else s if "candidates" in name else lambda lg, s=s: s(lg)
+            list(generate_step(m, prompt, sampler, procs, max_tokens=4))  # capture + warm-up
             t0 = time.perf_counter()
-            n = len(list(generate_step(m, prompt, sampler, max_tokens=n_gen + 1)))
+            n = len(list(generate_step(m, prompt, sampler, procs, max_tokens=n_gen + 1)))
             best = max(best, (n - 1) / (time.perf_counter() - t0))
         out[f"generate_step_{name}_tok_s"] = best
     return out
@@ -687,6 +689,10 @@ def main(argv=None) -> int:
             ("generate_step top-k 40 sampling (certified top-k head)", ours["generate_step_topk40_candidates_tok_s"]),
             ("generate_step top-k 40 sampling (whole logits to the host)",
              ours["generate_step_topk40_whole_logits_tok_s"]),
+            ("generate_step top-k 40 + repeat penalty 1.1 (candidates)",
+             ours["generate_step_topk40_rp_candidates_tok_s"]),
+            ("generate_step top-k 40 + repeat penalty 1.1 (whole logits)",
+             ours["generate_step_topk40_rp_whole_logits_tok_s"]),
             ("ours decode, int8 head --lm-head q8 (device loop)", ours["q8_head_device_loop_tok_s"]),
             (f"ours prefill {args.n_prompt}", ours["prefill_tok_s"])]
     if "torch" in res:

@@ -120,6 +120,36 @@ def test_repetition_penalty():
     logits = np.array([2.0, -2.0, 1.0], np.float32)
     out = proc([0, 1], logits)
     assert out.tolist() == [1.0, -4.0, 1.0]
+    (raise_,) = make_logits_processors(repeat_penalty=0.5)  # raises recent logits: no top-k shortcut
+    assert not hasattr(raise_, "on_rows")
+
+
+def test_repetition_penalty_on_top_k_candidates():
+    """The repeat penalty (>= 1) applied to a shuffled superset of the penalized vector's top-k entries alone (what
+    the GPU model's top-k head returns, unpenalized, when given the penalty), then top-k sampling from them: the
+    draws of the penalty on the whole vector, then the sampler; recent tokens at the top, ties."""
+    rng = np.random.default_rng(11)
+    for trial in range(40):
+        v = int(rng.integers(100, 3000))
+        logits = (rng.standard_normal(v) * rng.uniform(0.5, 4)).astype(np.float32)
+        order = np.argsort(-logits)
+        recent = list(rng.choice(order[:30], int(rng.integers(1, 20)), replace=False))  # recent tokens near the top
+        recent += list(rng.integers(0, v, int(rng.integers(0, 40))))
+        if trial % 4 == 0:
+            logits[order[int(rng.integers(1, 10))]] = logits[order[0]]  # a tie at the top
+        proc_n = int(rng.integers(1, 64))
+        (proc,) = make_logits_processors(repeat_penalty=float(rng.choice([1.05, 1.3, 2.0, 8.0])),
+                                         repeat_last_n=proc_n)
+        k, p, mp, t = int(rng.integers(1, 50)), float(rng.uniform(0.5, 1.0)), float(rng.uniform(0, 0.1)), 0.9
+        s1 = make_sampler(t, k, p, mp, seed=trial)
+        want = [s1(proc(recent, logits)) for _ in range(40)]
+        assert proc.penalty >= 1 and set(proc.recent(recent).tolist()) == set(recent[-proc_n:])
+        pen = proc(recent, logits)
+        sup = np.flatnonzero(pen >= np.sort(pen)[-min(k + int(rng.integers(0, 20)), v)])
+        sup = rng.permutation(sup)
+        s2 = make_sampler(t, k, p, mp, seed=trial)
+        got = [s2.from_candidates(sup, proc.on_rows(recent, sup, logits[sup])) for _ in range(40)]
+        assert got == want, trial
 
 
 def test_kld_file_round_trip(tmp_path, fixtures):

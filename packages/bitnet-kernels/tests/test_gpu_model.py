@@ -399,3 +399,25 @@ def test_sampled_generation_from_top_k_candidates(gpu_model, monkeypatch):
         gpu_model.set_decode_mode("fused", 0)
     s = make_sampler(0.8, 40, 0.95, 0.02, seed=40)
     assert over == list(generate_step(gpu_model, prompt, lambda lg: s(lg), max_tokens=20))
+
+
+def test_sampled_generation_with_repeat_penalty_from_candidates(gpu_model, monkeypatch):
+    """Top-k sampling with the repeat penalty draws from the certified head's candidates of the penalized logits
+    (the penalty on the recent rows' bounds, q8c_penalize), the penalty then applied to them: the same tokens, seed
+    for seed, as the penalty on the whole F16 logits and then the sampler."""
+    from bitnet_inference.generate import generate_step
+    from bitnet_inference.sampling import make_logits_processors, make_sampler
+
+    calls = []
+    real = gpu_model.sample_candidates
+    monkeypatch.setattr(gpu_model, "sample_candidates", lambda *a: calls.append((a[2], a[3][1])) or real(*a),
+                        raising=False)
+    prompt = [BOS, 81, 82, 83, 81, 82]
+    for pen, n, k in ((1.3, 32, 40), (3.0, 8, 5)):
+        procs = make_logits_processors(repeat_penalty=pen, repeat_last_n=n)
+        fast = list(generate_step(gpu_model, prompt, make_sampler(0.8, k, 0.95, 0.02, seed=9), procs, max_tokens=40))
+        s = make_sampler(0.8, k, 0.95, 0.02, seed=9)
+        full = list(generate_step(gpu_model, prompt, lambda lg, s=s: s(lg), procs, max_tokens=40))
+        assert fast == full, pen
+        assert len(calls) == 39 and all(c == (k, pen) for c in calls), calls
+        calls.clear()

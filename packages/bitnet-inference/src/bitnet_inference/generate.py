@@ -112,31 +112,38 @@ def generate_step(model: Model, prompt: Sequence[int], sampler: Sampler = greedy
     """Yield sampled token ids one at a time; the caller decides when to stop. Greedy without logits processors
     on a model that streams greedy tokens from the device (the GPU model's greedy_stream: its argmax is the first
     index of the largest logit, as np.argmax) takes that path: no logits leave the device, and the steps run a
-    little ahead of the caller. Top-k sampling without logits processors on a model that returns only the rows
-    whose logits may be among the k largest (the GPU model's sample_candidates) draws from those: the same draw as
-    on the whole vector."""
+    little ahead of the caller. Top-k sampling on a model that returns only the rows whose logits may be among the
+    k largest (the GPU model's sample_candidates) draws from those, the same draw as on the whole vector, also with
+    one repeat penalty >= 1 as the logits processor (its rows and penalty go to the model, which picks the
+    candidates of the penalized logits; the penalty is then applied to the candidates)."""
     if len(prompt) == 0:
         raise EngineError("the prompt is empty: give at least one token (or let the tokenizer add BOS)")
     if len(prompt) >= model.n_ctx:
         raise EngineError(f"the prompt has {len(prompt)} tokens but the context holds {model.n_ctx}; raise -c")
     on_device = sampler is greedy and not logits_processors and hasattr(model, "greedy_stream")
-    # top-k sampling without logits processors on a model that returns the possible top-k rows' logits only
+    # top-k sampling on a model that returns the possible top-k rows' logits only (with at most a repeat penalty)
     top_k = getattr(sampler, "top_k", 0)
-    candidates = (0 < top_k <= 1024 and not logits_processors and hasattr(sampler, "from_candidates")
-                  and hasattr(model, "sample_candidates"))
+    candidates = (0 < top_k <= 1024 and len(logits_processors) <= 1
+                  and all(hasattr(p, "on_rows") for p in logits_processors)
+                  and hasattr(sampler, "from_candidates") and hasattr(model, "sample_candidates"))
     tokens = list(prompt)
     model.cache.reset()
     logits = model.prefill(tokens)
     if candidates:
         if max_tokens <= 0:
             return
+        for proc in logits_processors:
+            logits = proc(tokens, logits)
         tok = sampler(logits)
         for i in range(max_tokens):
             yield tok
             tokens.append(tok)
             if len(tokens) >= model.n_ctx or i + 1 == max_tokens:
                 return
-            rows, vals = model.sample_candidates(tok, len(tokens) - 1, top_k)
+            pen = [(p.recent(tokens), p.penalty) for p in logits_processors]
+            rows, vals = model.sample_candidates(tok, len(tokens) - 1, top_k, *pen)
+            for proc in logits_processors:
+                vals = proc.on_rows(tokens, rows, vals)
             tok = sampler.from_candidates(rows, vals)
         return
     if on_device:

@@ -359,7 +359,9 @@ class GPUModel:
         self.head_q8 = self.head_scale = None  # the int8 head (lm_head "q8"), made by _prepare_head
         self.head_cert = None  # the certified greedy head's tensors (greedy_head "cert"), made by _prepare_head
         self.hx = emp((2,), F32)  # its activation norms |hn|, |hn - xq / s|
-        self.topk_k = emp((1,), np.int32)  # the certified top-k head's k, and its candidate list (count, pairs)
+        # the certified top-k head's arguments (k, the repeat penalty's row count, its float bits, its rows), and
+        # its candidate list (count, pairs)
+        self.topk_k = emp((3 + self.n_ctx,), np.int32)
         self.topk_list = emp((1 + 2 * TOPK_MAXC,), np.uint32)
         self.rope_cur = emp((d,), F32)  # the decode step's cos / sin row (embed_rope)
         # split attention: (m, l, o) of every (head, key block), and a counter a head (0 between launches)
@@ -382,7 +384,7 @@ class GPUModel:
         self.h_pos = cuda.pagelocked_empty((1,), np.int32)
         self.h_logits = cuda.pagelocked_empty((a.n_vocab,), F32)
         self.h_argmax = cuda.pagelocked_empty((1,), np.int32)
-        self.h_topk_k = cuda.pagelocked_empty((1,), np.int32)
+        self.h_topk_k = cuda.pagelocked_empty((3 + self.n_ctx,), np.int32)
         self.h_topk_list = cuda.pagelocked_empty((1 + 2 * TOPK_MAXC,), np.uint32)
         self.h_hist = cuda.pagelocked_empty((self.n_ctx + 1,), np.int32)
         self._greedy = {}
@@ -608,7 +610,8 @@ class GPUModel:
 
     def _head_topk(self, src: int, argmax_key: int) -> None:
         """Queue the certified top-k head for the row at device address src (k in self.topk_k): hn and its int8
-        quantization, the int8 head with both bounds (ub, lo), the threshold from lo's histogram (q8c_hist,
+        quantization, the int8 head with both bounds (ub, lo), the repeat penalty on the recent rows' bounds
+        (q8c_penalize, the rows in self.topk_k), the threshold from lo's histogram (q8c_hist,
         q8c_thresh: at most the k-th largest lo, into argmax_key + 12), then the F16 logits of every row with
         ub >= it into topk_list (q8c_collect): every row whose F16 logit may be among the k largest, ties
         included."""
@@ -616,6 +619,7 @@ class GPUModel:
         c, e, v = self.head_cert, a.n_embd, a.n_vocab
         lb, tau = np.intp(argmax_key + 8), np.intp(argmax_key + 12)
         self._head_bounds(src, lb, c["lo"])
+        rt.launch("q8c_penalize", "PPP", (1, 1), (256, 1, 1), p(c["ub"]), p(c["lo"]), p(self.topk_k))
         rt.cuda.memset_d32_async(c["hist"].gpudata, 0, c["hist"].size, rt.stream)
         rt.cuda.memset_d32_async(self.topk_list.gpudata, 0, 1, rt.stream)
         rt.launch("q8c_hist", "PiP", (min(132, (v + 1023) // 1024), 1), (1024, 1, 1), p(c["lo"]), np.int32(v),
@@ -624,11 +628,13 @@ class GPUModel:
         rt.launch("q8c_collect", "PiiPPPPPi", ((v + 255) // 256, 1), (256, 1, 1), p(self.head), np.int32(v),
                   np.int32(e), p(self.hn), p(c["ub"]), tau, p(self.logits), p(self.topk_list), np.int32(TOPK_MAXC))
 
-    def sample_candidates(self, token: int, pos: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def sample_candidates(self, token: int, pos: int, k: int, penalty=None) -> tuple[np.ndarray, np.ndarray]:
         """One decode step (`token` at `pos`) that returns (rows, their F16 logits), in no particular order, for
         every row whose logit may be among the k largest (ties included), the rest left out: what top-k sampling
-        needs, without the whole vocabulary's logits crossing to the host (the certified top-k head). Where the
-        candidates would not fit the list (TOPK_MAXC) or the certified head is off, the head's full logits."""
+        needs, without the whole vocabulary's logits crossing to the host (the certified top-k head). penalty:
+        (distinct rows, p >= 1), llama.cpp's repeat penalty, so the rows are those of the k largest penalized
+        logits (the logits come back unpenalized). Where the candidates would not fit the list (TOPK_MAXC) or the
+        certified head is off, the head's full logits."""
         cuda, rt = self.rt.cuda, self.rt
         if pos >= self.n_ctx:
             raise ContextOverflowError(f"position {pos} is past the context of {self.n_ctx}")
@@ -636,8 +642,16 @@ class GPUModel:
             logits = self.forward([token], pos, logits="last")[0]
             return np.arange(logits.size), logits
         self._put_token(token, pos)
-        self.h_topk_k[0] = k
-        cuda.memcpy_htod_async(self.topk_k.gpudata, self.h_topk_k, rt.stream)
+        ids, pen = (np.zeros(0, np.int64), 1.0) if penalty is None else penalty
+        if ids.size > self.n_ctx or (ids.size and not (0 <= ids.min() and ids.max() < self.args.n_vocab)):
+            raise EngineError(f"penalized rows must be at most {self.n_ctx} distinct token ids below "
+                              f"{self.args.n_vocab}")
+        if not pen >= 1.0:
+            raise EngineError(f"the candidates' repeat penalty must be >= 1 (it may only lower logits), got {pen}")
+        n = 3 + ids.size
+        self.h_topk_k[:3] = (k, ids.size, np.float32(pen).view(np.int32))
+        self.h_topk_k[3:n] = ids
+        cuda.memcpy_htod_async(self.topk_k.gpudata, self.h_topk_k[:n], rt.stream)
         self._decode_graph(self._long(pos), head="topk").replay()
         cuda.memcpy_dtoh_async(self.h_topk_list, self.topk_list.gpudata, rt.stream)
         rt.sync()

@@ -108,17 +108,31 @@ def top_k_indices(logits: np.ndarray, k: int) -> np.ndarray:
 
 
 def make_repetition_penalty(penalty: float, context_size: int = 64) -> LogitsProcessor:
-    """llama.cpp's repeat penalty: divide positive logits (multiply negative ones) of recent tokens."""
+    """llama.cpp's repeat penalty: divide positive logits (multiply negative ones) of recent tokens.
 
-    def process(tokens: Sequence[int], logits: np.ndarray) -> np.ndarray:
-        recent = np.unique(np.asarray(tokens[-context_size:], dtype=np.int64))
-        if recent.size == 0:
-            return logits
-        out = logits.copy()
-        sel = out[recent]
-        out[recent] = np.where(sel > 0, sel / penalty, sel * penalty)
+    With penalty >= 1 (it only lowers logits, through a monotone map) it also has `recent(tokens)` (the distinct
+    rows it changes), `penalty`, and `on_rows(tokens, rows, vals)`, which applies it to the entries `rows` alone
+    (the same values): generate_step hands the rows and the penalty to the GPU model's top-k head and applies it
+    to the candidates that come back."""
+
+    def recent_of(tokens: Sequence[int]) -> np.ndarray:
+        return np.unique(np.asarray(tokens[-context_size:], dtype=np.int64))
+
+    def penalize(vals: np.ndarray, hit) -> np.ndarray:
+        out = vals.copy()
+        sel = out[hit]
+        out[hit] = np.where(sel > 0, sel / penalty, sel * penalty)
         return out
 
+    def process(tokens: Sequence[int], logits: np.ndarray) -> np.ndarray:
+        recent = recent_of(tokens)
+        return logits if recent.size == 0 else penalize(logits, recent)
+
+    if penalty >= 1.0:
+        process.recent = recent_of
+        process.penalty = float(penalty)
+        # (a lookup table over the recent ids' range: the sort-based isin took ~0.4 ms for ~9,000 candidate rows)
+        process.on_rows = lambda tokens, rows, vals: penalize(vals, np.isin(rows, recent_of(tokens), kind="table"))
     return process
 
 

@@ -2571,6 +2571,20 @@ extern "C" __global__ void __launch_bounds__(1024) q8c_hist(const float* __restr
         if (h[i]) atomicAdd(&hist[i], h[i]);
 }
 
+// The repeat penalty on the certified bounds of the recent rows, before the top-k threshold: args = (k, n, penalty's
+// float bits, the n distinct rows). x / p above 0 and x * p below (llama.cpp's penalty, p >= 1) is monotone, so the
+// penalized bounds bound the penalized logit, and the candidates are those of the penalized top k.
+extern "C" __global__ void q8c_penalize(float* __restrict__ ub, float* __restrict__ lo, const int* __restrict__ args) {
+    const int n = args[1];
+    const float p = __int_as_float(args[2]);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const int r = args[3 + i];
+        const float u = ub[r], l = lo[r];
+        ub[r] = u > 0.0f ? __fdiv_rn(u, p) : __fmul_rn(u, p);
+        lo[r] = l > 0.0f ? __fdiv_rn(l, p) : __fmul_rn(l, p);
+    }
+}
+
 // One warp: the bin where the count from the top first reaches *kp (all rows: key 0 when the vocabulary has
 // fewer than k rows), its lowest key into *tau.
 extern "C" __global__ void q8c_thresh(const unsigned* __restrict__ hist, const int* __restrict__ kp,
