@@ -643,6 +643,7 @@ class GPUModel:
             return np.arange(logits.size), logits
         self._put_token(token, pos)
         ids, pen = (np.zeros(0, np.int64), 1.0) if penalty is None else penalty
+        ids = np.unique(np.asarray(ids, dtype=np.int64))  # (a row penalized twice could lose its place)
         if ids.size > self.n_ctx or (ids.size and not (0 <= ids.min() and ids.max() < self.args.n_vocab)):
             raise EngineError(f"penalized rows must be at most {self.n_ctx} distinct token ids below "
                               f"{self.args.n_vocab}")
