@@ -38,11 +38,9 @@ __device__ __forceinline__ float block_sum_f(float v, float* sh) {
 
 __device__ __forceinline__ float next_val(float x, float s, int i) { return x * 0.5f + s * 1e-4f + (float)(i & 7); }
 
-// graph: one phase
-extern "C" __global__ void __launch_bounds__(NT, 1) phase_kernel(const float* __restrict__ in, float* out,
-                                                                  float* sums, int p) {
-    extern __shared__ float sm[];
-    __shared__ float red[32];
+// One phase on plain floats (graph and grid): read the row through L2, sum it over the block, write this block's
+// share of the next row.
+__device__ __forceinline__ void phase_body(const float* in, float* out, float* sums, int p, float* sm, float* red) {
     float v = 0.0f;
     for (int i = threadIdx.x; i < K; i += NT) {
         const float x = __ldcg(in + i);
@@ -52,9 +50,17 @@ extern "C" __global__ void __launch_bounds__(NT, 1) phase_kernel(const float* __
     const float s = block_sum_f(v, red);
     if (threadIdx.x < PER) {
         const int i = blockIdx.x * PER + threadIdx.x;
-        out[i] = next_val(sm[i], s, i);
+        __stcg(out + i, next_val(sm[i], s, i));
     }
     if (threadIdx.x == 0 && blockIdx.x == 0) sums[p] = s;
+}
+
+// graph: one phase
+extern "C" __global__ void __launch_bounds__(NT, 1) phase_kernel(const float* __restrict__ in, float* out,
+                                                                  float* sums, int p) {
+    extern __shared__ float sm[];
+    __shared__ float red[32];
+    phase_body(in, out, sums, p, sm, red);
 }
 
 // grid: persistent, grid barrier (64-bit counter that only grows)
@@ -67,20 +73,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) grid_chain(float* rows, floa
     __syncthreads();
     unsigned long long tg = target;
     for (int p = 0; p < P; p++) {
-        const float* in = rows + (size_t)p * K;
-        float* out = rows + (size_t)(p + 1) * K;
-        float v = 0.0f;
-        for (int i = threadIdx.x; i < K; i += NT) {
-            const float x = __ldcg(in + i);
-            sm[i] = x;
-            v += x;
-        }
-        const float s = block_sum_f(v, red);
-        if (threadIdx.x < PER) {
-            const int i = blockIdx.x * PER + threadIdx.x;
-            __stcg(out + i, next_val(sm[i], s, i));
-        }
-        if (threadIdx.x == 0 && blockIdx.x == 0) sums[p] = s;
+        phase_body(rows + (size_t)p * K, rows + (size_t)(p + 1) * K, sums, p, sm, red);
         tg += NB;
         __syncthreads();
         if (threadIdx.x == 0) {

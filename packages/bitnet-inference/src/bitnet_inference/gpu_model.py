@@ -361,7 +361,7 @@ class GPUModel:
         self.hx = emp((2,), F32)  # its activation norms |hn|, |hn - xq / s|
         # the certified top-k head's arguments (k, the repeat penalty's row count, its float bits, its rows), and
         # its candidate list (count, pairs)
-        self.topk_k = emp((3 + self.n_ctx,), np.int32)
+        self.topk_args = emp((3 + self.n_ctx,), np.int32)
         self.topk_list = emp((1 + 2 * TOPK_MAXC,), np.uint32)
         self.rope_cur = emp((d,), F32)  # the decode step's cos / sin row (embed_rope)
         # split attention: (m, l, o) of every (head, key block), and a counter a head (0 between launches)
@@ -384,7 +384,7 @@ class GPUModel:
         self.h_pos = cuda.pagelocked_empty((1,), np.int32)
         self.h_logits = cuda.pagelocked_empty((a.n_vocab,), F32)
         self.h_argmax = cuda.pagelocked_empty((1,), np.int32)
-        self.h_topk_k = cuda.pagelocked_empty((3 + self.n_ctx,), np.int32)
+        self.h_topk_args = cuda.pagelocked_empty((3 + self.n_ctx,), np.int32)
         self.h_topk_list = cuda.pagelocked_empty((1 + 2 * TOPK_MAXC,), np.uint32)
         self.h_hist = cuda.pagelocked_empty((self.n_ctx + 1,), np.int32)
         self._greedy = {}
@@ -609,9 +609,9 @@ class GPUModel:
                   np.int32(e), p(self.hn), p(c["ub"]), lb, p(self.logits), np.intp(argmax_key), p(ncand))
 
     def _head_topk(self, src: int, argmax_key: int) -> None:
-        """Queue the certified top-k head for the row at device address src (k in self.topk_k): hn and its int8
-        quantization, the int8 head with both bounds (ub, lo), the repeat penalty on the recent rows' bounds
-        (q8c_penalize, the rows in self.topk_k), the threshold from lo's histogram (q8c_hist,
+        """Queue the certified top-k head for the row at device address src (k first in self.topk_args): hn and
+        its int8 quantization, the int8 head with both bounds (ub, lo), the repeat penalty on the recent rows'
+        bounds (q8c_penalize, the rows in self.topk_args), the threshold from lo's histogram (q8c_hist,
         q8c_thresh: at most the k-th largest lo, into argmax_key + 12), then the F16 logits of every row with
         ub >= it into topk_list (q8c_collect): every row whose F16 logit may be among the k largest, ties
         included."""
@@ -619,12 +619,12 @@ class GPUModel:
         c, e, v = self.head_cert, a.n_embd, a.n_vocab
         lb, tau = np.intp(argmax_key + 8), np.intp(argmax_key + 12)
         self._head_bounds(src, lb, c["lo"])
-        rt.launch("q8c_penalize", "PPP", (1, 1), (256, 1, 1), p(c["ub"]), p(c["lo"]), p(self.topk_k))
+        rt.launch("q8c_penalize", "PPP", (1, 1), (256, 1, 1), p(c["ub"]), p(c["lo"]), p(self.topk_args))
         rt.cuda.memset_d32_async(c["hist"].gpudata, 0, c["hist"].size, rt.stream)
         rt.cuda.memset_d32_async(self.topk_list.gpudata, 0, 1, rt.stream)
         rt.launch("q8c_hist", "PiP", (min(132, (v + 1023) // 1024), 1), (1024, 1, 1), p(c["lo"]), np.int32(v),
                   p(c["hist"]))
-        rt.launch("q8c_thresh", "PPP", (1, 1), (32, 1, 1), p(c["hist"]), p(self.topk_k), tau)
+        rt.launch("q8c_thresh", "PPP", (1, 1), (32, 1, 1), p(c["hist"]), p(self.topk_args), tau)
         rt.launch("q8c_collect", "PiiPPPPPi", ((v + 255) // 256, 1), (256, 1, 1), p(self.head), np.int32(v),
                   np.int32(e), p(self.hn), p(c["ub"]), tau, p(self.logits), p(self.topk_list), np.int32(TOPK_MAXC))
 
@@ -650,9 +650,9 @@ class GPUModel:
         if not pen >= 1.0:
             raise EngineError(f"the candidates' repeat penalty must be >= 1 (it may only lower logits), got {pen}")
         n = 3 + ids.size
-        self.h_topk_k[:3] = (k, ids.size, np.float32(pen).view(np.int32))
-        self.h_topk_k[3:n] = ids
-        cuda.memcpy_htod_async(self.topk_k.gpudata, self.h_topk_k[:n], rt.stream)
+        self.h_topk_args[:3] = (k, ids.size, np.float32(pen).view(np.int32))
+        self.h_topk_args[3:n] = ids
+        cuda.memcpy_htod_async(self.topk_args.gpudata, self.h_topk_args[:n], rt.stream)
         self._decode_graph(self._long(pos), head="topk").replay()
         cuda.memcpy_dtoh_async(self.h_topk_list, self.topk_list.gpudata, rt.stream)
         rt.sync()
