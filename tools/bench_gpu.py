@@ -591,6 +591,13 @@ def main(argv=None) -> int:
     print("ours (F16 head over every row):", f16h, flush=True)
     m.greedy_head = "cert"
     m._prepare_head()
+    # the same step with plain launches (the eighth session's: no programmatic dependents)
+    m.pdl = False
+    m.set_decode_mode(mode, 0)
+    plain = bench_ours(m, args.n_gen, 64)
+    ours["plain_launch_device_loop_tok_s"] = plain["device_loop_tok_s"]
+    print("ours (plain launches, BITNET_GPU_PDL=0):", plain, flush=True)
+    m.pdl = True
     m.set_decode_mode(mode, 0)
     m.set_decode_mode("mega")
     mega = bench_ours(m, args.n_gen, 64) if m.decode_mode == "mega" else None
@@ -685,6 +692,8 @@ def main(argv=None) -> int:
             ("ours decode, the fifth session's step (L2 asks; device loop)", ours["fifth_device_loop_tok_s"]),
             ("ours decode, the third session's kernels (shuffles; device loop)", ours["shfl_device_loop_tok_s"]),
             ("ours decode, F16 head GEMV over every row (device loop)", ours["f16_head_device_loop_tok_s"]),
+            ("ours decode, plain launches: the eighth session's step (device loop)",
+             ours["plain_launch_device_loop_tok_s"]),
             ("generate_step greedy (greedy_stream), prefill included", ours["generate_step_greedy_tok_s"]),
             ("generate_step top-k 40 sampling (certified top-k head)", ours["generate_step_topk40_candidates_tok_s"]),
             ("generate_step top-k 40 sampling (whole logits to the host)",

@@ -44,7 +44,7 @@ def kind_of(m, name: str, args) -> str:
         if epi in ("relu2", "silu"):
             return "gu"
         return "down" if int(args[2]) == m.args.n_ff else "o"
-    if name in ("attention", "attn_split", "attn_splitc"):
+    if name in ("attention", "attn_split", "attn_splitc", "attn_splitp", "attn_splitcp"):
         return "attn"
     return "other"
 
@@ -69,12 +69,12 @@ def step_time(m, skip: set, noop: bool, reps: int = 20) -> float:
     rt = m.rt
     orig = type(rt).launch.__get__(rt)
 
-    def launch(name, sig, grid, block, *args, shared=0):
+    def launch(name, sig, grid, block, *args, shared=0, pdl=False):
         if kind_of(m, name, args) in skip:
             if noop:
                 orig("noop", "", grid, block)
             return
-        orig(name, sig, grid, block, *args, shared=shared)
+        orig(name, sig, grid, block, *args, shared=shared, pdl=pdl)
 
     rt.launch = launch
     try:
@@ -167,7 +167,8 @@ def timeline_one(m, layer: int) -> dict:
     grid = lambda mat, r: -(-(mat.n // r) // m.dec_warps(mat, r))  # noqa: E731
     blocks = {"qkv": grid(L.qkv, 2), "attn": a.n_head * m.att_splits, "o": grid(L.o, 1), "gu": grid(L.gu, 2),
               "down": grid(L.down, 1)}
-    bufs = {k: ops.gpu_empty((n, 8), np.uint64) for k, n in blocks.items()}
+    sms = ops._sm_count(rt)  # the programmatic-dependent kernels' grids: at least one block an SM
+    bufs = {k: ops.gpu_empty((max(n, sms), 8), np.uint64) for k, n in blocks.items()}
     m._trace = {"layer": layer, **bufs}
     try:
         g = capture_step(m, rt)

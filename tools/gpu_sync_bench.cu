@@ -17,7 +17,9 @@
 #ifndef K
 #define K 2560
 #endif
+#ifndef NB
 #define NB 128
+#endif
 #ifndef NT
 #define NT 640
 #endif
@@ -61,6 +63,37 @@ extern "C" __global__ void __launch_bounds__(NT, 1) phase_kernel(const float* __
     extern __shared__ float sm[];
     __shared__ float red[32];
     phase_body(in, out, sums, p, sm, red);
+}
+
+// pdl / pdlw: one phase a kernel as in graph, launched as a programmatic dependent of the phase before
+// (cudaLaunchAttributeProgrammaticStreamSerialization): a block triggers its dependents at its start, so the next
+// phase's blocks become resident beside this phase's (two fit an SM) and wait in griddepcontrol.wait; pdlw: before
+// the wait each block also copies WB bytes of "weights" into shared memory (cp.async, a different slice of a
+// buffer larger than L2 each phase), consumed after the phase, as the decode kernels stage theirs.
+#ifndef WB
+#define WB (64 * 1024)
+#endif
+template <bool W>
+__global__ void __launch_bounds__(NT) phase_pdl(const float* __restrict__ in, float* out, float* sums, int p,
+                                                const uint4* __restrict__ wts, float* wsum) {
+    extern __shared__ float sm[];
+    __shared__ float red[32];
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    uint4* ws = reinterpret_cast<uint4*>(sm + K);
+    if (W) {
+        const uint4* src = wts + (size_t)blockIdx.x * (WB / 16);
+        for (int i = threadIdx.x; i < WB / 16; i += NT) {
+            const unsigned a = (unsigned)__cvta_generic_to_shared(ws + i);
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(a), "l"(src + i));
+        }
+        asm volatile("cp.async.commit_group;" ::: "memory");
+    }
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    phase_body(in, out, sums, p, sm, red);
+    if (W) {
+        asm volatile("cp.async.wait_group 0;" ::: "memory");
+        if (threadIdx.x == 0 && blockIdx.x == 0) wsum[p] = __uint_as_float(ws[p % (WB / 16)].x & 0x3fffffffu);
+    }
 }
 
 // grid: persistent, grid barrier (64-bit counter that only grows)
@@ -164,7 +197,7 @@ int main() {
     CK(cudaMalloc(&x0, K * 4));
     CK(cudaMalloc(&rows, (size_t)(P + 1) * K * 4));
     CK(cudaMalloc(&llrows, (size_t)(P + 1) * K * 8));
-    CK(cudaMalloc(&sums, 3 * P * 4));
+    CK(cudaMalloc(&sums, 6 * P * 4));
     CK(cudaMalloc(&cnt, 8));
     CK(cudaMemset(cnt, 0, 8));
     CK(cudaMemset(llrows, 0xff, (size_t)(P + 1) * K * 8));
@@ -188,7 +221,7 @@ int main() {
         phase_kernel<<<NB, NT, SMEM, st>>>(rows + (size_t)p * K, rows + (size_t)(p + 1) * K, sums, p);
     CK(cudaStreamEndCapture(st, &g));
     CK(cudaGraphInstantiate(&ge, g, 0));
-    float best[5] = {1e30f, 1e30f, 1e30f, 1e30f, 1e30f};
+    float best[8] = {1e30f, 1e30f, 1e30f, 1e30f, 1e30f, 1e30f, 1e30f, 1e30f};
     unsigned epoch = 1;
     for (int round = 0; round < 3; round++) {
         // graph
@@ -225,13 +258,67 @@ int main() {
             best[2 + v] = fminf(best[2 + v], ms * 1e3f / (REPS * P));
         }
     }
-    std::vector<float> hs(3 * P);
-    CK(cudaMemcpy(hs.data(), sums, 3 * P * 4, cudaMemcpyDeviceToHost));
+    // pdl (programmatic dependents), pdlw (+ weight copies before the wait), graphw (the same kernel with the
+    // weight copies, plain launches): graphs of P kernels each
+    const int PSMEM = K * 4 + WB;
+    const size_t WBUF = (size_t)256 << 20;  // > L2: each phase copies another 8 MiB
+    uint4* wts;
+    float* wsum;
+    CK(cudaMalloc(&wts, WBUF));
+    CK(cudaMemset(wts, 0x11, WBUF));
+    CK(cudaMalloc(&wsum, P * 4));
+    CK(cudaFuncSetAttribute(phase_pdl<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, PSMEM));
+    CK(cudaFuncSetAttribute(phase_pdl<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, PSMEM));
+    cudaGraphExec_t gx[3];
+    for (int v = 0; v < 3; v++) {
+        cudaGraph_t gv;
+        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+        CK(cudaMemcpyAsync(rows, x0, K * 4, cudaMemcpyDeviceToDevice, st));
+        for (int p = 0; p < P; p++) {
+            cudaLaunchConfig_t cfg = {};
+            cfg.gridDim = dim3(NB);
+            cfg.blockDim = dim3(NT);
+            cfg.dynamicSmemBytes = PSMEM;
+            cfg.stream = st;
+            cudaLaunchAttribute at[1];
+            at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+            at[0].val.programmaticStreamSerializationAllowed = 1;
+            cfg.attrs = at;
+            cfg.numAttrs = (v < 2 && p > 0) ? 1 : 0;
+            const uint4* wp = wts + ((size_t)p * NB * (WB / 16)) % (WBUF / 16 - (size_t)NB * (WB / 16));
+            float* sp = sums + (size_t)(3 + v) * P;
+            if (v == 0)
+                CK(cudaLaunchKernelEx(&cfg, phase_pdl<false>, (const float*)(rows + (size_t)p * K),
+                                      rows + (size_t)(p + 1) * K, sp, p, wp, wsum));
+            else
+                CK(cudaLaunchKernelEx(&cfg, phase_pdl<true>, (const float*)(rows + (size_t)p * K),
+                                      rows + (size_t)(p + 1) * K, sp, p, wp, wsum));
+        }
+        CK(cudaStreamEndCapture(st, &gv));
+        CK(cudaGraphInstantiate(&gx[v], gv, 0));
+    }
+    for (int round = 0; round < 3; round++) {
+        for (int v = 0; v < 3; v++) {
+            CK(cudaGraphLaunch(gx[v], st));
+            CK(cudaEventRecord(a, st));
+            for (int r = 0; r < REPS; r++) CK(cudaGraphLaunch(gx[v], st));
+            CK(cudaEventRecord(b, st));
+            CK(cudaEventSynchronize(b));
+            float ms;
+            CK(cudaEventElapsedTime(&ms, a, b));
+            best[5 + v] = fminf(best[5 + v], ms * 1e3f / (REPS * P));
+        }
+    }
+    std::vector<float> hs(6 * P);
+    CK(cudaMemcpy(hs.data(), sums, 6 * P * 4, cudaMemcpyDeviceToHost));
     int bad = 0;
     for (int p = 0; p < P; p++)
-        if (hs[p] != hs[P + p] || hs[p] != hs[2 * P + p]) bad++;
-    printf("us a phase (best of 3 rounds of %d runs of %d phases): graph %.3f  grid barrier %.3f  ll %.3f / sleep 64 %.3f / sleep 200 %.3f  "
-           "(sums differ in %d phases; last %g)\n",
-           REPS, P, best[0], best[1], best[2], best[3], best[4], bad, hs[P - 1]);
+        for (int v = 1; v < 6; v++)
+            if (hs[p] != hs[v * P + p]) bad++;
+    printf("K %d, %d blocks of %d threads; us a phase (best of 3 rounds of %d runs of %d phases): graph %.3f  grid "
+           "barrier %.3f  ll %.3f / sleep 64 %.3f / sleep 200 %.3f  pdl %.3f  pdl + %d KB copies %.3f  graph + "
+           "copies %.3f (sums differ in %d; last %g)\n",
+           K, NB, NT, REPS, P, best[0], best[1], best[2], best[3], best[4], best[5], WB / 1024, best[6], best[7],
+           bad, hs[P - 1]);
     return bad != 0;
 }

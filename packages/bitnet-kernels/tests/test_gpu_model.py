@@ -281,16 +281,40 @@ def test_cluster_attention_bit_equal(gpu_model):
     np.testing.assert_array_equal(outs[1], outs[0])
 
 
+def test_programmatic_dependent_step_bit_equal(gpu_model):
+    """The step with its layer kernels launched as programmatic dependents (tdechp_*, attn_split(c)p: the next
+    kernel's blocks resident early, griddepcontrol.wait before they read what the kernel before wrote) gives the
+    plain launches' logits bit for bit, at 1 .. 255 keys (one to eight attention splits, the wider splits)."""
+    toks = np.random.default_rng(11).integers(0, gpu_model.args.n_vocab, size=256)
+    outs = []
+    try:
+        for pdl in (False, True):
+            gpu_model.pdl = pdl
+            gpu_model.set_decode_mode("fused", 0)  # recapture
+            assert (gpu_model._pdl_plan is not None) == pdl
+            gpu_model.cache.reset()
+            gpu_model.prefill(toks[:1])
+            outs.append(np.concatenate([gpu_model.forward([int(toks[p])], p, logits="last")
+                                        for p in (1, 2, 31, 32, 33, 100, 200, 254, 255)]))
+    finally:
+        gpu_model.pdl = True
+        gpu_model.set_decode_mode("fused", 0)
+    np.testing.assert_array_equal(outs[1], outs[0])
+
+
 def test_generate_greedy_across_cluster_limit():
     """generate_greedy across 256 keys (wider splits from there) and 512 keys (the cluster
-    attention's graph, then the one with attn_split) gives the tokens of the host loop and of attn_split."""
+    attention's graph, then the one with attn_split) gives the tokens of the host loop, of attn_split and of the
+    plain launches (the others launch the layer kernels as programmatic dependents)."""
     from bitnet_inference.gpu_model import load_gpu
 
     g = load_gpu(FIXTURES / "b158-a-i2s.gguf", n_ctx=640)
     toks = np.random.default_rng(9).integers(0, g.args.n_vocab, size=250)
     runs = []
-    for cluster, device_loop in ((True, True), (True, False), (False, True)):
+    for cluster, device_loop, pdl in ((True, True, True), (True, False, True), (False, True, True),
+                                      (True, True, False)):
         g.attn_cluster = cluster
+        g.pdl = pdl
         g.set_decode_mode("fused", 0)
         g.cache.reset()
         tok = int(g.prefill(toks).argmax())
@@ -302,7 +326,7 @@ def test_generate_greedy_across_cluster_limit():
                 tok = g.decode_greedy(tok, 250 + i)
                 out.append(tok)
             runs.append(out)
-    assert runs[0] == runs[1] == runs[2]
+    assert runs[0] == runs[1] == runs[2] == runs[3]
 
 
 def test_q8_head_matches_cpu_q8_head():

@@ -159,6 +159,11 @@ class GPUModel:
         # memory before the norm prologue (as QKV, O and down); 1, a pair a warp, two blocks an SM, the weights read
         # after the prologue (the fifth session's)
         self.gu_upw = 2
+        # one-token steps, read at capture: the layer kernels as programmatic dependents of the kernel before
+        # (tdechp_*, attn_split(c)p: the next kernel's blocks resident beside the running one's, copying their
+        # weights and what else no kernel of the step writes before griddepcontrol.wait); BITNET_GPU_PDL=0: plain
+        # launches (tdechw_*)
+        self.pdl = os.environ.get("BITNET_GPU_PDL", "1") != "0"
 
 
     # -- the one-kernel decode step ---------------------------------------------------------------------------
@@ -525,12 +530,26 @@ class GPUModel:
                       p(self.q8), p(self.s), p(self.qsum))
 
         fused = t == 1 and self.fused_norm
+        pdl_plan = self._pdl_plan if fused else None
         trace = getattr(self, "_trace", None)  # stage timestamps of one layer (tools/gpu_profile_step.py)
         for i, L in enumerate(self.layers):
             kc = int(self.kc.gpudata) + i * kv_layer
             vc = int(self.vc.gpudata) + i * kv_layer
             qkv = (a.n_head, a.n_head_kv, d, self.n_ctx, self.cos, self.sin, kc, vc)
             tr = trace if trace is not None and trace["layer"] == i else {}
+            if fused and pdl_plan is not None:  # the five kernels as programmatic dependents
+                pw, sm = pdl_plan, pdl_plan["smem"]
+                ops.ternary_decode_launch(rt, L.qkv, "qkv", self.x, L.attn_norm, eps, self.qb, hd, pos=self.pos,
+                                          qkv=qkv, warps=pw["qkv"], rope=self.rope_cur, trace=tr.get("qkv"), pdl=True,
+                                          smem_floor=sm["qkv"])
+                self._attention(t, kc, vc, trace=tr.get("attn"), pdl=True)
+                ops.ternary_decode_launch(rt, L.o, "resid", self.att, L.attn_sub_norm, eps, self.x, e, warps=pw["o"],
+                                          trace=tr.get("o"), pdl=True, smem_floor=sm["o"])
+                ops.ternary_decode_launch(rt, L.gu, act, self.x, L.ffn_norm, eps, self.fb, f, warps=pw["gu"],
+                                          trace=tr.get("gu"), upw=ops.PDL_UPW[act], pdl=True, smem_floor=sm["gu"])
+                ops.ternary_decode_launch(rt, L.down, "resid", self.fb, L.ffn_sub_norm, eps, self.x, e,
+                                          warps=pw["down"], trace=tr.get("down"), pdl=True, smem_floor=sm["down"])
+                continue
             if fused:
                 ops.ternary_decode_launch(rt, L.qkv, "qkv", self.x, L.attn_norm, eps, self.qb, hd, pos=self.pos,
                                           qkv=qkv, warps=self.dec_warps(L.qkv, 2), rope=self.rope_cur,
@@ -682,7 +701,39 @@ class GPUModel:
             ops.q8_launch(rt, self.head_q8, self.head_scale, a.n_vocab, e, self.q8, self.s, self.logits, a.n_vocab,
                           rows)
 
-    def _attention(self, t: int, kc: int, vc: int, trace=None) -> None:
+    @property
+    def _pdl_plan(self) -> dict | None:
+        """Warps of each tdechp_* kernel for this model (ops.pdl_warps), or None: pdl off, the plain decode
+        kernels selected (not hoisted with staged weights, gate/up not two pairs a warp), the split attention off,
+        or a matrix the kernels' bounds do not cover."""
+        ops = self.ops
+        if not (self.pdl and ops.DEC_HOIST and ops.WEIGHTS_AHEAD == "smem" and self.gu_upw == 2 and self.attn_split
+                and not self.decode_warps):
+            return None
+        L, rt, cuda = self.layers[0], self.rt, self.rt.cuda
+        act = "relu2" if self.ffn_act == "relu2" else "silu"
+        kinds = (("o", L.o, "resid"), ("gu", L.gu, act), ("down", L.down, "resid"), ("qkv", L.qkv, "qkv"))
+        plan = {k: ops.pdl_warps(rt, m, epi) for k, m, epi in kinds}
+        if None in plan.values():
+            return None
+        # shared memory: each kernel's own, then padded so that one block an SM lands (ops.pdl_smem)
+        dyn = [9 * m.k + 128 + plan[k] * ops.PDL_UPW.get(epi, 1) * (2 if epi in ops.PAIRED else 1) * m.k // 4
+               for k, m, epi in kinds]
+        static = [rt.fn(f"tdechp_{epi}", ops.SIG_DEC).get_attribute(cuda.function_attribute.SHARED_SIZE_BYTES)
+                  + 1024 for _, _, epi in kinds]
+        smem = ops.pdl_smem(rt, dyn, static)
+        if smem is None:
+            return None
+        d = self.args.head_dim
+        attn = (2 * ATT_WIDE * (d + 8) * 2 + 4096 + 1024
+                + rt.fn("attn_splitcp", ops.SIG_ATTN_SPLIT).get_attribute(cuda.function_attribute.SHARED_SIZE_BYTES))
+        total = rt.device.get_attribute(cuda.device_attribute.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
+        if smem[3] + static[3] + attn > total:  # an attention block beside each QKV block
+            return None
+        plan["smem"] = {k: v for (k, _, _), v in zip(kinds, smem)}
+        return plan
+
+    def _attention(self, t: int, kc: int, vc: int, trace=None, pdl: bool = False) -> None:
         """Queue one layer's attention: one token with the split kernel (several blocks a head); a prompt with the
         tiled tensor-core kernel (flash_prefill, where the shape is covered), else one block a (head, token)."""
         rt, a, p = self.rt, self.args, self.ops.ptr
@@ -690,12 +741,14 @@ class GPUModel:
         if t == 1 and self.attn_split:
             name = "attn_splitc" if self.attn_cluster and not self._att_long else "attn_split"
             shared = 2 * ATT_WIDE * (d + 8) * 2 + 4096  # a split's K and V rows in shared memory, then pv
-            if name == "attn_splitc" or shared > self.ops.SMEM_DEFAULT:  # over 48 KB with its static memory: opt in
+            if pdl:  # attn_splitcp / attn_splitp (launch_pdl raises their shared-memory limit itself)
+                name += "p"
+            elif name == "attn_splitc" or shared > self.ops.SMEM_DEFAULT:  # over 48 KB with the static part: opt in
                 self.ops._allow_smem(rt, name, self.ops.SIG_ATTN_SPLIT, shared)
             rt.launch(name, self.ops.SIG_ATTN_SPLIT, (a.n_head, self.att_splits), (128, 1, 1), p(self.qb),
                       np.intp(kc), np.intp(vc), p(self.att), p(self.att_part), p(self.att_cnt), np.int32(a.n_head),
                       np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx), p(self.pos),
-                      p(trace) if trace is not None else np.intp(0), shared=shared)
+                      p(trace) if trace is not None else np.intp(0), shared=shared, pdl=pdl)
             return
         if t > 1 and self.flash_prefill and self.ops.flash_supported(a.n_head, a.n_head_kv, d):
             self.ops.flash_attention_launch(rt, self.qb, kc, vc, self.att, a.n_head, a.n_head_kv, d, self.n_ctx, t,

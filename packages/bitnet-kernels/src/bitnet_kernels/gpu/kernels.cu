@@ -348,17 +348,20 @@ __device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {
 // Lane 0 of a warp: cp.async of what its epilogue reads (rows' weight and output scales, residual rows, the
 // position and the pair's RoPE cos/sin from the step's rope row) into the per-warp shared slots; the lane waits
 // for them (cp.async.wait_group 0) only before the epilogue.
-template <int R, int EPI>
+// PART: 1 the constants (the scales), 2 what the step writes (residual rows, position, RoPE row), 3 both.
+template <int R, int EPI, int PART = 3>
 __device__ __forceinline__ void epi_issue(int row0, int warp, const float* ws, const float* os, const float* out,
                                           const int* pos0p, const float* rope, const QKVArgs& qa, float* e_ws,
                                           float* e_os, float* e_res, float* e_c, float* e_s, int* e_pos) {
 #pragma unroll
     for (int r = 0; r < R; r++) {
-        cp_async4(e_ws + warp * R + r, ws + row0 + r);
-        cp_async4(e_os + warp * R + r, os + row0 + r);
-        if (EPI == EPI_RESID) cp_async4(e_res + warp * R + r, out + row0 + r);
+        if (PART & 1) {
+            cp_async4(e_ws + warp * R + r, ws + row0 + r);
+            cp_async4(e_os + warp * R + r, os + row0 + r);
+        }
+        if ((PART & 2) && EPI == EPI_RESID) cp_async4(e_res + warp * R + r, out + row0 + r);
     }
-    if (EPI == EPI_QKV) {
+    if ((PART & 2) && EPI == EPI_QKV) {
         cp_async4(e_pos + warp, pos0p);
         const int i = qkv_rope_index(row0 >> 1, qa);
         if (i >= 0) {
@@ -390,7 +393,16 @@ __device__ __forceinline__ void kv_prefetch(const QKVArgs& qa, int pos) {
 // 1 (tdech_*) the integer sum and maximum and the dots' warp sums with redux.sync; 0 (tdechs_*) with shuffles.
 // ST (tdechw_*, tdechsw_*): the lanes copy their warp's weight rows into shared memory (after the planes, the row
 // and the norm weight) before the prologue, and a warp takes flags >> 8 (1 or 2) rows or pairs.
-template <int R, int EPI, bool HOIST, int PV, bool ST>
+// PDL (ST only; the tdechp_* kernels, launched as programmatic dependents of the kernel before): every block
+// triggers its dependents at its start, so the next kernel's blocks become resident beside this kernel's; while
+// the kernel before runs, a block copies what no kernel of the step writes (the norm weight, the rows' scales)
+// and asks for its weight rows in L2; then griddepcontrol.wait (the kernel before has completed, its writes are
+// visible), then the row, the residual rows, position and RoPE row, then the weight rows from L2 into shared
+// memory behind them. (Weight copies into shared memory before the wait held the wait back until they landed:
+// gate/up's 69 KB a block, 2 us a layer.) The grid is one block an SM, the rows spread evenly over it (a block
+// with none waits and leaves), so that each SM holds one block of each of two consecutive kernels (the launch
+// pads the shared memory so that two blocks of one kernel never fit an SM). UMX: units a warp at most.
+template <int R, int EPI, bool HOIST, int PV, bool ST, bool PDL = false, int UMX = 2>
 __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int N, int K, const float* __restrict__ x,
                                                const float* __restrict__ nw, const float* __restrict__ ws,
                                                const float* __restrict__ os, float* out,
@@ -416,30 +428,45 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     stamp(trace, 0);
     const int nw_ = blockDim.x >> 5;
     // ST: units (rows or pairs) a warp, flags >> 8 (1 or 2): unit k of the block is warp k % nw_'s (k / nw_)-th
-    const int upw = ST ? min(max(flags >> 8, 1), 2) : 1;
-    const int brow = blockIdx.x * nw_ * R * upw;  // the block's first row
+    const int upw = ST ? min(max(flags >> 8, 1), UMX) : 1;
+    int brow = blockIdx.x * nw_ * R * upw;  // the block's first row
+    if (PDL) {  // the units spread evenly over the grid (one block an SM): units [b U / G, (b + 1) U / G)
+        const int units = N / R, G = gridDim.x;
+        brow = (int)((long long)blockIdx.x * units / G) * R;
+        N = (int)((long long)(blockIdx.x + 1) * units / G) * R;  // the block's end row from here on
+    }
     const float4* x4 = reinterpret_cast<const float4*>(x);
     const float4* w4 = reinterpret_cast<const float4*>(nw);
     const int K4 = K >> 2;
     float4* wsm = xs + K4;  // HOIST: the norm weight in shared memory too (9 K + 128 bytes of dynamic shared memory)
     uint4* wst = reinterpret_cast<uint4*>(wsm + K4);  // ST: then the block's weight rows (K / 4 bytes a row)
     if (HOIST) {
-        // one round of loads for the prologue: the row and the norm weight into shared memory
+        if (PDL) {
+            asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+            if (brow >= N) {  // a block with no rows: holds its SM's slot until the kernel before is done
+                asm volatile("griddepcontrol.wait;" ::: "memory");
+                return;
+            }
+        }
+        // one round of loads for the prologue: the row and the norm weight into shared memory (PDL: the row
+        // after the wait)
         for (int i = threadIdx.x; i < K4; i += blockDim.x) {
-            cp_async16(xs + i, x4 + i);
+            if (!PDL) cp_async16(xs + i, x4 + i);
             cp_async16(wsm + i, w4 + i);
         }
         cp_async_commit();
         const int nrows = min(nw_ * R * upw, N - brow);
-        if ((flags & 1) && threadIdx.x == 0 && nrows > 0)
+        if ((PDL || (flags & 1)) && threadIdx.x == 0 && nrows > 0)
             prefetch_l2(W + (size_t)brow * (K >> 6), (unsigned)nrows * (unsigned)(K >> 2));
         for (int u = 0; u < upw; u++) {
             const int k = (threadIdx.x >> 5) + u * nw_, r0 = brow + k * R;
             if ((threadIdx.x & 31) == 0 && r0 < N)
-                epi_issue<R, EPI>(r0, k, ws, os, out, pos0p, rope, qa, e_ws, e_os, e_res, e_cos, e_sin, e_pos);
+                epi_issue<R, EPI, PDL ? 1 : 3>(r0, k, ws, os, out, pos0p, rope, qa, e_ws, e_os, e_res, e_cos, e_sin,
+                                               e_pos);
         }
         cp_async_commit();
-        if (ST) {  // the warp's weight rows into shared memory, each lane copying the chunks it will use
+        // ST: the warp's weight rows into shared memory, each lane copying the chunks it will use (one group)
+        auto stage_weights = [&]() {
             const int nch = K >> 6;
             for (int u = 0; u < upw; u++) {
                 const int k = (threadIdx.x >> 5) + u * nw_, wr0 = brow + k * R;
@@ -452,6 +479,23 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
                 }
             }
             cp_async_commit();
+        };
+        if (ST && PDL) {
+            asm volatile("griddepcontrol.wait;" ::: "memory");
+            stamp(trace, 7);
+            for (int i = threadIdx.x; i < K4; i += blockDim.x) cp_async16(xs + i, x4 + i);
+            cp_async_commit();
+            for (int u = 0; u < upw; u++) {
+                const int k = (threadIdx.x >> 5) + u * nw_, r0 = brow + k * R;
+                if ((threadIdx.x & 31) == 0 && r0 < N)
+                    epi_issue<R, EPI, 2>(r0, k, ws, os, out, pos0p, rope, qa, e_ws, e_os, e_res, e_cos, e_sin,
+                                         e_pos);
+            }
+            cp_async_commit();
+            stage_weights();     // (from L2: asked for at the block's start)
+            cp_async_wait<2>();  // the norm weight and the row
+        } else if (ST) {
+            stage_weights();
             cp_async_wait<2>();  // the row and the norm weight
         } else {
             cp_async_wait<1>();  // the row and the norm weight
@@ -533,7 +577,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     const int nchunk = K >> 6;
     const int4* a4 = reinterpret_cast<const int4*>(qsm);
     // the warp's units (rows or pairs): unit u is the block's unit warp + u * nw_ (ST: up to 2; else 1)
-    constexpr int UM = ST ? 2 : 1;
+    constexpr int UM = ST ? UMX : 1;
     int nu = 0;
     for (int u = 0; u < upw; u++)
         if (brow + (warp + u * nw_) * R < N) nu = u + 1;
@@ -649,7 +693,8 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         } else if (EPI == EPI_QKV) {
             qkv_store_cs(0, row0 >> 1, y[0], y[R - 1], e_cos[k], e_sin[k], out, ldo, e_pos[k], qa);
         }
-        if (EPI == EPI_QKV && threadIdx.x == 0 && u == 0) kv_prefetch(qa, e_pos[0]);
+        // (PDL: the attention's blocks copy their K/V rows themselves while this kernel runs)
+        if (EPI == EPI_QKV && !PDL && threadIdx.x == 0 && u == 0) kv_prefetch(qa, e_pos[0]);
     }
     }
     if (warp == 0) stamp(trace, 3);
@@ -690,6 +735,27 @@ DECODE_KERNEL(tdechsw_resid, 1, EPI_RESID, true, 0, true)
 DECODE_KERNEL(tdechsw_relu2, 2, EPI_RELU2, true, 0, true)
 DECODE_KERNEL(tdechsw_silu, 2, EPI_SILU, true, 0, true)
 DECODE_KERNEL(tdechsw_qkv, 2, EPI_QKV, true, 0, true)
+
+// The programmatic-dependent variants (PDL above), sized so that one block of each of two consecutive kernels fits
+// an SM's registers, which its four schedulers hold 16 K each for the warps they run: at most NT threads and
+// 65536 / (2 NT) registers a thread. At the 2B-4T shape QKV 15 warps at 64 (60 used), O and down 20 at 40, gate/up
+// 18 warps of three pairs at 56: per scheduler 5 x 40 + 5 x 56 (O or down beside gate/up) and 5 x 40 + 4 x 64
+// (down beside QKV) registers x 32 lanes fit in 16 K; O and down at 48 did not beside gate/up (some of its blocks
+// waited for O to leave). No spills.
+#define DECODE_KERNEL_P(NAME, R, EPI, UMX, NT)                                                                  \
+    extern "C" __global__ void __launch_bounds__(NT, 2) NAME(                                                  \
+        const uint4* __restrict__ W, int N, int K, const float* __restrict__ x, const float* __restrict__ nw, \
+        const float* __restrict__ ws, const float* __restrict__ os, float* out, const int* __restrict__ pos0p, \
+        const float* __restrict__ rope, int ldo, float eps, QKVArgs qa, unsigned long long* trace,            \
+        int flags) {                                                                                          \
+        ternary_decode<R, EPI, true, 1, true, true, UMX>(W, N, K, x, nw, ws, os, out, pos0p, rope, ldo, eps, qa,  \
+                                                         trace, flags);                                       \
+    }
+DECODE_KERNEL_P(tdechp_f32, 1, EPI_F32, 1, 768)
+DECODE_KERNEL_P(tdechp_resid, 1, EPI_RESID, 1, 768)
+DECODE_KERNEL_P(tdechp_relu2, 2, EPI_RELU2, 3, 576)
+DECODE_KERNEL_P(tdechp_silu, 2, EPI_SILU, 3, 576)
+DECODE_KERNEL_P(tdechp_qkv, 2, EPI_QKV, 1, 512)
 
 // The decode step's embedding (x = emb[tok], f16 to float) and the step's RoPE row (cos, sin at the position,
 // head_dim / 2 each) for the hoisted QKV decode kernel.
@@ -749,7 +815,11 @@ __device__ __forceinline__ float pv_sum(const float* pv, int KG, int D, int d) {
 __device__ __forceinline__ int as_split_keys(int nk) {
     return (nk > AS_CLUSTER * AS_KEYS && nk <= AS_CLUSTER * AS_WIDE) ? (nk + AS_CLUSTER - 1) / AS_CLUSTER : AS_KEYS;
 }
-template <bool CL>
+// PDL (attn_splitp / attn_splitcp, launched as programmatic dependents of the QKV kernel): a block triggers its
+// dependents at its start, reads the position (the previous launch's, constant over the step) and copies its
+// split's K/V rows before the position (earlier steps wrote them) while QKV runs; after griddepcontrol.wait the
+// position's own row and q. Nothing is written before the wait.
+template <bool CL, bool PDL = false>
 __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, const __half* __restrict__ kc,
                                                 const __half* __restrict__ vc, float* __restrict__ out,
                                                 float* __restrict__ part, unsigned* __restrict__ cnt, int n_head,
@@ -769,20 +839,21 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
     const int D8 = D >> 3, pitch = D + 8;  // halves a row in shared memory (16 bytes of padding)
     __half* ks = reinterpret_cast<__half*>(as_smem);  // (AS_WIDE, pitch) K rows, then V rows, then pv
     __half* vs = ks + AS_WIDE * pitch;
-    // K and V rows j0 .. j0 + nrow - 1 into the tiles (cp.async, not committed)
-    auto copy_kv = [&](int j0, int nrow) {
+    // K and V rows j0 + jf .. j0 + jt - 1 into tile rows jf .. jt - 1 (cp.async, not committed)
+    auto copy_kv = [&](int j0, int jf, int jt) {
         const __half* kb = kc + ((size_t)kh * n_ctx + j0) * D;
         const __half* vb = vc + ((size_t)kh * n_ctx + j0) * D;
-        for (int i = tid; i < nrow * D8; i += AS_THREADS) {
+        for (int i = jf * D8 + tid; i < jt * D8; i += AS_THREADS) {
             const int j = i / D8, cc = i % D8;
             cp_async16(ks + j * pitch + 8 * cc, kb + (size_t)j * D + 8 * cc);
             cp_async16(vs + j * pitch + 8 * cc, vb + (size_t)j * D + 8 * cc);
         }
     };
+    if (PDL) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
     // CL, the first AS_CLUSTER splits: the split's rows for AS_KEYS keys a split are copied before the position is
     // known (rows past the keys are never read), so the copies overlap the position's load
-    const bool spec = CL && sp < AS_CLUSTER;
-    if (spec) copy_kv(sp * AS_KEYS, min(AS_KEYS, n_ctx - sp * AS_KEYS));
+    const bool spec = CL && !PDL && sp < AS_CLUSTER;
+    if (spec) copy_kv(sp * AS_KEYS, 0, min(AS_KEYS, n_ctx - sp * AS_KEYS));
     const int nk = *pos0p + 1;
     const int spk = as_split_keys(nk);
     const int nsp = (nk + spk - 1) / spk;
@@ -800,9 +871,16 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
     }
     float* pv = reinterpret_cast<float*>(vs + AS_WIDE * pitch);  // (groups, D)
     const int j0 = sp * spk, n = min(spk, nk - j0);
-    if (!spec || spk != AS_KEYS) {
+    if (PDL) {
+        const int nold = max(0, min(n, nk - 1 - j0));  // rows before the position
+        copy_kv(j0, 0, nold);
+        cp_async_commit();
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+        stamp(trace, 7);
+        copy_kv(j0, nold, n);
+    } else if (!spec || spk != AS_KEYS) {
         if (spec) cp_async_wait<0>();  // wide splits: the guessed rows land before the right ones are copied over
-        copy_kv(j0, n);
+        copy_kv(j0, 0, n);
     }
     cp_async_commit();
     for (int d = tid; d < D; d += AS_THREADS) qs[d] = __half2float(__float2half_rn(q[h * D + d]));
@@ -975,6 +1053,13 @@ extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_split(ATTN_SPLIT_A
 extern "C" __global__ void __cluster_dims__(1, AS_CLUSTER, 1) __launch_bounds__(AS_THREADS)
     attn_splitc(ATTN_SPLIT_ARGS) {
     attn_split_body<true>(q, kc, vc, out, part, cnt, n_head, n_kv, D, n_ctx, pos0p, trace);
+}
+extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_splitp(ATTN_SPLIT_ARGS) {
+    attn_split_body<false, true>(q, kc, vc, out, part, cnt, n_head, n_kv, D, n_ctx, pos0p, trace);
+}
+extern "C" __global__ void __cluster_dims__(1, AS_CLUSTER, 1) __launch_bounds__(AS_THREADS)
+    attn_splitcp(ATTN_SPLIT_ARGS) {
+    attn_split_body<true, true>(q, kc, vc, out, part, cnt, n_head, n_kv, D, n_ctx, pos0p, trace);
 }
 
 // grid.x: row groups (8 warps a block, one row or pair a warp); grid.y: token tiles of TT.

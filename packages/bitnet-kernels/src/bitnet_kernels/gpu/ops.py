@@ -144,7 +144,7 @@ SIG_DEC = "PiiPPPPPPPifiiiiPPPPPi"
 def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, eps: float, out, ldo: int, pos=None,
                           qkv: tuple = (0, 0, 0, 0, None, None, None, None), warps: int = WARPS,
                           hoist: bool | None = None, rope=None, trace=None, ahead: str | None = None,
-                          upw: int = 1) -> None:
+                          upw: int = 1, pdl: bool = False, smem_floor: int = 0) -> None:
     """Queue one single-token matmul with its RMSNorm + int8 quantization fused in (x: the float input row,
     normw: the norm weight); every block (`warps` warps, at most 32) quantizes the row into shared memory, then
     each warp computes one row (or pair). hoist (default DEC_HOIST): the loads that do not depend on the prologue
@@ -152,8 +152,26 @@ def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, e
     uint64 for stage timestamps. ahead (hoisted only): what a block does with its weight rows before the prologue,
     "smem" | "l2" | "none" (default: WEIGHTS_AHEAD for matrices of at most AHEAD_MAX bytes, see AHEAD_ALL).
     upw: rows (pairs) a warp, 1 or 2 (2: ahead "smem" only, so a block of at most 32 warps covers twice the rows).
-    Where the block's rows would not fit in shared memory, "smem" becomes "l2" with a row (pair) a warp."""
+    Where the block's rows would not fit in shared memory, "smem" becomes "l2" with a row (pair) a warp.
+    pdl: the tdechp_* kernel as a programmatic dependent of the kernel before (weights staged, at most
+    PDL_WARPS[epi] warps of PDL_UPW[epi] units; one block an SM, the rows spread evenly), see pdl_warps;
+    smem_floor: its dynamic shared memory at least this (see pdl_smem)."""
     r = 2 if epi in PAIRED else 1
+    if pdl:
+        if upw != PDL_UPW.get(epi, 1) or warps > PDL_WARPS[epi]:
+            raise GPUError(f"tdechp_{epi}: at most {PDL_WARPS[epi]} warps of {PDL_UPW.get(epi, 1)} units")
+        shared = max(9 * mat.k + 128 + warps * upw * r * mat.k // 4, smem_floor)
+        if shared > _smem_optin(rt):
+            raise GPUError(f"tdechp_{epi}: {shared} bytes of shared memory do not fit the device")
+        name = f"tdechp_{epi}"  # (launch_pdl raises the kernel's shared-memory limit itself)
+        grid = (_sm_count(rt), 1)
+        nh, nkv, hd, nctx, cos, sin, kc, vc = qkv
+        rt.launch(name, SIG_DEC, grid, (32 * warps, 1, 1),
+                  ptr(mat.words), np.int32(mat.n), np.int32(mat.k), _p(x), _p(normw), ptr(mat.ws), ptr(mat.os),
+                  _p(out), _p(pos), _p(rope), np.int32(ldo), np.float32(eps),
+                  np.int32(nh), np.int32(nkv), np.int32(hd), np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc),
+                  _p(trace), np.int32(upw << 8), shared=shared, pdl=True)
+        return
     if upw not in (1, 2):
         raise GPUError(f"decode warps take 1 or 2 rows (pairs), got {upw}")
     nh, nkv, hd, nctx, cos, sin, kc, vc = qkv
@@ -182,6 +200,49 @@ def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, e
               _p(pos), _p(rope), np.int32(ldo), np.float32(eps),
               np.int32(nh), np.int32(nkv), np.int32(hd), np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc),
               _p(trace), np.int32((1 if mode == "l2" else 0) | upw << 8), shared=shared)
+
+
+# The programmatic-dependent decode kernels (tdechp_*): warps a block at most (their launch bounds: two blocks of
+# consecutive kernels share an SM's registers) and units (rows or pairs) a warp.
+PDL_WARPS = {"f32": 20, "resid": 20, "relu2": 18, "silu": 18, "qkv": 16}
+PDL_UPW = {"relu2": 3, "silu": 3}
+
+
+def _sm_count(rt: Runtime) -> int:
+    return rt.device.get_attribute(rt.cuda.device_attribute.MULTIPROCESSOR_COUNT)
+
+
+def pdl_warps(rt: Runtime, mat: TernaryMatrix, epi: str) -> int | None:
+    """Warps a tdechp_* block for `mat`: the fewest that cover its rows (pairs) with one block an SM, or None
+    where that needs more than the kernel's bound (then the plain kernels run) or the staged rows do not fit."""
+    r = 2 if epi in PAIRED else 1
+    upw = PDL_UPW.get(epi, 1)
+    units = mat.n // r
+    w = -(-units // (_sm_count(rt) * upw))
+    if w > PDL_WARPS[epi] or 9 * mat.k + 128 + w * upw * r * mat.k // 4 > _smem_optin(rt):
+        return None
+    return w
+
+
+PDL_SMEM_MARGIN = 8192  # two blocks of one kernel beside the one before overshoot the SM by at least this
+
+
+def pdl_smem(rt: Runtime, dyn: list[int], static: list[int]) -> list[int] | None:
+    """Dynamic shared memory for a cycle of programmatic-dependent kernels (one block an SM each, in launch order,
+    the first after the attention), padded up so that one block of each of two consecutive kernels fits an SM but
+    two of one kernel beside the block before it do not: the first (which follows the attention's small blocks)
+    takes over half the SM, each next one over half of what the one before leaves. None where the two consecutive
+    blocks cannot both fit. static: each kernel's static shared memory (+ the 1 KiB the driver reserves a block)."""
+    total = rt.device.get_attribute(rt.cuda.device_attribute.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
+    use = []  # what each block takes of the SM
+    for i, (d, st) in enumerate(zip(dyn, static)):
+        free = total - (use[i - 1] if i else 0)
+        need = (free + PDL_SMEM_MARGIN) // 2 - st  # over half of what is free (with a margin), in dynamic memory
+        use.append(st + max(d, (need + 127) // 128 * 128))
+    for i in range(len(use)):
+        if use[i] + use[i - 1] > total or use[i] - static[i] > _smem_optin(rt):
+            return None
+    return [u - st for u, st in zip(use, static)]
 
 
 def _ahead(mat: TernaryMatrix, ahead: str | None) -> str:
