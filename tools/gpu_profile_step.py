@@ -44,7 +44,7 @@ def kind_of(m, name: str, args) -> str:
         if epi in ("relu2", "silu"):
             return "gu"
         return "down" if int(args[2]) == m.args.n_ff else "o"
-    if name in ("attention", "attn_split", "attn_splitc", "attn_splitp", "attn_splitcp"):
+    if name.startswith("attn") or name == "attention":
         return "attn"
     return "other"
 

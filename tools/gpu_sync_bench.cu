@@ -1,15 +1,19 @@
 // Micro-benchmark of the cost of one all-to-all dependency of the decode step (a norm needs every row of the
 // matmul before it), on the device:
-//   nvcc -arch=sm_90 -O3 -std=c++17 -diag-suppress 1556 [-DK=6912] [-DNT=864] -o /tmp/s tools/gpu_sync_bench.cu
-//   /tmp/s
-// A phase: 128 blocks (one an SM) of NT threads each read the whole K-float row the phase before wrote, reduce it
-// over the block (one barrier), and write their K / 128 entries of the next row. Three ways to order the phases:
+//   nvcc -arch=sm_90 -O3 -std=c++17 -diag-suppress 1556 [-DK=6912] [-DNT=864] [-DNB=132] [-DWB=20480] \
+//     -o /tmp/s tools/gpu_sync_bench.cu && /tmp/s
+// A phase: NB blocks (128; one an SM) of NT threads each read the whole K-float row the phase before wrote, reduce
+// it over the block (one barrier), and write their share of the next row. The ways to order the phases:
 //   graph: one kernel a phase, P kernels in a CUDA graph (the shipped step's way);
 //   grid:  one persistent kernel, a grid barrier between phases (an atomic counter, fence, poll);
 //   ll:    one persistent kernel, each entry stored as (value, epoch) in one 8-byte word (no fence, no counter):
 //          the reader polls the entries not yet of this run's epoch (also with __nanosleep 64 / 200 ns between
 //          polls).
-// Printed: us a phase for each (best of 3 rounds), and the row sums checked equal. docs/gpu.md, ninth session.
+//   pdl:   one kernel a phase launched as a programmatic dependent of the one before (its blocks resident beside
+//          the running phase's, waiting in griddepcontrol.wait); pdl + copies: each block also copies WB bytes of
+//          "weights" into shared memory before the wait; graph + copies: the same kernel, plain launches.
+// Printed: us a phase for each (best of 3 rounds), and the row sums checked equal. docs/gpu.md, ninth and tenth
+// sessions.
 #include <cstdio>
 #include <cstdint>
 #include <cstdlib>
@@ -50,7 +54,7 @@ __device__ __forceinline__ void phase_body(const float* in, float* out, float* s
         v += x;
     }
     const float s = block_sum_f(v, red);
-    if (threadIdx.x < PER) {
+    if (threadIdx.x < PER && blockIdx.x * PER + threadIdx.x < K) {  // (NB need not divide K)
         const int i = blockIdx.x * PER + threadIdx.x;
         __stcg(out + i, next_val(sm[i], s, i));
     }
@@ -164,7 +168,7 @@ __global__ void __launch_bounds__(NT, 1) ll_chain(unsigned long long* rows, floa
             }
         }
         const float s = block_sum_f(v, red);
-        if (threadIdx.x < PER) {
+        if (threadIdx.x < PER && blockIdx.x * PER + threadIdx.x < K) {
             const int i = blockIdx.x * PER + threadIdx.x;
             const float y = next_val(sm[i], s, i);
             st_relaxed(out + i, ((unsigned long long)epoch << 32) | __float_as_uint(y));
