@@ -158,3 +158,19 @@ def test_insertions_and_deletions(at, junk, delete):
 @given(data=st.binary(min_size=0, max_size=256))
 def test_random_bytes_after_a_valid_header(data):
     _check(SEED[:24] + data)
+
+
+def test_non_finite_scale_is_a_gguf_error(tmp_path):
+    """A TQ2_0 block scale set to inf (a damaged file) makes dequantize raise GGUFError naming the tensor, not
+    return NaN (inf x a zero code) or warn (the case the byte-flip fuzzing found: byte 929 set to 0x7c)."""
+    from bitnet_quantization import tq2_0_encode
+
+    w = np.zeros(256, np.float32)
+    w[:3] = [1.0, -1.0, 0.0]
+    raw = bytearray(tq2_0_encode(w))
+    raw[64:66] = np.array([np.inf], "<f2").view(np.uint8).tobytes()  # the block's f16 scale
+    p = tmp_path / "inf.gguf"
+    write_gguf(p, "llama", {}, [("w", RawTensor(np.frombuffer(bytes(raw), np.uint8), (256,)), "TQ2_0")])
+    with read_gguf(p) as g:
+        with pytest.raises(GGUFError, match="non-finite block scales"):
+            g.dequantize("w")

@@ -473,9 +473,15 @@ class GGUFFile:
         return np.frombuffer(self._mmap, dtype=dt, count=info.n_elements, offset=info.offset).reshape(info.shape)
 
     def dequantize(self, name: str) -> np.ndarray:
-        """Any tensor as float32 in numpy shape (a copy: this is the slow reference path)."""
+        """Any tensor as float32 in numpy shape (a copy: this is the slow reference path). A block-quantized
+        tensor whose scales are not finite (inf or NaN: a damaged file) raises GGUFError naming it."""
         info = self.info(name)
-        return info.qtype.decode(self.raw(name), info.n_elements).reshape(info.shape)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below, where it can happen
+            out = info.qtype.decode(self.raw(name), info.n_elements).reshape(info.shape)
+        if info.qtype.block_size > 1 and not np.isfinite(out).all():
+            raise GGUFError(self.path, info.offset, f"tensor {name!r} ({info.qtype.name}) has non-finite block "
+                            "scales (inf or NaN): the file is damaged", "download or convert it again")
+        return out
 
     def unmap_pages(self, name: str, start: int = 0, end: int | None = None) -> None:
         """Drop this process's mappings of the whole pages within bytes start..end of the tensor (default: all of
