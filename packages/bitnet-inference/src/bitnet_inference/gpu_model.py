@@ -717,8 +717,7 @@ class GPUModel:
         if None in plan.values():
             return None
         # shared memory: each kernel's own, then padded so that one block an SM lands (ops.pdl_smem)
-        dyn = [9 * m.k + 128 + plan[k] * ops.PDL_UPW.get(epi, 1) * (2 if epi in ops.PAIRED else 1) * m.k // 4
-               for k, m, epi in kinds]
+        dyn = [ops.decode_smem(m, epi, plan[k], ops.PDL_UPW.get(epi, 1)) for k, m, epi in kinds]
         static = [rt.fn(f"tdechp_{epi}", ops.SIG_DEC).get_attribute(cuda.function_attribute.SHARED_SIZE_BYTES)
                   + 1024 for _, _, epi in kinds]
         smem = ops.pdl_smem(rt, dyn, static)

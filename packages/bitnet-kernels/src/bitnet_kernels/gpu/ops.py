@@ -160,7 +160,7 @@ def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, e
     if pdl:
         if upw != PDL_UPW.get(epi, 1) or warps > PDL_WARPS[epi]:
             raise GPUError(f"tdechp_{epi}: at most {PDL_WARPS[epi]} warps of {PDL_UPW.get(epi, 1)} units")
-        shared = max(9 * mat.k + 128 + warps * upw * r * mat.k // 4, smem_floor)
+        shared = max(decode_smem(mat, epi, warps, upw), smem_floor)
         if shared > _smem_optin(rt):
             raise GPUError(f"tdechp_{epi}: {shared} bytes of shared memory do not fit the device")
         name = f"tdechp_{epi}"  # (launch_pdl raises the kernel's shared-memory limit itself)
@@ -183,11 +183,10 @@ def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, e
         raise GPUError(f"weights ahead: expected smem, l2 or none, got {mode!r}")
     if upw != 1 and mode != "smem":
         raise GPUError("two rows (pairs) a warp need the weights copied into shared memory (ahead='smem')")
-    # hoisted: the int8 row in planes (+ 128 bytes), the float row, the norm weight (+ the weight rows if staged)
-    shared = 9 * mat.k + 128 + (warps * upw * r * mat.k // 4 if mode == "smem" else 0)
+    shared = decode_smem(mat, epi, warps, upw if mode == "smem" else 0)
     if mode == "smem" and shared > _smem_optin(rt):
         mode, upw = "l2", 1  # the block's rows do not fit in shared memory: asked into L2 instead, a row (pair) a warp
-        shared = 9 * mat.k + 128
+        shared = decode_smem(mat, epi, warps, 0)
     grid = ((mat.n // r + warps * upw - 1) // (warps * upw), 1)
     if hoisted:
         name = _PROLOGUE_PREFIX.get(DEC_PROLOGUE, "tdech") + ("w_" if mode == "smem" else "_") + epi
@@ -208,6 +207,13 @@ PDL_WARPS = {"f32": 20, "resid": 20, "relu2": 18, "silu": 18, "qkv": 16}
 PDL_UPW = {"relu2": 3, "silu": 3}
 
 
+def decode_smem(mat: TernaryMatrix, epi: str, warps: int, upw: int) -> int:
+    """Dynamic shared memory of a hoisted decode block: the int8 row in planes (K + 128 bytes), the float row and
+    the norm weight (8 K), and its warps' weight rows when staged (upw units a warp; 0: not staged)."""
+    r = 2 if epi in PAIRED else 1
+    return 9 * mat.k + 128 + warps * upw * r * mat.k // 4
+
+
 def _sm_count(rt: Runtime) -> int:
     return rt.device.get_attribute(rt.cuda.device_attribute.MULTIPROCESSOR_COUNT)
 
@@ -219,7 +225,7 @@ def pdl_warps(rt: Runtime, mat: TernaryMatrix, epi: str) -> int | None:
     upw = PDL_UPW.get(epi, 1)
     units = mat.n // r
     w = -(-units // (_sm_count(rt) * upw))
-    if w > PDL_WARPS[epi] or 9 * mat.k + 128 + w * upw * r * mat.k // 4 > _smem_optin(rt):
+    if w > PDL_WARPS[epi] or decode_smem(mat, epi, w, upw) > _smem_optin(rt):
         return None
     return w
 
