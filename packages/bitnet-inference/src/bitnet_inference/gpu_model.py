@@ -542,7 +542,7 @@ class GPUModel:
                 ops.ternary_decode_launch(rt, L.qkv, "qkv", self.x, L.attn_norm, eps, self.qb, hd, pos=self.pos,
                                           qkv=qkv, warps=pw["qkv"], rope=self.rope_cur, trace=tr.get("qkv"), pdl=True,
                                           smem_floor=sm["qkv"])
-                self._attention(t, kc, vc, trace=tr.get("attn"), pdl=True)
+                self._attention(t, kc, vc, trace=tr.get("attn"), pdl=True, ahead=L.gu)
                 ops.ternary_decode_launch(rt, L.o, "resid", self.att, L.attn_sub_norm, eps, self.x, e, warps=pw["o"],
                                           trace=tr.get("o"), pdl=True, smem_floor=sm["o"])
                 ops.ternary_decode_launch(rt, L.gu, act, self.x, L.ffn_norm, eps, self.fb, f, warps=pw["gu"],
@@ -725,16 +725,17 @@ class GPUModel:
             return None
         d = self.args.head_dim
         attn = (2 * ATT_WIDE * (d + 8) * 2 + 4096 + 1024
-                + rt.fn("attn_splitcp", ops.SIG_ATTN_SPLIT).get_attribute(cuda.function_attribute.SHARED_SIZE_BYTES))
+                + rt.fn("attn_splitcp", ops.SIG_ATTN_SPLIT + "Pi").get_attribute(cuda.function_attribute.SHARED_SIZE_BYTES))
         total = rt.device.get_attribute(cuda.device_attribute.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
         if smem[3] + static[3] + attn > total:  # an attention block beside each QKV block
             return None
         plan["smem"] = {k: v for (k, _, _), v in zip(kinds, smem)}
         return plan
 
-    def _attention(self, t: int, kc: int, vc: int, trace=None, pdl: bool = False) -> None:
+    def _attention(self, t: int, kc: int, vc: int, trace=None, pdl: bool = False, ahead=None) -> None:
         """Queue one layer's attention: one token with the split kernel (several blocks a head); a prompt with the
-        tiled tensor-core kernel (flash_prefill, where the shape is covered), else one block a (head, token)."""
+        tiled tensor-core kernel (flash_prefill, where the shape is covered), else one block a (head, token).
+        pdl: as a programmatic dependent of QKV; ahead: a matrix whose weights its blocks then ask into L2."""
         rt, a, p = self.rt, self.args, self.ops.ptr
         d = a.head_dim
         if t == 1 and self.attn_split:
@@ -744,10 +745,14 @@ class GPUModel:
                 name += "p"
             elif name == "attn_splitc" or shared > self.ops.SMEM_DEFAULT:  # over 48 KB with the static part: opt in
                 self.ops._allow_smem(rt, name, self.ops.SIG_ATTN_SPLIT, shared)
-            rt.launch(name, self.ops.SIG_ATTN_SPLIT, (a.n_head, self.att_splits), (128, 1, 1), p(self.qb),
-                      np.intp(kc), np.intp(vc), p(self.att), p(self.att_part), p(self.att_cnt), np.int32(a.n_head),
-                      np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx), p(self.pos),
-                      p(trace) if trace is not None else np.intp(0), shared=shared, pdl=pdl)
+            extra = ()
+            if pdl:  # + a later matrix's weights that the blocks ask into L2 after their wait (or none)
+                extra = ((p(ahead.words), np.int32(ahead.n * ahead.k // 4)) if ahead is not None
+                         else (np.intp(0), np.int32(0)))
+            rt.launch(name, self.ops.SIG_ATTN_SPLIT + ("Pi" if pdl else ""), (a.n_head, self.att_splits),
+                      (128, 1, 1), p(self.qb), np.intp(kc), np.intp(vc), p(self.att), p(self.att_part),
+                      p(self.att_cnt), np.int32(a.n_head), np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx),
+                      p(self.pos), p(trace) if trace is not None else np.intp(0), *extra, shared=shared, pdl=pdl)
             return
         if t > 1 and self.flash_prefill and self.ops.flash_supported(a.n_head, a.n_head_kv, d):
             self.ops.flash_attention_launch(rt, self.qb, kc, vc, self.att, a.n_head, a.n_head_kv, d, self.n_ctx, t,

@@ -818,13 +818,15 @@ __device__ __forceinline__ int as_split_keys(int nk) {
 // PDL (attn_splitp / attn_splitcp, launched as programmatic dependents of the QKV kernel): a block triggers its
 // dependents at its start, reads the position (the previous launch's, constant over the step) and copies its
 // split's K/V rows before the position (earlier steps wrote them) while QKV runs; after griddepcontrol.wait the
-// position's own row and q. Nothing is written before the wait.
+// position's own row and q, and (pf) its share of a later matrix's weights asked into L2. Nothing is written
+// before the wait.
 template <bool CL, bool PDL = false>
 __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, const __half* __restrict__ kc,
                                                 const __half* __restrict__ vc, float* __restrict__ out,
                                                 float* __restrict__ part, unsigned* __restrict__ cnt, int n_head,
                                                 int n_kv, int D, int n_ctx, const int* __restrict__ pos0p,
-                                                unsigned long long* trace) {
+                                                unsigned long long* trace, const char* pf = nullptr,
+                                                int pf_bytes = 0) {
     extern __shared__ __align__(16) unsigned char as_smem[];
     __shared__ float qs[256];
     __shared__ float ss[AS_WIDE];
@@ -877,6 +879,13 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
         cp_async_commit();
         asm volatile("griddepcontrol.wait;" ::: "memory");
         stamp(trace, 7);
+        // a later matrix's weights (gate/up's) into L2, a share each block with keys: its own blocks become resident
+        // too late to ask for its 8.8 MB in time (2B-4T), and during the attention the memory is otherwise idle
+        if (pf != nullptr && tid == 32) {
+            const int nb = (int)gridDim.x * nsp, b = sp * (int)gridDim.x + h;
+            const int per = ((pf_bytes + nb - 1) / nb + 15) & ~15, o = b * per, nn = min(per, pf_bytes - o);
+            if (nn > 0) prefetch_l2(pf + o, (unsigned)nn);
+        }
         copy_kv(j0, nold, n);
     } else if (!spec || spk != AS_KEYS) {
         if (spec) cp_async_wait<0>();  // wide splits: the guessed rows land before the right ones are copied over
@@ -1054,12 +1063,12 @@ extern "C" __global__ void __cluster_dims__(1, AS_CLUSTER, 1) __launch_bounds__(
     attn_splitc(ATTN_SPLIT_ARGS) {
     attn_split_body<true>(q, kc, vc, out, part, cnt, n_head, n_kv, D, n_ctx, pos0p, trace);
 }
-extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_splitp(ATTN_SPLIT_ARGS) {
-    attn_split_body<false, true>(q, kc, vc, out, part, cnt, n_head, n_kv, D, n_ctx, pos0p, trace);
+extern "C" __global__ void __launch_bounds__(AS_THREADS) attn_splitp(ATTN_SPLIT_ARGS, const char* pf, int pf_bytes) {
+    attn_split_body<false, true>(q, kc, vc, out, part, cnt, n_head, n_kv, D, n_ctx, pos0p, trace, pf, pf_bytes);
 }
 extern "C" __global__ void __cluster_dims__(1, AS_CLUSTER, 1) __launch_bounds__(AS_THREADS)
-    attn_splitcp(ATTN_SPLIT_ARGS) {
-    attn_split_body<true, true>(q, kc, vc, out, part, cnt, n_head, n_kv, D, n_ctx, pos0p, trace);
+    attn_splitcp(ATTN_SPLIT_ARGS, const char* pf, int pf_bytes) {
+    attn_split_body<true, true>(q, kc, vc, out, part, cnt, n_head, n_kv, D, n_ctx, pos0p, trace, pf, pf_bytes);
 }
 
 // grid.x: row groups (8 warps a block, one row or pair a warp); grid.y: token tiles of TT.
