@@ -262,6 +262,15 @@ def test_decode_variants_bit_equal(gpu_model, monkeypatch):
         np.testing.assert_array_equal(o, outs[0])
 
 
+def _step_logits(gpu_model, toks, n_prefill: int, positions) -> np.ndarray:
+    """The one-token steps' logits at `positions` after a prefill of toks[:n_prefill], the step's graphs captured
+    again first (the switches are read at capture)."""
+    gpu_model.set_decode_mode("fused", 0)
+    gpu_model.cache.reset()
+    gpu_model.prefill(toks[:n_prefill])
+    return np.concatenate([gpu_model.forward([int(toks[p])], p, logits="last") for p in positions])
+
+
 def test_cluster_attention_bit_equal(gpu_model):
     """Decode steps at 40 .. 250 keys (2 .. 8 splits of 32: the cluster path of attn_splitc) give the logits of
     the global-partials split attention, bit for bit."""
@@ -270,11 +279,7 @@ def test_cluster_attention_bit_equal(gpu_model):
     try:
         for cluster in (False, True):
             gpu_model.attn_cluster = cluster
-            gpu_model.set_decode_mode("fused", 0)  # recapture
-            gpu_model.cache.reset()
-            gpu_model.prefill(toks[:39])
-            outs.append(np.concatenate([gpu_model.forward([int(toks[p])], p, logits="last")
-                                        for p in (39, 40, 63, 64, 100, 200, 224, 249)]))
+            outs.append(_step_logits(gpu_model, toks, 39, (39, 40, 63, 64, 100, 200, 224, 249)))
     finally:
         gpu_model.attn_cluster = True
         gpu_model.set_decode_mode("fused", 0)
@@ -290,12 +295,8 @@ def test_programmatic_dependent_step_bit_equal(gpu_model):
     try:
         for pdl in (False, True):
             gpu_model.pdl = pdl
-            gpu_model.set_decode_mode("fused", 0)  # recapture
             assert (gpu_model._pdl_plan is not None) == pdl
-            gpu_model.cache.reset()
-            gpu_model.prefill(toks[:1])
-            outs.append(np.concatenate([gpu_model.forward([int(toks[p])], p, logits="last")
-                                        for p in (1, 2, 31, 32, 33, 100, 200, 254, 255)]))
+            outs.append(_step_logits(gpu_model, toks, 1, (1, 2, 31, 32, 33, 100, 200, 254, 255)))
     finally:
         gpu_model.pdl = True
         gpu_model.set_decode_mode("fused", 0)

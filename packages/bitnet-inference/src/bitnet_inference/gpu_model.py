@@ -725,7 +725,7 @@ class GPUModel:
             return None
         d = self.args.head_dim
         attn = (2 * ATT_WIDE * (d + 8) * 2 + 4096 + 1024
-                + rt.fn("attn_splitcp", ops.SIG_ATTN_SPLIT + "Pi").get_attribute(cuda.function_attribute.SHARED_SIZE_BYTES))
+                + rt.fn("attn_splitcp", ops.SIG_ATTN_SPLITP).get_attribute(cuda.function_attribute.SHARED_SIZE_BYTES))
         total = rt.device.get_attribute(cuda.device_attribute.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
         if smem[3] + static[3] + attn > total:  # an attention block beside each QKV block
             return None
@@ -749,7 +749,7 @@ class GPUModel:
             if pdl:  # + a later matrix's weights that the blocks ask into L2 after their wait (or none)
                 extra = ((p(ahead.words), np.int32(ahead.n * ahead.k // 4)) if ahead is not None
                          else (np.intp(0), np.int32(0)))
-            rt.launch(name, self.ops.SIG_ATTN_SPLIT + ("Pi" if pdl else ""), (a.n_head, self.att_splits),
+            rt.launch(name, self.ops.SIG_ATTN_SPLITP if pdl else self.ops.SIG_ATTN_SPLIT, (a.n_head, self.att_splits),
                       (128, 1, 1), p(self.qb), np.intp(kc), np.intp(vc), p(self.att), p(self.att_part),
                       p(self.att_cnt), np.int32(a.n_head), np.int32(a.n_head_kv), np.int32(d), np.int32(self.n_ctx),
                       p(self.pos), p(trace) if trace is not None else np.intp(0), *extra, shared=shared, pdl=pdl)

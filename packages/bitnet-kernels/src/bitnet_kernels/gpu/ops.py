@@ -163,43 +163,37 @@ def ternary_decode_launch(rt: Runtime, mat: TernaryMatrix, epi: str, x, normw, e
         shared = max(decode_smem(mat, epi, warps, upw), smem_floor)
         if shared > _smem_optin(rt):
             raise GPUError(f"tdechp_{epi}: {shared} bytes of shared memory do not fit the device")
-        name = f"tdechp_{epi}"  # (launch_pdl raises the kernel's shared-memory limit itself)
-        grid = (_sm_count(rt), 1)
-        nh, nkv, hd, nctx, cos, sin, kc, vc = qkv
-        rt.launch(name, SIG_DEC, grid, (32 * warps, 1, 1),
-                  ptr(mat.words), np.int32(mat.n), np.int32(mat.k), _p(x), _p(normw), ptr(mat.ws), ptr(mat.os),
-                  _p(out), _p(pos), _p(rope), np.int32(ldo), np.float32(eps),
-                  np.int32(nh), np.int32(nkv), np.int32(hd), np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc),
-                  _p(trace), np.int32(upw << 8), shared=shared, pdl=True)
-        return
-    if upw not in (1, 2):
-        raise GPUError(f"decode warps take 1 or 2 rows (pairs), got {upw}")
+        # (launch_pdl raises the kernel's shared-memory limit itself)
+        name, grid, flags = f"tdechp_{epi}", (_sm_count(rt), 1), upw << 8
+    else:
+        if upw not in (1, 2):
+            raise GPUError(f"decode warps take 1 or 2 rows (pairs), got {upw}")
+        hoisted = DEC_HOIST if hoist is None else hoist
+        if hoisted and epi == "qkv" and rope is None:
+            raise GPUError("the hoisted QKV decode kernel reads the step's RoPE row: pass rope")
+        mode = _ahead(mat, ahead) if hoisted else "none"
+        if mode not in ("smem", "l2", "none"):
+            raise GPUError(f"weights ahead: expected smem, l2 or none, got {mode!r}")
+        if upw != 1 and mode != "smem":
+            raise GPUError("two rows (pairs) a warp need the weights copied into shared memory (ahead='smem')")
+        shared = decode_smem(mat, epi, warps, upw if mode == "smem" else 0)
+        if mode == "smem" and shared > _smem_optin(rt):
+            mode, upw = "l2", 1  # the block's rows do not fit in shared memory: asked into L2, a row (pair) a warp
+            shared = decode_smem(mat, epi, warps, 0)
+        grid = ((mat.n // r + warps * upw - 1) // (warps * upw), 1)
+        if hoisted:
+            name = _PROLOGUE_PREFIX.get(DEC_PROLOGUE, "tdech") + ("w_" if mode == "smem" else "_") + epi
+        else:  # the int8 row and the float row
+            name, shared = f"tdec_{epi}", 5 * mat.k
+        if shared > SMEM_DEFAULT:
+            _allow_smem(rt, name, SIG_DEC, shared)
+        flags = (1 if mode == "l2" else 0) | upw << 8
     nh, nkv, hd, nctx, cos, sin, kc, vc = qkv
-    hoisted = DEC_HOIST if hoist is None else hoist
-    if hoisted and epi == "qkv" and rope is None:
-        raise GPUError("the hoisted QKV decode kernel reads the step's RoPE row: pass rope")
-    mode = _ahead(mat, ahead) if hoisted else "none"
-    if mode not in ("smem", "l2", "none"):
-        raise GPUError(f"weights ahead: expected smem, l2 or none, got {mode!r}")
-    if upw != 1 and mode != "smem":
-        raise GPUError("two rows (pairs) a warp need the weights copied into shared memory (ahead='smem')")
-    shared = decode_smem(mat, epi, warps, upw if mode == "smem" else 0)
-    if mode == "smem" and shared > _smem_optin(rt):
-        mode, upw = "l2", 1  # the block's rows do not fit in shared memory: asked into L2 instead, a row (pair) a warp
-        shared = decode_smem(mat, epi, warps, 0)
-    grid = ((mat.n // r + warps * upw - 1) // (warps * upw), 1)
-    if hoisted:
-        name = _PROLOGUE_PREFIX.get(DEC_PROLOGUE, "tdech") + ("w_" if mode == "smem" else "_") + epi
-    else:  # the int8 row and the float row
-        name, shared = f"tdec_{epi}", 5 * mat.k
-    if shared > SMEM_DEFAULT:
-        _allow_smem(rt, name, SIG_DEC, shared)
     rt.launch(name, SIG_DEC, grid, (32 * warps, 1, 1),
               ptr(mat.words), np.int32(mat.n), np.int32(mat.k), _p(x), _p(normw), ptr(mat.ws), ptr(mat.os), _p(out),
               _p(pos), _p(rope), np.int32(ldo), np.float32(eps),
               np.int32(nh), np.int32(nkv), np.int32(hd), np.int32(nctx), _p(cos), _p(sin), _p(kc), _p(vc),
-              _p(trace), np.int32((1 if mode == "l2" else 0) | upw << 8), shared=shared)
-
+              _p(trace), np.int32(flags), shared=shared, pdl=pdl)
 
 # The programmatic-dependent decode kernels (tdechp_*): warps a block at most (their launch bounds: two blocks of
 # consecutive kernels share an SM's registers) and units (rows or pairs) a warp.
@@ -329,6 +323,7 @@ FLASH_ROWS = 64
 SIG_FLASH = "PPPPiiiiP"
 SIG_ATTN = "PPPPiiiiPi"
 SIG_ATTN_SPLIT = "PPPPPPiiiiPP"  # attn_split / attn_splitc (ATTN_SPLIT_ARGS in kernels.cu)
+SIG_ATTN_SPLITP = SIG_ATTN_SPLIT + "Pi"  # attn_splitp / attn_splitcp: + a later matrix's weights to ask into L2
 
 
 def flash_supported(n_head: int, n_kv: int, d: int) -> bool:
