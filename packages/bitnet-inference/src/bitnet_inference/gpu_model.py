@@ -295,10 +295,10 @@ class GPUModel:
         head (its candidates' logits in topk_list, see _head_topk)."""
         rt, p = self.rt, self.ops.ptr
         key = int(self.step_key.gpudata)
-        rt.cuda.memset_d32_async(key, 0, 3, rt.stream)  # the argmax key and the certified head's bound key
-        self._enqueue(1, "all", argmax_key=key, head=head or ("argmax" if step else "logits"))
+        # (embed_rope zeroes the argmax key and the certified head's bound key)
+        self._enqueue(1, "all", argmax_key=key, head=head or ("argmax" if step else "logits"), zero=key)
         rt.launch("argmax_finish", "PPPPPi", (1, 1), (32, 1, 1), np.intp(key), p(self.argmax), p(self.tok),
-                  p(self.pos), p(self.hist), np.int32(1 if step else 0))
+                  p(self.pos), p(self.hist), np.int32(1 if step else 0), pdl=self.pdl)
 
     @property
     def decode_mode(self) -> str:
@@ -454,7 +454,9 @@ class GPUModel:
         self.head_q8 = self.head_scale = self.head_cert = None
         a = self.args
         if self.lm_head == "f16":
-            if self.greedy_head == "cert" and self.head.dtype == np.float16 and a.n_embd % 16 == 0:
+            # (head_norm_q8c keeps the row in registers: at most 8 x 1024 wide)
+            if (self.greedy_head == "cert" and self.head.dtype == np.float16 and a.n_embd % 16 == 0
+                    and a.n_embd <= 8192):
                 q, scale = self.ops.q8_head_prepare(self.rt, self.head, a.n_vocab, a.n_embd)
                 wn, ewn = self.ops.q8c_prepare(self.rt, self.head, q, scale, a.n_vocab, a.n_embd)
                 self.head_cert = {"q": q, "scale": scale, "wn": wn, "ewn": ewn,
@@ -509,17 +511,19 @@ class GPUModel:
 
     # -- the forward pass -------------------------------------------------------------------------------------
 
-    def _enqueue(self, t: int, head_rows: str, argmax_key: int = 0, head: str = "logits") -> None:
+    def _enqueue(self, t: int, head_rows: str, argmax_key: int = 0, head: str = "logits", zero: int = 0) -> None:
         """Queue the pass over tokens self.tok[:t] at positions *self.pos ..; the head over all rows or the last.
         argmax_key (one token): device address of a zeroed 64-bit word; the head kernel then also folds the
-        argmax into it (f16_head_argmax)."""
+        argmax into it (f16_head_argmax). zero (one token): device address of three 32-bit words the embedding
+        kernel zeroes first (the step's keys: no memset node in the step's graph)."""
         ops, rt, a = self.ops, self.rt, self.args
         e, f, hd, d = a.n_embd, a.n_ff, a.n_head * a.head_dim, a.head_dim
         eps = np.float32(a.norm_eps)
         p = ops.ptr
         if t == 1:  # the embedding and the step's RoPE row (the hoisted QKV decode kernel reads it)
-            rt.launch("embed_rope", "PPiPPPPiP", (1, 1), (256, 1, 1), p(self.emb), p(self.tok), np.int32(e),
-                      p(self.x), p(self.pos), p(self.cos), p(self.sin), np.int32(d // 2), p(self.rope_cur))
+            rt.launch("embed_rope", "PPiPPPPiPP", (1, 1), (256, 1, 1), p(self.emb), p(self.tok), np.int32(e),
+                      p(self.x), p(self.pos), p(self.cos), p(self.sin), np.int32(d // 2), p(self.rope_cur),
+                      np.intp(zero))
         else:
             rt.launch("embed", "PPiP", (t, 1), (256, 1, 1), p(self.emb), p(self.tok), np.int32(e), p(self.x))
         kv_layer = a.n_head_kv * self.n_ctx * d * 2  # bytes of one layer's K (or V) cache
@@ -590,9 +594,9 @@ class GPUModel:
             return
         if head != "logits" and argmax_key and rows == 1 and self.head_cert is not None:
             if head == "topk":
-                self._head_topk(src, argmax_key)
+                self._head_topk(src, argmax_key, pdl=self.pdl)
             else:
-                self._head_cert(src, argmax_key)
+                self._head_cert(src, argmax_key, pdl=self.pdl)
             return
         f16 = 1 if (self.head_f16_always or rows == 1) else 0
         rt.launch("rmsnorm_f32", "PPifPi", (rows, 1), (1024, 1, 1), np.intp(src), p(self.output_norm), np.int32(e),
@@ -603,31 +607,33 @@ class GPUModel:
         else:
             ops.f16_launch(rt, self.head, a.n_vocab, e, self.hn, self.logits, a.n_vocab, rows)
 
-    def _head_bounds(self, src: int, lb: np.intp, lo) -> None:
+    def _head_bounds(self, src: int, lb: np.intp, lo, pdl: bool = False) -> None:
         """Queue the certified heads' common part for the row at device address src: hn (the bits of
         rmsnorm_f32) with its int8 quantization and norms (head_norm_q8c), then the int8 head with the bounds
         (q8c_head: upper bounds into ub, the key of the largest lower bound into lb, the lower bounds into lo where
-        given)."""
+        given). pdl: both launched as programmatic dependents of the kernel before."""
         rt, a, p = self.rt, self.args, self.ops.ptr
         c, e, v = self.head_cert, a.n_embd, a.n_vocab
         rt.launch("head_norm_q8c", "PPifPPPP", (1, 1), (1024, 1, 1), np.intp(src), p(self.output_norm), np.int32(e),
-                  np.float32(a.norm_eps), p(self.hn), p(self.q8), p(self.s), p(self.hx))
+                  np.float32(a.norm_eps), p(self.hn), p(self.q8), p(self.s), p(self.hx), pdl=pdl)
         rt.launch("q8c_head", "PiiPPPPPPPPP", ((v + 7) // 8, 1), (256, 1, 1), p(c["q"]), np.int32(v), np.int32(e),
-                  p(self.q8), p(self.s), p(c["scale"]), p(c["wn"]), p(c["ewn"]), p(self.hx), p(c["ub"]), lb, p(lo))
+                  p(self.q8), p(self.s), p(c["scale"]), p(c["wn"]), p(c["ewn"]), p(self.hx), p(c["ub"]), lb, p(lo),
+                  pdl=pdl)
 
-    def _head_cert(self, src: int, argmax_key: int, ncand=None) -> None:
+    def _head_cert(self, src: int, argmax_key: int, ncand=None, pdl: bool = False) -> None:
         """Queue the certified greedy head for the row at device address src: the F16 head's input hn (the bits
         of rmsnorm_f32) with its int8 quantization, the int8 head with the bound (q8c_head: the bound key at
         argmax_key + 8, zeroed with the argmax key), then the F16 logits of the candidate rows folded into the
-        argmax key (q8c_rescore; ncand: a device counter of the candidates, for tools)."""
+        argmax key (q8c_rescore; ncand: a device counter of the candidates, for tools). pdl: the three launched as
+        programmatic dependents."""
         rt, a, p = self.rt, self.args, self.ops.ptr
         c, e, v = self.head_cert, a.n_embd, a.n_vocab
         lb = np.intp(argmax_key + 8)
-        self._head_bounds(src, lb, None)
+        self._head_bounds(src, lb, None, pdl)
         rt.launch("q8c_rescore", "PiiPPPPPP", ((v + 255) // 256, 1), (256, 1, 1), p(self.head), np.int32(v),
-                  np.int32(e), p(self.hn), p(c["ub"]), lb, p(self.logits), np.intp(argmax_key), p(ncand))
+                  np.int32(e), p(self.hn), p(c["ub"]), lb, p(self.logits), np.intp(argmax_key), p(ncand), pdl=pdl)
 
-    def _head_topk(self, src: int, argmax_key: int) -> None:
+    def _head_topk(self, src: int, argmax_key: int, pdl: bool = False) -> None:
         """Queue the certified top-k head for the row at device address src (k first in self.topk_args): hn and
         its int8 quantization, the int8 head with both bounds (ub, lo), the repeat penalty on the recent rows'
         bounds (q8c_penalize, the rows in self.topk_args), the threshold from lo's histogram (q8c_hist,
@@ -637,7 +643,7 @@ class GPUModel:
         rt, a, p = self.rt, self.args, self.ops.ptr
         c, e, v = self.head_cert, a.n_embd, a.n_vocab
         lb, tau = np.intp(argmax_key + 8), np.intp(argmax_key + 12)
-        self._head_bounds(src, lb, c["lo"])
+        self._head_bounds(src, lb, c["lo"], pdl)
         rt.launch("q8c_penalize", "PPP", (1, 1), (256, 1, 1), p(c["ub"]), p(c["lo"]), p(self.topk_args))
         rt.cuda.memset_d32_async(c["hist"].gpudata, 0, c["hist"].size, rt.stream)
         rt.cuda.memset_d32_async(self.topk_list.gpudata, 0, 1, rt.stream)
@@ -718,8 +724,9 @@ class GPUModel:
             return None
         # shared memory: each kernel's own, then padded so that one block an SM lands (ops.pdl_smem)
         dyn = [ops.decode_smem(m, epi, plan[k], ops.PDL_UPW.get(epi, 1)) for k, m, epi in kinds]
-        static = [rt.fn(f"tdechp_{epi}", ops.SIG_DEC).get_attribute(cuda.function_attribute.SHARED_SIZE_BYTES)
-                  + 1024 for _, _, epi in kinds]
+        # (static: rounded up to the dynamic part's 128-byte alignment, + the 1 KiB the driver reserves a block)
+        static = [-(-rt.fn(f"tdechp_{epi}", ops.SIG_DEC).get_attribute(cuda.function_attribute.SHARED_SIZE_BYTES)
+                    // 128) * 128 + 1024 for _, _, epi in kinds]
         smem = ops.pdl_smem(rt, dyn, static)
         if smem is None:
             return None

@@ -341,6 +341,11 @@ __device__ __forceinline__ void stamp(unsigned long long* trace, int stage) {
     }
 }
 
+// Programmatic dependent launch: let the next kernel's blocks start (they wait in pdl_wait), and wait for the
+// kernel before to complete (its writes visible). Both do nothing in a kernel launched plainly or followed by one.
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
 __device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
 }
@@ -409,7 +414,10 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
                                                const int* __restrict__ pos0p, const float* __restrict__ rope,
                                                int ldo, float eps, QKVArgs qa, unsigned long long* trace,
                                                int flags) {
-    extern __shared__ int4 qsm_raw[];
+    // The dynamic shared memory starts on a 128-byte line (it follows the static arrays): where they ended 16 bytes
+    // past one (a 260-byte static array added), the programmatic-dependent kernels took 1.1-2.5 us longer each,
+    // their row copies and weight rows straddling lines (an H100, the eleventh session).
+    extern __shared__ __align__(128) int4 qsm_raw[];
     int* qsm = reinterpret_cast<int*>(qsm_raw);
     // HOIST: the int8 row in four planes, plane j holding the j-th 16 bytes of every 64-byte chunk (PL int4 a
     // plane, two of padding), so that a warp's lanes read consecutive 16 bytes (no bank conflicts) and the
@@ -442,9 +450,9 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     uint4* wst = reinterpret_cast<uint4*>(wsm + K4);  // ST: then the block's weight rows (K / 4 bytes a row)
     if (HOIST) {
         if (PDL) {
-            asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+            pdl_trigger();
             if (brow >= N) {  // a block with no rows: holds its SM's slot until the kernel before is done
-                asm volatile("griddepcontrol.wait;" ::: "memory");
+                pdl_wait();
                 return;
             }
         }
@@ -481,7 +489,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
             cp_async_commit();
         };
         if (ST && PDL) {
-            asm volatile("griddepcontrol.wait;" ::: "memory");
+            pdl_wait();
             stamp(trace, 7);
             for (int i = threadIdx.x; i < K4; i += blockDim.x) cp_async16(xs + i, x4 + i);
             cp_async_commit();
@@ -758,17 +766,48 @@ DECODE_KERNEL_P(tdechp_silu, 2, EPI_SILU, 3, 576)
 DECODE_KERNEL_P(tdechp_qkv, 2, EPI_QKV, 1, 512)
 
 // The decode step's embedding (x = emb[tok], f16 to float) and the step's RoPE row (cos, sin at the position,
-// head_dim / 2 each) for the hoisted QKV decode kernel.
+// head_dim / 2 each) for the hoisted QKV decode kernel; zero (when not null): three words zeroed (the step's argmax
+// and bound keys). One block: every 16-byte load of the row issued before any store (K % 8 == 0 and K <= 64 x the
+// block; else one half at a time): one trip to memory instead of one a load (11-13 us of a step on an H100).
+// The certified head's kernels and argmax_finish likewise start with pdl_trigger, pdl_wait: the step launches them
+// as programmatic dependents (each one's block resident before the kernel before ends).
 extern "C" __global__ void embed_rope(const __half* __restrict__ emb, const int* __restrict__ tok, int K,
                                       float* __restrict__ x, const int* __restrict__ pos0p,
                                       const float* __restrict__ cos_tab, const float* __restrict__ sin_tab, int half,
-                                      float* __restrict__ rope) {
+                                      float* __restrict__ rope, unsigned* __restrict__ zero) {
+    pdl_trigger();  // the first layer's blocks copy what they can while this runs
+    pdl_wait();
     const __half* e = emb + (size_t)tok[0] * K;
-    for (int i = threadIdx.x; i < K; i += blockDim.x) x[i] = __half2float(e[i]);
+    if (zero != nullptr && threadIdx.x < 3) zero[threadIdx.x] = 0u;
     if (threadIdx.x < half) {
         const int pos = *pos0p;
         rope[threadIdx.x] = cos_tab[(size_t)pos * half + threadIdx.x];
         rope[half + threadIdx.x] = sin_tab[(size_t)pos * half + threadIdx.x];
+    }
+    constexpr int U = 8;
+    const int nch = K >> 3;
+    if ((K & 7) == 0 && nch <= U * (int)blockDim.x) {
+        const uint4* e8 = reinterpret_cast<const uint4*>(e);
+        uint4 v[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int c = threadIdx.x + u * blockDim.x;
+            if (c < nch) v[u] = __ldg(e8 + c);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int c = threadIdx.x + u * blockDim.x;
+            if (c < nch) {
+                const __half2* h = reinterpret_cast<const __half2*>(&v[u]);
+                const float2 f0 = __half22float2(h[0]), f1 = __half22float2(h[1]), f2 = __half22float2(h[2]),
+                             f3 = __half22float2(h[3]);
+                float4* o = reinterpret_cast<float4*>(x) + 2 * c;
+                o[0] = make_float4(f0.x, f0.y, f1.x, f1.y);
+                o[1] = make_float4(f2.x, f2.y, f3.x, f3.y);
+            }
+        }
+    } else {
+        for (int i = threadIdx.x; i < K; i += blockDim.x) x[i] = __half2float(e[i]);
     }
 }
 
@@ -851,7 +890,7 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
             cp_async16(vs + j * pitch + 8 * cc, vb + (size_t)j * D + 8 * cc);
         }
     };
-    if (PDL) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    if (PDL) pdl_trigger();
     // CL, the first AS_CLUSTER splits: the split's rows for AS_KEYS keys a split are copied before the position is
     // known (rows past the keys are never read), so the copies overlap the position's load
     const bool spec = CL && !PDL && sp < AS_CLUSTER;
@@ -877,7 +916,7 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
         const int nold = max(0, min(n, nk - 1 - j0));  // rows before the position
         copy_kv(j0, 0, nold);
         cp_async_commit();
-        asm volatile("griddepcontrol.wait;" ::: "memory");
+        pdl_wait();
         stamp(trace, 7);
         // a later matrix's weights (gate/up's) into L2, a share each block with keys: its own blocks become resident
         // too late to ask for its 8.8 MB in time (2B-4T), and during the attention the memory is otherwise idle
@@ -1210,7 +1249,8 @@ extern "C" __global__ void embed(const __half* __restrict__ emb, const int* __re
 }
 
 // F16 weights (V, K) x float activations (T, K) -> logits (T, V); one warp a row, TT tokens a block column.
-template <int TT>
+// U: 16-byte chunks a lane loads before it uses them (the order of the sums does not depend on it).
+template <int TT, int U = 4>
 __device__ __forceinline__ void f16_warp(const uint4* __restrict__ W, int row, int K, const float* __restrict__ x,
                                          float* __restrict__ out, int ldo, int t0, int T) {
     const int lane = threadIdx.x & 31;
@@ -1219,7 +1259,6 @@ __device__ __forceinline__ void f16_warp(const uint4* __restrict__ W, int row, i
     float acc[TT];
 #pragma unroll
     for (int t = 0; t < TT; t++) acc[t] = 0.0f;
-    constexpr int U = 4;
     for (int c0 = lane; c0 < nchunk; c0 += WARP * U) {
         uint4 w[U];
 #pragma unroll
@@ -2387,6 +2426,8 @@ extern "C" __global__ void __launch_bounds__(256) f16_head_argmax(const uint4* _
 // After the head: the argmax index out of key; step != 0 also feeds it to the next replay (tok, hist, pos).
 extern "C" __global__ void argmax_finish(const unsigned long long* key, int* out, int* tok, int* pos, int* hist,
                                          int step) {
+    pdl_trigger();
+    pdl_wait();
     if (threadIdx.x != 0) return;
     int idx = (int)(0xffffffffu - (unsigned)(*key & 0xffffffffull));
     out[0] = idx;
@@ -2542,6 +2583,8 @@ extern "C" __global__ void __launch_bounds__(256) q8c_prepare(const __half* __re
     }
 }
 
+#define HN_MAXR 8  // head_norm_q8c: elements a thread (K <= 8 x 1024)
+
 // The head's input for one token (one block): hn, the bits of rmsnorm_f32 with round_f16 (what the F16 head
 // reads), its int8 quantization xq with scale s (sx = 127 / max(max|hn|, 1e-5), round half to even) and
 // hx = (|hn|, |hn - xq / sx|), rounded up.
@@ -2549,32 +2592,70 @@ extern "C" __global__ void __launch_bounds__(1024) head_norm_q8c(const float* __
                                                                  int K, float eps, float* __restrict__ hn,
                                                                  int8_t* __restrict__ xq, float* __restrict__ s,
                                                                  float* __restrict__ hx) {
-    __shared__ double shd[32];
+    // the row and the norm weight read once into registers (K <= HN_MAXR x the block: the caller checks), every
+    // load issued first; the sum of squares in rms_scale's order and butterfly (the bits of rmsnorm_f32); one
+    // barrier a reduction (sum of squares, maximum, then the two norms together)
+    __shared__ double shd[32], shy[32], she[32];
     __shared__ float shf[32];
-    const float scale = rms_scale(x, K, eps, shd);
-    float amax = 0.0f;
-    for (int i = threadIdx.x; i < K; i += blockDim.x) {
-        const float y = __half2float(__float2half_rn(__fmul_rn(__fmul_rn(x[i], scale), w[i])));
-        hn[i] = y;
-        amax = fmaxf(amax, fabsf(y));
+    pdl_trigger();
+    pdl_wait();
+    float xv[HN_MAXR], wv[HN_MAXR];
+#pragma unroll
+    for (int j = 0; j < HN_MAXR; j++) {
+        const int i = threadIdx.x + j * blockDim.x;
+        xv[j] = i < K ? x[i] : 0.0f;
+        wv[j] = i < K ? w[i] : 0.0f;
     }
-    amax = block_max(amax, shf);
+    double ss = 0.0;
+#pragma unroll
+    for (int j = 0; j < HN_MAXR; j++) {
+        const double v = (double)xv[j];
+        if (threadIdx.x + j * blockDim.x < K) ss += v * v;
+    }
+    ss = block_sum1<double>(ss, shd);
+    const float scale = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn((float)(ss / (double)K), eps)));
+    float amax = 0.0f;
+#pragma unroll
+    for (int j = 0; j < HN_MAXR; j++) {
+        const int i = threadIdx.x + j * blockDim.x;
+        const float y = __half2float(__float2half_rn(__fmul_rn(__fmul_rn(xv[j], scale), wv[j])));
+        xv[j] = y;
+        if (i < K) {
+            hn[i] = y;
+            amax = fmaxf(amax, fabsf(y));
+        }
+    }
+    amax = block_max1(amax, shf);
     const float sx = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
     double sy = 0.0, se = 0.0;
-    for (int i = threadIdx.x; i < K; i += blockDim.x) {
-        const float y = hn[i];  // this thread's own write
-        const int qv = max(-128, min(127, __float2int_rn(__fmul_rn(y, sx))));
-        xq[i] = (int8_t)qv;
-        const double e = (double)y - (double)qv / (double)sx;
-        sy += (double)y * y;
-        se += e * e;
+#pragma unroll
+    for (int j = 0; j < HN_MAXR; j++) {
+        const int i = threadIdx.x + j * blockDim.x;
+        if (i < K) {
+            const float y = xv[j];
+            const int qv = max(-128, min(127, __float2int_rn(__fmul_rn(y, sx))));
+            xq[i] = (int8_t)qv;
+            const double e = (double)y - (double)qv / (double)sx;
+            sy += (double)y * y;
+            se += e * e;
+        }
     }
-    sy = block_sum<double>(sy, shd);
-    se = block_sum<double>(se, shd);
-    if (threadIdx.x == 0) {
-        s[0] = sx;
-        hx[0] = __double2float_ru(sqrt(sy) * (1.0 + 1e-12));
-        hx[1] = __double2float_ru(sqrt(se) * (1.0 + 1e-12) + 1e-30);
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    sy = warp_sum(sy);
+    se = warp_sum(se);
+    if (lane == 0) {
+        shy[wid] = sy;
+        she[wid] = se;
+    }
+    __syncthreads();
+    if (wid == 0) {
+        sy = warp_sum(lane < nw ? shy[lane] : 0.0);
+        se = warp_sum(lane < nw ? she[lane] : 0.0);
+        if (lane == 0) {
+            s[0] = sx;
+            hx[0] = __double2float_ru(sqrt(sy) * (1.0 + 1e-12));
+            hx[1] = __double2float_ru(sqrt(se) * (1.0 + 1e-12) + 1e-30);
+        }
     }
 }
 
@@ -2586,6 +2667,8 @@ extern "C" __global__ void __launch_bounds__(256) q8c_head(const uint4* __restri
                                                            const float* __restrict__ wn, const float* __restrict__ ewn,
                                                            const float* __restrict__ hx, float* __restrict__ ub,
                                                            unsigned* __restrict__ lb, float* __restrict__ lo) {
+    pdl_trigger();
+    pdl_wait();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row = blockIdx.x * 8 + warp;
     unsigned k = 0;
@@ -2603,24 +2686,38 @@ extern "C" __global__ void __launch_bounds__(256) q8c_head(const uint4* __restri
     block_key_max(k, lb);
 }
 
-// A warp's candidates among rows base .. base + 31: those with ub[r] >= thr, or either NaN (a NaN bound - a NaN or
-// infinite hidden state - makes the row a candidate, so such a step rescores every row and gives the F16 head's
-// key, whatever its logits are). The ballot's mask comes back to the caller first (use(mask) before any logit),
-// then each candidate's F16 logit (f16_warp, the F16 head's bits) into out[r] and lane 0 calls each(r, logit).
-template <typename Mask, typename Each>
+// A block's candidates among its 256 rows: those with ub[r] >= thr, or either NaN (a NaN bound - a NaN or infinite
+// hidden state - makes the row a candidate, so such a step rescores every row and gives the F16 head's key, whatever
+// its logits are). Each warp checks 32 rows; the block's candidates go into one list in shared memory, and the warps
+// take them in turn (a warp a candidate, its F16 logit with f16_warp, the F16 head's bits, every load of the row
+// issued first), so a warp whose rows hold several candidates does not keep the block waiting (~3 us a candidate
+// from memory). count(n) (thread 0, the block's count) comes before any logit; then lane 0 calls each(j, r, logit)
+// for the block's j-th candidate r. Every thread of the block must call it.
+template <typename Count, typename Each>
 __device__ __forceinline__ void q8c_candidates(const uint4* __restrict__ W16, int V, int K, const float* __restrict__ hn,
                                                const float* __restrict__ ub, float thr, float* __restrict__ out,
-                                               int base, Mask&& use, Each&& each) {
-    const int lane = threadIdx.x & 31, row = base + lane;
-    unsigned mask = __ballot_sync(0xffffffffu, row < V && !(ub[row] < thr));
-    use(mask);
-    while (mask) {
-        const int r = base + __ffs(mask) - 1;
-        mask &= mask - 1;
-        f16_warp<1>(W16, r, K, hn, out, V, 0, 1);
+                                               Count&& count, Each&& each) {
+    __shared__ int list[256], n_sh;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = blockIdx.x * 256 + threadIdx.x;
+    if (threadIdx.x == 0) n_sh = 0;
+    __syncthreads();
+    const bool cand = row < V && !(ub[row] < thr);
+    const unsigned mask = __ballot_sync(0xffffffffu, cand);
+    int at = 0;
+    if (lane == 0 && mask) at = atomicAdd(&n_sh, __popc(mask));
+    at = __shfl_sync(0xffffffffu, at, 0);
+    if (cand) list[at + __popc(mask & ((1u << lane) - 1u))] = row;
+    __syncthreads();
+    const int n = n_sh;
+    if (n == 0) return;
+    if (threadIdx.x == 0) count(n);
+    __syncthreads();  // (what count wrote, for each)
+    for (int j = warp; j < n; j += 8) {
+        const int r = list[j];
+        f16_warp<1, 12>(W16, r, K, hn, out, V, 0, 1);
         if (lane == 0) {
             __threadfence_block();
-            each(r, out[r]);
+            each(j, r, out[r]);
         }
     }
 }
@@ -2633,15 +2730,15 @@ extern "C" __global__ void __launch_bounds__(256) q8c_rescore(const uint4* __res
                                                               const unsigned* __restrict__ lb,
                                                               float* __restrict__ out, unsigned long long* key,
                                                               unsigned* ncand) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int base = (blockIdx.x * 8 + warp) * WARP;
+    pdl_trigger();
+    pdl_wait();
     unsigned long long k = 0;
     q8c_candidates(
-        W16, V, K, hn, ub, fkey_value(*lb), out, base,
-        [&](unsigned mask) {
-            if (ncand != nullptr && lane == 0 && mask) atomicAdd(ncand, (unsigned)__popc(mask));
+        W16, V, K, hn, ub, fkey_value(*lb), out,
+        [&](int n) {
+            if (ncand != nullptr) atomicAdd(ncand, (unsigned)n);
         },
-        [&](int r, float v) { k = max(k, argmax_key(v, r)); });
+        [&](int, int r, float v) { k = max(k, argmax_key(v, r)); });
     block_key_max(k, key);
 }
 
@@ -2717,19 +2814,16 @@ extern "C" __global__ void __launch_bounds__(256) q8c_collect(const uint4* __res
                                                               const unsigned* __restrict__ tau,
                                                               float* __restrict__ out, unsigned* __restrict__ list,
                                                               int maxc) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    unsigned slot = 0;  // lane 0's next place in the list
+    __shared__ unsigned base_sh;  // the block's first place in the list
     q8c_candidates(
-        W16, V, K, hn, ub, fkey_value(*tau), out, (blockIdx.x * 8 + warp) * WARP,
-        [&](unsigned mask) {
-            if (lane == 0 && mask) slot = atomicAdd(list, (unsigned)__popc(mask));
-        },
-        [&](int r, float v) {
+        W16, V, K, hn, ub, fkey_value(*tau), out,
+        [&](int n) { base_sh = atomicAdd(list, (unsigned)n); },
+        [&](int j, int r, float v) {
+            const unsigned slot = base_sh + (unsigned)j;
             if (slot < (unsigned)maxc) {
                 list[1 + 2 * slot] = (unsigned)r;
                 list[2 + 2 * slot] = __float_as_uint(v);
             }
-            slot++;
         });
 }
 
