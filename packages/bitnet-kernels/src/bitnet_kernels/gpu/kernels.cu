@@ -2628,6 +2628,7 @@ extern "C" __global__ void __launch_bounds__(1024) head_norm_q8c(const float* __
     amax = block_max1(amax, shf);
     const float sx = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
     double sy = 0.0, se = 0.0;
+    const double isx = 1.0 / (double)sx;  // (qv * isx: within 2^-52 of qv / sx, far inside the bound's margin)
 #pragma unroll
     for (int j = 0; j < HN_MAXR; j++) {
         const int i = threadIdx.x + j * blockDim.x;
@@ -2635,7 +2636,7 @@ extern "C" __global__ void __launch_bounds__(1024) head_norm_q8c(const float* __
             const float y = xv[j];
             const int qv = max(-128, min(127, __float2int_rn(__fmul_rn(y, sx))));
             xq[i] = (int8_t)qv;
-            const double e = (double)y - (double)qv / (double)sx;
+            const double e = (double)y - (double)qv * isx;
             sy += (double)y * y;
             se += e * e;
         }
