@@ -765,25 +765,10 @@ DECODE_KERNEL_P(tdechp_relu2, 2, EPI_RELU2, 3, 576)
 DECODE_KERNEL_P(tdechp_silu, 2, EPI_SILU, 3, 576)
 DECODE_KERNEL_P(tdechp_qkv, 2, EPI_QKV, 1, 512)
 
-// The decode step's embedding (x = emb[tok], f16 to float) and the step's RoPE row (cos, sin at the position,
-// head_dim / 2 each) for the hoisted QKV decode kernel; zero (when not null): three words zeroed (the step's argmax
-// and bound keys). One block: every 16-byte load of the row issued before any store (K % 8 == 0 and K <= 64 x the
-// block; else one half at a time): one trip to memory instead of one a load (11-13 us of a step on an H100).
-// The certified head's kernels and argmax_finish likewise start with pdl_trigger, pdl_wait: the step launches them
-// as programmatic dependents (each one's block resident before the kernel before ends).
-extern "C" __global__ void embed_rope(const __half* __restrict__ emb, const int* __restrict__ tok, int K,
-                                      float* __restrict__ x, const int* __restrict__ pos0p,
-                                      const float* __restrict__ cos_tab, const float* __restrict__ sin_tab, int half,
-                                      float* __restrict__ rope, unsigned* __restrict__ zero) {
-    pdl_trigger();  // the first layer's blocks copy what they can while this runs
-    pdl_wait();
-    const __half* e = emb + (size_t)tok[0] * K;
-    if (zero != nullptr && threadIdx.x < 3) zero[threadIdx.x] = 0u;
-    if (threadIdx.x < half) {
-        const int pos = *pos0p;
-        rope[threadIdx.x] = cos_tab[(size_t)pos * half + threadIdx.x];
-        rope[half + threadIdx.x] = sin_tab[(size_t)pos * half + threadIdx.x];
-    }
+// One embedding row to float (x = e, K halves) by one block: every 16-byte load of the row issued before any store
+// (K % 8 == 0 and K <= 64 x the block; else one half at a time): one trip to memory instead of one a load (11-13 us
+// of a decode step on an H100 with the loop of halves).
+__device__ __forceinline__ void embed_row(const __half* __restrict__ e, int K, float* __restrict__ x) {
     constexpr int U = 8;
     const int nch = K >> 3;
     if ((K & 7) == 0 && nch <= U * (int)blockDim.x) {
@@ -809,6 +794,27 @@ extern "C" __global__ void embed_rope(const __half* __restrict__ emb, const int*
     } else {
         for (int i = threadIdx.x; i < K; i += blockDim.x) x[i] = __half2float(e[i]);
     }
+}
+
+// The decode step's embedding (x = emb[tok], embed_row) and the step's RoPE row (cos, sin at the position,
+// head_dim / 2 each) for the hoisted QKV decode kernel; zero (when not null): three words zeroed (the step's argmax
+// and bound keys).
+// The certified head's kernels and argmax_finish likewise start with pdl_trigger, pdl_wait: the step launches them
+// as programmatic dependents (each one's block resident before the kernel before ends).
+extern "C" __global__ void embed_rope(const __half* __restrict__ emb, const int* __restrict__ tok, int K,
+                                      float* __restrict__ x, const int* __restrict__ pos0p,
+                                      const float* __restrict__ cos_tab, const float* __restrict__ sin_tab, int half,
+                                      float* __restrict__ rope, unsigned* __restrict__ zero) {
+    pdl_trigger();  // the first layer's blocks copy what they can while this runs
+    pdl_wait();
+    const __half* e = emb + (size_t)tok[0] * K;
+    if (zero != nullptr && threadIdx.x < 3) zero[threadIdx.x] = 0u;
+    if (threadIdx.x < half) {
+        const int pos = *pos0p;
+        rope[threadIdx.x] = cos_tab[(size_t)pos * half + threadIdx.x];
+        rope[half + threadIdx.x] = sin_tab[(size_t)pos * half + threadIdx.x];
+    }
+    embed_row(e, K, x);
 }
 
 // Single-token attention split over keys (flash-decoding): block (h, sp) of grid (n_head, ceil(n_ctx / AS_KEYS))
@@ -1241,11 +1247,10 @@ extern "C" __global__ void __launch_bounds__(1024) rmsnorm_f32(const float* __re
     }
 }
 
-// x[t] = emb[tok[t]] (f16 rows to float)
+// x[t] = emb[tok[t]] (f16 rows to float; embed_row, a block a row)
 extern "C" __global__ void embed(const __half* __restrict__ emb, const int* __restrict__ tok, int K, float* __restrict__ x) {
-    int t = blockIdx.x;
-    const __half* e = emb + (size_t)tok[t] * K;
-    for (int i = threadIdx.x; i < K; i += blockDim.x) x[(size_t)t * K + i] = __half2float(e[i]);
+    const int t = blockIdx.x;
+    embed_row(emb + (size_t)tok[t] * K, K, x + (size_t)t * K);
 }
 
 // F16 weights (V, K) x float activations (T, K) -> logits (T, V); one warp a row, TT tokens a block column.
