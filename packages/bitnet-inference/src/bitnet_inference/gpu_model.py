@@ -31,6 +31,12 @@ TOPK_BINS = 2048  # Q8C_BINS in kernels.cu
 ATT_SPLIT_KEYS = 32  # keys a block of the split one-token attention (AS_KEYS in kernels.cu)
 ATT_WIDE = 64  # keys a split at most, from 257 to 512 keys (AS_WIDE in kernels.cu)
 ATT_CLUSTER = 8  # blocks a cluster of attn_splitc (AS_CLUSTER in kernels.cu)
+HEAD_NORM_MAX_K = 8192  # head_norm_q8c keeps the row in registers: HN_MAXR x 1024 (kernels.cu)
+
+
+def attn_split_smem(d: int) -> int:
+    """Dynamic shared memory of an attn_split(c)(p) block at head_dim d: a split's K and V rows, then pv."""
+    return 2 * ATT_WIDE * (d + 8) * 2 + 4096
 
 
 def _ops():
@@ -454,9 +460,8 @@ class GPUModel:
         self.head_q8 = self.head_scale = self.head_cert = None
         a = self.args
         if self.lm_head == "f16":
-            # (head_norm_q8c keeps the row in registers: at most 8 x 1024 wide)
             if (self.greedy_head == "cert" and self.head.dtype == np.float16 and a.n_embd % 16 == 0
-                    and a.n_embd <= 8192):
+                    and a.n_embd <= HEAD_NORM_MAX_K):
                 q, scale = self.ops.q8_head_prepare(self.rt, self.head, a.n_vocab, a.n_embd)
                 wn, ewn = self.ops.q8c_prepare(self.rt, self.head, q, scale, a.n_vocab, a.n_embd)
                 self.head_cert = {"q": q, "scale": scale, "wn": wn, "ewn": ewn,
@@ -731,7 +736,7 @@ class GPUModel:
         if smem is None:
             return None
         d = self.args.head_dim
-        attn = (2 * ATT_WIDE * (d + 8) * 2 + 4096 + 1024
+        attn = (attn_split_smem(d) + 1024
                 + rt.fn("attn_splitcp", ops.SIG_ATTN_SPLITP).get_attribute(cuda.function_attribute.SHARED_SIZE_BYTES))
         total = rt.device.get_attribute(cuda.device_attribute.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
         if smem[3] + static[3] + attn > total:  # an attention block beside each QKV block
@@ -747,7 +752,7 @@ class GPUModel:
         d = a.head_dim
         if t == 1 and self.attn_split:
             name = "attn_splitc" if self.attn_cluster and not self._att_long else "attn_split"
-            shared = 2 * ATT_WIDE * (d + 8) * 2 + 4096  # a split's K and V rows in shared memory, then pv
+            shared = attn_split_smem(d)
             if pdl:  # attn_splitcp / attn_splitp (launch_pdl raises their shared-memory limit itself)
                 name += "p"
             elif name == "attn_splitc" or shared > self.ops.SMEM_DEFAULT:  # over 48 KB with the static part: opt in
