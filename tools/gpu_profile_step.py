@@ -11,9 +11,10 @@ graph: the difference to the full step over the layer count is what one kernel o
 graph, gaps included (`full`: only the full step of each variant). `timeline` replays the step with layer 15's
 kernels writing %globaltimer at their stage points (thread 0 of every block) and prints, per kernel, when its
 first block started, the median block's stages, and when its last block ended, in us from the layer's first QKV
-block.
+block (the kernels compiled with their timestamps: BITNET_GPU_TRACE=1, which `timeline` sets).
 """
 
+import os
 import statistics
 import sys
 
@@ -163,6 +164,9 @@ def timeline_one(m, layer: int) -> dict:
     from bitnet_kernels.gpu import ops
 
     rt, a = m.rt, m.args
+    if not rt.traced:
+        raise SystemExit("timeline: the kernels' timestamps are compiled in only with BITNET_GPU_TRACE=1 set before "
+                         "the runtime starts (the timeline command sets it)")
     L = m.layers[layer]
     grid = lambda mat, r: -(-(mat.n // r) // m.dec_warps(mat, r))  # noqa: E731
     blocks = {"qkv": grid(L.qkv, 2), "attn": a.n_head * m.att_splits, "o": grid(L.o, 1), "gu": grid(L.gu, 2),
@@ -226,6 +230,7 @@ def main() -> int:
         return ablate(int(sys.argv[2]) if len(sys.argv) > 2 else 288, int(sys.argv[3]) if len(sys.argv) > 3 else 1024,
                       configs, full_only=len(sys.argv) > 5 and sys.argv[5] == "full")
     if len(sys.argv) > 1 and sys.argv[1] == "timeline":
+        os.environ["BITNET_GPU_TRACE"] = "1"  # the kernels with their stage timestamps (a cubin of their own)
         return timeline(int(sys.argv[2]) if len(sys.argv) > 2 else 288, configs)
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     m = build(199)

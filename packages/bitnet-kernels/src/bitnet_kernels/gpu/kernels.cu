@@ -332,13 +332,17 @@ __device__ __forceinline__ void ternary_warp(const uint4* __restrict__ W, int ro
 }
 
 // Stage timestamps (%globaltimer, ns) of one launch for tools/gpu_profile_step.py: trace[block * 8 + stage],
-// written by thread 0 of each block when the kernel gets a trace buffer (nullptr in normal runs).
+// written by thread 0 of each block when the kernel gets a trace buffer (nullptr in normal runs). Compiled in only
+// with BITNET_TRACE (the runtime defines it under BITNET_GPU_TRACE=1): in the decode step even its untaken branches
+// cost instruction fetches, 26 us a step on an H100 (the thirteenth session, docs/gpu.md).
 __device__ __forceinline__ void stamp(unsigned long long* trace, int stage) {
+#ifdef BITNET_TRACE
     if (trace != nullptr && threadIdx.x == 0) {
         unsigned long long t;
         asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
         trace[blockIdx.x * 8 + stage] = t;
     }
+#endif
 }
 
 // Programmatic dependent launch: let the next kernel's blocks start (they wait in pdl_wait), and wait for the
@@ -458,6 +462,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         }
         // one round of loads for the prologue: the row and the norm weight into shared memory (PDL: the row
         // after the wait)
+#pragma unroll 1
         for (int i = threadIdx.x; i < K4; i += blockDim.x) {
             if (!PDL) cp_async16(xs + i, x4 + i);
             cp_async16(wsm + i, w4 + i);
@@ -466,6 +471,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         const int nrows = min(nw_ * R * upw, N - brow);
         if ((PDL || (flags & 1)) && threadIdx.x == 0 && nrows > 0)
             prefetch_l2(W + (size_t)brow * (K >> 6), (unsigned)nrows * (unsigned)(K >> 2));
+#pragma unroll 1
         for (int u = 0; u < upw; u++) {
             const int k = (threadIdx.x >> 5) + u * nw_, r0 = brow + k * R;
             if ((threadIdx.x & 31) == 0 && r0 < N)
@@ -476,11 +482,13 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         // ST: the warp's weight rows into shared memory, each lane copying the chunks it will use (one group)
         auto stage_weights = [&]() {
             const int nch = K >> 6;
+#pragma unroll 1
             for (int u = 0; u < upw; u++) {
                 const int k = (threadIdx.x >> 5) + u * nw_, wr0 = brow + k * R;
                 if (wr0 < N) {
                     const uint4* src = W + (size_t)wr0 * nch;
                     uint4* dst = wst + (size_t)k * R * nch;
+#pragma unroll 1
                     for (int c = threadIdx.x & 31; c < nch; c += WARP)
 #pragma unroll
                         for (int r = 0; r < R; r++) cp_async16(dst + r * nch + c, src + r * nch + c);
@@ -491,8 +499,10 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         if (ST && PDL) {
             pdl_wait();
             stamp(trace, 7);
+#pragma unroll 1
             for (int i = threadIdx.x; i < K4; i += blockDim.x) cp_async16(xs + i, x4 + i);
             cp_async_commit();
+#pragma unroll 1
             for (int u = 0; u < upw; u++) {
                 const int k = (threadIdx.x >> 5) + u * nw_, r0 = brow + k * R;
                 if ((threadIdx.x & 31) == 0 && r0 < N)
@@ -512,7 +522,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         stamp(trace, 4);
     }
     double ss = 0.0;
-#pragma unroll 4
+#pragma unroll 1
     for (int i = threadIdx.x; i < K4; i += blockDim.x) {
         float4 v;
         if (HOIST) {
@@ -527,7 +537,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     if (HOIST) stamp(trace, 5);
     const float scale = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn((float)(ss / (double)K), eps)));
     float amax = 0.0f;
-#pragma unroll 4
+#pragma unroll 1
     for (int i = threadIdx.x; i < K4; i += blockDim.x) {
         float4 v = xs[i], w = HOIST ? wsm[i] : __ldg(w4 + i), t;
         t.x = __fmul_rn(__fmul_rn(v.x, scale), w.x);
@@ -541,7 +551,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     if (HOIST) stamp(trace, 6);
     const float sc = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
     int sum = 0;
-#pragma unroll 4
+#pragma unroll 1
     for (int i = threadIdx.x; i < K4; i += blockDim.x) {
         float4 t = xs[i];
         int q0, q1, q2, q3;
@@ -587,6 +597,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     // the warp's units (rows or pairs): unit u is the block's unit warp + u * nw_ (ST: up to 2; else 1)
     constexpr int UM = ST ? UMX : 1;
     int nu = 0;
+#pragma unroll 1
     for (int u = 0; u < upw; u++)
         if (brow + (warp + u * nw_) * R < N) nu = u + 1;
     int acc[UM][R];
@@ -606,6 +617,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
 #pragma unroll
             for (int r = 0; r < R; r++) am[u][r] = make_int4(0, 0, 0, 0);
         const int cend = nchunk - nchunk % WARP;
+#pragma unroll 1
         for (int c = lane; c < cend; c += WARP) {
             const int4 a0 = a4[c], a1 = a4[PL + c], a2 = a4[2 * PL + c], a3 = a4[3 * PL + c];
 #pragma unroll
@@ -621,6 +633,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
         // the last nchunk % 32 chunks of every row spread over the lanes as (row, chunk) items, so a pass keeps
         // all 32 lanes busy where a warp has several rows (gate/up: 4 rows x 8 chunks at K = 2560)
         const int rem = nchunk - cend;
+#pragma unroll 1
         for (int t = lane; t < nu * R * rem; t += WARP) {
             const int q = t / rem, c = cend + t % rem;
             const int4 a0 = a4[c], a1 = a4[PL + c], a2 = a4[2 * PL + c], a3 = a4[3 * PL + c];
@@ -644,6 +657,7 @@ __device__ __forceinline__ void ternary_decode(const uint4* __restrict__ W, int 
     } else {
     const uint4* wrow = W + (size_t)row0 * nchunk;
     constexpr int U = (R == 1) ? 4 : 2;
+#pragma unroll 1
     for (int c0 = lane; c0 < nchunk; c0 += WARP * U) {
         uint4 w[U][R];
 #pragma unroll
@@ -847,6 +861,7 @@ __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.w
 // group order.
 __device__ __forceinline__ float pv_sum(const float* pv, int KG, int D, int d) {
     float r = 0.0f;
+#pragma unroll 1
     for (int k = 0; k < KG; k++) r += pv[k * D + d];
     return r;
 }
@@ -890,6 +905,7 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
     auto copy_kv = [&](int j0, int jf, int jt) {
         const __half* kb = kc + ((size_t)kh * n_ctx + j0) * D;
         const __half* vb = vc + ((size_t)kh * n_ctx + j0) * D;
+#pragma unroll 1
         for (int i = jf * D8 + tid; i < jt * D8; i += AS_THREADS) {
             const int j = i / D8, cc = i % D8;
             cp_async16(ks + j * pitch + 8 * cc, kb + (size_t)j * D + 8 * cc);
@@ -937,6 +953,7 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
         copy_kv(j0, 0, n);
     }
     cp_async_commit();
+#pragma unroll 1
     for (int d = tid; d < D; d += AS_THREADS) qs[d] = __half2float(__float2half_rn(q[h * D + d]));
     cp_async_wait<0>();
     __syncthreads();
@@ -944,11 +961,13 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
     const float scale = 1.0f / sqrtf((float)D);
     const int KG = AS_THREADS / D8;  // key groups of D8 threads, 8 dims a thread
     const int g = tid / D8, c = tid % D8;
+#pragma unroll 1
     for (int jb = 0; jb < n; jb += AS_THREADS / 4) {  // scores: key jb + tid / 4, chunks c = tid % 4, + 4, ...
         const int j = jb + (tid >> 2), part = tid & 3;
         float acc = 0.0f;
         if (j < n) {
             const uint4* kr = reinterpret_cast<const uint4*>(ks + j * pitch);
+#pragma unroll 1
             for (int c = part; c < D8; c += 4) {
                 uint4 w = kr[c];
                 const __half2* hw = reinterpret_cast<const __half2*>(&w);
@@ -983,6 +1002,7 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
         float o[8];
 #pragma unroll
         for (int e = 0; e < 8; e++) o[e] = 0.0f;
+#pragma unroll 1
         for (int j = g; j < n; j += KG) {
             const float p = ps[j];
             uint4 w = reinterpret_cast<const uint4*>(vs + j * pitch)[c];
@@ -1002,6 +1022,7 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
     const float m = red[0], l = red[1];
     float* orow = out + h * D;
     if (nsp == 1) {
+#pragma unroll 1
         for (int d = tid; d < D; d += AS_THREADS) {
             orow[d] = __fdiv_rn(pv_sum(pv, KG, D, d), l);
         }
@@ -1011,6 +1032,7 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
         const int P = 2 + D;
         float* dst = cooperative_groups::this_cluster().map_shared_rank(cparts, 0) + sp * P;
         cluster_wait();  // phase 1 (arrived at the start): every block of the cluster is running
+#pragma unroll 1
         for (int d = tid; d < D; d += AS_THREADS) {
             dst[2 + d] = pv_sum(pv, KG, D, d);
         }
@@ -1022,6 +1044,7 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
         if (sp != 0) return;
         cluster_wait();
         stamp(trace, 3);
+#pragma unroll 1
         for (int k = tid; k < nsp; k += AS_THREADS) {
             mk[k] = cparts[k * P];
             lk[k] = cparts[k * P + 1];
@@ -1029,9 +1052,12 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
         __syncthreads();
         stamp(trace, 5);
         float M = -INFINITY;
+#pragma unroll 1
         for (int k = 0; k < nsp; k++) M = fmaxf(M, mk[k]);
+#pragma unroll 1
         for (int d = tid; d < D; d += AS_THREADS) {  // the global path's combine, term for term
             float acc = 0.0f, L = 0.0f;
+#pragma unroll 1
             for (int k = 0; k < nsp; k++) {
                 const float f = expf(mk[k] - M);
                 L = fmaf(lk[k], f, L);
@@ -1042,6 +1068,7 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
     } else {
         const int S = gridDim.y;
         float* pp = part + ((size_t)h * S + sp) * (D + 2);
+#pragma unroll 1
         for (int d = tid; d < D; d += AS_THREADS) {
             __stcg(pp + 2 + d, pv_sum(pv, KG, D, d));
         }
@@ -1060,6 +1087,7 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
         const float* hp = part + (size_t)h * S * (D + 2);
         // one round of loads: every split's (m, l), and this thread's o_k[tid] of the first AS_CREG splits
         constexpr int AS_CREG = 16;
+#pragma unroll 1
         for (int k = tid; k < nsp; k += AS_THREADS) {
             mk[k] = __ldcg(hp + (size_t)k * (D + 2));
             lk[k] = __ldcg(hp + (size_t)k * (D + 2) + 1);
@@ -1070,7 +1098,9 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
         __syncthreads();
         stamp(trace, 5);
         float M = -INFINITY;
+#pragma unroll 1
         for (int k = 0; k < nsp; k++) M = fmaxf(M, mk[k]);
+#pragma unroll 1
         for (int d = tid; d < D; d += AS_THREADS) {
             float acc = 0.0f, L = 0.0f;
             int k = 0;
@@ -1085,6 +1115,7 @@ __device__ __forceinline__ void attn_split_body(const float* __restrict__ q, con
                 }
                 k = AS_CREG;
             }
+#pragma unroll 1
             for (; k < nsp; k++) {
                 const float f = expf(mk[k] - M);
                 L = fmaf(lk[k], f, L);

@@ -58,9 +58,13 @@ class Runtime:
         self.arch = f"sm_{major}{minor}"
         cache_dir = os.environ.get("BITNET_GPU_CACHE", str(Path.home() / ".cache" / "bitnet-py" / "cuda"))
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        # BITNET_GPU_TRACE=1: the kernels' stage timestamps compiled in (tools/gpu_profile_step.py; their code costs
+        # the decode step instruction fetches even where no trace buffer is given, so it is left out otherwise)
+        self.traced = os.environ.get("BITNET_GPU_TRACE", "0") == "1"
+        options = ["-O3", "--std=c++17"] + (["-DBITNET_TRACE"] if self.traced else [])
         try:
-            self.cubin = nvcc_compile(SOURCE.read_text(), no_extern_c=True, arch=self.arch,
-                                      options=["-O3", "--std=c++17"], cache_dir=cache_dir)
+            self.cubin = nvcc_compile(SOURCE.read_text(), no_extern_c=True, arch=self.arch, options=options,
+                                      cache_dir=cache_dir)
         except Exception as e:
             raise GPUError(f"compiling {SOURCE.name} for {self.arch} failed: {e}") from None
         self.module = cuda.module_from_buffer(self.cubin)
