@@ -197,6 +197,62 @@ def test_decode_hoisted_loads_bit_equal(k, x_kind, monkeypatch):
                                           outs[0])
 
 
+def _inverted_pair(x, nw, eps, rng):
+    """Make elements i and j of the row the two largest, with |fl(x_i nw_i)| > |fl(x_j nw_j)| but, normalized,
+    |fl(fl(x_j s) nw_j)| > |fl(fl(x_i s) nw_i)| (s the row's RMS scale): a prologue that took the maximum before
+    the normalization would pick the wrong element. Returns (i, j)."""
+    k = len(x)
+    i, j = k // 5, k - 3
+    f = np.float32
+    for _ in range(100000):  # x_j nw_j within a few ulp below x_i nw_i: about 1 try in 300 inverts
+        x[i], nw[i], x[j] = f(rng.uniform(900, 1100)), f(rng.uniform(0.8, 1.2)), f(rng.uniform(900, 1100))
+        nw[j] = np.nextafter(f(float(x[i]) * float(nw[i]) / float(x[j])), f(0))
+        for _ in range(int(rng.integers(0, 3))):
+            nw[j] = np.nextafter(nw[j], f(2))
+        s = f(1.0) / np.sqrt(f(np.mean(np.square(x, dtype=np.float64))) + f(eps))
+        gi, gj = abs(f(x[i] * nw[i])), abs(f(x[j] * nw[j]))
+        ti, tj = abs(f(f(x[i] * s) * nw[i])), abs(f(f(x[j] * s) * nw[j]))
+        if gi > gj and tj > ti:
+            return i, j
+    raise AssertionError("no inverted pair found")
+
+
+@pytest.mark.parametrize("k", [256, 2560, 6912])
+@pytest.mark.parametrize("x_kind", ["normal", "ties", "zeros", "spike", "pair", "spread", "inverted", "nan", "inf"])
+def test_decode_programmatic_kernel_bit_equal(k, x_kind):
+    """The programmatic-dependent decode kernel (tdechp_*, launched alone: its wait returns at once) gives the
+    bits of the plain hoisted kernel: on random rows, ties, zeros, near-equal largest elements, a pair whose order
+    the normalization inverts, and rows with a NaN or an infinity."""
+    from bitnet_kernels.gpu import ops
+
+    rng = np.random.default_rng(k + 3)
+    n = 777
+    w = ternary(rng, n, k)
+    x = (rng.standard_normal(k) * 2).astype(np.float32)
+    nw = rng.uniform(0.5, 1.5, k).astype(np.float32)
+    if x_kind == "ties":
+        x = np.where(rng.random(k) < 0.5, -1.0, 1.0).astype(np.float32)
+        nw = np.full(k, 0.75, np.float32)
+    elif x_kind == "zeros":
+        x[rng.random(k) < 0.99] = 0.0
+    elif x_kind in ("spike", "pair", "spread"):
+        i, j = {"spike": (k // 3, k // 3 + 1), "pair": (4, 8), "spread": (4, k - 1)}[x_kind]
+        x[i], x[j] = 1e4, -9999.999
+        nw[j] = nw[i]
+    elif x_kind == "inverted":
+        _inverted_pair(x, nw, 1e-5, rng)
+    elif x_kind == "nan":
+        x[k // 2] = np.nan
+    elif x_kind == "inf":
+        x[k // 2] = -np.inf
+    m = ops.TernaryMatrix(n, k)
+    m.load_codes(w, 0.03)
+    m.finish()
+    warps = ops.pdl_warps(ops.get_runtime(), m, "f32")
+    ref = ops.decode_linear(m, x, nw, 1e-5, warps=8, hoist=True)
+    np.testing.assert_array_equal(ops.decode_linear(m, x, nw, 1e-5, warps=warps, pdl=True), ref)
+
+
 def test_decode_staged_rows_past_shared_memory_fall_back():
     """A block whose weight rows would not fit in shared memory next to its 9 K bytes (K = 9344, 32 warps of two
     rows: 234 KB) asks them into L2 with a row a warp instead, with the same bits."""
