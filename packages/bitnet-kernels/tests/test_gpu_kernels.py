@@ -153,6 +153,31 @@ def test_fused_norm_decode_matches_oracle(k):
     assert np.abs(got - two).max() <= 1e-6 * np.abs(ref).max()
 
 
+def _decode_row(rng, k, x_kind):
+    """A decode kernel's input row x and norm weight nw (K floats each) of one kind: "normal" (random); "ties" (every
+    |x * nw| the same: each warp has many candidates for the maximum); "zeros" (but a few); "spike", "pair", "spread"
+    (two values within 2^-20 of each other after * nw, in one thread, two threads of one warp, two warps); "inverted"
+    (see _inverted_pair); "nan", "inf" (one element)."""
+    x = (rng.standard_normal(k) * 2).astype(np.float32)
+    nw = rng.uniform(0.5, 1.5, k).astype(np.float32)
+    if x_kind == "ties":
+        x = np.where(rng.random(k) < 0.5, -1.0, 1.0).astype(np.float32)
+        nw = np.full(k, 0.75, np.float32)
+    elif x_kind == "zeros":
+        x[rng.random(k) < 0.99] = 0.0
+    elif x_kind in ("spike", "pair", "spread"):
+        i, j = {"spike": (k // 3, k // 3 + 1), "pair": (4, 8), "spread": (4, k - 1)}[x_kind]
+        x[i], x[j] = 1e4, -9999.999
+        nw[j] = nw[i]
+    elif x_kind == "inverted":
+        _inverted_pair(x, nw, 1e-5, rng)
+    elif x_kind == "nan":
+        x[k // 2] = np.nan
+    elif x_kind == "inf":
+        x[k // 2] = -np.inf
+    return x, nw
+
+
 @pytest.mark.parametrize("k", [256, 2560, 6912])
 @pytest.mark.parametrize("x_kind", ["normal", "ties", "zeros", "spike", "pair", "spread"])
 def test_decode_hoisted_loads_bit_equal(k, x_kind, monkeypatch):
@@ -167,17 +192,7 @@ def test_decode_hoisted_loads_bit_equal(k, x_kind, monkeypatch):
     rng = np.random.default_rng(k + 1)
     n = 777
     w = ternary(rng, n, k)
-    x = (rng.standard_normal(k) * 2).astype(np.float32)
-    nw = rng.uniform(0.5, 1.5, k).astype(np.float32)
-    if x_kind == "ties":  # every |x * w| the same: each warp has many candidates
-        x = np.where(rng.random(k) < 0.5, -1.0, 1.0).astype(np.float32)
-        nw = np.full(k, 0.75, np.float32)
-    elif x_kind == "zeros":
-        x[rng.random(k) < 0.99] = 0.0
-    elif x_kind in ("spike", "pair", "spread"):  # two values within 2^-20 of each other after * nw
-        i, j = {"spike": (k // 3, k // 3 + 1), "pair": (4, 8), "spread": (4, k - 1)}[x_kind]
-        x[i], x[j] = 1e4, -9999.999
-        nw[j] = nw[i]
+    x, nw = _decode_row(rng, k, x_kind)
     m = ops.TernaryMatrix(n, k)
     m.load_codes(w, 0.03)
     m.finish()
@@ -228,23 +243,7 @@ def test_decode_programmatic_kernel_bit_equal(k, x_kind):
     rng = np.random.default_rng(k + 3)
     n = 777
     w = ternary(rng, n, k)
-    x = (rng.standard_normal(k) * 2).astype(np.float32)
-    nw = rng.uniform(0.5, 1.5, k).astype(np.float32)
-    if x_kind == "ties":
-        x = np.where(rng.random(k) < 0.5, -1.0, 1.0).astype(np.float32)
-        nw = np.full(k, 0.75, np.float32)
-    elif x_kind == "zeros":
-        x[rng.random(k) < 0.99] = 0.0
-    elif x_kind in ("spike", "pair", "spread"):
-        i, j = {"spike": (k // 3, k // 3 + 1), "pair": (4, 8), "spread": (4, k - 1)}[x_kind]
-        x[i], x[j] = 1e4, -9999.999
-        nw[j] = nw[i]
-    elif x_kind == "inverted":
-        _inverted_pair(x, nw, 1e-5, rng)
-    elif x_kind == "nan":
-        x[k // 2] = np.nan
-    elif x_kind == "inf":
-        x[k // 2] = -np.inf
+    x, nw = _decode_row(rng, k, x_kind)
     m = ops.TernaryMatrix(n, k)
     m.load_codes(w, 0.03)
     m.finish()
