@@ -153,6 +153,20 @@ def test_fused_norm_decode_matches_oracle(k):
     assert np.abs(got - two).max() <= 1e-6 * np.abs(ref).max()
 
 
+def _decode_case(seed, k, x_kind):
+    """A 777-row random ternary matrix of width k (scale 0.03) on the device and a row of kind x_kind for it
+    (_decode_row), from one seed: (matrix, x, nw)."""
+    from bitnet_kernels.gpu import ops
+
+    rng = np.random.default_rng(seed)
+    w = ternary(rng, 777, k)
+    x, nw = _decode_row(rng, k, x_kind)
+    m = ops.TernaryMatrix(777, k)
+    m.load_codes(w, 0.03)
+    m.finish()
+    return m, x, nw
+
+
 def _decode_row(rng, k, x_kind):
     """A decode kernel's input row x and norm weight nw (K floats each) of one kind: "normal" (random); "ties" (every
     |x * nw| the same: each warp has many candidates for the maximum); "zeros" (but a few); "spike", "pair", "spread"
@@ -189,13 +203,7 @@ def test_decode_hoisted_loads_bit_equal(k, x_kind, monkeypatch):
     warps (ties for the redux.sync maximum on the bits)."""
     from bitnet_kernels.gpu import ops
 
-    rng = np.random.default_rng(k + 1)
-    n = 777
-    w = ternary(rng, n, k)
-    x, nw = _decode_row(rng, k, x_kind)
-    m = ops.TernaryMatrix(n, k)
-    m.load_codes(w, 0.03)
-    m.finish()
+    m, x, nw = _decode_case(k + 1, k, x_kind)
     outs = []
     for hoist, prologue, ahead in ((True, "redux", None), (False, "redux", None), (True, "shfl", None),
                                    (True, "redux", "smem"), (True, "redux", "l2"), (True, "shfl", "smem"),
@@ -240,13 +248,7 @@ def test_decode_programmatic_kernel_bit_equal(k, x_kind):
     the normalization inverts, and rows with a NaN or an infinity."""
     from bitnet_kernels.gpu import ops
 
-    rng = np.random.default_rng(k + 3)
-    n = 777
-    w = ternary(rng, n, k)
-    x, nw = _decode_row(rng, k, x_kind)
-    m = ops.TernaryMatrix(n, k)
-    m.load_codes(w, 0.03)
-    m.finish()
+    m, x, nw = _decode_case(k + 3, k, x_kind)
     warps = ops.pdl_warps(ops.get_runtime(), m, "f32")
     ref = ops.decode_linear(m, x, nw, 1e-5, warps=8, hoist=True)
     np.testing.assert_array_equal(ops.decode_linear(m, x, nw, 1e-5, warps=warps, pdl=True), ref)
